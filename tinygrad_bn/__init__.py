@@ -1,0 +1,27 @@
+"""tinygrad_bn: a small, exact autograd engine in numpy whose showcase is batch norm.
+
+    import numpy as np, tinygrad_bn as tb
+    x = tb.Node(np.random.randn(200, 50), name="x")
+    out = tb.batchnorm_staged(x, tb.Node(np.ones(50)), tb.Node(np.zeros(50)))
+    out.backward(np.random.randn(200, 50))      # x.grad, and every stage node's .grad
+    print(tb.compare_batchnorm(x.data, np.ones(50), np.zeros(50)))
+"""
+
+from . import ops
+from .gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error
+from .node import Node, enable_grad, graph_nodes, is_grad_enabled, no_grad, stages
+from .compare import NormReport, compare_batchnorm
+from .norm import STAGE_NAMES, batchnorm_fused, batchnorm_staged
+from .ops import (add, div, exp, log, matmul, mean, mul, neg, pow, relu, reshape, sqrt, sub,
+                  sum, tanh, transpose, unbroadcast)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Node", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages", "ops",
+    "add", "sub", "mul", "div", "pow", "neg", "sqrt", "exp", "log", "relu", "tanh", "sum",
+    "mean", "reshape", "transpose", "matmul", "unbroadcast",
+    "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES",
+    "numerical_gradient", "rel_error", "gradcheck", "GradcheckResult",
+    "compare_batchnorm", "NormReport",
+]

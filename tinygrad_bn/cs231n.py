@@ -1,0 +1,134 @@
+"""Drop-in replacements for the CS231n assignment-2 batch-norm functions.
+
+    from tinygrad_bn.cs231n import batchnorm_forward, batchnorm_backward, batchnorm_backward_alt
+
+Same signatures and `bn_param` semantics as the assignment's `layers.py`: numpy arrays
+in and out. `batchnorm_backward` runs the backward pass of the staged graph (one node
+per step of the computational-graph diagram); `batchnorm_backward_alt` the closed form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .node import Node, as_float_array, stages
+from .norm import FusedBatchNorm, NormContext, NormSpec, batchnorm_spec, staged_nodes
+from .nn import check_momentum
+
+__all__ = ["batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt", "BatchNormCache"]
+
+MODES = ("train", "test")
+
+
+@dataclass
+class BatchNormCache:
+    """What the backward functions need: the staged graph and the fused op's saved arrays."""
+
+    x: Node
+    gamma: Node
+    beta: Node
+    out: Node
+    context: NormContext
+
+    @property
+    def stages(self) -> dict[str, Node]:
+        """The staged graph's nodes by name (mu, xmu, ..., out), gradients included."""
+        return stages(self.out)
+
+
+def _check_mode(mode: Any) -> str:
+    if mode not in MODES:
+        raise ValueError(f"bn_param['mode']: expected 'train' or 'test', got {mode!r}")
+    return mode
+
+
+def _running_stat(bn_param: dict, key: str, features: int, dtype: np.dtype) -> np.ndarray:
+    value = bn_param.get(key)
+    if value is None:
+        return np.zeros(features, dtype=dtype)
+    value = as_float_array(value, f"bn_param[{key!r}]")
+    if value.shape != (features,):
+        raise ValueError(f"bn_param[{key!r}]: expected shape ({features},), got {value.shape}")
+    return value
+
+
+def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                      bn_param: dict) -> tuple[np.ndarray, BatchNormCache | None]:
+    """Batch norm forward. x: (N, D); gamma, beta: (D,). Returns (out (N, D), cache).
+
+    bn_param: "mode" ('train' or 'test', required), "eps" (1e-5), "momentum" (0.9, the
+    weight of the old running value), "running_mean"/"running_var" (D,) (zeros of x's
+    dtype when absent; updated in train mode and written back into bn_param). cache is
+    None in test mode.
+    """
+    mode = _check_mode(bn_param.get("mode"))
+    eps = bn_param.get("eps", 1e-5)
+    momentum = check_momentum(bn_param.get("momentum", 0.9))
+    x = as_float_array(x, "x")
+    if x.ndim != 2:
+        raise ValueError(f"x: expected shape (N, D), got {x.shape}")
+    spec = batchnorm_spec(x.shape, 0, eps)
+    features = x.shape[1]
+    gamma_node = Node(as_float_array(gamma, "gamma"), name="gamma")
+    beta_node = Node(as_float_array(beta, "beta"), name="beta")
+    spec.check_params(gamma_node, beta_node)
+    running_mean = _running_stat(bn_param, "running_mean", features, x.dtype)
+    running_var = _running_stat(bn_param, "running_var", features, x.dtype)
+
+    cache = None
+    if mode == "train":
+        cache = _staged_cache(Node(x.copy(), name="x"), gamma_node, beta_node, spec)
+        out = cache.out.data
+        batch_mean = cache.context.mean.reshape(features)
+        batch_var = cache.context.var.reshape(features)
+        running_mean = momentum * running_mean + (1 - momentum) * batch_mean
+        running_var = momentum * running_var + (1 - momentum) * batch_var
+    else:
+        xhat = (x - running_mean) / np.sqrt(running_var + spec.eps)
+        out = gamma_node.data * xhat + beta_node.data
+    # Written back only now, after every check passed.
+    bn_param["running_mean"] = running_mean
+    bn_param["running_var"] = running_var
+    return out, cache
+
+
+def _staged_cache(x: Node, gamma: Node, beta: Node, spec: NormSpec) -> BatchNormCache:
+    nodes = staged_nodes(x, gamma, beta, spec)
+    context = NormContext(
+        xhat=nodes["xhat"].data, inv_std=nodes["ivar"].data, gamma_b=gamma.data.reshape(
+            spec.param_bshape), mean=nodes["mu"].data, var=nodes["var"].data, spec=spec,
+        gamma_shape=gamma.shape, beta_shape=beta.shape)
+    return BatchNormCache(x=x, gamma=gamma, beta=beta, out=nodes["out"], context=context)
+
+
+def _check_dout(dout: Any, cache: Any) -> np.ndarray:
+    if not isinstance(cache, BatchNormCache):
+        raise TypeError(
+            f"cache: expected the cache returned by batchnorm_forward in train mode, "
+            f"got {type(cache).__name__}"
+        )
+    dout = as_float_array(dout, "dout")
+    if dout.shape != cache.x.shape:
+        raise ValueError(f"dout: expected shape {cache.x.shape} (x's), got {dout.shape}")
+    return dout.astype(cache.x.dtype, copy=False)
+
+
+def batchnorm_backward(dout: np.ndarray, cache: BatchNormCache
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward through the staged graph. dout: (N, D). Returns dx (N, D), dgamma, dbeta (D,)."""
+    dout = _check_dout(dout, cache)
+    # Fresh gradients on every call: the same cache may be backpropagated more than once.
+    cache.out.zero_grad()
+    cache.out.backward(dout)
+    return cache.x.grad.copy(), cache.gamma.grad.copy(), cache.beta.grad.copy()
+
+
+def batchnorm_backward_alt(dout: np.ndarray, cache: BatchNormCache
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Backward by the closed form (the fused op's VJP). Same shapes as batchnorm_backward."""
+    dout = _check_dout(dout, cache)
+    dx, dgamma, dbeta = FusedBatchNorm.backward(dout, cache.context)
+    return dx, dgamma, dbeta

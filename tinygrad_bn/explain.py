@@ -1,0 +1,118 @@
+"""A step-by-step trace of the staged batch-norm backward pass, for reading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .node import Node
+from .norm import STAGE_NAMES, NormSpec, batchnorm_spec, staged_nodes
+
+__all__ = ["StageRow", "explain_staged", "explain_batchnorm", "format_explanation"]
+
+
+@dataclass
+class StageRow:
+    """One stage of the backward pass: what arrives, the local derivative, what leaves."""
+
+    stage: str
+    op: str
+    derivative: str
+    shape: tuple[int, ...]
+    grad_in_norm: float
+    grad_out_norms: dict[str, float]
+
+
+@dataclass
+class Explanation:
+    rows: list[StageRow]
+    leaves: dict[str, float]
+    mu_via_variance: float
+    spec: NormSpec
+
+    def __str__(self) -> str:
+        return format_explanation(self)
+
+
+def _label(node: Node) -> str:
+    if node.name is not None:
+        return node.name
+    return f"{node.data.item():g}" if node.data.size == 1 else f"const{node.shape}"
+
+
+def explain_staged(nodes: dict[str, Node], leaves: dict[str, Node], spec: NormSpec,
+                   dout: np.ndarray) -> Explanation:
+    """Backpropagate `dout` through a staged graph and describe each stage, last stage first."""
+    out = nodes["out"]
+    out.backward(dout)
+    rows = []
+    for stage in reversed(STAGE_NAMES):
+        node = nodes[stage]
+        op = node.op_def
+        # Recompute this stage's VJP to see how its gradient splits among its parents.
+        parent_grads = op.backward(node.grad, node._saved)
+        leaving = {
+            _label(parent): float(np.linalg.norm(grad))
+            for parent, grad in zip(node.parents, parent_grads)
+            if parent.requires_grad and grad is not None
+        }
+        parts = op.describe([_label(p) for p in node.parents], node._saved)
+        rows.append(StageRow(
+            stage=stage, op=node.op,
+            derivative=", ".join(part for part, parent in zip(parts, node.parents)
+                                 if parent.requires_grad),
+            shape=node.shape, grad_in_norm=float(np.linalg.norm(node.grad)),
+            grad_out_norms=leaving,
+        ))
+    # d(mu) = -sum(dxmu); dxmu has a part through sq = xmu**2, i.e. 2*xmu*dsq, whose sum
+    # over the batch vanishes on paper because sum(xmu) = 0.
+    sq, xmu = nodes["sq"], nodes["xmu"]
+    via_variance = -np.sum(sq.op_def.backward(sq.grad, sq._saved)[0],
+                           axis=spec.reduce_axes)
+    return Explanation(
+        rows=rows,
+        leaves={name: float(np.linalg.norm(leaf.grad)) for name, leaf in leaves.items()
+                if leaf.grad is not None},
+        mu_via_variance=float(np.max(np.abs(via_variance))) if xmu.size else 0.0,
+        spec=spec,
+    )
+
+
+def explain_batchnorm(x: Any, gamma: Any, beta: Any, dout: Any, *, axis: Any = None,
+                      eps: float = 1e-5) -> Explanation:
+    """Trace batch norm's staged backward. x: (N, D) or (N, C, H, W); dout: x's shape."""
+    x = Node(np.array(x), name="x")
+    gamma, beta = Node(np.array(gamma), name="gamma"), Node(np.array(beta), name="beta")
+    spec = batchnorm_spec(x.shape, axis, eps)
+    dout = np.asarray(dout, dtype=x.dtype)
+    return explain_staged(staged_nodes(x, gamma, beta, spec),
+                          {"x": x, "gamma": gamma, "beta": beta}, spec, dout)
+
+
+def format_explanation(explanation: Explanation) -> str:
+    """The trace as a table: one row per stage in backward order."""
+    spec = explanation.spec
+    lines = [
+        f"Backward pass of the staged {spec.kind}, x {spec.x_shape}, reduced over axes "
+        f"{spec.reduce_axes}, N = {spec.count} values per statistic.",
+        "Each row: the gradient arriving at the stage, the local derivative, and the norm "
+        "of what it sends to each parent.",
+        "",
+        f"{'stage':<8} {'op':<5} {'shape':<14} {'|grad in|':>10}  {'sends |grad| to':<34} "
+        "local derivative",
+    ]
+    for row in explanation.rows:
+        leaving = ", ".join(f"{name} {norm:.3e}" for name, norm in row.grad_out_norms.items())
+        lines.append(f"{row.stage:<8} {row.op:<5} {str(row.shape):<14} {row.grad_in_norm:>10.3e}"
+                     f"  {leaving:<34} {row.derivative}")
+    lines.append("")
+    lines.append("leaf gradients: " + ", ".join(f"|d{name}| = {norm:.3e}"
+                                               for name, norm in explanation.leaves.items()))
+    lines.append(
+        f"note: the part of dmu that flows through the variance path (sq -> xmu -> mu) is "
+        f"{explanation.mu_via_variance:.1e} here: zero on paper, since sum(xmu) = 0 over the "
+        "batch, and only rounding in practice."
+    )
+    return "\n".join(lines)
