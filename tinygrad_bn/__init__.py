@@ -8,12 +8,30 @@
 """
 
 from . import ops
-from .gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error
-from .node import Node, enable_grad, graph_nodes, is_grad_enabled, no_grad, stages
 from .compare import NormReport, compare_batchnorm
+from .gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
+from .nn import BatchNorm, Module
+from .node import Node, enable_grad, graph_nodes, is_grad_enabled, no_grad, stages
 from .norm import STAGE_NAMES, batchnorm_fused, batchnorm_staged
-from .ops import (add, div, exp, log, matmul, mean, mul, neg, pow, relu, reshape, sqrt, sub,
-                  sum, tanh, transpose, unbroadcast)
+from .ops import (
+                  add,
+                  div,
+                  exp,
+                  log,
+                  matmul,
+                  mean,
+                  mul,
+                  neg,
+                  pow,
+                  relu,
+                  reshape,
+                  sqrt,
+                  sub,
+                  sum,
+                  tanh,
+                  transpose,
+                  unbroadcast,
+)
 
 __version__ = "0.1.0"
 
@@ -21,7 +39,7 @@ __all__ = [
     "Node", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages", "ops",
     "add", "sub", "mul", "div", "pow", "neg", "sqrt", "exp", "log", "relu", "tanh", "sum",
     "mean", "reshape", "transpose", "matmul", "unbroadcast",
-    "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES",
-    "numerical_gradient", "rel_error", "gradcheck", "GradcheckResult",
+    "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES", "BatchNorm", "Module",
+    "numerical_gradient", "rel_error", "scaled_error", "gradcheck", "GradcheckResult",
     "compare_batchnorm", "NormReport",
 ]

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from .nn import check_momentum
 from .node import Node, as_float_array, stages
 from .norm import FusedBatchNorm, NormContext, NormSpec, batchnorm_spec, staged_nodes
-from .nn import check_momentum
 
 __all__ = ["batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt", "BatchNormCache"]
 

@@ -59,9 +59,9 @@ def rel_error(a: Any, b: Any) -> float:
 def scaled_error(a: Any, b: Any) -> float:
     """Normwise relative error max |a - b| / max(|a| + |b|), with the max over all entries.
 
-    The measure for float32: there an entry of a gradient that is near zero by
-    cancellation carries an absolute rounding error of the gradient's *scale*, so the
-    elementwise `rel_error` of that entry says nothing about the computation's quality.
+    The measure for large arrays and for float32: an entry of a gradient that is near
+    zero by cancellation carries an absolute rounding error of the gradient's *scale*, so
+    the elementwise `rel_error` of that entry says nothing about the computation's quality.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)

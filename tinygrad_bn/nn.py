@@ -8,8 +8,15 @@ from typing import Any
 import numpy as np
 
 from .node import Node
-from .norm import (FusedBatchNorm, NormSpec, as_node, batchnorm_spec, broadcastable, check_eps,
-                   staged_nodes)
+from .norm import (
+    FusedBatchNorm,
+    NormSpec,
+    as_node,
+    batchnorm_spec,
+    broadcastable,
+    check_eps,
+    staged_nodes,
+)
 from .ops import record
 
 __all__ = ["Module", "BatchNorm", "check_momentum"]

@@ -1,0 +1,82 @@
+"""The BatchNorm module: train/eval behaviour, running statistics, bad arguments."""
+
+import numpy as np
+import pytest
+
+import tinygrad_bn as tb
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_running_averages_make_eval_output_standard(fused):
+    rng = np.random.default_rng(0)
+    bn = tb.BatchNorm(4, fused=fused)
+    scale, shift = np.array([1.0, 3.0, 0.2, 10.0]), np.array([5.0, -2.0, 0.0, 100.0])
+    for _ in range(50):
+        bn(scale * rng.standard_normal((64, 4)) + shift)
+    bn.eval()
+    before = (bn.running_mean.copy(), bn.running_var.copy())
+    out = bn(scale * rng.standard_normal((2000, 4)) + shift).data
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=0.1)
+    np.testing.assert_allclose(out.std(axis=0), 1, atol=0.1)
+    # Eval mode leaves the running statistics alone.
+    np.testing.assert_array_equal(bn.running_mean, before[0])
+    np.testing.assert_array_equal(bn.running_var, before[1])
+
+
+def test_momentum_weights_the_old_value():
+    bn = tb.BatchNorm(2, momentum=0.75)
+    x = np.array([[1.0, 2.0], [3.0, 6.0]])
+    bn(x)
+    np.testing.assert_allclose(bn.running_mean, 0.25 * x.mean(axis=0))
+    np.testing.assert_allclose(bn.running_var, 0.75 * 1.0 + 0.25 * x.var(axis=0))
+
+
+def test_staged_and_fused_modules_agree_and_train_gamma_beta():
+    rng = np.random.default_rng(1)
+    x, dout = rng.standard_normal((8, 3, 2, 2)), rng.standard_normal((8, 3, 2, 2))
+    grads = []
+    for fused in (True, False):
+        bn = tb.BatchNorm(3, fused=fused)
+        node = tb.Node(x)
+        bn(node).backward(dout)
+        grads.append((node.grad, bn.gamma.grad, bn.beta.grad, bn.running_var.copy()))
+        assert [p.name for p in bn.parameters()] == ["gamma", "beta"]
+    for a, b in zip(*grads):
+        assert tb.scaled_error(a, b) < 1e-12
+
+
+def test_eval_forward_has_gradients_too():
+    bn = tb.BatchNorm(3).eval()
+    x = tb.Node(np.ones((2, 3)))
+    bn(x).backward(np.ones((2, 3)))
+    np.testing.assert_allclose(x.grad, np.full((2, 3), 1 / np.sqrt(1 + 1e-5)))
+    np.testing.assert_allclose(bn.gamma.grad, 2 / np.sqrt(1 + 1e-5))
+
+
+def test_bad_arguments_and_state_is_kept():
+    for kwargs, message in [({"momentum": 1.5}, "momentum: expected a number in \\[0, 1\\], got 1.5"),
+                            ({"eps": 0.0}, "eps: expected a finite number > 0, got 0.0"),
+                            ({"num_features": 0}, "num_features: expected a positive int, got 0")]:
+        with pytest.raises(ValueError, match=message):
+            tb.BatchNorm(**{"num_features": 3, **kwargs})
+    with pytest.raises(TypeError, match="dtype: expected float32 or float64"):
+        tb.BatchNorm(3, dtype=np.int32)
+    bn = tb.BatchNorm(3)
+    bn(np.random.default_rng(0).standard_normal((5, 3)))
+    state = (bn.running_mean.copy(), bn.running_var.copy())
+    with pytest.raises(ValueError, match=r"x: expected shape \(N, 3\) or \(N, 3, H, W\), got \(5, 4\)"):
+        bn(np.ones((5, 4)))
+    with pytest.raises(ValueError, match="hold no values"):
+        bn(np.ones((0, 3)))
+    with pytest.raises(TypeError, match="x: expected real numbers"):
+        bn(np.ones((2, 3), dtype=bool))
+    np.testing.assert_array_equal(bn.running_mean, state[0])
+    np.testing.assert_array_equal(bn.running_var, state[1])
+
+
+def test_train_under_no_grad_still_updates_statistics():
+    bn = tb.BatchNorm(2)
+    with tb.no_grad():
+        out = bn(np.array([[0.0, 2.0], [2.0, 4.0]]))
+    assert out.parents == ()
+    np.testing.assert_allclose(bn.running_mean, [0.1, 0.3])
