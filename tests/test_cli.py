@@ -39,7 +39,7 @@ def test_bad_arguments_exit_two(capsys):
 
 
 @pytest.mark.parametrize("command", [[sys.executable, "-m", "tinygrad_bn"], ["tinygrad-bn"]])
-def test_entry_points_have_help(command):
+def test_entry_points_have_help(command, tmp_path):
     bindir = os.path.dirname(sys.executable)
     if command[0] == "tinygrad-bn":
         command = [os.path.join(bindir, "tinygrad-bn")]
@@ -47,7 +47,8 @@ def test_entry_points_have_help(command):
             pytest.skip("console script not installed in this environment")
     result = subprocess.run(command + ["--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "compare" in result.stdout and "explain" in result.stdout
-    result = subprocess.run(command + ["demo", "--shape", "8,4"], capture_output=True, text=True,
+    result = subprocess.run(command + ["demo", "--shape", "8,4", "--out-dir", str(tmp_path)],
+                            capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("verdict   ok") == 2 and "sqrtvar" in result.stdout

@@ -1,9 +1,14 @@
-"""Command line: `tinygrad-bn compare | explain | demo` (also `python -m tinygrad_bn`)."""
+"""Command line: `tinygrad-bn compare | explain | render | demo` (also `python -m tinygrad_bn`).
+
+The top layer: the only module of the package that uses `viz` (imported where needed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -69,6 +74,50 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+GRAPHS = ("staged", "fused", "compare")
+FORMATS = ("svg", "png", "pdf", "dot")
+
+
+def write_graph(kind: str, shape: tuple[int, ...], dtype: str, seed: int, path: pathlib.Path,
+                fmt: str | None, backward: bool) -> pathlib.Path:
+    """Build batch norm on sample data, backpropagate, draw it and write it to `path`."""
+    import tinygrad_bn as tb
+    import viz
+
+    x, gamma, beta, dout = sample_batch(shape, dtype, seed)
+    if kind == "compare":
+        graph = viz.draw_comparison(x, gamma, beta, dout, backward=backward)
+    else:
+        fn = tb.batchnorm_staged if kind == "staged" else tb.batchnorm_fused
+        nodes = tb.Node(x, name="x"), tb.Node(gamma, name="gamma"), tb.Node(beta, name="beta")
+        out = fn(*nodes)
+        out.backward(dout)
+        graph = viz.draw(out, backward=backward)
+    return viz.render(graph, path, fmt)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    import viz
+
+    fmt = args.format
+    path = args.out
+    if path is None:
+        path = pathlib.Path("graphs") / f"batchnorm_{args.graph}.{fmt or 'svg'}"
+    elif fmt is None and path.suffix.lstrip(".").lower() not in FORMATS:
+        fmt = "svg"
+        path = path.with_suffix(path.suffix + ".svg") if path.suffix else path.with_suffix(".svg")
+    start = time.perf_counter()
+    try:
+        written = write_graph(args.graph, args.shape, args.dtype, args.seed, path, fmt,
+                              args.backward)
+    except viz.RenderError as error:
+        print(f"tinygrad-bn render: {error}", file=sys.stderr)
+        return 1
+    backend = "text only" if written.suffix == ".dot" else f"{viz.backend_name()} Graphviz"
+    print(f"wrote {written} ({backend}, {time.perf_counter() - start:.2f} s)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     status = 0
     for dtype in ("float64", "float32"):
@@ -78,6 +127,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print()
     print("== the staged backward pass, step by step ==")
     cmd_explain(argparse.Namespace(shape=(4, 5), dtype="float64", seed=args.seed, eps=1e-5))
+    print()
+    folder = args.out_dir
+    print(f"== graphs (values, shapes and gradients on every node) written to {folder}/ ==")
+    for kind in GRAPHS:
+        written = write_graph(kind, args.shape, "float64", args.seed, folder / f"{kind}.svg",
+                              None, backward=kind == "staged")
+        print(f"  {written}")
     return status
 
 
@@ -104,12 +160,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(explain, "4,5")
     explain.set_defaults(run=cmd_explain)
 
-    demo = commands.add_parser("demo", help="compare (float64 and float32) and explain",
+    render = commands.add_parser(
+        "render", help="draw the batch-norm graph with values and gradients",
+        description="Builds batch norm on sample data, runs backward and draws the graph. "
+                    "SVG works without a system Graphviz; png and pdf need `dot` on PATH.")
+    render.add_argument("--graph", choices=GRAPHS, default="staged",
+                        help="staged graph, fused op, or both side by side (default staged)")
+    _add_data_options(render, "4,5")
+    render.add_argument("--format", choices=FORMATS, default=None,
+                        help="default: from --out's suffix, else svg")
+    render.add_argument("--out", type=pathlib.Path, default=None,
+                        help="file to write (default graphs/batchnorm_GRAPH.FORMAT)")
+    render.add_argument("--backward", action="store_true",
+                        help="also draw the backward edges, labelled with gradient norms")
+    render.set_defaults(run=cmd_render)
+
+    demo = commands.add_parser("demo", help="compare, explain, and write the graphs",
                                description="The main demonstration: compare in both dtypes, "
-                                           "then the step-by-step backward trace.")
+                                           "the step-by-step backward trace, and the staged, "
+                                           "fused and comparison graphs as SVG.")
     demo.add_argument("--shape", type=parse_shape, default=parse_shape("200,50"),
                       help="batch for compare (default 200,50)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("graphs"),
+                      help="folder for the graphs (default graphs)")
     demo.set_defaults(run=cmd_demo)
     return parser
 

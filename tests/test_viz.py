@@ -1,0 +1,195 @@
+"""Rendering: the SVG says what the graph is, labels are escaped, big graphs are cut, both
+backends work."""
+
+import ast
+import pathlib
+import shutil
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+import tinygrad_bn as tb
+import viz
+from tinygrad_bn.cli import main as cli_main
+
+SVG = "{http://www.w3.org/2000/svg}"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HAVE_DOT = shutil.which("dot") is not None
+
+
+@pytest.fixture
+def no_system_dot(monkeypatch, tmp_path):
+    """A PATH without Graphviz, so the embedded renderer is used."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which("dot") is None
+    assert viz.backend_name() == "embedded"
+
+
+def texts(svg: str) -> list[str]:
+    return ["".join(t.itertext()) for t in ET.fromstring(svg).iter(f"{SVG}text")]
+
+
+def groups(svg: str, cls: str) -> list[ET.Element]:
+    return [g for g in ET.fromstring(svg).iter(f"{SVG}g")
+            if cls in (g.get("class") or "").split()]
+
+
+def staged_graph(backward: bool = True):
+    rng = np.random.default_rng(0)
+    x = tb.Node(rng.standard_normal((6, 4)), name="x")
+    gamma, beta = tb.Node(np.ones(4), name="gamma"), tb.Node(np.zeros(4), name="beta")
+    out = tb.batchnorm_staged(x, gamma, beta)
+    if backward:
+        out.backward(rng.standard_normal((6, 4)))
+    return out
+
+
+def check_staged_svg(svg: str, out: tb.Node) -> None:
+    lines = texts(svg)
+    for stage in tb.STAGE_NAMES:
+        titles = [t for t in lines if t.startswith(stage + ": ")]
+        assert len(titles) == 1, (stage, titles)
+    nodes = tb.graph_nodes(out)
+    assert len(groups(svg, "node")) == len(nodes)
+    assert len(groups(svg, "edge")) == sum(len(n.parents) for n in nodes)
+    # Every drawn node's title is bold.
+    bold = [t for t in ET.fromstring(svg).iter(f"{SVG}text") if t.get("font-weight") == "bold"]
+    assert len(bold) == len(nodes)
+
+
+def test_staged_svg_with_embedded_renderer(no_system_dot):
+    out = staged_graph()
+    svg = viz.draw(out).svg()
+    check_staged_svg(svg, out)
+    lines = texts(svg)
+    assert sum(t.startswith("grad ") for t in lines) >= len(tb.STAGE_NAMES)
+    assert "staged normalization: one node per step of the diagram" in lines
+    assert "6×4" in lines and "1×4" in lines  # shapes on the edges
+
+
+@pytest.mark.skipif(not HAVE_DOT, reason="no system Graphviz (`dot`) on PATH")
+def test_staged_svg_and_png_with_system_dot(tmp_path):
+    out = staged_graph()
+    assert viz.backend_name() == "system"
+    check_staged_svg(viz.draw(out).svg(), out)
+    png = viz.render(out, tmp_path / "g.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pdf = viz.render(viz.draw(out), tmp_path / "g", format="pdf")
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+
+
+def test_gradient_summaries_follow_show_grad(no_system_dot):
+    before = staged_graph(backward=False)
+    lines = texts(viz.draw(before).svg())
+    assert "grad: not computed" in lines
+    after = staged_graph()
+    assert not any(t.startswith("grad") for t in texts(viz.draw(after, show_grad=False).svg()))
+    assert not any(t.startswith("value") for t in texts(viz.draw(after, show_data=False).svg()))
+
+
+def test_backward_edges_carry_gradient_norms(no_system_dot):
+    out = staged_graph()
+    svg = viz.draw(out, backward=True).svg()
+    forward_edges = sum(len(n.parents) for n in tb.graph_nodes(out))
+    norms = [t for t in texts(svg) if t.startswith("|grad| ")]
+    # One backward edge per edge into a node that requires grad (constants get none).
+    expected = sum(1 for n in tb.graph_nodes(out) for p in n.parents if p.requires_grad)
+    assert len(norms) == expected and len(groups(svg, "edge")) == forward_edges + expected
+    xmu = tb.stages(out)["xmu"]
+    assert f"|grad| {np.linalg.norm(xmu.grad):.3g}" in norms
+
+
+def test_comparison_names_each_gradient_with_its_verdict(no_system_dot):
+    rng = np.random.default_rng(0)
+    graph = viz.draw_comparison(rng.standard_normal((5, 3)), np.ones(3), np.zeros(3))
+    lines = texts(graph.svg())
+    for grad in ("dx", "dgamma", "dbeta"):
+        (row,) = [t for t in lines if t.startswith(grad + ": ")]
+        assert row.endswith("agree") and not row.endswith("DISAGREE")
+    assert "staged: primitive ops" in lines and "fused: one op, closed-form VJP" in lines
+    assert any(t.startswith("batchnorm") for t in lines)
+
+
+@pytest.mark.parametrize("backend", ["embedded", "system"])
+def test_labels_are_escaped(backend):
+    if backend == "system" and not HAVE_DOT:
+        pytest.skip("no system Graphviz (`dot`) on PATH")
+    name = 'a"b\\c{d}<e>\n|f'
+    x = tb.Node(np.ones(3), name=name)
+    graph = viz.draw((x * 2).sum())
+    svg = viz.render_source(graph.source, "svg", backend=backend).decode()
+    titles = [t for t in texts(svg) if t.startswith("a")]
+    assert titles == ['a"b\\c{d}<e> |f: input']
+
+
+def test_long_names_are_cut():
+    x = tb.Node(np.ones(2), name="n" * 500)
+    source = viz.draw(x * 1).source
+    assert "n" * 31 + "…" in source and "n" * 32 not in source
+
+
+def test_large_graph_is_summarized_promptly(no_system_dot):
+    x = tb.Node(1.0, name="x")
+    y = x
+    for _ in range(10_000):  # 20,000 op nodes and as many constants
+        y = y * 1.0001 + 0.5
+    graph = viz.draw(y, max_nodes=100)
+    assert graph.summarized and graph.node_count == 100 and graph.total_nodes == 40_001
+    assert "raise max_nodes (now 100)" in graph.source and "40001 in all" in graph.source
+    svg = graph.svg()
+    assert len(groups(svg, "node")) == 101  # the kept nodes and the summary note
+
+
+def test_render_paths_and_formats(tmp_path, no_system_dot):
+    out = staged_graph()
+    written = viz.render(out, tmp_path / "deep" / "folder" / "g.svg")
+    assert written.exists() and ET.fromstring(written.read_text()).tag == f"{SVG}svg"
+    dot = viz.render(viz.draw(out), tmp_path / "g.dot")
+    assert dot.read_text().startswith("digraph {")
+    with pytest.raises(viz.RenderError, match="needs a system Graphviz.*render to .svg"):
+        viz.render(out, tmp_path / "g.png")
+    assert not (tmp_path / "g.png").exists()
+    with pytest.raises(ValueError, match="path: cannot tell the format"):
+        viz.render(out, tmp_path / "g.jpeg")
+    with pytest.raises(ValueError, match="format: expected one of svg, png, pdf, dot, got 'gif'"):
+        viz.render(out, tmp_path / "g", format="gif")
+    with pytest.raises(TypeError, match="root: expected a tinygrad_bn Node"):
+        viz.draw(np.ones(3))
+
+
+def test_notebook_display_without_system_graphviz(no_system_dot):
+    graph = viz.draw(staged_graph())
+    bundle = graph._repr_mimebundle_()
+    assert bundle["image/svg+xml"].lstrip().startswith("<?xml")
+    assert graph._repr_svg_() == bundle["image/svg+xml"]
+
+
+def test_node_ids_are_stable():
+    assert viz.draw(staged_graph()).source == viz.draw(staged_graph()).source
+
+
+def test_engine_never_imports_viz():
+    for path in (ROOT / "tinygrad_bn").glob("*.py"):
+        if path.name == "cli.py":  # the command line is the layer above viz
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n == "viz" or n.startswith("viz.") for n in names), path
+
+
+def test_cli_render_and_demo(tmp_path, no_system_dot, capsys):
+    target = tmp_path / "out" / "compare.svg"
+    assert cli_main(["render", "--graph", "compare", "--out", str(target)]) == 0
+    assert target.exists() and "embedded Graphviz" in capsys.readouterr().out
+    assert cli_main(["render", "--format", "png", "--out", str(tmp_path / "g.png")]) == 1
+    assert "needs a system Graphviz" in capsys.readouterr().err
+    assert cli_main(["demo", "--shape", "8,4", "--out-dir", str(tmp_path / "demo")]) == 0
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [
+        "compare.svg", "fused.svg", "staged.svg"]
+    assert f"written to {tmp_path / 'demo'}/" in capsys.readouterr().out

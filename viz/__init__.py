@@ -1,0 +1,13 @@
+"""Graphviz pictures of tinygrad_bn graphs: values, shapes and gradients on the nodes.
+
+    import viz
+    graph = viz.draw(out)                 # .source is DOT; displays inline in Jupyter
+    viz.render(graph, "graphs/bn.svg")    # svg without a system Graphviz; png/pdf with one
+    viz.draw_comparison(x, gamma, beta)   # staged and fused side by side, with verdicts
+"""
+
+from .backend import FORMATS, RenderError, backend_name, render_source
+from .draw import Graph, draw, draw_comparison, render
+
+__all__ = ["Graph", "draw", "draw_comparison", "render", "render_source", "backend_name",
+           "RenderError", "FORMATS"]

@@ -1,0 +1,279 @@
+"""Drawing a Node graph as a Graphviz graph, and saving it."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from collections import Counter, deque
+from typing import Any
+
+import graphviz
+import numpy as np
+
+from tinygrad_bn import STAGE_NAMES, Node, graph_nodes, scaled_error
+from tinygrad_bn.compare import TOLERANCES
+from tinygrad_bn.norm import as_node, batchnorm_fused, batchnorm_staged
+
+from .backend import FORMATS, render_source
+from .labels import escape, join_lines, kind, node_label, shape_text
+
+__all__ = ["Graph", "draw", "draw_comparison", "render"]
+
+STYLE = {
+    "output": {"shape": "box", "style": "rounded,filled", "fillcolor": "darkolivegreen1"},
+    "op": {"shape": "box", "style": "rounded,filled", "fillcolor": "white"},
+    "parameter": {"shape": "box", "style": "filled", "fillcolor": "lightblue"},
+    "constant": {"shape": "box", "style": "dashed,filled", "fillcolor": "gray92",
+                 "fontcolor": "gray30"},
+}
+# Nodes that belong to one staged normalization besides the nine stages themselves.
+STAGE_HELPERS = {"xg", "xhat_c", "gamma_b", "beta_b", "eps", "1"}
+
+
+class Graph:
+    """A drawn graph: `.source` is the DOT text, `.digraph` the `graphviz.Digraph`.
+
+    Displays inline in Jupyter (SVG, with or without a system Graphviz); `.render(path)`
+    writes svg/png/pdf/dot.
+    """
+
+    def __init__(self, digraph: graphviz.Digraph, node_count: int, edge_count: int,
+                 total_nodes: int) -> None:
+        self.digraph = digraph
+        self.node_count = node_count      # nodes drawn (graph nodes, not the summary box)
+        self.edge_count = edge_count      # edges drawn between graph nodes
+        self.total_nodes = total_nodes    # nodes in the whole Node graph
+        self._svg: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.digraph.source
+
+    @property
+    def summarized(self) -> bool:
+        return self.total_nodes > self.node_count
+
+    def svg(self) -> str:
+        """The SVG text (rendered once, then cached)."""
+        if self._svg is None:
+            self._svg = bold_titles(render_source(self.source, "svg").decode("utf-8"))
+        return self._svg
+
+    def _repr_svg_(self) -> str:
+        return self.svg()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"image/svg+xml": self.svg()}
+
+    def render(self, path: str | pathlib.Path, format: str | None = None) -> pathlib.Path:  # noqa: A002
+        return render(self, path, format)
+
+    def __repr__(self) -> str:
+        extra = f" of {self.total_nodes}" if self.summarized else ""
+        return f"Graph({self.node_count}{extra} nodes, {self.edge_count} edges)"
+
+
+_TITLED_NODE = re.compile(r'(<g id="[^"]*" class="node titled">.*?<text)', re.DOTALL)
+
+
+def bold_titles(svg: str) -> str:
+    """Make the first line of each node's label (its name and op) bold.
+
+    Plain labels render the same with the system and the embedded Graphviz (which has no
+    HTML-like labels), so the emphasis is added to the SVG afterwards.
+    """
+    return _TITLED_NODE.sub(r'\1 font-weight="bold"', svg)
+
+
+def _nearest(root: Node, limit: int) -> list[Node]:
+    # Breadth-first from the output: when a graph is cut, keep what is closest to the result.
+    seen = {id(root)}
+    kept = [root]
+    queue = deque([root])
+    while queue and len(kept) < limit:
+        for parent in queue.popleft().parents:
+            if id(parent) not in seen and len(kept) < limit:
+                seen.add(id(parent))
+                kept.append(parent)
+                queue.append(parent)
+    return kept
+
+
+def _stage_clusters(nodes: list[Node]) -> list[list[Node]]:
+    """Each staged normalization's nodes, found from its `out` node back to its inputs."""
+    clusters = []
+    members = set(STAGE_NAMES) | STAGE_HELPERS
+    drawn = {id(n) for n in nodes}
+    for node in nodes:
+        if node.name != "out" or node.is_leaf:
+            continue
+        found, queue, seen = [], [node], {id(node)}
+        while queue:
+            current = queue.pop()
+            found.append(current)
+            for parent in current.parents:
+                if parent.name in members and id(parent) not in seen and id(parent) in drawn:
+                    seen.add(id(parent))
+                    queue.append(parent)
+        if {n.name for n in found} >= set(STAGE_NAMES):
+            clusters.append(found)
+    return clusters
+
+
+def _edge_gradients(node: Node) -> list[np.ndarray | None]:
+    # The gradient the node's VJP sends to each parent (what flows back along each edge).
+    if node.grad is None or node.op_def is None or node._saved is None:
+        return [None] * len(node.parents)
+    return list(node.op_def.backward(node.grad, node._saved))
+
+
+def build(digraph: graphviz.Digraph, root: Node, *, prefix: str = "n", show_data: bool = True,
+          show_grad: bool = True, backward: bool = False, max_nodes: int = 300) -> tuple[int, int, int]:
+    """Add `root`'s graph to `digraph` (ids `prefix`0, 1, ...); returns (nodes, edges, total)."""
+    every = graph_nodes(root)
+    total = len(every)
+    kept = every if total <= max_nodes else _nearest(root, max_nodes)
+    # Stable ids: the position in topological order, not id() (which changes run to run).
+    order = {id(n): i for i, n in enumerate(every)}
+    ident = {id(n): f"{prefix}{order[id(n)]}" for n in kept}
+    clustered: dict[int, str] = {}
+    for number, members in enumerate(_stage_clusters(kept)):
+        for member in members:
+            clustered[id(member)] = f"cluster_{prefix}_norm{number}"
+    subgraphs: dict[str, graphviz.Digraph] = {}
+    for node in kept:
+        role = kind(node, node is root)
+        attrs = {**STYLE[role], "label": node_label(node, role, show_data, show_grad),
+                 "class": "titled"}
+        cluster = clustered.get(id(node))
+        if cluster is None:
+            digraph.node(ident[id(node)], **attrs)
+            continue
+        if cluster not in subgraphs:
+            sub = graphviz.Digraph(name=cluster)
+            sub.attr(label="staged normalization: one node per step of the diagram",
+                     style="rounded,dashed", color="gray40", fontname="Helvetica")
+            subgraphs[cluster] = sub
+        subgraphs[cluster].node(ident[id(node)], **attrs)
+    for sub in subgraphs.values():
+        digraph.subgraph(sub)
+
+    edges = 0
+    for node in kept:
+        grads = _edge_gradients(node) if backward else []
+        for index, parent in enumerate(node.parents):
+            if id(parent) not in ident:
+                continue
+            edges += 1
+            digraph.edge(ident[id(parent)], ident[id(node)], label=shape_text(parent.shape))
+            if backward and grads[index] is not None and parent.requires_grad:
+                norm = float(np.linalg.norm(grads[index]))
+                digraph.edge(ident[id(node)], ident[id(parent)], label=f"|grad| {norm:.3g}",
+                             style="dashed", color="firebrick", fontcolor="firebrick",
+                             constraint="false")
+    if total > len(kept):
+        counts = Counter(n.op or "leaf" for n in every)
+        common = ", ".join(f"{op} ×{count}" for op, count in counts.most_common(4))
+        text = (f"… {total - len(kept)} more nodes not drawn ({total} in all: {common}); "
+                f"raise max_nodes (now {max_nodes}) to draw them")
+        summary = f"{prefix}_more"
+        digraph.node(summary, label=join_lines([escape(text)]), shape="note", style="filled",
+                     fillcolor="lightyellow")
+        for node in kept:
+            if any(id(p) not in ident for p in node.parents):
+                digraph.edge(summary, ident[id(node)], style="dotted")
+    return len(kept), edges, total
+
+
+def _new_digraph(rankdir: str) -> graphviz.Digraph:
+    if rankdir not in ("LR", "TB", "RL", "BT"):
+        raise ValueError(f"rankdir: expected 'LR', 'TB', 'RL' or 'BT', got {rankdir!r}")
+    digraph = graphviz.Digraph(format="svg")
+    digraph.attr(rankdir=rankdir, fontname="Helvetica")
+    digraph.attr("node", fontname="Helvetica", fontsize="10")
+    digraph.attr("edge", fontname="Helvetica", fontsize="9")
+    return digraph
+
+
+def draw(root: Node, *, show_data: bool = True, show_grad: bool = True, rankdir: str = "LR",
+         max_nodes: int = 300, backward: bool = False) -> Graph:
+    """Draw the graph that produced `root`.
+
+    Leaves that require grad (inputs, parameters) are blue, constants grey and dashed, op
+    results white, the output green; a staged normalization's steps sit in one cluster.
+    Edges carry the shape that flows along them; backward=True adds dashed red edges
+    pointing back, labelled with the norm of the gradient each sends. A graph larger than
+    max_nodes is cut to the max_nodes nodes nearest the output plus a note with the counts.
+    """
+    if not isinstance(root, Node):
+        raise TypeError(f"root: expected a tinygrad_bn Node, got {type(root).__name__}")
+    if max_nodes < 1:
+        raise ValueError(f"max_nodes: expected a positive number, got {max_nodes!r}")
+    digraph = _new_digraph(rankdir)
+    nodes, edges, total = build(digraph, root, show_data=show_data, show_grad=show_grad,
+                                backward=backward, max_nodes=max_nodes)
+    return Graph(digraph, nodes, edges, total)
+
+
+def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, axis: Any = None,
+                    eps: float = 1e-5, seed: int = 0, show_data: bool = True,
+                    show_grad: bool = True, rankdir: str = "LR", backward: bool = False) -> Graph:
+    """Staged and fused batch norm side by side, after one backward pass with `dout`.
+
+    x: (N, D) or (N, C, H, W); gamma, beta: (D,)/(C,); dout: x's shape (random when None).
+    A table states, for dx, dgamma and dbeta, the normwise relative error staged vs fused
+    and whether they agree within the dtype's tolerance.
+    """
+    x_data = as_node(x, "x").data
+    gamma_data, beta_data = as_node(gamma, "gamma").data, as_node(beta, "beta").data
+    if dout is None:
+        dout = np.random.default_rng(seed).standard_normal(x_data.shape)
+    dout = np.asarray(dout, dtype=x_data.dtype)
+    digraph = _new_digraph(rankdir)
+    grads = {}
+    counts = [0, 0, 0]
+    for variant, fn in (("staged", batchnorm_staged), ("fused", batchnorm_fused)):
+        xn = Node(x_data.copy(), name="x")
+        gn, bn = Node(gamma_data.copy(), name="gamma"), Node(beta_data.copy(), name="beta")
+        out = fn(xn, gn, bn, axis=axis, eps=eps)
+        out.backward(dout)
+        grads[variant] = {"dx": xn.grad, "dgamma": gn.grad, "dbeta": bn.grad}
+        sub = graphviz.Digraph(name=f"cluster_{variant}")
+        title = "staged: primitive ops" if variant == "staged" else "fused: one op, closed-form VJP"
+        sub.attr(label=title, style="rounded", color="gray50")
+        made = build(sub, out, prefix=f"{variant}_", show_data=show_data, show_grad=show_grad,
+                     backward=backward, max_nodes=300)
+        counts = [c + m for c, m in zip(counts, made)]
+        digraph.subgraph(sub)
+    tol = TOLERANCES[x_data.dtype]["pair"]
+    lines = ["staged vs fused", f"normwise relative error, {x_data.dtype}, tolerance {tol:.0e}"]
+    for name in ("dx", "dgamma", "dbeta"):
+        error = scaled_error(grads["staged"][name], grads["fused"][name])
+        lines.append(f"{name}: {error:.2e}  {'agree' if error <= tol else 'DISAGREE'}")
+    digraph.node("verdict", label=join_lines(lines), shape="box", style="filled",
+                 fillcolor="lightyellow", **{"class": "titled"})
+    return Graph(digraph, counts[0], counts[1], counts[2])
+
+
+def render(graph_or_node: Graph | Node, path: str | pathlib.Path,
+           format: str | None = None) -> pathlib.Path:  # noqa: A002
+    """Write a Graph (or a Node, drawn with defaults) to `path`; returns the path written.
+
+    format: svg, png, pdf or dot; taken from the file's suffix when None. SVG works without
+    a system Graphviz; png and pdf need `dot` on PATH.
+    """
+    graph = draw(graph_or_node) if isinstance(graph_or_node, Node) else graph_or_node
+    if not isinstance(graph, Graph):
+        raise TypeError(f"graph_or_node: expected a Graph or a Node, got {type(graph).__name__}")
+    path = pathlib.Path(path)
+    if format is None:
+        format = path.suffix.lstrip(".").lower()  # noqa: A001
+        if format not in FORMATS:
+            raise ValueError(
+                f"path: cannot tell the format from the suffix of {str(path)!r}; use one of "
+                f".{', .'.join(FORMATS)} or pass format="
+            )
+    data = graph.svg().encode("utf-8") if format == "svg" else render_source(graph.source, format)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path

@@ -1,0 +1,72 @@
+"""Node labels: what a node is at a glance, escaped, and bounded in size."""
+
+from __future__ import annotations
+
+import graphviz
+import numpy as np
+
+from tinygrad_bn import Node
+
+MAX_NAME = 32  # characters of a name shown before it is cut with an ellipsis
+
+
+def escape(text: str, limit: int | None = None) -> str:
+    """Text made safe inside a quoted DOT label: backslashes and quotes escaped, one line.
+
+    Every quote gets its backslash here, so the `graphviz` package (which escapes only
+    quotes that have none) leaves the text alone. Control characters become spaces.
+    """
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    text = "".join(ch if ch >= " " else " " for ch in text)
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def join_lines(lines: list[str]) -> str:
+    """Escaped lines as one DOT label (centred line breaks), never read as an HTML label."""
+    return graphviz.nohtml("\\n".join(lines))
+
+
+def fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def summarize(array: np.ndarray) -> list[str]:
+    """The number for a one-element array, the entries of a tiny one, else statistics."""
+    if array.size == 1:
+        return [fmt(float(array.reshape(-1)[0]))]
+    if array.size <= 4:
+        return ["[" + ", ".join(fmt(float(v)) for v in array.reshape(-1)) + "]"]
+    with np.errstate(all="ignore"):
+        return [f"mean {fmt(float(np.mean(array)))}  std {fmt(float(np.std(array)))}",
+                f"range [{fmt(float(np.min(array)))}, {fmt(float(np.max(array)))}]"]
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "scalar" if shape == () else "×".join(str(s) for s in shape)
+
+
+def kind(node: Node, is_root: bool) -> str:
+    """'output', 'op', 'parameter' (a leaf that requires grad) or 'constant'."""
+    if is_root:
+        return "output"
+    if not node.is_leaf:
+        return "op"
+    return "parameter" if node.requires_grad else "constant"
+
+
+def node_label(node: Node, role: str, show_data: bool, show_grad: bool) -> str:
+    """Title (name and op; drawn bold in SVG), shape and dtype, value and gradient summaries."""
+    what = node.op if node.op else ("input" if role == "parameter" else "constant")
+    title = f"{escape(node.name, MAX_NAME)}: {what}" if node.name else what
+    lines = [title, f"{shape_text(node.shape)} {node.dtype}"]
+    if show_data:
+        first, *rest = summarize(node.data)
+        lines += ["value " + first, *rest]
+    if show_grad and node.requires_grad:
+        if node.grad is None:
+            lines.append("grad: not computed")
+        else:
+            first, *rest = summarize(node.grad)
+            lines += ["grad " + first, *rest]
+    return join_lines(lines)
