@@ -193,3 +193,15 @@ def test_cli_render_and_demo(tmp_path, no_system_dot, capsys):
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [
         "compare.svg", "fused.svg", "staged.svg"]
     assert f"written to {tmp_path / 'demo'}/" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("norm", ["layer", "spatial", "group"])
+def test_render_every_norm(tmp_path, no_system_dot, norm):
+    target = tmp_path / f"{norm}.svg"
+    assert cli_main(["render", "--norm", norm, "--graph", "compare", "--out", str(target)]) == 0
+    lines = texts(target.read_text())
+    assert any(t.startswith("xhat: mul") for t in lines)
+    fused_name = {"layer": "layernorm", "spatial": "batchnorm", "group": "groupnorm"}[norm]
+    assert any(t.startswith(fused_name) for t in lines)
+    assert all(any(t.startswith(g + ": ") and t.endswith("agree") for t in lines)
+               for g in ("dx", "dgamma", "dbeta"))

@@ -7,30 +7,42 @@
     print(tb.compare_batchnorm(x.data, np.ones(50), np.zeros(50)))
 """
 
-from . import ops
-from .compare import NormReport, compare_batchnorm
+from . import nn, ops
+from .compare import NormReport, compare_batchnorm, compare_normalization
 from .gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
-from .nn import BatchNorm, Module
+from .nn import BatchNorm, GroupNorm, LayerNorm, Linear, Module, ReLU, Sequential
 from .node import Node, enable_grad, graph_nodes, is_grad_enabled, no_grad, stages
-from .norm import STAGE_NAMES, batchnorm_fused, batchnorm_staged
+from .norm import (
+                   STAGE_NAMES,
+                   batchnorm_fused,
+                   batchnorm_staged,
+                   groupnorm_fused,
+                   groupnorm_staged,
+                   layernorm_fused,
+                   layernorm_staged,
+                   norm_fused,
+                   norm_staged,
+                   spatial_batchnorm_fused,
+                   spatial_batchnorm_staged,
+)
 from .ops import (
-                  add,
-                  div,
-                  exp,
-                  log,
-                  matmul,
-                  mean,
-                  mul,
-                  neg,
-                  pow,
-                  relu,
-                  reshape,
-                  sqrt,
-                  sub,
-                  sum,
-                  tanh,
-                  transpose,
-                  unbroadcast,
+                   add,
+                   div,
+                   exp,
+                   log,
+                   matmul,
+                   mean,
+                   mul,
+                   neg,
+                   pow,
+                   relu,
+                   reshape,
+                   sqrt,
+                   sub,
+                   sum,
+                   tanh,
+                   transpose,
+                   unbroadcast,
 )
 
 __version__ = "0.1.0"
@@ -39,7 +51,10 @@ __all__ = [
     "Node", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages", "ops",
     "add", "sub", "mul", "div", "pow", "neg", "sqrt", "exp", "log", "relu", "tanh", "sum",
     "mean", "reshape", "transpose", "matmul", "unbroadcast",
-    "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES", "BatchNorm", "Module",
+    "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES", "nn", "BatchNorm", "Module",
+    "LayerNorm", "GroupNorm", "Linear", "ReLU", "Sequential",
+    "layernorm_staged", "layernorm_fused", "spatial_batchnorm_staged", "spatial_batchnorm_fused",
+    "groupnorm_staged", "groupnorm_fused", "norm_staged", "norm_fused",
     "numerical_gradient", "rel_error", "scaled_error", "gradcheck", "GradcheckResult",
-    "compare_batchnorm", "NormReport",
+    "compare_batchnorm", "compare_normalization", "NormReport",
 ]

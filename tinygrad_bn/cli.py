@@ -1,11 +1,13 @@
-"""Command line: `tinygrad-bn compare | explain | render | demo` (also `python -m tinygrad_bn`).
+"""Command line: `tinygrad-bn compare | explain | render | experiment | demo`.
 
-The top layer: the only module of the package that uses `viz` (imported where needed).
+Also `python -m tinygrad_bn`. The top layer: the only module of the package that uses
+`viz` (imported where needed, so the other commands do not load Graphviz).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import time
@@ -13,10 +15,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .compare import compare_batchnorm
-from .explain import explain_batchnorm
+from .compare import compare_normalization
+from .explain import explain_normalization
+from .norm import NORMS, norm_spec
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "sample_batch"]
+
+GRAPHS = ("staged", "fused", "compare")
+FORMATS = ("svg", "png", "pdf", "dot")
+# Default batch per normalization: (for compare, for explain and render).
+DEFAULT_SHAPES = {
+    "batch": ((200, 50), (4, 5)),
+    "layer": ((200, 50), (4, 5)),
+    "spatial": ((2, 3, 4, 5), (2, 3, 4, 5)),
+    "group": ((2, 6, 4, 5), (2, 6, 4, 5)),
+}
+DEFAULT_GROUPS = 2
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -41,56 +55,80 @@ def parse_eps(text: str) -> float:
     return eps
 
 
-def sample_batch(shape: tuple[int, ...], dtype: str, seed: int
+def sample_batch(shape: tuple[int, ...], dtype: str, seed: int, norm: str = "batch",
+                 groups: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The CS231n gradient-check data: x = 5*randn + 12, gamma, beta, dout ~ randn."""
+    """The CS231n gradient-check data: x = 5*randn + 12; gamma, beta (feature shape), dout ~ randn."""
     rng = np.random.default_rng(seed)
-    features = shape[1]
+    param_shape = norm_spec(norm, shape, groups=groups).param_shape
     x = 5 * rng.standard_normal(shape) + 12
-    gamma = rng.standard_normal(features)
-    beta = rng.standard_normal(features)
+    gamma = rng.standard_normal(param_shape)
+    beta = rng.standard_normal(param_shape)
     dout = rng.standard_normal(shape)
     return tuple(a.astype(dtype) for a in (x, gamma, beta, dout))  # type: ignore[return-value]
 
 
-def _add_data_options(parser: argparse.ArgumentParser, default_shape: str) -> None:
-    parser.add_argument("--shape", type=parse_shape, default=parse_shape(default_shape),
-                        help=f"N,D or N,C,H,W (default {default_shape})")
+def _add_data_options(parser: argparse.ArgumentParser, which: int) -> None:
+    shapes = ", ".join(f"{k} {','.join(map(str, v[which]))}" for k, v in DEFAULT_SHAPES.items())
+    parser.add_argument("--norm", choices=tuple(NORMS), default="batch",
+                        help="batch (default), layer, spatial (N,C,H,W batch norm) or group")
+    parser.add_argument("--groups", type=int, default=None,
+                        help=f"G for --norm group (default {DEFAULT_GROUPS})")
+    parser.add_argument("--shape", type=parse_shape, default=None,
+                        help=f"N,D or N,C,H,W (default per norm: {shapes})")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--eps", type=parse_eps, default=1e-5, help="default 1e-5")
+    parser.set_defaults(shape_slot=which)
+
+
+def _data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
+    """Fill in the per-norm defaults and draw the sample batch (argument errors exit 2)."""
+    if args.shape is None:
+        args.shape = DEFAULT_SHAPES[args.norm][args.shape_slot]
+    if args.norm == "group" and args.groups is None:
+        args.groups = DEFAULT_GROUPS
+    try:
+        return sample_batch(args.shape, args.dtype, args.seed, args.norm, args.groups)
+    except ValueError as error:
+        raise SystemExit(_usage_error(args, str(error))) from None
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> int:
+    print(f"tinygrad-bn {args.command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    x, gamma, beta, dout = sample_batch(args.shape, args.dtype, args.seed)
-    report = compare_batchnorm(x, gamma, beta, dout, eps=args.eps)
+    x, gamma, beta, dout = _data(args)
+    report = compare_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
+                                   groups=args.groups)
     print(report)
     return 0 if report.ok else 1
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    x, gamma, beta, dout = sample_batch(args.shape, args.dtype, args.seed)
-    print(explain_batchnorm(x, gamma, beta, dout, eps=args.eps))
+    x, gamma, beta, dout = _data(args)
+    print(explain_normalization(args.norm, x, gamma, beta, dout, eps=args.eps, groups=args.groups))
     return 0
 
 
-GRAPHS = ("staged", "fused", "compare")
-FORMATS = ("svg", "png", "pdf", "dot")
-
-
-def write_graph(kind: str, shape: tuple[int, ...], dtype: str, seed: int, path: pathlib.Path,
-                fmt: str | None, backward: bool) -> pathlib.Path:
-    """Build batch norm on sample data, backpropagate, draw it and write it to `path`."""
-    import tinygrad_bn as tb
+def write_graph(args: argparse.Namespace, kind: str, path: pathlib.Path, fmt: str | None,
+                backward: bool) -> pathlib.Path:
+    """Build the normalization on sample data, backpropagate, draw it and write it to `path`."""
     import viz
 
-    x, gamma, beta, dout = sample_batch(shape, dtype, seed)
+    from .node import Node
+    from .norm import norm_fused, norm_staged
+
+    x, gamma, beta, dout = _data(args)
     if kind == "compare":
-        graph = viz.draw_comparison(x, gamma, beta, dout, backward=backward)
+        graph = viz.draw_comparison(x, gamma, beta, dout, norm=args.norm, groups=args.groups,
+                                    eps=args.eps, backward=backward)
     else:
-        fn = tb.batchnorm_staged if kind == "staged" else tb.batchnorm_fused
-        nodes = tb.Node(x, name="x"), tb.Node(gamma, name="gamma"), tb.Node(beta, name="beta")
-        out = fn(*nodes)
+        fn = norm_staged if kind == "staged" else norm_fused
+        nodes = Node(x, name="x"), Node(gamma, name="gamma"), Node(beta, name="beta")
+        out = fn(args.norm, *nodes, eps=args.eps, groups=args.groups)
         out.backward(dout)
         graph = viz.draw(out, backward=backward)
     return viz.render(graph, path, fmt)
@@ -102,14 +140,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     fmt = args.format
     path = args.out
     if path is None:
-        path = pathlib.Path("graphs") / f"batchnorm_{args.graph}.{fmt or 'svg'}"
+        path = pathlib.Path("graphs") / f"{args.norm}norm_{args.graph}.{fmt or 'svg'}"
     elif fmt is None and path.suffix.lstrip(".").lower() not in FORMATS:
         fmt = "svg"
-        path = path.with_suffix(path.suffix + ".svg") if path.suffix else path.with_suffix(".svg")
     start = time.perf_counter()
     try:
-        written = write_graph(args.graph, args.shape, args.dtype, args.seed, path, fmt,
-                              args.backward)
+        written = write_graph(args, args.graph, path, fmt, args.backward)
     except viz.RenderError as error:
         print(f"tinygrad-bn render: {error}", file=sys.stderr)
         return 1
@@ -118,30 +154,44 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiment import ExperimentConfig, format_result, run_experiment
+
+    config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
+    config = dataclasses.replace(config, seed=args.seed)
+    print(format_result(run_experiment(config)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     status = 0
     for dtype in ("float64", "float32"):
         print(f"== staged vs fused vs numeric, {dtype} ==")
-        status |= cmd_compare(argparse.Namespace(shape=args.shape, dtype=dtype, seed=args.seed,
-                                                 eps=1e-5))
+        status |= cmd_compare(_namespace(command="compare", shape=args.shape, dtype=dtype,
+                                         seed=args.seed, shape_slot=0))
         print()
     print("== the staged backward pass, step by step ==")
-    cmd_explain(argparse.Namespace(shape=(4, 5), dtype="float64", seed=args.seed, eps=1e-5))
+    cmd_explain(_namespace(command="explain", seed=args.seed, shape_slot=1))
     print()
     folder = args.out_dir
     print(f"== graphs (values, shapes and gradients on every node) written to {folder}/ ==")
     for kind in GRAPHS:
-        written = write_graph(kind, args.shape, "float64", args.seed, folder / f"{kind}.svg",
-                              None, backward=kind == "staged")
+        written = write_graph(_namespace(command="render", seed=args.seed, shape_slot=1),
+                              kind, folder / f"{kind}.svg", None, backward=kind == "staged")
         print(f"  {written}")
     return status
+
+
+def _namespace(**overrides: object) -> argparse.Namespace:
+    defaults = dict(norm="batch", groups=None, shape=None, dtype="float64", seed=0, eps=1e-5)
+    return argparse.Namespace(**{**defaults, **overrides})
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinygrad-bn",
-        description="Batch norm as a graph of primitives and as one fused op, "
-                    "checked against each other and against finite differences.",
+        description="Batch norm (and layer, spatial and group norm) as a graph of primitives "
+                    "and as one fused op, checked against each other and finite differences.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -150,36 +200,45 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prints the forward difference staged vs fused and, for dx, dgamma and "
                     "dbeta, the errors staged~fused, staged~numeric and fused~numeric. "
                     "Exits 1 if any exceeds the dtype's tolerance.")
-    _add_data_options(compare, "200,50")
+    _add_data_options(compare, 0)
     compare.set_defaults(run=cmd_compare)
 
     explain = commands.add_parser(
         "explain", help="walk the staged backward pass stage by stage",
         description="One row per stage in backward order: op, shape, the gradient arriving, "
                     "what it sends to each parent, and the local derivative.")
-    _add_data_options(explain, "4,5")
+    _add_data_options(explain, 1)
     explain.set_defaults(run=cmd_explain)
 
     render = commands.add_parser(
-        "render", help="draw the batch-norm graph with values and gradients",
-        description="Builds batch norm on sample data, runs backward and draws the graph. "
-                    "SVG works without a system Graphviz; png and pdf need `dot` on PATH.")
+        "render", help="draw the graph with values and gradients",
+        description="Builds the normalization on sample data, runs backward and draws the "
+                    "graph. SVG works without a system Graphviz; png and pdf need `dot`.")
     render.add_argument("--graph", choices=GRAPHS, default="staged",
                         help="staged graph, fused op, or both side by side (default staged)")
-    _add_data_options(render, "4,5")
+    _add_data_options(render, 1)
     render.add_argument("--format", choices=FORMATS, default=None,
                         help="default: from --out's suffix, else svg")
     render.add_argument("--out", type=pathlib.Path, default=None,
-                        help="file to write (default graphs/batchnorm_GRAPH.FORMAT)")
+                        help="file to write (default graphs/NORMnorm_GRAPH.FORMAT)")
     render.add_argument("--backward", action="store_true",
                         help="also draw the backward edges, labelled with gradient norms")
     render.set_defaults(run=cmd_render)
+
+    experiment = commands.add_parser(
+        "experiment", help="why normalization helps: a deep MLP across init scales",
+        description="Trains a 6-hidden-layer MLP on generated data without normalization and "
+                    "with batch and layer norm across weight-init scales; prints final loss "
+                    "and accuracy, and per-layer activation and gradient std at init.")
+    experiment.add_argument("--quick", action="store_true", help="3 scales, fewer steps")
+    experiment.add_argument("--seed", type=int, default=0)
+    experiment.set_defaults(run=cmd_experiment)
 
     demo = commands.add_parser("demo", help="compare, explain, and write the graphs",
                                description="The main demonstration: compare in both dtypes, "
                                            "the step-by-step backward trace, and the staged, "
                                            "fused and comparison graphs as SVG.")
-    demo.add_argument("--shape", type=parse_shape, default=parse_shape("200,50"),
+    demo.add_argument("--shape", type=parse_shape, default=None,
                       help="batch for compare (default 200,50)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("graphs"),

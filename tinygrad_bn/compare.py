@@ -9,9 +9,18 @@ import numpy as np
 
 from .gradcheck import numerical_gradient, scaled_error
 from .node import Node, as_float_array
-from .norm import FusedBatchNorm, FusedNorm, NormSpec, batchnorm_spec, fused_node, staged_nodes
+from .norm import (
+    NORMS,
+    FusedBatchNorm,
+    FusedNorm,
+    NormSpec,
+    batchnorm_spec,
+    fused_node,
+    norm_spec,
+    staged_nodes,
+)
 
-__all__ = ["NormReport", "compare_batchnorm", "compare_norm", "TOLERANCES"]
+__all__ = ["NormReport", "compare_batchnorm", "compare_normalization", "compare_norm", "TOLERANCES"]
 
 # (staged vs fused, either vs numeric, forward relative to the output's scale)
 TOLERANCES = {
@@ -151,3 +160,14 @@ def compare_batchnorm(x: Any, gamma: Any, beta: Any, dout: Any = None, *, axis: 
     shape = np.shape(x)
     spec = batchnorm_spec(shape, axis, eps)
     return compare_norm(spec, FusedBatchNorm, x, gamma, beta, dout, seed=seed, h=h)
+
+
+def compare_normalization(kind: str, x: Any, gamma: Any, beta: Any, dout: Any = None, *,
+                          eps: float = 1e-5, groups: int | None = None, axis: Any = None,
+                          seed: int = 0, h: float = 1e-5) -> NormReport:
+    """Any normalization of the family (batch, spatial, layer, group) staged vs fused vs numeric.
+
+    Shapes as for the matching `*_staged` function; `groups` is G for group norm.
+    """
+    spec = norm_spec(kind, np.shape(x), eps=eps, groups=groups, axis=axis)
+    return compare_norm(spec, NORMS[kind], x, gamma, beta, dout, seed=seed, h=h)

@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 
 from .node import Node
-from .norm import STAGE_NAMES, NormSpec, batchnorm_spec, staged_nodes
+from .norm import STAGE_NAMES, NormSpec, norm_spec, staged_nodes
 
-__all__ = ["StageRow", "explain_staged", "explain_batchnorm", "format_explanation"]
+__all__ = ["StageRow", "explain_staged", "explain_batchnorm", "explain_normalization",
+           "format_explanation"]
 
 
 @dataclass
@@ -83,9 +84,16 @@ def explain_staged(nodes: dict[str, Node], leaves: dict[str, Node], spec: NormSp
 def explain_batchnorm(x: Any, gamma: Any, beta: Any, dout: Any, *, axis: Any = None,
                       eps: float = 1e-5) -> Explanation:
     """Trace batch norm's staged backward. x: (N, D) or (N, C, H, W); dout: x's shape."""
+    return explain_normalization("batch", x, gamma, beta, dout, axis=axis, eps=eps)
+
+
+def explain_normalization(kind: str, x: Any, gamma: Any, beta: Any, dout: Any, *,
+                          eps: float = 1e-5, groups: int | None = None,
+                          axis: Any = None) -> Explanation:
+    """Trace the staged backward of normalization `kind` (batch, spatial, layer, group)."""
     x = Node(np.array(x), name="x")
     gamma, beta = Node(np.array(gamma), name="gamma"), Node(np.array(beta), name="beta")
-    spec = batchnorm_spec(x.shape, axis, eps)
+    spec = norm_spec(kind, x.shape, eps=eps, groups=groups, axis=axis)
     dout = np.asarray(dout, dtype=x.dtype)
     return explain_staged(staged_nodes(x, gamma, beta, spec),
                           {"x": x, "gamma": gamma, "beta": beta}, spec, dout)
@@ -95,8 +103,9 @@ def format_explanation(explanation: Explanation) -> str:
     """The trace as a table: one row per stage in backward order."""
     spec = explanation.spec
     lines = [
-        f"Backward pass of the staged {spec.kind}, x {spec.x_shape}, reduced over axes "
-        f"{spec.reduce_axes}, N = {spec.count} values per statistic.",
+        f"Backward pass of the staged {spec.kind}, x {spec.x_shape}"
+        + (f" viewed as {spec.grouped_shape}" if spec.grouped_shape else "")
+        + f", reduced over axes {spec.reduce_axes}, N = {spec.count} values per statistic.",
         "Each row: the gradient arriving at the stage, the local derivative, and the norm "
         "of what it sends to each parent.",
         "",

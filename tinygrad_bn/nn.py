@@ -9,17 +9,23 @@ import numpy as np
 
 from .node import Node
 from .norm import (
+    NORMS,
     FusedBatchNorm,
     NormSpec,
     as_node,
     batchnorm_spec,
     broadcastable,
     check_eps,
+    fused_node,
+    groupnorm_spec,
+    layernorm_spec,
     staged_nodes,
 )
 from .ops import record
 
-__all__ = ["Module", "BatchNorm", "check_momentum"]
+__all__ = ["Module", "BatchNorm", "LayerNorm", "GroupNorm", "Linear", "ReLU", "Sequential",
+           "check_momentum"]
+
 
 
 def check_momentum(momentum: Any) -> float:
@@ -28,6 +34,19 @@ def check_momentum(momentum: Any) -> float:
             or not 0.0 <= momentum <= 1.0):
         raise ValueError(f"momentum: expected a number in [0, 1], got {momentum!r}")
     return float(momentum)
+
+
+def check_positive_int(value: Any, argname: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{argname}: expected a positive int, got {value!r}")
+    return int(value)
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+    return dtype
 
 
 class Module:
@@ -93,13 +112,9 @@ class BatchNorm(Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.9,
                  fused: bool = True, dtype: Any = np.float64) -> None:
-        if (isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral)
-                or num_features <= 0):
-            raise ValueError(f"num_features: expected a positive int, got {num_features!r}")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
-        self.num_features = int(num_features)
+        num_features = check_positive_int(num_features, "num_features")
+        dtype = check_dtype(dtype)
+        self.num_features = num_features
         self.eps = check_eps(eps)
         self.momentum = check_momentum(momentum)
         self.fused = bool(fused)
@@ -156,3 +171,118 @@ class BatchNorm(Module):
         kind = "fused" if self.fused else "staged"
         return (f"BatchNorm({self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}, "
                 f"{kind}, training={self.training})")
+
+
+class _StatelessNorm(Module):
+    """A normalization without running statistics (layer, group): same in train and eval."""
+
+    kind = ""
+
+    def _spec(self, x: Node) -> NormSpec:
+        raise NotImplementedError
+
+    def forward(self, x: Any) -> Node:
+        x = as_node(x, "x")
+        spec = self._spec(x)
+        if self.fused:
+            return fused_node(NORMS[self.kind], x, self.gamma, self.beta, spec)
+        return staged_nodes(x, self.gamma, self.beta, spec)["out"]
+
+
+class LayerNorm(_StatelessNorm):
+    """Layer norm over each sample's features. normalized_shape: x.shape[1:], e.g. 64 or (C, H, W)."""
+
+    kind = "layer"
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
+                 fused: bool = True, dtype: Any = np.float64) -> None:
+        shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(
+            normalized_shape)
+        for size in shape:
+            check_positive_int(size, "normalized_shape")
+        dtype = check_dtype(dtype)
+        self.normalized_shape = tuple(int(s) for s in shape)
+        self.eps = check_eps(eps)
+        self.fused = bool(fused)
+        self.gamma = Node(np.ones(self.normalized_shape, dtype), name="gamma")
+        self.beta = Node(np.zeros(self.normalized_shape, dtype), name="beta")
+
+    def _spec(self, x: Node) -> NormSpec:
+        if x.shape[1:] != self.normalized_shape or x.ndim < 2:
+            raise ValueError(
+                f"x: expected shape (N, {', '.join(map(str, self.normalized_shape))}), got {x.shape}")
+        return layernorm_spec(x.shape, self.eps)
+
+
+class GroupNorm(_StatelessNorm):
+    """Group norm: (N, C, H, W) in num_groups groups of channels; per-channel gamma/beta."""
+
+    kind = "group"
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, fused: bool = True,
+                 dtype: Any = np.float64) -> None:
+        self.num_groups = check_positive_int(num_groups, "num_groups")
+        self.num_channels = check_positive_int(num_channels, "num_channels")
+        if self.num_channels % self.num_groups:
+            raise ValueError(f"num_groups: expected a divisor of num_channels={num_channels}, "
+                             f"got {num_groups}")
+        dtype = check_dtype(dtype)
+        self.eps = check_eps(eps)
+        self.fused = bool(fused)
+        self.gamma = Node(np.ones(self.num_channels, dtype), name="gamma")
+        self.beta = Node(np.zeros(self.num_channels, dtype), name="beta")
+
+    def _spec(self, x: Node) -> NormSpec:
+        if x.ndim != 4 or x.shape[1] != self.num_channels:
+            raise ValueError(f"x: expected shape (N, {self.num_channels}, H, W), got {x.shape}")
+        return groupnorm_spec(x.shape, self.num_groups, self.eps)
+
+
+class Linear(Module):
+    """x @ W + b. x: (N, in_features) -> (N, out_features).
+
+    W starts as weight_scale * standard normal (the CS231n convention); weight_scale=None
+    means He initialization, sqrt(2 / in_features).
+    """
+
+    def __init__(self, in_features: int, out_features: int, weight_scale: float | None = None,
+                 rng: np.random.Generator | None = None, dtype: Any = np.float64) -> None:
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        if weight_scale is None:
+            weight_scale = float(np.sqrt(2.0 / in_features))
+        if not (isinstance(weight_scale, numbers.Real) and weight_scale > 0):
+            raise ValueError(f"weight_scale: expected a number > 0, got {weight_scale!r}")
+        dtype = check_dtype(dtype)
+        rng = rng if rng is not None else np.random.default_rng()
+        self.W = Node((weight_scale * rng.standard_normal((in_features, out_features))).astype(dtype),
+                      name="W")
+        self.b = Node(np.zeros(out_features, dtype), name="b")
+
+    def forward(self, x: Any) -> Node:
+        x = as_node(x, "x")
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"x: expected shape (N, {self.in_features}), got {x.shape}")
+        return x @ self.W + self.b
+
+
+class ReLU(Module):
+    """max(x, 0), elementwise."""
+
+    def forward(self, x: Any) -> Node:
+        return as_node(x, "x").relu()
+
+
+class Sequential(Module):
+    """Layers applied in order; `layers[i]` is the i-th."""
+
+    def __init__(self, *layers: Module) -> None:
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layers[{i}]: expected a Module, got {type(layer).__name__}")
+        self.layers = list(layers)
+
+    def forward(self, x: Any) -> Node:
+        for layer in self.layers:
+            x = layer(x)
+        return x

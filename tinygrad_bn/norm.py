@@ -23,7 +23,13 @@ import numpy as np
 from .node import Node
 from .ops import Op, apply, normalize_axis
 
-__all__ = ["NormSpec", "batchnorm_spec", "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES"]
+__all__ = [
+    "NormSpec", "STAGE_NAMES", "NORMS", "norm_spec", "norm_staged", "norm_fused",
+    "batchnorm_spec", "batchnorm_staged", "batchnorm_fused",
+    "layernorm_spec", "layernorm_staged", "layernorm_fused",
+    "spatial_batchnorm_spec", "spatial_batchnorm_staged", "spatial_batchnorm_fused",
+    "groupnorm_spec", "groupnorm_staged", "groupnorm_fused",
+]
 
 # The staged graph's node names, in forward order.
 STAGE_NAMES = ("mu", "xmu", "sq", "var", "var_eps", "sqrtvar", "ivar", "xhat", "gammax", "out")
@@ -248,3 +254,129 @@ def batchnorm_fused(x: Any, gamma: Any, beta: Any, *, axis: Any = None,
     """
     x, gamma, beta = as_node(x, "x"), as_node(gamma, "gamma"), as_node(beta, "beta")
     return fused_node(FusedBatchNorm, x, gamma, beta, batchnorm_spec(x.shape, axis, eps))
+
+
+# --- the rest of the family: same nine stages, other axes ------------------------------
+class FusedLayerNorm(FusedNorm):
+    name = "layernorm"
+
+
+class FusedGroupNorm(FusedNorm):
+    name = "groupnorm"
+
+
+def _check_rank(x_shape: tuple[int, ...], expected: str, ok: bool) -> None:
+    if not ok:
+        raise ValueError(f"x: expected shape {expected}, got {tuple(x_shape)}")
+
+
+def layernorm_spec(x_shape: tuple[int, ...], eps: Any = 1e-5) -> NormSpec:
+    """Layer norm: each sample over all its feature axes; gamma/beta have x.shape[1:]."""
+    _check_rank(x_shape, "(N, D) or (N, D1, D2, ...)", len(x_shape) >= 2)
+    spec = NormSpec(
+        kind="layer norm",
+        x_shape=tuple(x_shape),
+        reduce_axes=tuple(range(1, len(x_shape))),
+        param_shape=tuple(x_shape[1:]),
+        param_bshape=(1, *x_shape[1:]),
+        eps=check_eps(eps),
+    )
+    spec.check_nonempty()
+    return spec
+
+
+def spatial_batchnorm_spec(x_shape: tuple[int, ...], eps: Any = 1e-5) -> NormSpec:
+    """Spatial batch norm: (N, C, H, W) over (0, 2, 3); gamma/beta of shape (C,)."""
+    _check_rank(x_shape, "(N, C, H, W)", len(x_shape) == 4)
+    spec = batchnorm_spec(x_shape, (0, 2, 3), eps)
+    return NormSpec(**{**spec.__dict__, "kind": "spatial batch norm"})
+
+
+def groupnorm_spec(x_shape: tuple[int, ...], groups: Any, eps: Any = 1e-5) -> NormSpec:
+    """Group norm: (N, C, H, W) seen as (N, G, C/G, H, W), normalized over the last three
+    axes; gamma/beta per channel, (C,) or (1, C, 1, 1)."""
+    _check_rank(x_shape, "(N, C, H, W)", len(x_shape) == 4)
+    n, c, h, w = x_shape
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0:
+        raise ValueError(f"G: expected a positive int, got {groups!r}")
+    if c % groups:
+        raise ValueError(f"G: expected a divisor of the channel count C={c}, got {groups}")
+    spec = NormSpec(
+        kind="group norm",
+        x_shape=tuple(x_shape),
+        reduce_axes=(2, 3, 4),
+        param_shape=(c,),
+        param_bshape=(1, c, 1, 1),
+        eps=check_eps(eps),
+        grouped_shape=(n, int(groups), c // int(groups), h, w),
+    )
+    spec.check_nonempty()
+    return spec
+
+
+NORMS: dict[str, type[FusedNorm]] = {
+    "batch": FusedBatchNorm,
+    "spatial": FusedBatchNorm,
+    "layer": FusedLayerNorm,
+    "group": FusedGroupNorm,
+}
+
+
+def norm_spec(kind: str, x_shape: tuple[int, ...], *, eps: Any = 1e-5, groups: Any = None,
+              axis: Any = None) -> NormSpec:
+    """The spec of normalization `kind` (batch, spatial, layer, group) for input x_shape."""
+    if kind == "batch":
+        return batchnorm_spec(x_shape, axis, eps)
+    if kind == "spatial":
+        return spatial_batchnorm_spec(x_shape, eps)
+    if kind == "layer":
+        return layernorm_spec(x_shape, eps)
+    if kind == "group":
+        return groupnorm_spec(x_shape, groups, eps)
+    raise ValueError(f"norm: expected one of {', '.join(NORMS)}, got {kind!r}")
+
+
+def norm_staged(kind: str, x: Any, gamma: Any, beta: Any, *, eps: float = 1e-5,
+                groups: Any = None, axis: Any = None) -> Node:
+    """Normalization `kind` from primitive ops, one named node per stage; returns `out`."""
+    x, gamma, beta = as_node(x, "x"), as_node(gamma, "gamma"), as_node(beta, "beta")
+    spec = norm_spec(kind, x.shape, eps=eps, groups=groups, axis=axis)
+    return staged_nodes(x, gamma, beta, spec)["out"]
+
+
+def norm_fused(kind: str, x: Any, gamma: Any, beta: Any, *, eps: float = 1e-5,
+               groups: Any = None, axis: Any = None) -> Node:
+    """Normalization `kind` as one node with the closed-form backward."""
+    x, gamma, beta = as_node(x, "x"), as_node(gamma, "gamma"), as_node(beta, "beta")
+    spec = norm_spec(kind, x.shape, eps=eps, groups=groups, axis=axis)
+    return fused_node(NORMS[kind], x, gamma, beta, spec)
+
+
+def layernorm_staged(x: Any, gamma: Any, beta: Any, *, eps: float = 1e-5) -> Node:
+    """Layer norm, staged. x: (N, D...); gamma, beta: (D...)."""
+    return norm_staged("layer", x, gamma, beta, eps=eps)
+
+
+def layernorm_fused(x: Any, gamma: Any, beta: Any, *, eps: float = 1e-5) -> Node:
+    """Layer norm, one `layernorm` node. x: (N, D...); gamma, beta: (D...)."""
+    return norm_fused("layer", x, gamma, beta, eps=eps)
+
+
+def spatial_batchnorm_staged(x: Any, gamma: Any, beta: Any, *, eps: float = 1e-5) -> Node:
+    """Spatial batch norm, staged. x: (N, C, H, W); gamma, beta: (C,)."""
+    return norm_staged("spatial", x, gamma, beta, eps=eps)
+
+
+def spatial_batchnorm_fused(x: Any, gamma: Any, beta: Any, *, eps: float = 1e-5) -> Node:
+    """Spatial batch norm, one `batchnorm` node. x: (N, C, H, W); gamma, beta: (C,)."""
+    return norm_fused("spatial", x, gamma, beta, eps=eps)
+
+
+def groupnorm_staged(x: Any, gamma: Any, beta: Any, groups: int, *, eps: float = 1e-5) -> Node:
+    """Group norm, staged. x: (N, C, H, W); gamma, beta: (C,) or (1, C, 1, 1); C % groups == 0."""
+    return norm_staged("group", x, gamma, beta, eps=eps, groups=groups)
+
+
+def groupnorm_fused(x: Any, gamma: Any, beta: Any, groups: int, *, eps: float = 1e-5) -> Node:
+    """Group norm, one `groupnorm` node. Shapes as for groupnorm_staged."""
+    return norm_fused("group", x, gamma, beta, eps=eps, groups=groups)

@@ -12,7 +12,7 @@ import numpy as np
 
 from tinygrad_bn import STAGE_NAMES, Node, graph_nodes, scaled_error
 from tinygrad_bn.compare import TOLERANCES
-from tinygrad_bn.norm import as_node, batchnorm_fused, batchnorm_staged
+from tinygrad_bn.norm import as_node, norm_fused, norm_staged
 
 from .backend import FORMATS, render_source
 from .labels import escape, join_lines, kind, node_label, shape_text
@@ -215,12 +215,14 @@ def draw(root: Node, *, show_data: bool = True, show_grad: bool = True, rankdir:
     return Graph(digraph, nodes, edges, total)
 
 
-def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, axis: Any = None,
-                    eps: float = 1e-5, seed: int = 0, show_data: bool = True,
-                    show_grad: bool = True, rankdir: str = "LR", backward: bool = False) -> Graph:
-    """Staged and fused batch norm side by side, after one backward pass with `dout`.
+def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: str = "batch",
+                    groups: int | None = None, axis: Any = None, eps: float = 1e-5, seed: int = 0,
+                    show_data: bool = True, show_grad: bool = True, rankdir: str = "LR",
+                    backward: bool = False) -> Graph:
+    """Staged and fused normalization side by side, after one backward pass with `dout`.
 
-    x: (N, D) or (N, C, H, W); gamma, beta: (D,)/(C,); dout: x's shape (random when None).
+    norm: batch (default), spatial, layer or group (with `groups`). x: (N, D) or
+    (N, C, H, W); gamma, beta: the feature shape; dout: x's shape (random when None).
     A table states, for dx, dgamma and dbeta, the normwise relative error staged vs fused
     and whether they agree within the dtype's tolerance.
     """
@@ -232,10 +234,10 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, axis: An
     digraph = _new_digraph(rankdir)
     grads = {}
     counts = [0, 0, 0]
-    for variant, fn in (("staged", batchnorm_staged), ("fused", batchnorm_fused)):
+    for variant, fn in (("staged", norm_staged), ("fused", norm_fused)):
         xn = Node(x_data.copy(), name="x")
         gn, bn = Node(gamma_data.copy(), name="gamma"), Node(beta_data.copy(), name="beta")
-        out = fn(xn, gn, bn, axis=axis, eps=eps)
+        out = fn(norm, xn, gn, bn, axis=axis, eps=eps, groups=groups)
         out.backward(dout)
         grads[variant] = {"dx": xn.grad, "dgamma": gn.grad, "dbeta": bn.grad}
         sub = graphviz.Digraph(name=f"cluster_{variant}")
