@@ -9,9 +9,11 @@ and is freed by reference counting alone.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,6 +32,8 @@ class _GradMode(threading.local):
 
 
 _grad_mode = _GradMode()
+# Creation numbers: a node's parents always have smaller ones (see Node.backward).
+_creation_order = itertools.count()
 
 
 def is_grad_enabled() -> bool:
@@ -78,23 +82,29 @@ def as_float_array(value: Any, argname: str = "data") -> np.ndarray:
 
 
 class Node:
-    """A value in the graph: `data` (an ndarray), `grad`, the `op` that made it, its `parents`.
+    """A value in the graph: `data` (an ndarray; a numpy scalar when 0-d), `grad`, the `op`
+    that made it, its `parents`.
 
     `grad` stays None until a backward pass reaches the node; afterwards it is an array of
     `data`'s shape and dtype. Gradients *accumulate* across `backward()` calls, as in
     PyTorch: call `zero_grad()` between passes when you want fresh ones.
     """
 
-    __slots__ = ("data", "grad", "name", "requires_grad", "parents", "_op", "_saved", "__weakref__")
+    __slots__ = ("data", "grad", "name", "requires_grad", "parents", "_op", "_saved", "_seq",
+                 "__weakref__")
 
     def __init__(self, data: Any, name: str | None = None, requires_grad: bool = True) -> None:
-        self.data = as_float_array(data)
+        data = as_float_array(data)
+        # 0-d values are kept as numpy scalars (np.float64 / np.float32), which is what
+        # numpy's own 0-d arithmetic returns and what makes scalar graphs cheap.
+        self.data = data[()] if data.ndim == 0 else data
         self.grad: np.ndarray | None = None
         self.name = name
         self.requires_grad = bool(requires_grad)
         self.parents: tuple[Node, ...] = ()
         self._op: Op | None = None
         self._saved: Any = None
+        self._seq = next(_creation_order)
 
     @classmethod
     def _result(
@@ -109,6 +119,7 @@ class Node:
         node.parents = parents
         node._op = op
         node._saved = saved
+        node._seq = next(_creation_order)
         return node
 
     # --- introspection -------------------------------------------------------------
@@ -161,11 +172,16 @@ class Node:
         return f"Node({label}{value}, dtype={self.data.dtype}{op})"
 
     # --- backward ------------------------------------------------------------------
-    def backward(self, grad: Any = None) -> None:
+    def backward(self, grad: Any = None, *, free_graph: bool = False) -> None:
         """Backpropagate from this node, adding d(self)/d(node) * grad into every `node.grad`.
 
         grad: upstream gradient of `self`'s shape. It may be omitted only for a size-1 node
         (it is then 1). Gradients accumulate across calls; use `zero_grad()` to clear them.
+        Every node of the graph keeps its gradient; this node's own `.grad` is a read-only
+        view of `grad` (no copy). free_graph=True works as PyTorch does instead: each node's
+        saved arrays, parents and gradient are dropped as soon as the pass is done with it,
+        so intermediates are freed during the pass; afterwards only leaves (and this node)
+        have gradients and the graph cannot be backpropagated again.
         """
         seed = self._check_upstream(grad)
         if not self.requires_grad:
@@ -173,55 +189,78 @@ class Node:
                 "backward: this node does not require grad (it was built from constants or "
                 "inside no_grad()), so there is nothing to differentiate"
             )
-        order = graph_nodes(self, requires_grad_only=True)
-        pending: dict[Node, np.ndarray] = {self: seed}
+        if self.grad is not None:
+            self.grad = self.grad + seed
+        elif isinstance(seed, np.ndarray):
+            view = seed.view()
+            view.flags.writeable = False
+            self.grad = view
+        else:
+            self.grad = seed
         # Arrays already handed out as a `.grad` in this pass (by the id of the buffer that
         # owns their memory): an op may pass one array to several parents, and a user must
         # be able to edit one node's gradient without changing another's.
         owners: set[int] = {id(_owner(seed))}
-        # Children come after their parents in `order`, so walking it backwards sees every
-        # node after all of its consumers have contributed to its gradient.
-        for node in reversed(order):
-            upstream = pending.pop(node, None)
-            if upstream is None:
-                continue
-            node._store_grad(upstream, owners)
+        pending: dict[Node, np.ndarray] = {}
+        # A node is always created after its parents, so taking nodes newest first visits
+        # each one after every consumer has added its part (an iterative topological order).
+        heap: list[tuple[int, Node]] = []
+        node, upstream = self, seed
+        while True:
             op = node._op
-            if op is None:
-                continue
-            parent_grads = op.backward(upstream, node._saved)
-            for parent, parent_grad in zip(node.parents, parent_grads):
-                if parent_grad is None or not parent.requires_grad:
-                    continue
-                previous = pending.get(parent)
-                # A fresh sum, never `+=`: the arrays may be shared.
-                pending[parent] = parent_grad if previous is None else previous + parent_grad
+            if op is not None:
+                parent_grads = op.backward(upstream, node._saved)
+                for parent, parent_grad in zip(node.parents, parent_grads):
+                    if parent_grad is None or not parent.requires_grad:
+                        continue
+                    previous = pending.get(parent)
+                    if previous is None:
+                        pending[parent] = parent_grad
+                        heappush(heap, (-parent._seq, parent))
+                    else:
+                        # A fresh sum, never `+=`: the arrays may be shared.
+                        pending[parent] = previous + parent_grad
+                if free_graph:
+                    node._saved = None
+                    node.parents = ()
+            if not heap:
+                break
+            node = heappop(heap)[1]
+            upstream = pending.pop(node)
+            if not free_graph or node._op is None:
+                node._store_grad(upstream, owners)
 
     def _check_upstream(self, grad: Any) -> np.ndarray:
+        data = self.data
         if grad is None:
-            if self.data.size != 1:
+            if data.size != 1:
                 raise ValueError(
                     f"backward: grad can be omitted only for a node with one element; this node "
-                    f"has shape {self.data.shape}, so pass an upstream gradient of that shape"
+                    f"has shape {data.shape}, so pass an upstream gradient of that shape"
                 )
-            return np.ones_like(self.data)
+            return data.dtype.type(1) if data.ndim == 0 else np.ones_like(data)
         if isinstance(grad, Node):
             grad = grad.data
         upstream = as_float_array(grad, "grad")
-        if upstream.shape != self.data.shape:
+        if upstream.shape != data.shape:
             raise ValueError(
-                f"backward: grad must have the node's shape {self.data.shape}, "
+                f"backward: grad must have the node's shape {data.shape}, "
                 f"got shape {upstream.shape}"
             )
-        return upstream.astype(self.data.dtype, copy=False)
+        upstream = upstream.astype(data.dtype, copy=False)
+        return upstream[()] if upstream.ndim == 0 else upstream
 
-    def _store_grad(self, upstream: np.ndarray, owners: set[int]) -> None:
+    def _store_grad(self, upstream: Any, owners: set[int]) -> None:
         data = self.data
-        if type(upstream) is not np.ndarray:
-            upstream = np.asarray(upstream)
         if upstream.dtype != data.dtype:
             upstream = upstream.astype(data.dtype)
-        if upstream.shape != data.shape:  # e.g. a scalar op broadcast into a 0-d slot
+        if data.ndim == 0:
+            # Numpy scalars are immutable: nothing to alias, nothing to copy.
+            if type(upstream) is np.ndarray:
+                upstream = upstream.reshape(())[()]
+            self.grad = upstream if self.grad is None else self.grad + upstream
+            return
+        if upstream.shape != data.shape:  # a gradient broadcast into a larger slot
             upstream = np.broadcast_to(upstream, data.shape)
         if self.grad is not None:
             self.grad = self.grad + upstream
@@ -329,21 +368,16 @@ def _owner(array: np.ndarray) -> object:
 def graph_nodes(root: Node, requires_grad_only: bool = False) -> list[Node]:
     """Every node `root` depends on, parents before children (root last); iterative DFS."""
     order: list[Node] = []
-    visited: set[int] = {id(root)}
-    # Each stack entry is (node, index of the next parent to visit).
-    stack: list[tuple[Node, int]] = [(root, 0)]
+    visited = {root}
+    # Each stack entry holds a node and an iterator over the parents still to visit.
+    stack = [(root, iter(root.parents))]
     while stack:
-        node, index = stack[-1]
-        parents = node.parents
-        while index < len(parents):
-            parent = parents[index]
-            index += 1
-            if id(parent) in visited or (requires_grad_only and not parent.requires_grad):
-                continue
-            visited.add(id(parent))
-            stack[-1] = (node, index)
-            stack.append((parent, 0))
-            break
+        node, parents = stack[-1]
+        for parent in parents:
+            if parent not in visited and (parent.requires_grad or not requires_grad_only):
+                visited.add(parent)
+                stack.append((parent, iter(parent.parents)))
+                break
         else:
             stack.pop()
             order.append(node)

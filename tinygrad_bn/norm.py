@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels
 from .node import Node
 from .ops import Op, apply, normalize_axis
 
@@ -185,12 +186,17 @@ def batchnorm_staged(x: Any, gamma: Any, beta: Any, *, axis: Any = None,
 
 # --- fused ----------------------------------------------------------------------------
 class NormContext:
-    """What the fused op keeps for its backward (arrays only) plus the batch statistics."""
+    """What the fused op keeps for its backward (arrays only) plus the batch statistics.
+
+    The plain path keeps xhat; the blocked kernel path keeps x itself (a reference, not a
+    copy) with the per-feature mean and inv_std, and recomputes what it needs.
+    """
 
     __slots__ = ("xhat", "inv_std", "gamma_b", "mean", "var", "spec", "gamma_shape",
-                 "beta_shape")
+                 "beta_shape", "x", "layout")
 
     def __init__(self, **fields: Any) -> None:
+        self.x = self.layout = None
         for key, value in fields.items():
             setattr(self, key, value)
 
@@ -205,6 +211,14 @@ class FusedNorm(Op):
 
     @staticmethod
     def forward(x, gamma, beta, *, spec: NormSpec):
+        layout = kernels.layout_for(x, spec.reduce_axes) if spec.grouped_shape is None else None
+        if layout is not None:
+            out, mean, var, inv_std = kernels.forward(
+                x, gamma.reshape(-1).astype(np.float64), beta.reshape(-1).astype(np.float64),
+                spec.eps, layout)
+            return out, NormContext(x=x, layout=layout, mean=mean, var=var, inv_std=inv_std,
+                                    gamma_b=gamma.reshape(-1).astype(np.float64), spec=spec,
+                                    gamma_shape=gamma.shape, beta_shape=beta.shape)
         axes = spec.reduce_axes
         source = x if spec.grouped_shape is None else x.reshape(spec.grouped_shape)
         mean = source.mean(axis=axes, keepdims=True)
@@ -220,6 +234,12 @@ class FusedNorm(Op):
 
     @staticmethod
     def backward(upstream, ctx: NormContext):
+        if ctx.layout is not None:
+            dx, dgamma, dbeta = kernels.backward(upstream, ctx.x, ctx.gamma_b, ctx.mean,
+                                                 ctx.inv_std, ctx.layout)
+            dtype = ctx.x.dtype
+            return (dx, dgamma.astype(dtype).reshape(ctx.gamma_shape),
+                    dbeta.astype(dtype).reshape(ctx.beta_shape))
         spec = ctx.spec
         # Sum over every axis gamma does not cover to get the per-feature gradients.
         param_sum_axes = tuple(i for i, size in enumerate(spec.param_bshape) if size == 1)

@@ -65,8 +65,8 @@ def apply(op: type[Op], parents: tuple[Node, ...], **params: Any) -> Node:
 
 def record(op: type[Op], parents: tuple[Node, ...], out: Any, saved: Any) -> Node:
     """Wrap an op's forward result as a node of the graph (a constant leaf under no_grad)."""
-    if type(out) is not np.ndarray:  # numpy returns scalars for 0-d results
-        out = np.asarray(out)
+    if type(out) is np.ndarray and out.ndim == 0:  # 0-d values are kept as numpy scalars
+        out = out[()]
     if not _grad_mode.enabled:
         return Node._result(out, None, (), None, False)
     requires_grad = False
@@ -87,7 +87,7 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     stretched = tuple(i for i, size in enumerate(shape) if size == 1 and grad.shape[i] != 1)
     if stretched:
         grad = grad.sum(axis=stretched, keepdims=True)
-    return np.asarray(grad)
+    return grad
 
 
 def normalize_axis(axis: Axis, ndim: int, argname: str = "axis") -> tuple[int, ...]:
@@ -112,8 +112,8 @@ def normalize_axis(axis: Axis, ndim: int, argname: str = "axis") -> tuple[int, .
 
 def _constant(value: Any, dtype: np.dtype) -> Node:
     # A Python number takes the other operand's dtype, so `x32 * 2.0` stays float32.
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return Node(np.asarray(value, dtype=dtype), requires_grad=False)
+    if type(value) is float or (type(value) is int and not isinstance(value, bool)):
+        return Node._result(dtype.type(value), None, (), None, False)
     return Node(as_float_array(value, "operand"), requires_grad=False)
 
 
