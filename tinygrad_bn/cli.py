@@ -163,6 +163,23 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    # The benchmarks live beside the package in the source tree, not inside it.
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "run.py").is_file():
+        print("tinygrad-bn bench: the benchmarks ship with the source tree (benchmarks/); "
+              "run this from a clone installed with `pip install -e .`", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.run import main as bench_main
+
+    argv = ["--quick"] if args.quick else ["--smoke"] if args.smoke else []
+    if args.markdown is not None:
+        argv += ["--markdown", str(args.markdown)]
+    return bench_main(argv)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     status = 0
     for dtype in ("float64", "float32"):
@@ -233,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--quick", action="store_true", help="3 scales, fewer steps")
     experiment.add_argument("--seed", type=int, default=0)
     experiment.set_defaults(run=cmd_experiment)
+
+    bench = commands.add_parser(
+        "bench", help="benchmarks against plain numpy and PyTorch",
+        description="Batch norm forward+backward at several sizes, scalar-graph overhead and "
+                    "peak memory, with the ratios to the peers measured in the same run.")
+    size = bench.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="fewer cases and rounds (< 1 min)")
+    size.add_argument("--smoke", action="store_true", help="tiny sizes, to check it runs")
+    bench.add_argument("--markdown", type=pathlib.Path, default=None,
+                       help="also write the report to this Markdown file")
+    bench.set_defaults(run=cmd_bench)
 
     demo = commands.add_parser("demo", help="compare, explain, and write the graphs",
                                description="The main demonstration: compare in both dtypes, "

@@ -197,10 +197,10 @@ class Node:
             self.grad = view
         else:
             self.grad = seed
-        # Arrays already handed out as a `.grad` in this pass (by the id of the buffer that
-        # owns their memory): an op may pass one array to several parents, and a user must
-        # be able to edit one node's gradient without changing another's.
-        owners: set[int] = {id(_owner(seed))}
+        # Buffers already handed out as a `.grad` in this pass (by the id of the array that
+        # owns the memory), and whether writeable: an op may pass one array to several
+        # parents, and a user must be able to edit one gradient without changing another.
+        owners: dict[int, bool] = {id(_owner(seed)): False}
         pending: dict[Node, np.ndarray] = {}
         # A node is always created after its parents, so taking nodes newest first visits
         # each one after every consumer has added its part (an iterative topological order).
@@ -250,7 +250,7 @@ class Node:
         upstream = upstream.astype(data.dtype, copy=False)
         return upstream[()] if upstream.ndim == 0 else upstream
 
-    def _store_grad(self, upstream: Any, owners: set[int]) -> None:
+    def _store_grad(self, upstream: Any, owners: dict[int, bool]) -> None:
         data = self.data
         if upstream.dtype != data.dtype:
             upstream = upstream.astype(data.dtype)
@@ -265,13 +265,26 @@ class Node:
         if self.grad is not None:
             self.grad = self.grad + upstream
             return
-        owner = _owner(upstream)
-        # Broadcast views are read-only, and shared buffers must not alias: copy those.
-        if not upstream.flags.writeable or id(owner) in owners:
+        owner = id(_owner(upstream))
+        handed_out_writeable = owners.get(owner)
+        if self._op is None:
+            # A leaf's gradient is the user's to edit (an optimizer may scale it in place):
+            # it must be a writeable array that no other gradient shares.
+            if handed_out_writeable is not None or not upstream.flags.writeable:
+                upstream = upstream.copy()
+                owner = id(upstream)
+            owners[owner] = True
+            self.grad = upstream
+            return
+        # An intermediate's gradient is for reading: a read-only view is enough, and saves
+        # a copy, unless its buffer is some leaf's editable gradient.
+        if handed_out_writeable:
             upstream = upstream.copy()
-            owner = upstream
-        owners.add(id(owner))
-        self.grad = upstream
+            owner = id(upstream)
+        view = upstream.view()
+        view.flags.writeable = False
+        owners.setdefault(owner, False)
+        self.grad = view
 
     def zero_grad(self) -> None:
         """Clear `grad` on this node and on every node of the graph that produced it."""

@@ -90,6 +90,25 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return grad
 
 
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def product_reduced(upstream: np.ndarray, other: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """unbroadcast(upstream * other, shape), without the full-size product when it is summed.
+
+    (gamma's gradient in gamma * xhat is sum(upstream * xhat) over the batch: einsum forms
+    the sum directly instead of allocating upstream * xhat first.)
+    """
+    if shape == upstream.shape or np.shape(other) != upstream.shape or upstream.ndim > 26:
+        return unbroadcast(upstream * other, shape)
+    ndim = upstream.ndim
+    offset = ndim - len(shape)
+    kept = [i for i in range(offset, ndim) if shape[i - offset] != 1]
+    letters = _LETTERS[:ndim]
+    subscripts = f"{letters},{letters}->{''.join(letters[i] for i in kept)}"
+    return np.einsum(subscripts, upstream, other).reshape(shape)
+
+
 def normalize_axis(axis: Axis, ndim: int, argname: str = "axis") -> tuple[int, ...]:
     """Turn None/int/tuple into a sorted tuple of non-negative axes, or raise ValueError."""
     if axis is None:
@@ -162,7 +181,8 @@ class Sub(Op):
     @staticmethod
     def backward(upstream, saved):
         a_shape, b_shape = saved
-        return unbroadcast(upstream, a_shape), unbroadcast(-upstream, b_shape)
+        # Negate after reducing: a broadcast b (x - mean) then needs no full-size temporary.
+        return unbroadcast(upstream, a_shape), -unbroadcast(upstream, b_shape)
 
 
 @register
@@ -178,7 +198,7 @@ class Mul(Op):
     @staticmethod
     def backward(upstream, saved):
         a, b = saved
-        return unbroadcast(upstream * b, a.shape), unbroadcast(upstream * a, b.shape)
+        return product_reduced(upstream, b, a.shape), product_reduced(upstream, a, b.shape)
 
 
 @register
@@ -242,8 +262,10 @@ class PowConst(Op):
     @staticmethod
     def backward(upstream, saved):
         base, p = saved
-        if p == 2:  # the common case (variance): skip the power
-            return (upstream * 2 * base,)
+        if p == 2:  # the common case (variance): skip the power and a temporary
+            grad = upstream * base
+            grad *= 2  # our own fresh array
+            return (grad,)
         return (upstream * p * base ** (p - 1),)
 
     @classmethod

@@ -1,0 +1,180 @@
+"""A timing process: reads one JSON request per line on stdin, answers one JSON line.
+
+Two of these run side by side, one that never imports torch (the engine and the numpy
+baselines) and one for torch; the orchestrator in run.py alternates between them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import baselines
+
+
+def _inputs(shape, dtype, cache={}):  # noqa: B006 - a deliberate per-process cache
+    key = (tuple(shape), dtype)
+    if key not in cache:
+        cache.clear()  # keep one case's arrays alive at a time
+        rng = np.random.default_rng(0)
+        features = shape[1]
+        cache[key] = (rng.standard_normal(shape).astype(dtype),
+                      (1 + 0.1 * rng.standard_normal(features)).astype(dtype),
+                      (0.1 * rng.standard_normal(features)).astype(dtype),
+                      rng.standard_normal(shape).astype(dtype))
+    return cache[key]
+
+
+def _param_shape(shape):
+    return (shape[1],) if len(shape) == 2 else (1, shape[1], 1, 1)
+
+
+class NumpySide:
+    """The engine and the plain-numpy baselines (no torch in this process)."""
+
+    def __init__(self):
+        import tinygrad_bn as tb
+
+        self.tb = tb
+        self.nodes = {}
+
+    def bn(self, impl, shape, dtype, reps):
+        x, gamma, beta, dout = _inputs(shape, dtype)
+        if impl.startswith("engine"):
+            tb = self.tb
+            fn = tb.batchnorm_fused if impl == "engine_fused" else tb.batchnorm_staged
+            nodes = (tb.Node(x, name="x"), tb.Node(gamma, name="gamma"), tb.Node(beta, name="beta"))
+
+            def step():
+                out = fn(*nodes)
+                out.backward(dout)
+                return out
+
+            def reset():
+                for node in nodes:
+                    node.grad = None
+        else:
+            fn = baselines.numpy_formulas if impl == "numpy_formulas" else baselines.numpy_staged
+            g, b = gamma.reshape(_param_shape(shape)), beta.reshape(_param_shape(shape))
+
+            def step():
+                return fn(x, g, b, dout)
+
+            def reset():
+                pass
+
+        times = []
+        result = None
+        for _ in range(reps):
+            reset()
+            start = time.perf_counter()
+            result = step()  # the previous step's result is dropped only after this one
+            times.append(time.perf_counter() - start)
+        del result
+        return {"times": times}
+
+    def scalar(self, impl, kind, ops, reps):
+        tb = self.tb
+        make = tb.Node if impl == "engine" else baselines.ClosureValue
+        build = baselines.chain_graph if kind == "chain" else baselines.wide_graph
+        count = (ops // 2) * 2 if kind == "chain" else ops // 2 + ops // 2 - 1
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            y = build(make, ops)
+            y.backward()
+            times.append((time.perf_counter() - start) / count * 1e6)
+            del y
+        return {"us_per_op": times, "gc_enabled": gc.isenabled()}
+
+    def bandwidth(self, mbytes):
+        """Streaming copy (bytes read + written per second), one thread and two."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        source = np.ones(mbytes * (1 << 20) // 8)
+        target = np.zeros_like(source)
+        half = source.size // 2
+        pool = ThreadPoolExecutor(2)
+
+        def two():
+            list(pool.map(lambda s: np.copyto(target[s:s + half], source[s:s + half]),
+                          (0, half)))
+
+        result = {}
+        for name, fn in (("one", lambda: np.copyto(target, source)), ("two", two)):
+            fn()
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            result[name] = 2 * source.nbytes / min(times) / 1e9
+        pool.shutdown()
+        return result
+
+
+class TorchSide:
+    """PyTorch CPU, two threads, in a process of its own."""
+
+    def __init__(self):
+        import torch
+
+        torch.set_num_threads(2)
+        self.torch = torch
+
+    def bn(self, impl, shape, dtype, reps):
+        torch = self.torch
+        import torch.nn.functional as F  # noqa: N812
+
+        x, gamma, beta, dout = (torch.from_numpy(a.copy()) for a in _inputs(shape, dtype))
+        x.requires_grad_(True)
+        gamma.requires_grad_(True)
+        beta.requires_grad_(True)
+        times = []
+        for _ in range(reps):
+            x.grad = gamma.grad = beta.grad = None
+            start = time.perf_counter()
+            out = F.batch_norm(x, None, None, gamma, beta, training=True, eps=baselines.EPS)
+            out.backward(dout)
+            times.append(time.perf_counter() - start)
+        return {"times": times}
+
+    def scalar(self, impl, kind, ops, reps):
+        torch = self.torch
+
+        def make(value):
+            return torch.tensor(value, dtype=torch.float64, requires_grad=True)
+
+        build = baselines.chain_graph if kind == "chain" else baselines.wide_graph
+        count = (ops // 2) * 2 if kind == "chain" else ops // 2 + ops // 2 - 1
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            y = build(make, ops)
+            y.backward()
+            times.append((time.perf_counter() - start) / count * 1e6)
+        return {"us_per_op": times, "gc_enabled": gc.isenabled()}
+
+
+def main() -> None:
+    side = TorchSide() if "--torch" in sys.argv else NumpySide()
+    for line in sys.stdin:
+        request = json.loads(line)
+        command = request.pop("cmd")
+        if command == "quit":
+            break
+        try:
+            answer = getattr(side, command)(**request)
+            if "--torch" not in sys.argv:
+                answer["torch_loaded"] = "torch" in sys.modules
+        except Exception as error:  # reported to the orchestrator, which prints it
+            answer = {"error": f"{type(error).__name__}: {error}"}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main()
