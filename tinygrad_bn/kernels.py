@@ -20,6 +20,7 @@ that ratio; data far from zero takes the shifted forms instead (x - shift before
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,18 @@ FAST_RATIO = {np.dtype(np.float64): 8.0, np.dtype(np.float32): 0.5}
 
 _threads = max(1, min(2, os.cpu_count() or 1))
 _executor: ThreadPoolExecutor | None = None
+_scratch = threading.local()
+
+
+def _scratch_block(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A per-thread block-sized temporary, kept between calls (a fresh half-megabyte array
+    would be fresh pages, faulted in on every pass)."""
+    size = int(np.prod(shape))
+    cached = getattr(_scratch, "buffer", None)
+    if cached is None or cached.dtype != dtype or cached.size < size:
+        cached = np.empty(size, dtype)
+        _scratch.buffer = cached
+    return cached[:size].reshape(shape)
 
 
 def set_num_threads(count: int) -> None:
@@ -148,7 +161,8 @@ def forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, layo
     def statistics(spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         s1 = np.zeros(layout.K)
         s2 = np.zeros(layout.K)
-        buffer = np.empty((spans[0][1] - spans[0][0], *layout.view[1:]), dtype) if shifted else None
+        buffer = (_scratch_block((spans[0][1] - spans[0][0], *layout.view[1:]), dtype)
+                  if shifted else None)
         for start, stop in spans:
             block = xv[start:stop]
             if buffer is not None:
@@ -198,7 +212,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     def reductions(spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         sum_dy = np.zeros(layout.K)
         sum_dy_x = np.zeros(layout.K)
-        buffer = None if fast else np.empty((rows, *layout.view[1:]), dtype)
+        buffer = None if fast else _scratch_block((rows, *layout.view[1:]), dtype)
         for start, stop in spans:
             dy, block = dyv[start:stop], xv[start:stop]
             if buffer is not None:
@@ -221,7 +235,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     dxv = dx.reshape(layout.view)
 
     def combine(spans: list[tuple[int, int]]) -> None:
-        buffer = np.empty((rows, *layout.view[1:]), dtype)
+        buffer = _scratch_block((rows, *layout.view[1:]), dtype)
         for start, stop in spans:
             t = buffer[: stop - start]
             if fast:

@@ -219,7 +219,7 @@ class Node:
                         heappush(heap, (-parent._seq, parent))
                     else:
                         # A fresh sum, never `+=`: the arrays may be shared.
-                        pending[parent] = previous + parent_grad
+                        pending[parent] = _ops.pooled(np.add, previous, parent_grad)
                 if free_graph:
                     node._saved = None
                     node.parents = ()

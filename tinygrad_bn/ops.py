@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import workspace
 from .node import Node, _grad_mode, as_float_array
 
 __all__ = [
@@ -90,6 +91,21 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return grad
 
 
+def pooled(ufunc: np.ufunc, *operands: Any) -> np.ndarray:
+    """ufunc(*operands); a large result is written into a recycled workspace buffer.
+
+    (A fresh large array is fresh pages that fault in on first touch; in a training loop
+    the staged graph's intermediates of the previous step are free again by the next.)
+    """
+    if operands[0].nbytes < workspace.MIN_BYTES and operands[-1].nbytes < workspace.MIN_BYTES:
+        return ufunc(*operands)
+    shape = operands[0].shape
+    for operand in operands[1:]:
+        if operand.shape != shape:
+            shape = np.broadcast_shapes(shape, operand.shape)
+    return ufunc(*operands, out=workspace.empty(shape, np.result_type(*operands)))
+
+
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -100,7 +116,7 @@ def product_reduced(upstream: np.ndarray, other: np.ndarray, shape: tuple[int, .
     the sum directly instead of allocating upstream * xhat first.)
     """
     if shape == upstream.shape or np.shape(other) != upstream.shape or upstream.ndim > 26:
-        return unbroadcast(upstream * other, shape)
+        return unbroadcast(pooled(np.multiply, upstream, other), shape)
     ndim = upstream.ndim
     offset = ndim - len(shape)
     kept = [i for i in range(offset, ndim) if shape[i - offset] != 1]
@@ -160,7 +176,7 @@ class Add(Op):
 
     @staticmethod
     def forward(a, b):
-        return a + b, (a.shape, b.shape)
+        return pooled(np.add, a, b), (a.shape, b.shape)
 
     @staticmethod
     def backward(upstream, saved):
@@ -176,13 +192,13 @@ class Sub(Op):
 
     @staticmethod
     def forward(a, b):
-        return a - b, (a.shape, b.shape)
+        return pooled(np.subtract, a, b), (a.shape, b.shape)
 
     @staticmethod
     def backward(upstream, saved):
         a_shape, b_shape = saved
         # Negate after reducing: a broadcast b (x - mean) then needs no full-size temporary.
-        return unbroadcast(upstream, a_shape), -unbroadcast(upstream, b_shape)
+        return unbroadcast(upstream, a_shape), pooled(np.negative, unbroadcast(upstream, b_shape))
 
 
 @register
@@ -193,7 +209,7 @@ class Mul(Op):
 
     @staticmethod
     def forward(a, b):
-        return a * b, (a, b)
+        return pooled(np.multiply, a, b), (a, b)
 
     @staticmethod
     def backward(upstream, saved):
@@ -209,7 +225,7 @@ class Div(Op):
 
     @staticmethod
     def forward(a, b):
-        return a / b, (a, b)
+        return pooled(np.divide, a, b), (a, b)
 
     @staticmethod
     def backward(upstream, saved):
@@ -257,13 +273,15 @@ class PowConst(Op):
 
     @staticmethod
     def forward(base, *, exponent):
+        if exponent == 2:
+            return pooled(np.multiply, base, base), (base, exponent)
         return base**exponent, (base, exponent)
 
     @staticmethod
     def backward(upstream, saved):
         base, p = saved
         if p == 2:  # the common case (variance): skip the power and a temporary
-            grad = upstream * base
+            grad = pooled(np.multiply, upstream, base)
             grad *= 2  # our own fresh array
             return (grad,)
         return (upstream * p * base ** (p - 1),)
@@ -318,11 +336,11 @@ class Neg(Op):
 
     @staticmethod
     def forward(a):
-        return -a, None
+        return pooled(np.negative, a), None
 
     @staticmethod
     def backward(upstream, saved):
-        return (-upstream,)
+        return (pooled(np.negative, upstream),)
 
 
 @register

@@ -15,11 +15,11 @@ import threading
 
 import numpy as np
 
-__all__ = ["empty", "clear", "pooled_bytes", "MIN_BYTES", "MAX_BYTES"]
+__all__ = ["empty", "clear", "pooled_bytes", "set_limit", "MIN_BYTES"]
 
 MIN_BYTES = 1 << 20       # smaller arrays come from numpy directly (malloc reuses them)
-MAX_BYTES = 1 << 30       # the pool never keeps more than this alive
-_PER_SHAPE = 4            # arrays kept per (shape, dtype)
+_max_bytes = 1 << 30      # the pool never keeps more than this alive (set_limit changes it)
+_PER_SHAPE = 24           # arrays kept per (shape, dtype): two steps of a staged graph
 
 _lock = threading.Lock()
 _pool: dict[tuple[tuple[int, ...], np.dtype], list[np.ndarray]] = {}
@@ -41,7 +41,7 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
             if sys.getrefcount(array) == 3:
                 return array
         array = np.empty(shape, dtype)
-        if len(arrays) < _PER_SHAPE and _total + nbytes <= MAX_BYTES:
+        if len(arrays) < _PER_SHAPE and _total + nbytes <= _max_bytes:
             arrays.append(array)
             _total += nbytes
         return array
@@ -53,6 +53,14 @@ def clear() -> None:
     with _lock:
         _pool.clear()
         _total = 0
+
+
+def set_limit(max_bytes: int) -> None:
+    """Keep at most `max_bytes` in the pool from now on (0 turns pooling off)."""
+    global _max_bytes
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise ValueError(f"max_bytes: expected an int >= 0, got {max_bytes!r}")
+    _max_bytes = max_bytes
 
 
 def pooled_bytes() -> int:
