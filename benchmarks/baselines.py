@@ -62,20 +62,20 @@ def numpy_staged(x, gamma, beta, dout):
 
 
 class ClosureValue:
-    """A minimal scalar autograd in the style of micrograd: each op's backward is a closure
-    over its own output, which makes every node part of a reference cycle."""
+    """micrograd's Value as published (each op's backward a closure over its own output, so
+    every node sits in a reference cycle), except for an iterative topological sort, without
+    which a 10,000-deep chain exceeds Python's recursion limit."""
 
-    __slots__ = ("data", "grad", "_backward", "_prev")
-
-    def __init__(self, data, children=()):
+    def __init__(self, data, _children=(), _op=""):
         self.data = data
-        self.grad = 0.0
+        self.grad = 0
         self._backward = lambda: None
-        self._prev = children
+        self._prev = set(_children)
+        self._op = _op
 
     def __add__(self, other):
         other = other if isinstance(other, ClosureValue) else ClosureValue(other)
-        out = ClosureValue(self.data + other.data, (self, other))
+        out = ClosureValue(self.data + other.data, (self, other), "+")
 
         def _backward():
             self.grad += out.grad
@@ -86,7 +86,7 @@ class ClosureValue:
 
     def __mul__(self, other):
         other = other if isinstance(other, ClosureValue) else ClosureValue(other)
-        out = ClosureValue(self.data * other.data, (self, other))
+        out = ClosureValue(self.data * other.data, (self, other), "*")
 
         def _backward():
             self.grad += other.data * out.grad
@@ -96,19 +96,19 @@ class ClosureValue:
         return out
 
     def backward(self):
-        order, seen, stack = [], {self}, [(self, iter(self._prev))]
-        while stack:  # iterative, so a 10,000-deep chain works
+        topo, visited, stack = [], {self}, [(self, iter(self._prev))]
+        while stack:
             node, children = stack[-1]
             for child in children:
-                if child not in seen:
-                    seen.add(child)
+                if child not in visited:
+                    visited.add(child)
                     stack.append((child, iter(child._prev)))
                     break
             else:
                 stack.pop()
-                order.append(node)
-        self.grad = 1.0
-        for node in reversed(order):
+                topo.append(node)
+        self.grad = 1
+        for node in reversed(topo):
             node._backward()
 
 

@@ -179,3 +179,11 @@ def test_matmul_and_repr():
     out.backward()
     np.testing.assert_array_equal(w.grad, [[1.0, 2.0], [1.0, 2.0]])
     assert "op='sum'" in repr(out) and "'w'" in repr(w)
+
+
+def test_python_number_constants_are_shared_and_keep_their_sign():
+    x = tb.Node(np.ones(2))
+    a, b = x * 0.5, x * 0.5
+    assert a.parents[1] is b.parents[1] and not a.parents[1].requires_grad
+    assert np.signbit((x * -0.0).parents[1].data) and not np.signbit((x * 0.0).parents[1].data)
+    assert (tb.Node(np.ones(2, np.float32)) * 0.5).parents[1].dtype == np.float32

@@ -10,10 +10,10 @@ and is freed by reference counting alone.
 from __future__ import annotations
 
 import itertools
+import operator
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +34,7 @@ class _GradMode(threading.local):
 _grad_mode = _GradMode()
 # Creation numbers: a node's parents always have smaller ones (see Node.backward).
 _creation_order = itertools.count()
+_creation_number = operator.attrgetter("_seq")
 
 
 def is_grad_enabled() -> bool:
@@ -94,10 +95,13 @@ class Node:
                  "__weakref__")
 
     def __init__(self, data: Any, name: str | None = None, requires_grad: bool = True) -> None:
-        data = as_float_array(data)
-        # 0-d values are kept as numpy scalars (np.float64 / np.float32), which is what
-        # numpy's own 0-d arithmetic returns and what makes scalar graphs cheap.
-        self.data = data[()] if data.ndim == 0 else data
+        if type(data) is float:
+            self.data = np.float64(data)
+        else:
+            data = as_float_array(data)
+            # 0-d values are kept as numpy scalars (np.float64 / np.float32), which is what
+            # numpy's own 0-d arithmetic returns and what makes scalar graphs cheap.
+            self.data = data[()] if data.ndim == 0 else data
         self.grad: np.ndarray | None = None
         self.name = name
         self.requires_grad = bool(requires_grad)
@@ -201,34 +205,39 @@ class Node:
         # owns the memory), and whether writeable: an op may pass one array to several
         # parents, and a user must be able to edit one gradient without changing another.
         owners: dict[int, bool] = {id(_owner(seed)): False}
-        pending: dict[Node, np.ndarray] = {}
-        # A node is always created after its parents, so taking nodes newest first visits
-        # each one after every consumer has added its part (an iterative topological order).
-        heap: list[tuple[int, Node]] = []
-        node, upstream = self, seed
-        while True:
-            op = node._op
-            if op is not None:
-                parent_grads = op.backward(upstream, node._saved)
-                for parent, parent_grad in zip(node.parents, parent_grads):
-                    if parent_grad is None or not parent.requires_grad:
-                        continue
-                    previous = pending.get(parent)
-                    if previous is None:
-                        pending[parent] = parent_grad
-                        heappush(heap, (-parent._seq, parent))
-                    else:
-                        # A fresh sum, never `+=`: the arrays may be shared.
-                        pending[parent] = _ops.pooled(np.add, previous, parent_grad)
-                if free_graph:
-                    node._saved = None
-                    node.parents = ()
-            if not heap:
-                break
-            node = heappop(heap)[1]
-            upstream = pending.pop(node)
-            if not free_graph or node._op is None:
+        pending: dict[Node, np.ndarray] = {self: seed}
+        # A node is always created after its parents, so visiting the graph newest first
+        # reaches each node after every consumer has added its part: a topological order
+        # from one sort of creation numbers, with no recursion and no ordered walk.
+        order = [self]
+        seen = {self}
+        for node in order:  # grows while iterating: a breadth-first collection
+            for parent in node.parents:
+                if parent.requires_grad and parent not in seen:
+                    seen.add(parent)
+                    order.append(parent)
+        order.sort(key=_creation_number, reverse=True)
+        add = _ops.pooled
+        for node in order:
+            upstream = pending.pop(node, None)
+            if upstream is None:  # no gradient flows here (e.g. only through constants)
+                continue
+            if node is not self and (not free_graph or node._op is None):
                 node._store_grad(upstream, owners)
+            op = node._op
+            if op is None:
+                continue
+            parent_grads = op.backward(upstream, node._saved)
+            for parent, parent_grad in zip(node.parents, parent_grads):
+                if parent_grad is None or not parent.requires_grad:
+                    continue
+                previous = pending.get(parent)
+                # A fresh sum, never `+=`: the arrays may be shared.
+                pending[parent] = (parent_grad if previous is None
+                                   else add(np.add, previous, parent_grad))
+            if free_graph:
+                node._saved = None
+                node.parents = ()
 
     def _check_upstream(self, grad: Any) -> np.ndarray:
         data = self.data

@@ -13,7 +13,9 @@ the gradient tests: "real", "positive", "nonzero" or "kinked_at_zero".
 from __future__ import annotations
 
 import builtins
+import math
 import numbers
+import operator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -91,6 +93,10 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return grad
 
 
+_OPERATORS = {np.add: operator.add, np.subtract: operator.sub, np.multiply: operator.mul,
+              np.divide: operator.truediv, np.negative: operator.neg}
+
+
 def pooled(ufunc: np.ufunc, *operands: Any) -> np.ndarray:
     """ufunc(*operands); a large result is written into a recycled workspace buffer.
 
@@ -98,7 +104,8 @@ def pooled(ufunc: np.ufunc, *operands: Any) -> np.ndarray:
     the staged graph's intermediates of the previous step are free again by the next.)
     """
     if operands[0].nbytes < workspace.MIN_BYTES and operands[-1].nbytes < workspace.MIN_BYTES:
-        return ufunc(*operands)
+        # The operator, not the ufunc: on numpy scalars it is ten times cheaper.
+        return _OPERATORS[ufunc](*operands)
     shape = operands[0].shape
     for operand in operands[1:]:
         if operand.shape != shape:
@@ -106,6 +113,20 @@ def pooled(ufunc: np.ufunc, *operands: Any) -> np.ndarray:
     return ufunc(*operands, out=workspace.empty(shape, np.result_type(*operands)))
 
 
+def _pooled_binary(ufunc: np.ufunc) -> Any:
+    # The hot path of every binary op, specialised so that small operands cost one check.
+    small = _OPERATORS[ufunc]
+    limit = workspace.MIN_BYTES
+
+    def run(a: Any, b: Any) -> Any:
+        if a.nbytes < limit and b.nbytes < limit:
+            return small(a, b)
+        return pooled(ufunc, a, b)
+
+    return run
+
+
+_add, _sub, _mul, _div = (_pooled_binary(f) for f in (np.add, np.subtract, np.multiply, np.divide))
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -145,10 +166,22 @@ def normalize_axis(axis: Axis, ndim: int, argname: str = "axis") -> tuple[int, .
     return tuple(sorted(result))
 
 
+_constants: dict[tuple[Any, ...], Node] = {}
+
+
 def _constant(value: Any, dtype: np.dtype) -> Node:
-    # A Python number takes the other operand's dtype, so `x32 * 2.0` stays float32.
-    if type(value) is float or (type(value) is int and not isinstance(value, bool)):
-        return Node._result(dtype.type(value), None, (), None, False)
+    # A Python number takes the other operand's dtype, so `x32 * 2.0` stays float32. Such a
+    # leaf is immutable (no gradient, no parents), so one node per number and dtype serves
+    # every use: `y * 0.5` in a loop does not create a new constant node each time.
+    kind = type(value)
+    if kind is float or kind is int:
+        key = (kind, value, math.copysign(1.0, value), dtype)  # keeps 0.0 and -0.0 apart
+        node = _constants.get(key)
+        if node is None:
+            node = Node._result(dtype.type(value), None, (), None, False)
+            if len(_constants) < 1024:
+                _constants[key] = node
+        return node
     return Node(as_float_array(value, "operand"), requires_grad=False)
 
 
@@ -176,7 +209,7 @@ class Add(Op):
 
     @staticmethod
     def forward(a, b):
-        return pooled(np.add, a, b), (a.shape, b.shape)
+        return _add(a, b), (a.shape, b.shape)
 
     @staticmethod
     def backward(upstream, saved):
@@ -192,7 +225,7 @@ class Sub(Op):
 
     @staticmethod
     def forward(a, b):
-        return pooled(np.subtract, a, b), (a.shape, b.shape)
+        return _sub(a, b), (a.shape, b.shape)
 
     @staticmethod
     def backward(upstream, saved):
@@ -209,11 +242,13 @@ class Mul(Op):
 
     @staticmethod
     def forward(a, b):
-        return pooled(np.multiply, a, b), (a, b)
+        return _mul(a, b), (a, b)
 
     @staticmethod
     def backward(upstream, saved):
         a, b = saved
+        if upstream.ndim == 0:  # scalars: nothing to reduce
+            return upstream * b, upstream * a
         return product_reduced(upstream, b, a.shape), product_reduced(upstream, a, b.shape)
 
 
@@ -225,7 +260,7 @@ class Div(Op):
 
     @staticmethod
     def forward(a, b):
-        return pooled(np.divide, a, b), (a, b)
+        return _div(a, b), (a, b)
 
     @staticmethod
     def backward(upstream, saved):
