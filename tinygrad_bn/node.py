@@ -217,13 +217,17 @@ class Node:
                     seen.add(parent)
                     order.append(parent)
         order.sort(key=_creation_number, reverse=True)
-        add = _ops.pooled
+        add = _ops._add  # np.add, through the workspace pool when large
         for node in order:
             upstream = pending.pop(node, None)
             if upstream is None:  # no gradient flows here (e.g. only through constants)
                 continue
             if node is not self and (not free_graph or node._op is None):
-                node._store_grad(upstream, owners)
+                kind = type(upstream)
+                if kind is not np.ndarray and kind is type(node.data) and node.grad is None:
+                    node.grad = upstream  # a numpy scalar of the node's own type: store as is
+                else:
+                    node._store_grad(upstream, owners)
             op = node._op
             if op is None:
                 continue
@@ -233,8 +237,7 @@ class Node:
                     continue
                 previous = pending.get(parent)
                 # A fresh sum, never `+=`: the arrays may be shared.
-                pending[parent] = (parent_grad if previous is None
-                                   else add(np.add, previous, parent_grad))
+                pending[parent] = parent_grad if previous is None else add(previous, parent_grad)
             if free_graph:
                 node._saved = None
                 node.parents = ()

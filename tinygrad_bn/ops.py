@@ -66,6 +66,12 @@ def apply(op: type[Op], parents: tuple[Node, ...], **params: Any) -> Node:
     return record(op, parents, out, saved)
 
 
+def _apply2(op: type[Op], pair: tuple[Node, Node]) -> Node:
+    # apply() for the binary ops without parameters: the scalar-graph hot path.
+    out, saved = op.forward(pair[0].data, pair[1].data)
+    return record(op, pair, out, saved)
+
+
 def record(op: type[Op], parents: tuple[Node, ...], out: Any, saved: Any) -> Node:
     """Wrap an op's forward result as a node of the graph (a constant leaf under no_grad)."""
     if type(out) is np.ndarray and out.ndim == 0:  # 0-d values are kept as numpy scalars
@@ -551,22 +557,22 @@ def normalize_axis_order(axes: tuple[int, ...], ndim: int) -> tuple[int, ...]:
 # --- the functional API (what Node's operators call) ----------------------------------
 def add(a: Any, b: Any) -> Node:
     """a + b with numpy broadcasting; gradients reduced back to each input's shape."""
-    return apply(Add, _pair(a, b))
+    return _apply2(Add, _pair(a, b))
 
 
 def sub(a: Any, b: Any) -> Node:
     """a - b with broadcasting."""
-    return apply(Sub, _pair(a, b))
+    return _apply2(Sub, _pair(a, b))
 
 
 def mul(a: Any, b: Any) -> Node:
     """a * b with broadcasting."""
-    return apply(Mul, _pair(a, b))
+    return _apply2(Mul, _pair(a, b))
 
 
 def div(a: Any, b: Any) -> Node:
     """a / b with broadcasting."""
-    return apply(Div, _pair(a, b))
+    return _apply2(Div, _pair(a, b))
 
 
 def pow(base: Any, exponent: Any) -> Node:  # noqa: A001 - mirrors the operator's name
@@ -628,4 +634,4 @@ def transpose(a: Any, axes: tuple[int, ...] | None = None) -> Node:
 
 def matmul(a: Any, b: Any) -> Node:
     """a @ b with numpy's matmul rules (1-D operands, batch broadcasting)."""
-    return apply(MatMul, _pair(a, b))
+    return _apply2(MatMul, _pair(a, b))
