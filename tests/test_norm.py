@@ -142,3 +142,14 @@ def test_gradcheck_reports_failures_truthfully():
     result = tb.gradcheck(wrong, np.ones(3))
     assert not result.ok and not bool(result) and result.errors["input0"] > 0.5
     assert tb.gradcheck(lambda a: (a * a).sum(), np.arange(1.0, 4.0))
+
+
+def test_cached_argument_checks_still_reject_lookalikes():
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    tb.batchnorm_fused(x, np.ones(3), np.zeros(3), eps=1, axis=0)  # valid, now cached
+    with pytest.raises(ValueError, match="eps: expected a finite number > 0, got True"):
+        tb.batchnorm_fused(x, np.ones(3), np.zeros(3), eps=True, axis=0)
+    with pytest.raises(TypeError, match="axis: expected int or tuple of ints, got True"):
+        tb.batchnorm_fused(x, np.ones(3), np.zeros(3), axis=True)
+    with pytest.raises(TypeError, match="axis: expected int or tuple of ints"):
+        tb.Node(x).sum(axis=[[0]])

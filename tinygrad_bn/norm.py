@@ -13,6 +13,7 @@ and group norm are the same machinery with other axes.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 
 from . import kernels
 from .node import Node
-from .ops import Op, apply, normalize_axis
+from .ops import Op, _mul, _sub, apply, normalize_axis, product_reduced
 
 __all__ = [
     "NormSpec", "STAGE_NAMES", "NORMS", "norm_spec", "norm_staged", "norm_fused",
@@ -102,6 +103,20 @@ def batchnorm_spec(x_shape: tuple[int, ...], axis: Any = None, eps: Any = 1e-5) 
     axis=None means 0 for (N, D) input and (0, 2, 3) for (N, C, H, W); gamma and beta
     cover the axes that are kept.
     """
+    if type(axis) is list:
+        axis = tuple(axis)
+    try:
+        # The types are part of the key: True == 1 and hash alike, but only one is valid.
+        return _batchnorm_spec(tuple(x_shape), axis, eps, type(axis), type(eps))
+    except TypeError as error:
+        if "unhashable" not in str(error):
+            raise
+        raise TypeError(f"axis: expected int or tuple of ints, got {axis!r}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _batchnorm_spec(x_shape: tuple[int, ...], axis: Any, eps: Any, *_types: type) -> NormSpec:
+    # Cached: a training loop asks for the same spec every step (a NormSpec is immutable).
     ndim = len(x_shape)
     if axis is None:
         if ndim == 2:
@@ -201,6 +216,13 @@ class NormContext:
             setattr(self, key, value)
 
 
+@functools.lru_cache(maxsize=256)
+def _sum_subscripts(ndim: int, axes: tuple[int, ...]) -> str:
+    # einsum subscripts for sum(a * b) over `axes` ("abc,abc->b" for axes (0, 2)).
+    letters = "abcdefghijklmnopqrstuvwxyz"[:ndim]
+    return f"{letters},{letters}->{''.join(c for i, c in enumerate(letters) if i not in axes)}"
+
+
 class FusedNorm(Op):
     """gamma * (x - mean) / sqrt(var + eps) + beta as one node with the closed-form VJP."""
 
@@ -219,15 +241,19 @@ class FusedNorm(Op):
             return out, NormContext(x=x, layout=layout, mean=mean, var=var, inv_std=inv_std,
                                     gamma_b=gamma.reshape(-1).astype(np.float64), spec=spec,
                                     gamma_shape=gamma.shape, beta_shape=beta.shape)
+        # The plain path (small inputs, layer and group norm). Full-size results go through
+        # the workspace pool (ops._sub etc.), as the staged graph's do.
         axes = spec.reduce_axes
+        count = spec.count
         source = x if spec.grouped_shape is None else x.reshape(spec.grouped_shape)
-        mean = source.mean(axis=axes, keepdims=True)
-        xmu = source - mean
-        var = np.mean(xmu * xmu, axis=axes, keepdims=True)
+        mean = np.add.reduce(source, axis=axes, keepdims=True) / count
+        xmu = _sub(source, mean)
+        var = np.einsum(_sum_subscripts(xmu.ndim, axes), xmu, xmu).reshape(mean.shape) / count
         inv_std = 1.0 / np.sqrt(var + x.dtype.type(spec.eps))
-        xhat = (xmu * inv_std).reshape(x.shape)
+        xhat = _mul(xmu, inv_std, out=xmu).reshape(x.shape)  # xmu is not needed any more
         gamma_b = gamma.reshape(spec.param_bshape)
-        out = gamma_b * xhat + beta.reshape(spec.param_bshape)
+        out = _mul(gamma_b, xhat)
+        out += beta.reshape(spec.param_bshape)
         context = NormContext(xhat=xhat, inv_std=inv_std, gamma_b=gamma_b, mean=mean, var=var,
                               spec=spec, gamma_shape=gamma.shape, beta_shape=beta.shape)
         return out, context
@@ -243,16 +269,22 @@ class FusedNorm(Op):
         spec = ctx.spec
         # Sum over every axis gamma does not cover to get the per-feature gradients.
         param_sum_axes = tuple(i for i, size in enumerate(spec.param_bshape) if size == 1)
-        dbeta = upstream.sum(axis=param_sum_axes).reshape(ctx.beta_shape)
-        dgamma = (upstream * ctx.xhat).sum(axis=param_sum_axes).reshape(ctx.gamma_shape)
-        g = upstream * ctx.gamma_b
+        dbeta = np.add.reduce(upstream, axis=param_sum_axes).reshape(ctx.beta_shape)
+        dgamma = product_reduced(upstream, ctx.xhat, spec.param_bshape).reshape(ctx.gamma_shape)
+        g = _mul(upstream, ctx.gamma_b)
         xhat = ctx.xhat
         if spec.grouped_shape is not None:
             g = g.reshape(spec.grouped_shape)
             xhat = xhat.reshape(spec.grouped_shape)
         axes = spec.reduce_axes
-        dx = ctx.inv_std * (g - g.mean(axis=axes, keepdims=True)
-                            - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+        count = spec.count
+        mean_g = np.add.reduce(g, axis=axes, keepdims=True) / count
+        mean_gx = np.einsum(_sum_subscripts(g.ndim, axes), g, xhat).reshape(mean_g.shape) / count
+        # dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)), built in one buffer
+        dx = _mul(xhat, mean_gx)
+        np.subtract(g, dx, out=dx)
+        dx -= mean_g
+        dx *= ctx.inv_std
         return dx.reshape(spec.x_shape), dgamma, dbeta
 
 

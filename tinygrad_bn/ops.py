@@ -13,6 +13,7 @@ the gradient tests: "real", "positive", "nonzero" or "kinked_at_zero".
 from __future__ import annotations
 
 import builtins
+import functools
 import math
 import numbers
 import operator
@@ -91,11 +92,12 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     if grad.shape == shape:
         return grad
     extra = grad.ndim - len(shape)
+    # np.add.reduce, not .sum(): the method goes through a Python wrapper first.
     if extra:
-        grad = grad.sum(axis=tuple(range(extra)))
+        grad = np.add.reduce(grad, axis=tuple(range(extra)))
     stretched = tuple(i for i, size in enumerate(shape) if size == 1 and grad.shape[i] != 1)
     if stretched:
-        grad = grad.sum(axis=stretched, keepdims=True)
+        grad = np.add.reduce(grad, axis=stretched, keepdims=True)
     return grad
 
 
@@ -124,7 +126,9 @@ def _pooled_binary(ufunc: np.ufunc) -> Any:
     small = _OPERATORS[ufunc]
     limit = workspace.MIN_BYTES
 
-    def run(a: Any, b: Any) -> Any:
+    def run(a: Any, b: Any, out: np.ndarray | None = None) -> Any:
+        if out is not None:
+            return ufunc(a, b, out=out)
         if a.nbytes < limit and b.nbytes < limit:
             return small(a, b)
         return pooled(ufunc, a, b)
@@ -144,16 +148,34 @@ def product_reduced(upstream: np.ndarray, other: np.ndarray, shape: tuple[int, .
     """
     if shape == upstream.shape or np.shape(other) != upstream.shape or upstream.ndim > 26:
         return unbroadcast(pooled(np.multiply, upstream, other), shape)
-    ndim = upstream.ndim
+    return np.einsum(_reduction_subscripts(upstream.ndim, shape), upstream, other).reshape(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _reduction_subscripts(ndim: int, shape: tuple[int, ...]) -> str:
+    # "ab,ab->b" for a (D,) parameter of a (N, D) input: keep the axes `shape` keeps.
     offset = ndim - len(shape)
     kept = [i for i in range(offset, ndim) if shape[i - offset] != 1]
     letters = _LETTERS[:ndim]
-    subscripts = f"{letters},{letters}->{''.join(letters[i] for i in kept)}"
-    return np.einsum(subscripts, upstream, other).reshape(shape)
+    return f"{letters},{letters}->{''.join(letters[i] for i in kept)}"
 
 
 def normalize_axis(axis: Axis, ndim: int, argname: str = "axis") -> tuple[int, ...]:
     """Turn None/int/tuple into a sorted tuple of non-negative axes, or raise ValueError."""
+    if type(axis) is list:
+        axis = tuple(axis)
+    try:
+        # The type is part of the key: True == 1 and hash alike, but only one is valid.
+        return _normalize_axis(axis, ndim, argname, type(axis))
+    except TypeError as error:
+        if "unhashable" not in str(error):
+            raise
+        raise TypeError(f"{argname}: expected int or tuple of ints, got {axis!r}") from None
+
+
+@functools.lru_cache(maxsize=512)
+def _normalize_axis(axis: Axis, ndim: int, argname: str, _type: type) -> tuple[int, ...]:
+    # Cached: every reduction of every forward pass asks the same few questions.
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
@@ -481,7 +503,7 @@ class Sum(Op):
     @staticmethod
     def forward(a, *, axis, keepdims):
         axes = normalize_axis(axis, a.ndim)
-        return a.sum(axis=axes, keepdims=keepdims), (a.shape, axes, keepdims)
+        return np.add.reduce(a, axis=axes, keepdims=keepdims), (a.shape, axes, keepdims)
 
     @staticmethod
     def backward(upstream, saved):
@@ -498,8 +520,12 @@ class Mean(Op):
     @staticmethod
     def forward(a, *, axis, keepdims):
         axes = normalize_axis(axis, a.ndim)
-        count = int(np.prod([a.shape[i] for i in axes]))
-        return a.mean(axis=axes, keepdims=keepdims), (a.shape, axes, keepdims, count)
+        count = 1
+        for i in axes:
+            count *= a.shape[i]
+        # Sum, then divide, as ndarray.mean does (without its Python-level wrapper).
+        total = np.add.reduce(a, axis=axes, keepdims=keepdims)
+        return (total / count if count else total * np.nan), (a.shape, axes, keepdims, count)
 
     @staticmethod
     def backward(upstream, saved):

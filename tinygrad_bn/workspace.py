@@ -17,7 +17,7 @@ import numpy as np
 
 __all__ = ["empty", "clear", "pooled_bytes", "set_limit", "MIN_BYTES"]
 
-MIN_BYTES = 1 << 20       # smaller arrays come from numpy directly (malloc reuses them)
+MIN_BYTES = 1 << 16       # smaller arrays come from numpy directly (malloc reuses them)
 _max_bytes = 1 << 30      # the pool never keeps more than this alive (set_limit changes it)
 _PER_SHAPE = 24           # arrays kept per (shape, dtype): two steps of a staged graph
 
