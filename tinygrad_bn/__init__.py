@@ -7,7 +7,7 @@
     print(tb.compare_batchnorm(x.data, np.ones(50), np.zeros(50)))
 """
 
-from . import nn, ops
+from . import kernels, nn, ops, workspace
 from .compare import NormReport, compare_batchnorm, compare_normalization
 from .gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
 from .nn import BatchNorm, GroupNorm, LayerNorm, Linear, Module, ReLU, Sequential
@@ -49,6 +49,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Node", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages", "ops",
+    "kernels", "workspace",
     "add", "sub", "mul", "div", "pow", "neg", "sqrt", "exp", "log", "relu", "tanh", "sum",
     "mean", "reshape", "transpose", "matmul", "unbroadcast",
     "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES", "nn", "BatchNorm", "Module",

@@ -217,8 +217,11 @@ class Node:
                     seen.add(parent)
                     order.append(parent)
         order.sort(key=_creation_number, reverse=True)
+        del seen
         add = _ops._add  # np.add, through the workspace pool when large
-        for node in order:
+        for index, node in enumerate(order):
+            if free_graph:
+                order[index] = None  # this list must not keep a freed node's arrays alive
             upstream = pending.pop(node, None)
             if upstream is None:  # no gradient flows here (e.g. only through constants)
                 continue

@@ -105,7 +105,7 @@ _OPERATORS = {np.add: operator.add, np.subtract: operator.sub, np.multiply: oper
               np.divide: operator.truediv, np.negative: operator.neg}
 
 
-def pooled(ufunc: np.ufunc, *operands: Any) -> np.ndarray:
+def pooled(ufunc: np.ufunc, *operands: Any) -> np.ndarray:  # one or two operands
     """ufunc(*operands); a large result is written into a recycled workspace buffer.
 
     (A fresh large array is fresh pages that fault in on first touch; in a training loop
@@ -114,11 +114,18 @@ def pooled(ufunc: np.ufunc, *operands: Any) -> np.ndarray:
     if operands[0].nbytes < workspace.MIN_BYTES and operands[-1].nbytes < workspace.MIN_BYTES:
         # The operator, not the ufunc: on numpy scalars it is ten times cheaper.
         return _OPERATORS[ufunc](*operands)
-    shape = operands[0].shape
-    for operand in operands[1:]:
-        if operand.shape != shape:
-            shape = np.broadcast_shapes(shape, operand.shape)
-    return ufunc(*operands, out=workspace.empty(shape, np.result_type(*operands)))
+    first = operands[0]
+    if len(operands) == 1:
+        return ufunc(first, out=workspace.empty(first.shape, first.dtype))
+    second = operands[1]
+    shape = first.shape if first.shape == second.shape else _broadcast(first.shape, second.shape)
+    dtype = first.dtype if first.dtype == second.dtype else np.result_type(first, second)
+    return ufunc(first, second, out=workspace.empty(shape, dtype))
+
+
+@functools.lru_cache(maxsize=256)
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    return np.broadcast_shapes(a, b)
 
 
 def _pooled_binary(ufunc: np.ufunc) -> Any:
@@ -488,10 +495,16 @@ class Tanh(Op):
 # --- reductions and shape ops ---------------------------------------------------------
 def _expand_reduced(upstream: np.ndarray, shape: tuple[int, ...], axes: tuple[int, ...],
                     keepdims: bool) -> np.ndarray:
-    # The VJP of a reduction copies the upstream back along the reduced axes (a view).
+    # The VJP of a reduction copies the upstream back along the reduced axes: a read-only
+    # view with stride 0 there (built directly; np.broadcast_to costs more than the math).
+    upstream = np.ascontiguousarray(upstream)
     if not keepdims:
-        upstream = np.expand_dims(upstream, axes)
-    return np.broadcast_to(upstream, shape)
+        upstream = upstream.reshape([1 if i in axes else size for i, size in enumerate(shape)])
+    strides = tuple(0 if size == 1 and full != 1 else stride
+                    for size, full, stride in zip(upstream.shape, shape, upstream.strides))
+    view = np.ndarray(shape, upstream.dtype, buffer=upstream, strides=strides)
+    view.flags.writeable = False
+    return view
 
 
 @register

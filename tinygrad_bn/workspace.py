@@ -10,6 +10,7 @@ so a result a caller still holds is never overwritten.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 
@@ -28,14 +29,15 @@ _total = 0
 
 def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """An uninitialized array of `shape` and `dtype`, recycled when one is free."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
     global _total
-    key = (tuple(shape), dtype)
+    key = (shape, dtype)
     with _lock:
-        arrays = _pool.setdefault(key, [])
+        arrays = _pool.get(key)
+        if arrays is None:
+            arrays = _pool[key] = []
         for array in arrays:
             # The list's slot, this loop's name and getrefcount's argument: nobody else.
             if sys.getrefcount(array) == 3:
