@@ -134,7 +134,7 @@ def measure(settings: Settings, use_torch: bool, progress=print) -> Results:
                     impls.append(("torch", torch_side))
                 for impl, side in impls:
                     answer = side.ask(cmd="scalar", impl=impl, kind=kind,
-                                      ops=settings.scalar_ops, reps=1)
+                                      ops=settings.scalar_ops, reps=settings.reps)
                     results.scalar.setdefault(kind, {}).setdefault(impl, []).extend(
                         answer["us_per_op"])
     finally:
