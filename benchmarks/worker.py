@@ -29,6 +29,20 @@ def _inputs(shape, dtype, cache={}):  # noqa: B006 - a deliberate per-process ca
     return cache[key]
 
 
+def time_scalar_graph(make, kind, ops, reps):
+    """µs per op to build a chain or wide graph of scalars with `make` and backpropagate."""
+    build = baselines.chain_graph if kind == "chain" else baselines.wide_graph
+    count = (ops // 2) * 2 if kind == "chain" else ops // 2 + ops // 2 - 1
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        y = build(make, ops)
+        y.backward()
+        times.append((time.perf_counter() - start) / count * 1e6)
+        del y
+    return {"us_per_op": times, "gc_enabled": gc.isenabled()}
+
+
 def _param_shape(shape):
     return (shape[1],) if len(shape) == 2 else (1, shape[1], 1, 1)
 
@@ -78,18 +92,8 @@ class NumpySide:
         return {"times": times}
 
     def scalar(self, impl, kind, ops, reps):
-        tb = self.tb
-        make = tb.Node if impl == "engine" else baselines.ClosureValue
-        build = baselines.chain_graph if kind == "chain" else baselines.wide_graph
-        count = (ops // 2) * 2 if kind == "chain" else ops // 2 + ops // 2 - 1
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            y = build(make, ops)
-            y.backward()
-            times.append((time.perf_counter() - start) / count * 1e6)
-            del y
-        return {"us_per_op": times, "gc_enabled": gc.isenabled()}
+        make = self.tb.Node if impl == "engine" else baselines.ClosureValue
+        return time_scalar_graph(make, kind, ops, reps)
 
     def bandwidth(self, mbytes):
         """Streaming copy (bytes read + written per second), one thread and two."""
@@ -149,15 +153,7 @@ class TorchSide:
         def make(value):
             return torch.tensor(value, dtype=torch.float64, requires_grad=True)
 
-        build = baselines.chain_graph if kind == "chain" else baselines.wide_graph
-        count = (ops // 2) * 2 if kind == "chain" else ops // 2 + ops // 2 - 1
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            y = build(make, ops)
-            y.backward()
-            times.append((time.perf_counter() - start) / count * 1e6)
-        return {"us_per_op": times, "gc_enabled": gc.isenabled()}
+        return time_scalar_graph(make, kind, ops, reps)
 
 
 def main() -> None:

@@ -47,13 +47,18 @@ def rel_error(a: Any, b: Any) -> float:
 
     NaN anywhere gives NaN (so a test of `error < tol` fails on it, as it should).
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"rel_error: shapes differ, {a.shape} vs {b.shape}")
+    a, b = _as_pair(a, b, "rel_error")
     if a.size == 0:
         return 0.0
     return float(np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b))))
+
+
+def _as_pair(a: Any, b: Any, caller: str) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"{caller}: shapes differ, {a.shape} vs {b.shape}")
+    return a, b
 
 
 def scaled_error(a: Any, b: Any) -> float:
@@ -63,10 +68,7 @@ def scaled_error(a: Any, b: Any) -> float:
     zero by cancellation carries an absolute rounding error of the gradient's *scale*, so
     the elementwise `rel_error` of that entry says nothing about the computation's quality.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"scaled_error: shapes differ, {a.shape} vs {b.shape}")
+    a, b = _as_pair(a, b, "scaled_error")
     if a.size == 0:
         return 0.0
     scale = np.max(np.abs(a) + np.abs(b))
