@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUMPY_IMPLS = ("engine_fused", "engine_staged", "numpy_formulas", "numpy_staged")
-IMPL_TITLES = {"engine_fused": "engine fused", "engine_staged": "engine staged",
+IMPL_TITLES = {"engine_fused": "engine fused", "engine_fused_numba": "engine fused, numba",
+               "engine_staged": "engine staged",
                "numpy_formulas": "numpy formulas", "numpy_staged": "numpy staged",
                "torch": "torch F.batch_norm"}
 FULL_CASES = [((64, 256), "float64"), ((64, 256), "float32"),
@@ -85,8 +86,8 @@ class Worker:
         self.process.wait(timeout=30)
 
 
-def torch_available() -> bool:
-    probe = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True)
+def importable(module: str) -> bool:
+    probe = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True)
     return probe.returncode == 0
 
 
@@ -97,12 +98,14 @@ class Results:
     memory: dict = field(default_factory=dict)        # variant -> arrays of x's size
     bandwidth: dict = field(default_factory=dict)     # "one"/"two" -> GB/s
     torch: bool = False
+    numba: bool = False
     seconds: float = 0.0
 
 
-def measure(settings: Settings, use_torch: bool, progress=print) -> Results:
+def measure(settings: Settings, use_torch: bool, use_numba: bool, progress=print) -> Results:
     start = time.perf_counter()
-    results = Results(torch=use_torch)
+    results = Results(torch=use_torch, numba=use_numba)
+    impls = NUMPY_IMPLS + (("engine_fused_numba",) if use_numba else ())
     numpy_side = Worker(torch=False)
     torch_side = Worker(torch=True) if use_torch else None
     try:
@@ -112,7 +115,7 @@ def measure(settings: Settings, use_torch: bool, progress=print) -> Results:
             progress(f"  round {round_number + 1}/{settings.rounds}")
             for shape, dtype in settings.cases:
                 case = (shape, dtype)
-                sides = [(impl, numpy_side) for impl in NUMPY_IMPLS]
+                sides = [(impl, numpy_side) for impl in impls]
                 if torch_side is not None:
                     sides.append(("torch", torch_side))
                 # Alternate the order each round so no implementation always runs first.
@@ -129,10 +132,10 @@ def measure(settings: Settings, use_torch: bool, progress=print) -> Results:
                     results.times.setdefault(case, {}).setdefault(impl, []).extend(
                         answer["times"])
             for kind in ("chain", "wide"):
-                impls = [("engine", numpy_side), ("closure", numpy_side)]
+                scalar_sides = [("engine", numpy_side), ("closure", numpy_side)]
                 if torch_side is not None:
-                    impls.append(("torch", torch_side))
-                for impl, side in impls:
+                    scalar_sides.append(("torch", torch_side))
+                for impl, side in scalar_sides:
                     answer = side.ask(cmd="scalar", impl=impl, kind=kind,
                                       ops=settings.scalar_ops, reps=settings.reps)
                     results.scalar.setdefault(kind, {}).setdefault(impl, []).extend(
@@ -179,7 +182,8 @@ def _verdict(ok: bool) -> str:
 
 def report(results: Results, settings: Settings, mode: str) -> tuple[str, list[str]]:
     """The tables as Markdown text, and the list of missed targets."""
-    impls = list(NUMPY_IMPLS) + (["torch"] if results.torch else [])
+    impls = (list(NUMPY_IMPLS) + (["engine_fused_numba"] if results.numba else [])
+             + (["torch"] if results.torch else []))
     stream = max(results.bandwidth.values())
     lines = [
         f"Batch norm forward+backward, training mode: median ms over {settings.rounds} "
@@ -194,6 +198,11 @@ def report(results: Results, settings: Settings, mode: str) -> tuple[str, list[s
     if not results.torch:
         lines.append("")
         lines.append("(PyTorch is not installed in this environment: its column is left out.)")
+    if results.numba:
+        lines.append("")
+        lines.append("The numba column is the optional compiled accelerator "
+                     "(`tinygrad_bn.kernels.use_numba()`); the targets below are judged on the "
+                     "default, pure-numpy engine, and the last column shows what numba buys.")
 
     missed: list[str] = []
     lines += [
@@ -203,8 +212,8 @@ def report(results: Results, settings: Settings, mode: str) -> tuple[str, list[s
         f"on two; the fraction below is of the larger, {stream:.1f} GB/s.",
         "",
         "| case | fused GB/s | fused % of stream | fused vs torch | fused vs numpy formulas "
-        "| staged vs numpy staged |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| staged vs numpy staged | numba fused: GB/s, vs torch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for case, by_impl in results.times.items():
         (shape, dtype) = case
@@ -240,8 +249,15 @@ def report(results: Results, settings: Settings, mode: str) -> tuple[str, list[s
             if vs_staged < need_staged:
                 missed.append(f"{_case_name(case)}: staged vs numpy staged {vs_staged:.2f}x "
                               f"< {need_staged:.2f}x")
+        numba_cell = "n/a"
+        if "engine_fused_numba" in by_impl:
+            compiled = _median(by_impl["engine_fused_numba"])
+            numba_cell = (f"{4 * _size(case) * _itemsize(dtype) / compiled / 1e9:.1f} GB/s "
+                          f"({4 * _size(case) * _itemsize(dtype) / compiled / 1e9 / stream:.0%})")
+            if "torch" in by_impl:
+                numba_cell += f", {_median(by_impl['torch']) / compiled:.2f}x"
         lines.append(f"| {_case_name(case)} | {gbps:.1f} | {fraction_cell} | {torch_cell} | "
-                     f"{formulas_cell} | {staged_cell} |")
+                     f"{formulas_cell} | {staged_cell} | {numba_cell} |")
     lines += ["", "Ratios are speed-ups: the peer's time divided by the engine's.", ""]
 
     lines += [
@@ -307,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
     parser.add_argument("--rounds", type=int, default=None, help="override the round count")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument("--no-numba", action="store_true", help="skip the numba column")
     parser.add_argument("--markdown", type=pathlib.Path, default=None,
                         help="also write the report, with the machine and command, to this file")
     args = parser.parse_args(argv)
@@ -316,11 +333,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.rounds < 1:
             parser.error(f"--rounds: expected a positive number, got {args.rounds}")
         settings.rounds = args.rounds
-    use_torch = not args.no_torch and torch_available()
+    use_torch = not args.no_torch and importable("torch")
+    use_numba = not args.no_numba and importable("numba")
     print(f"benchmark ({mode}): {len(settings.cases)} batch-norm cases, {settings.rounds} rounds, "
-          f"torch {'on' if use_torch else 'not installed' if not args.no_torch else 'off'}",
+          f"torch {'on' if use_torch else 'not installed' if not args.no_torch else 'off'}, "
+          f"numba {'on' if use_numba else 'not installed' if not args.no_numba else 'off'}",
           flush=True)
-    results = measure(settings, use_torch, progress=lambda text: print(text, flush=True))
+    results = measure(settings, use_torch, use_numba,
+                      progress=lambda text: print(text, flush=True))
     text, missed = report(results, settings, mode)
     print()
     print(text)

@@ -60,7 +60,8 @@ class NumpySide:
         x, gamma, beta, dout = _inputs(shape, dtype)
         if impl.startswith("engine"):
             tb = self.tb
-            fn = tb.batchnorm_fused if impl == "engine_fused" else tb.batchnorm_staged
+            fn = tb.batchnorm_staged if impl == "engine_staged" else tb.batchnorm_fused
+            tb.kernels.use_numba(impl == "engine_fused_numba")
             nodes = (tb.Node(x, name="x"), tb.Node(gamma, name="gamma"), tb.Node(beta, name="beta"))
 
             def step():
@@ -89,6 +90,7 @@ class NumpySide:
             result = step()  # the previous step's result is dropped only after this one
             times.append(time.perf_counter() - start)
         del result
+        self.tb.kernels.use_numba(False)
         return {"times": times}
 
     def scalar(self, impl, kind, ops, reps):

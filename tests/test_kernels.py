@@ -9,6 +9,16 @@ from tinygrad_bn import kernels, workspace
 LARGE = [(512, 256), (1000, 131), (8, 16, 32, 32), (3, 40, 24, 24)]
 
 
+@pytest.fixture(params=["numpy", "numba"])
+def backend(request):
+    """Each kernel test runs on the numpy passes and, where numba is installed, compiled."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+        kernels.use_numba()
+    yield request.param
+    kernels.use_numba(False)
+
+
 def exact_gradients(x, gamma, dout, axes):
     """dx, dgamma, dbeta and out in extended precision, from the float inputs."""
     L = np.longdouble
@@ -34,7 +44,7 @@ def run(fn, x, gamma, beta, dout):
 @pytest.mark.parametrize("shape", LARGE)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("center", [0.0, 3.0, 1e4])
-def test_blocked_kernel_matches_staged_and_exact(shape, dtype, center):
+def test_blocked_kernel_matches_staged_and_exact(shape, dtype, center, backend):
     rng = np.random.default_rng(0)
     spread = 1e-2 if center == 1e4 else 1.0
     if center == 1e4 and dtype == np.float32:
@@ -71,6 +81,19 @@ def test_blocked_kernel_matches_staged_and_exact(shape, dtype, center):
     assert tb.scaled_error(fused_out.data, staged_out.data) < staged_tol
 
 
+def test_numba_switch_reports_its_state():
+    kernels.use_numba(False)
+    assert not kernels.numba_enabled()
+    try:
+        kernels.use_numba()
+    except ImportError as error:
+        assert "pip install numba" in str(error)
+    else:
+        assert kernels.numba_enabled()
+    finally:
+        kernels.use_numba(False)
+
+
 def test_one_thread_and_two_agree():
     rng = np.random.default_rng(1)
     x, dout = rng.standard_normal((2048, 64)), rng.standard_normal((2048, 64))
@@ -98,7 +121,7 @@ def test_layouts():
     assert kernels.layout_for(np.zeros((8, 4)), (0,)) is None  # small
 
 
-def test_module_running_statistics_on_the_fast_path():
+def test_module_running_statistics_on_the_fast_path(backend):
     rng = np.random.default_rng(0)
     x = 2 * rng.standard_normal((1024, 128)) + 5
     bn = tb.BatchNorm(128, momentum=0.5)

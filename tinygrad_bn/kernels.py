@@ -30,7 +30,8 @@ import numpy as np
 
 from . import workspace
 
-__all__ = ["Layout", "layout_for", "forward", "backward", "set_num_threads", "MIN_ELEMENTS"]
+__all__ = ["Layout", "layout_for", "forward", "backward", "set_num_threads", "use_numba",
+           "numba_enabled", "MIN_ELEMENTS"]
 
 MIN_ELEMENTS = 1 << 16      # below this the plain numpy path is as fast
 BLOCK_BYTES = 1 << 19       # about 0.5 MB per block: in L2 with room for a temporary
@@ -52,6 +53,32 @@ def _scratch_block(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         cached = np.empty(size, dtype)
         _scratch.buffer = cached
     return cached[:size].reshape(shape)
+
+
+_compiled: Any = None  # the numba_kernels module while use_numba() is on
+
+
+def use_numba(enabled: bool = True) -> None:
+    """Run the large-input passes compiled with numba (an optional accelerator).
+
+    The numpy passes are the default. Raises ImportError, saying how to get it, when numba
+    is not installed. Setting TINYGRAD_BN_NUMBA=1 in the environment turns it on at import.
+    """
+    global _compiled
+    if not enabled:
+        _compiled = None
+        return
+    try:
+        from . import numba_kernels
+    except ImportError as error:
+        raise ImportError(f"use_numba: numba is not installed ({error}); "
+                          f"`pip install numba` adds it, the numpy path works without") from None
+    _compiled = numba_kernels
+
+
+def numba_enabled() -> bool:
+    """Whether the compiled passes are in use."""
+    return _compiled is not None
 
 
 def set_num_threads(count: int) -> None:
@@ -148,6 +175,12 @@ def forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, layo
     """
     dtype = x.dtype
     xv = x.reshape(layout.view)
+    if _compiled is not None:
+        mean, var = _compiled.statistics(xv)
+        inv_std = 1.0 / np.sqrt(var + eps)
+        out = workspace.empty(x.shape, dtype)
+        _compiled.normalize(xv, mean, gamma * inv_std, beta, out.reshape(layout.view))
+        return out, mean, var, inv_std
     axes, pview, count = layout.axes, layout.param_view, layout.count
     parts = _spans(layout, dtype.itemsize)
     # Estimate |mean| / std from the first block (two-pass there, it is in cache).
@@ -203,6 +236,13 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     """The closed-form VJP from x, mean and inv_std (K,). Returns dx, dgamma (K,), dbeta (K,)."""
     dtype = x.dtype
     xv, dyv = x.reshape(layout.view), upstream.reshape(layout.view)
+    if _compiled is not None:
+        dbeta, sum_dy_xmu = _compiled.reductions(dyv, xv, mean)
+        count = layout.count
+        dx = workspace.empty(x.shape, dtype)
+        _compiled.combine(dyv, xv, mean, gamma * inv_std, -inv_std * inv_std * sum_dy_xmu / count,
+                          -dbeta / count, dx.reshape(layout.view))
+        return dx, sum_dy_xmu * inv_std, dbeta
     axes, pview, count = layout.axes, layout.param_view, layout.count
     parts = _spans(layout, dtype.itemsize)
     fast = not np.any(np.abs(mean) * inv_std > FAST_RATIO[dtype])
@@ -249,3 +289,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
 
     _parallel(combine, parts)
     return dx, dgamma, dbeta
+
+
+if os.environ.get("TINYGRAD_BN_NUMBA") == "1":
+    use_numba()
