@@ -162,4 +162,8 @@ def test_free_graph_frees_intermediates_and_keeps_leaf_gradients():
     out.backward(dout, free_graph=True)
     np.testing.assert_allclose(x.grad, reference.grad, rtol=1e-12)
     assert gamma.grad is not None and beta.grad is not None
-    assert out.parents == () and stages["xhat"].grad is None and stages["xhat"]._saved is None
+    assert out.parents == () and stages["xhat"].grad is None and stages["xhat"].parents == ()
+    before = x.grad.copy()
+    with pytest.raises(ValueError, match="already freed by backward\\(free_graph=True\\)"):
+        out.backward(dout)
+    np.testing.assert_array_equal(x.grad, before)

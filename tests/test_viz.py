@@ -205,3 +205,14 @@ def test_render_every_norm(tmp_path, no_system_dot, norm):
     assert any(t.startswith(fused_name) for t in lines)
     assert all(any(t.startswith(g + ": ") and t.endswith("agree") for t in lines)
                for g in ("dx", "dgamma", "dbeta"))
+
+
+def test_freed_graph_draws_without_backward_edges(no_system_dot):
+    x = tb.Node(np.ones(3), name="x")
+    out = (-(x * 2)).sum()
+    full = viz.draw(out, backward=True)
+    assert sum(t.startswith("|grad| ") for t in texts(full.svg())) == 0  # not run yet
+    out.backward()
+    assert sum(t.startswith("|grad| ") for t in texts(viz.draw(out, backward=True).svg())) == 3
+    out.backward(free_graph=True)
+    assert viz.draw(out, backward=True).node_count == 1

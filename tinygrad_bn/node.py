@@ -35,6 +35,7 @@ _grad_mode = _GradMode()
 # Creation numbers: a node's parents always have smaller ones (see Node.backward).
 _creation_order = itertools.count()
 _creation_number = operator.attrgetter("_seq")
+_FREED = object()  # marks an op node whose saved arrays backward(free_graph=True) dropped
 
 
 def is_grad_enabled() -> bool:
@@ -157,6 +158,11 @@ class Node:
     def is_leaf(self) -> bool:
         return self._op is None
 
+    @property
+    def freed(self) -> bool:
+        """True once backward(free_graph=True) has dropped this op node's saved arrays."""
+        return self._saved is _FREED
+
     def item(self) -> float:
         """The value of a size-1 node as a Python float."""
         return float(self.data.item())
@@ -193,6 +199,24 @@ class Node:
                 "backward: this node does not require grad (it was built from constants or "
                 "inside no_grad()), so there is nothing to differentiate"
             )
+        # Collect the graph first: a freed part is an error before any gradient changes.
+        order = [self]
+        seen = {self}
+        for node in order:  # grows while iterating: a breadth-first collection
+            if node._saved is _FREED:
+                raise ValueError(
+                    "backward: this graph was already freed by backward(free_graph=True); "
+                    "build it again to backpropagate a second time"
+                )
+            for parent in node.parents:
+                if parent.requires_grad and parent not in seen:
+                    seen.add(parent)
+                    order.append(parent)
+        del seen
+        # A node is always created after its parents, so visiting the graph newest first
+        # reaches each node after every consumer has added its part: a topological order
+        # from one sort of creation numbers, with no recursion and no ordered walk.
+        order.sort(key=_creation_number, reverse=True)
         if self.grad is not None:
             self.grad = self.grad + seed
         elif isinstance(seed, np.ndarray):
@@ -206,18 +230,6 @@ class Node:
         # parents, and a user must be able to edit one gradient without changing another.
         owners: dict[int, bool] = {id(_owner(seed)): False}
         pending: dict[Node, np.ndarray] = {self: seed}
-        # A node is always created after its parents, so visiting the graph newest first
-        # reaches each node after every consumer has added its part: a topological order
-        # from one sort of creation numbers, with no recursion and no ordered walk.
-        order = [self]
-        seen = {self}
-        for node in order:  # grows while iterating: a breadth-first collection
-            for parent in node.parents:
-                if parent.requires_grad and parent not in seen:
-                    seen.add(parent)
-                    order.append(parent)
-        order.sort(key=_creation_number, reverse=True)
-        del seen
         add = _ops._add  # np.add, through the workspace pool when large
         for index, node in enumerate(order):
             if free_graph:
@@ -242,7 +254,7 @@ class Node:
                 # A fresh sum, never `+=`: the arrays may be shared.
                 pending[parent] = parent_grad if previous is None else add(previous, parent_grad)
             if free_graph:
-                node._saved = None
+                node._saved = _FREED
                 node.parents = ()
 
     def _check_upstream(self, grad: Any) -> np.ndarray:

@@ -122,7 +122,7 @@ def _stage_clusters(nodes: list[Node]) -> list[list[Node]]:
 
 def _edge_gradients(node: Node) -> list[np.ndarray | None]:
     # The gradient the node's VJP sends to each parent (what flows back along each edge).
-    if node.grad is None or node.op_def is None or node._saved is None:
+    if node.grad is None or node.op_def is None or node.freed or not node.parents:
         return [None] * len(node.parents)
     return list(node.op_def.backward(node.grad, node._saved))
 
