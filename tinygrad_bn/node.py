@@ -200,19 +200,12 @@ class Node:
                 "inside no_grad()), so there is nothing to differentiate"
             )
         # Collect the graph first: a freed part is an error before any gradient changes.
-        order = [self]
-        seen = {self}
-        for node in order:  # grows while iterating: a breadth-first collection
-            if node._saved is _FREED:
-                raise ValueError(
-                    "backward: this graph was already freed by backward(free_graph=True); "
-                    "build it again to backpropagate a second time"
-                )
-            for parent in node.parents:
-                if parent.requires_grad and parent not in seen:
-                    seen.add(parent)
-                    order.append(parent)
-        del seen
+        order = _reachable(self, requires_grad_only=True)
+        if any(node._saved is _FREED for node in order):
+            raise ValueError(
+                "backward: this graph was already freed by backward(free_graph=True); "
+                "build it again to backpropagate a second time"
+            )
         # A node is always created after its parents, so visiting the graph newest first
         # reaches each node after every consumer has added its part: a topological order
         # from one sort of creation numbers, with no recursion and no ordered walk.
@@ -405,22 +398,22 @@ def _owner(array: np.ndarray) -> object:
     return array
 
 
-def graph_nodes(root: Node, requires_grad_only: bool = False) -> list[Node]:
-    """Every node `root` depends on, parents before children (root last); iterative DFS."""
-    order: list[Node] = []
-    visited = {root}
-    # Each stack entry holds a node and an iterator over the parents still to visit.
-    stack = [(root, iter(root.parents))]
-    while stack:
-        node, parents = stack[-1]
-        for parent in parents:
-            if parent not in visited and (parent.requires_grad or not requires_grad_only):
-                visited.add(parent)
-                stack.append((parent, iter(parent.parents)))
-                break
-        else:
-            stack.pop()
-            order.append(node)
+def graph_nodes(root: Node) -> list[Node]:
+    """Every node `root` depends on, parents before children (root last), in creation order."""
+    order = _reachable(root, requires_grad_only=False)
+    order.sort(key=_creation_number)
+    return order
+
+
+def _reachable(root: Node, requires_grad_only: bool) -> list[Node]:
+    # Breadth-first and iterative (no recursion limit); the list grows while it is walked.
+    order = [root]
+    seen = {root}
+    for node in order:
+        for parent in node.parents:
+            if parent not in seen and (parent.requires_grad or not requires_grad_only):
+                seen.add(parent)
+                order.append(parent)
     return order
 
 
