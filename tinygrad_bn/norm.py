@@ -157,9 +157,15 @@ def broadcastable(param: Node, spec: NormSpec) -> Node:
     return param.reshape(spec.param_bshape).named(f"{param.name or 'param'}_b")
 
 
+@functools.lru_cache(maxsize=64)
+def _named_constant(value: float, name: str, dtype: np.dtype) -> Node:
+    # Immutable leaves (no gradient, no parents), so one per value serves every graph.
+    return Node(np.asarray(value, dtype=dtype), name=name, requires_grad=False)
+
+
 def _constant(value: float, name: str, like: Node) -> Node:
     # Named so that `explain` and the viewer can say "var + eps" rather than "var + 1e-05".
-    return Node(np.asarray(value, dtype=like.dtype), name=name, requires_grad=False)
+    return _named_constant(value, name, like.dtype)
 
 
 def staged_nodes(x: Node, gamma: Node, beta: Node, spec: NormSpec) -> dict[str, Node]:
