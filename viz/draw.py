@@ -190,7 +190,9 @@ def _new_digraph(rankdir: str) -> graphviz.Digraph:
         raise ValueError(f"rankdir: expected 'LR', 'TB', 'RL' or 'BT', got {rankdir!r}")
     digraph = graphviz.Digraph(format="svg")
     digraph.attr(rankdir=rankdir, fontname="Helvetica")
-    digraph.attr("node", fontname="Helvetica", fontsize="10")
+    # A wider margin than Graphviz's default: the embedded renderer estimates text widths
+    # (it has no font files), and viewers' fonts run a little wider than its estimate.
+    digraph.attr("node", fontname="Helvetica", fontsize="10", margin="0.25,0.06")
     digraph.attr("edge", fontname="Helvetica", fontsize="9")
     return digraph
 
