@@ -207,7 +207,7 @@ def report(results: Results, settings: Settings, mode: str) -> tuple[str, list[s
     if results.numba:
         lines.append("")
         lines.append("The numba column is the optional compiled accelerator "
-                     "(`tinygrad_bn.kernels.use_numba()`); the targets below are judged on the "
+                     "(`tinygrad_bn.fast.use_numba()`); the targets below are judged on the "
                      "default, pure-numpy engine, and the last column shows what numba buys.")
 
     missed: list[str] = []

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import tinygrad_bn as tb
+from tinygrad_bn.check.gradcheck import scaled_error
 from tinygrad_bn.cli import sample_batch
-from tinygrad_bn.gradcheck import scaled_error
 
 SHAPES = [(1, 3), (4, 5), (200, 50), (2, 3, 4, 5)]
 
@@ -137,7 +137,7 @@ def test_far_from_zero_data_stays_exact():
 
 def test_gradcheck_reports_failures_truthfully():
     def wrong(a):
-        return tb.Node._result(a.data * 2, tb.ops.Neg, (a,), None, True)  # VJP says -1, truth 2
+        return tb.Node._result(a.data * 2, tb.ops.Neg, (a,), {}, True)  # VJP says -1, truth 2
 
     result = tb.gradcheck(wrong, np.ones(3))
     assert not result.ok and not bool(result) and result.errors["input0"] > 0.5

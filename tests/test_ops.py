@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, mutually_broadcastable_shapes
 
 import tinygrad_bn as tb
-from tinygrad_bn.ops import REGISTRY
+from tinygrad_bn.core.ops import REGISTRY
 
 SMALL = dict(min_dims=0, max_dims=3, min_side=1, max_side=4)
 
@@ -101,6 +101,30 @@ def matmul_case(draw):
     return (lambda a, b: a @ b), [rng.uniform(-2, 2, a_shape), rng.uniform(-2, 2, b_shape)]
 
 
+@st.composite
+def where_case(draw):
+    shapes = draw(mutually_broadcastable_shapes(num_shapes=3, **SMALL)).input_shapes
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    condition = rng.random(shapes[2]) > 0.5
+    return (lambda a, b: tb.where(condition, a, b)), [rng.uniform(-2, 2, shapes[0]),
+                                                      rng.uniform(-2, 2, shapes[1])]
+
+
+@st.composite
+def broadcast_to_case(draw):
+    shape = draw(array_shapes(**SMALL))
+    target = draw(mutually_broadcastable_shapes(num_shapes=1, base_shape=shape, **SMALL)).result_shape
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return (lambda a: tb.ops.broadcast_to(a, target)), [rng.uniform(-2, 2, shape)]
+
+
+@st.composite
+def cast_case(draw):
+    shape = draw(array_shapes(**SMALL))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return (lambda a: a.astype(np.float64)), [rng.uniform(-2, 2, shape)]
+
+
 CASES = {
     **{name: elementwise_case(REGISTRY[name])
        for name in ("Add", "Sub", "Mul", "Div", "Pow", "Neg", "Sqrt", "Exp", "Log", "Relu",
@@ -111,6 +135,9 @@ CASES = {
     "Reshape": reshape_case(),
     "Transpose": transpose_case(),
     "MatMul": matmul_case(),
+    "Where": where_case(),
+    "BroadcastTo": broadcast_to_case(),
+    "Cast": cast_case(),
 }
 
 

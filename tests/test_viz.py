@@ -3,8 +3,10 @@ backends work."""
 
 import ast
 import pathlib
+import re
 import shutil
 import xml.etree.ElementTree as ET
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -51,11 +53,15 @@ def check_staged_svg(svg: str, out: tb.Node) -> None:
         titles = [t for t in lines if t.startswith(stage + ": ")]
         assert len(titles) == 1, (stage, titles)
     nodes = tb.graph_nodes(out)
-    assert len(groups(svg, "node")) == len(nodes)
+    # A constant (eps, 1) is drawn once per use, so it is never a hub.
+    drawn = [n for n in nodes if not isinstance(n, tb.Constant)]
+    constant_uses = sum(isinstance(p, tb.Constant) for n in nodes for p in n.parents)
+    assert constant_uses == 2
+    assert len(groups(svg, "node")) == len(drawn) + constant_uses
     assert len(groups(svg, "edge")) == sum(len(n.parents) for n in nodes)
     # Every drawn node's title is bold.
     bold = [t for t in ET.fromstring(svg).iter(f"{SVG}text") if t.get("font-weight") == "bold"]
-    assert len(bold) == len(nodes)
+    assert len(bold) == len(drawn) + constant_uses
 
 
 def test_staged_svg_with_embedded_renderer(no_system_dot):
@@ -138,7 +144,20 @@ def test_large_graph_is_summarized_promptly(no_system_dot):
     assert graph.summarized and graph.node_count == 100 and graph.total_nodes == 20_003
     assert "raise max_nodes (now 100)" in graph.source and "20003 in all" in graph.source
     svg = graph.svg()
-    assert len(groups(svg, "node")) == 101  # the kept nodes and the summary note
+    # The kept op nodes, one copy of a shared constant per use among them, the summary note.
+    assert len(groups(svg, "node")) == 100 + 96 + 1
+
+
+def test_a_shared_constant_is_never_a_hub():
+    for steps in (10, 100):
+        x = tb.Node(1.0, name="x")
+        y = x
+        for _ in range(steps):
+            y = (y * 0.9 + 0.1).tanh()
+        source = viz.draw(y, max_nodes=1000).source
+        heads = re.findall(r"^\s*(\S+) -> (\S+)", source, flags=re.M)
+        degree = Counter(end for edge in heads for end in edge)
+        assert max(degree.values()) <= 3, degree.most_common(3)  # does not grow with steps
 
 
 def test_render_paths_and_formats(tmp_path, no_system_dot):

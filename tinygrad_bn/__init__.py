@@ -5,27 +5,17 @@
     out = tb.batchnorm_staged(x, tb.Node(np.ones(50)), tb.Node(np.zeros(50)))
     out.backward(np.random.randn(200, 50))      # x.grad, and every stage node's .grad
     print(tb.compare_batchnorm(x.data, np.ones(50), np.zeros(50)))
+
+Layers (each imports only the ones below it): core (Node, ops) < fast (registers faster
+variants of core ops) < norm < check, train < cs231n < cli; `viz` sits on top.
 """
 
-from . import kernels, nn, ops, workspace
-from .compare import NormReport, compare_batchnorm, compare_normalization
-from .gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
-from .nn import BatchNorm, GroupNorm, LayerNorm, Linear, Module, ReLU, Sequential
-from .node import Node, enable_grad, graph_nodes, is_grad_enabled, no_grad, stages
-from .norm import (
-                   STAGE_NAMES,
-                   batchnorm_fused,
-                   batchnorm_staged,
-                   groupnorm_fused,
-                   groupnorm_staged,
-                   layernorm_fused,
-                   layernorm_staged,
-                   norm_fused,
-                   norm_staged,
-                   spatial_batchnorm_fused,
-                   spatial_batchnorm_staged,
-)
-from .ops import (
+from . import fast  # noqa: F401  (registers the fast variants of the core ops)
+from .check.compare import NormReport, compare_batchnorm, compare_normalization
+from .check.gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
+from .core import ops
+from .core.node import Constant, Node, enable_grad, graph_nodes, is_grad_enabled, no_grad, stages
+from .core.ops import (
                    add,
                    div,
                    exp,
@@ -43,16 +33,32 @@ from .ops import (
                    tanh,
                    transpose,
                    unbroadcast,
+                   where,
 )
+from .norm import (
+                   STAGE_NAMES,
+                   batchnorm_fused,
+                   batchnorm_staged,
+                   groupnorm_fused,
+                   groupnorm_staged,
+                   layernorm_fused,
+                   layernorm_staged,
+                   norm_fused,
+                   norm_staged,
+                   spatial_batchnorm_fused,
+                   spatial_batchnorm_staged,
+)
+from .train import loss, nn, optim
+from .train.nn import BatchNorm, GroupNorm, LayerNorm, Linear, Module, ReLU, Sequential
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Node", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages", "ops",
-    "kernels", "workspace",
+    "Node", "Constant", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages",
+    "ops", "fast", "nn", "loss", "optim",
     "add", "sub", "mul", "div", "pow", "neg", "sqrt", "exp", "log", "relu", "tanh", "sum",
-    "mean", "reshape", "transpose", "matmul", "unbroadcast",
-    "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES", "nn", "BatchNorm", "Module",
+    "mean", "reshape", "transpose", "matmul", "unbroadcast", "where",
+    "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES", "BatchNorm", "Module",
     "LayerNorm", "GroupNorm", "Linear", "ReLU", "Sequential",
     "layernorm_staged", "layernorm_fused", "spatial_batchnorm_staged", "spatial_batchnorm_fused",
     "groupnorm_staged", "groupnorm_fused", "norm_staged", "norm_fused",

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .compare import compare_normalization
-from .explain import explain_normalization
+from .check.compare import compare_normalization
+from .check.explain import explain_normalization
 from .norm import NORMS, norm_spec
 
 __all__ = ["main", "build_parser", "sample_batch"]
@@ -118,7 +118,7 @@ def write_graph(args: argparse.Namespace, kind: str, path: pathlib.Path, fmt: st
     """Build the normalization on sample data, backpropagate, draw it and write it to `path`."""
     import viz
 
-    from .node import Node
+    from .core.node import Node
     from .norm import norm_fused, norm_staged
 
     x, gamma, beta, dout = _data(args)
@@ -155,7 +155,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiment import ExperimentConfig, format_result, run_experiment
+    from .train.experiment import ExperimentConfig, format_result, run_experiment
 
     config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
     config = dataclasses.replace(config, seed=args.seed)

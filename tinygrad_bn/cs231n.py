@@ -16,18 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from .nn import check_momentum
-from .node import Node, as_float_array, stages
+from .core.node import Node, as_float_array, stages
 from .norm import (
-    FusedNorm,
-    NormContext,
     NormSpec,
     batchnorm_spec,
+    closed_form_backward,
     groupnorm_spec,
     layernorm_spec,
     spatial_batchnorm_spec,
     staged_nodes,
 )
+from .train.nn import check_momentum
 
 __all__ = [
     "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
@@ -41,13 +40,15 @@ MODES = ("train", "test")
 
 @dataclass
 class NormCache:
-    """What the backward functions need: the staged graph and the fused op's saved arrays."""
+    """What the backward functions need: the staged graph, its spec and batch statistics."""
 
     x: Node
     gamma: Node
     beta: Node
     out: Node
-    context: NormContext
+    spec: NormSpec
+    mean: np.ndarray
+    var: np.ndarray
 
     @property
     def stages(self) -> dict[str, Node]:
@@ -113,8 +114,8 @@ def _batchnorm_forward(x: Any, gamma: Any, beta: Any, bn_param: dict,
     if mode == "train":
         cache = _staged_cache(Node(x.copy(), name="x"), gamma_node, beta_node, spec)
         out = cache.out.data
-        batch_mean = cache.context.mean.reshape(features)
-        batch_var = cache.context.var.reshape(features)
+        batch_mean = cache.mean.reshape(features)
+        batch_var = cache.var.reshape(features)
         running_mean = momentum * running_mean + (1 - momentum) * batch_mean
         running_var = momentum * running_var + (1 - momentum) * batch_var
     else:
@@ -152,11 +153,8 @@ def spatial_groupnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray
 def _staged_cache(x: Node, gamma: Node, beta: Node, spec: NormSpec) -> NormCache:
     spec.check_params(gamma, beta)
     nodes = staged_nodes(x, gamma, beta, spec)
-    context = NormContext(
-        xhat=nodes["xhat"].data, inv_std=nodes["ivar"].data, gamma_b=gamma.data.reshape(
-            spec.param_bshape), mean=nodes["mu"].data, var=nodes["var"].data, spec=spec,
-        gamma_shape=gamma.shape, beta_shape=beta.shape)
-    return NormCache(x=x, gamma=gamma, beta=beta, out=nodes["out"], context=context)
+    return NormCache(x=x, gamma=gamma, beta=beta, out=nodes["out"], spec=spec,
+                     mean=nodes["mu"].data, var=nodes["var"].data)
 
 
 def _check_dout(dout: Any, cache: Any) -> np.ndarray:
@@ -187,8 +185,8 @@ def batchnorm_backward_alt(dout: np.ndarray, cache: NormCache
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward by the closed form (the fused op's VJP). Same shapes as batchnorm_backward."""
     dout = _check_dout(dout, cache)
-    dx, dgamma, dbeta = FusedNorm.backward(dout, cache.context)
-    return dx, dgamma, dbeta
+    return closed_form_backward(dout, cache.x.data, cache.gamma.data, cache.mean, cache.var,
+                                cache.spec)
 
 
 def layernorm_backward(dout: np.ndarray, cache: NormCache

@@ -11,7 +11,8 @@ import graphviz
 import numpy as np
 
 from tinygrad_bn import STAGE_NAMES, Node, graph_nodes, scaled_error
-from tinygrad_bn.compare import TOLERANCES
+from tinygrad_bn.check.compare import TOLERANCES
+from tinygrad_bn.core.node import Constant, vjp
 from tinygrad_bn.norm import as_node, norm_fused, norm_staged
 
 from .backend import FORMATS, render_source
@@ -124,7 +125,7 @@ def _edge_gradients(node: Node) -> list[np.ndarray | None]:
     # The gradient the node's VJP sends to each parent (what flows back along each edge).
     if node.grad is None or node.op_def is None or node.freed or not node.parents:
         return [None] * len(node.parents)
-    return list(node.op_def.backward(node.grad, node._saved))
+    return list(vjp(node, node.grad))
 
 
 def build(digraph: graphviz.Digraph, root: Node, *, prefix: str = "n", show_data: bool = True,
@@ -142,6 +143,8 @@ def build(digraph: graphviz.Digraph, root: Node, *, prefix: str = "n", show_data
             clustered[id(member)] = f"cluster_{prefix}_norm{number}"
     subgraphs: dict[str, graphviz.Digraph] = {}
     for node in kept:
+        if isinstance(node, Constant) and node is not root:
+            continue  # drawn once per use, beside the node that uses it (below)
         role = kind(node, node is root)
         attrs = {**STYLE[role], "label": node_label(node, role, show_data, show_grad),
                  "class": "titled"}
@@ -165,7 +168,14 @@ def build(digraph: graphviz.Digraph, root: Node, *, prefix: str = "n", show_data
             if id(parent) not in ident:
                 continue
             edges += 1
-            digraph.edge(ident[id(parent)], ident[id(node)], label=shape_text(parent.shape))
+            source = ident[id(parent)]
+            if isinstance(parent, Constant):
+                # A number may be shared by every step of a graph: one small copy per use
+                # keeps it from becoming a hub that every step's edge runs to.
+                source = f"{ident[id(node)]}_c{index}"
+                digraph.node(source, **STYLE["constant"], **{"class": "titled"},
+                             label=node_label(parent, "constant", show_data, show_grad))
+            digraph.edge(source, ident[id(node)], label=shape_text(parent.shape))
             if backward and grads[index] is not None and parent.requires_grad:
                 norm = float(np.linalg.norm(grads[index]))
                 digraph.edge(ident[id(node)], ident[id(parent)], label=f"|grad| {norm:.3g}",

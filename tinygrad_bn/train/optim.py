@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .node import Node
+from ..core.node import Node
 
 __all__ = ["Optimizer", "SGD", "Adam"]
 

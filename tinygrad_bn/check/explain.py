@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .node import Node
-from .norm import STAGE_NAMES, NormSpec, norm_spec, staged_nodes
+from ..core.node import Node, vjp
+from ..norm import STAGE_NAMES, NormSpec, norm_spec, staged_nodes
 
 __all__ = ["StageRow", "explain_staged", "explain_batchnorm", "explain_normalization",
            "format_explanation"]
@@ -53,13 +53,13 @@ def explain_staged(nodes: dict[str, Node], leaves: dict[str, Node], spec: NormSp
         node = nodes[stage]
         op = node.op_def
         # Recompute this stage's VJP to see how its gradient splits among its parents.
-        parent_grads = op.backward(node.grad, node._saved)
+        parent_grads = vjp(node, node.grad)
         leaving = {
             _label(parent): float(np.linalg.norm(grad))
             for parent, grad in zip(node.parents, parent_grads)
             if parent.requires_grad and grad is not None
         }
-        parts = op.describe([_label(p) for p in node.parents], node._saved)
+        parts = op.describe([_label(p) for p in node.parents], node.params)
         rows.append(StageRow(
             stage=stage, op=node.op,
             derivative=", ".join(part for part, parent in zip(parts, node.parents)
@@ -70,8 +70,7 @@ def explain_staged(nodes: dict[str, Node], leaves: dict[str, Node], spec: NormSp
     # d(mu) = -sum(dxmu); dxmu has a part through sq = xmu**2, i.e. 2*xmu*dsq, whose sum
     # over the batch vanishes on paper because sum(xmu) = 0.
     sq, xmu = nodes["sq"], nodes["xmu"]
-    via_variance = -np.sum(sq.op_def.backward(sq.grad, sq._saved)[0],
-                           axis=spec.reduce_axes)
+    via_variance = -np.sum(vjp(sq, sq.grad)[0], axis=spec.reduce_axes)
     return Explanation(
         rows=rows,
         leaves={name: float(np.linalg.norm(leaf.grad)) for name, leaf in leaves.items()

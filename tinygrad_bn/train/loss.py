@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .node import Node
-from .ops import Op, apply
+from ..core.node import Node
+from ..core.ops import Op, apply
 
 __all__ = ["softmax_cross_entropy"]
 
@@ -21,20 +21,20 @@ class SoftmaxCrossEntropy(Op):
 
     @staticmethod
     def forward(logits, *, labels):
-        n = logits.shape[0]
-        # Shifting by the row maximum changes nothing mathematically and keeps exp finite.
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        log_probs = shifted - log_norm
-        loss = -log_probs[np.arange(n), labels].mean()
-        return np.asarray(loss, dtype=logits.dtype), (np.exp(log_probs), labels)
+        log_probs = _log_softmax(logits)
+        return -log_probs[np.arange(len(labels)), labels].mean()
 
     @staticmethod
-    def backward(upstream, saved):
-        probs, labels = saved
-        grad = probs.copy()
+    def backward(upstream, logits, out, *, labels):
+        grad = np.exp(_log_softmax(logits))
         grad[np.arange(len(labels)), labels] -= 1
         return (grad * (upstream / len(labels)),)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    # Shifting by the row maximum changes nothing mathematically and keeps exp finite.
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
 def softmax_cross_entropy(logits: Node, labels: Any) -> Node:

@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .gradcheck import numerical_gradient, scaled_error
-from .node import Node, as_float_array
-from .norm import (
+from ..core.node import Node, as_float_array
+from ..norm import (
     NORMS,
     FusedBatchNorm,
     FusedNorm,
@@ -17,15 +16,20 @@ from .norm import (
     batchnorm_spec,
     fused_node,
     norm_spec,
+    normalize,
     staged_nodes,
+    statistics,
 )
+from .gradcheck import numerical_gradient, scaled_error
 
 __all__ = ["NormReport", "compare_batchnorm", "compare_normalization", "compare_norm", "TOLERANCES"]
 
-# (staged vs fused, either vs numeric, forward relative to the output's scale)
+# (staged vs fused, either vs numeric, forward relative to the output's scale). A gradient
+# off by a relative r shows as r/2 in the normwise measure, so float32's 3e-5 fails a
+# gradient 1e-4 away from the truth while float32 rounding (~1e-6 here) passes.
 TOLERANCES = {
     np.dtype(np.float64): {"pair": 1e-10, "numeric": 1e-8, "forward": 1e-10},
-    np.dtype(np.float32): {"pair": 1e-4, "numeric": 1e-4, "forward": 1e-4},
+    np.dtype(np.float32): {"pair": 3e-5, "numeric": 3e-5, "forward": 1e-4},
 }
 GRAD_NAMES = ("dx", "dgamma", "dbeta")
 COLUMNS = ("staged~fused", "staged~numeric", "fused~numeric")
@@ -119,7 +123,8 @@ def compare_norm(spec: NormSpec, fused_op: type[FusedNorm], x: Any, gamma: Any, 
     x64, g64, b64 = x.astype(np.float64), gamma.astype(np.float64), beta.astype(np.float64)
 
     def forward(a: np.ndarray, g: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return fused_op.forward(a, g, b, spec=spec)[0]
+        mean, var = statistics(a, spec)
+        return normalize(a, g, b, mean, var, spec)
 
     numeric = (
         numerical_gradient(lambda a: forward(a, g64, b64), x64.copy(), dout, h),

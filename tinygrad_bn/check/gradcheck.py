@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .node import Node, as_float_array
+from ..core.node import Node, as_float_array
 
 __all__ = ["numerical_gradient", "rel_error", "scaled_error", "gradcheck", "GradcheckResult"]
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.node import Node, no_grad
 from .loss import softmax_cross_entropy
 from .nn import BatchNorm, LayerNorm, Linear, Module, ReLU, Sequential
-from .node import Node, no_grad
 from .optim import SGD
 
 __all__ = ["ExperimentConfig", "ExperimentResult", "make_dataset", "build_mlp", "run_experiment",

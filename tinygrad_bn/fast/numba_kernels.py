@@ -1,19 +1,31 @@
-"""Optional compiled passes for the blocked fused batch norm (numba, when installed).
+"""Compiled passes for large batch norm (numba, optional): the same functions as kernels.py.
 
-`kernels.use_numba()` switches the fused op's large-input path from the numpy block passes
-to these; the numpy passes stay the default and are what the test suite always runs. Each
-pass here is one loop over x (and dy) that numba vectorizes and splits across threads, so
-the forward reads x twice and writes out once, and the backward reads x and dy twice and
-writes dx once: the memory traffic the numpy version needs ten separate passes for.
+`tinygrad_bn.fast.use_numba()` switches the fused op's large-input path from the numpy
+block passes to these. Each pass is one loop over x (and dy) that numba vectorizes and
+splits across threads, so the forward reads x twice and writes out once, and the backward
+reads x and dy twice and writes dx once. The math is kernels.py's expanded closed form
+(its docstring has the derivation), with every sum accumulated in float64.
 
 Arrays arrive as (A, K) when the layout has no trailing axes (batch norm of (N, D)), else as
-(A, K, B); the statistics are over A (and B), per feature k. Sums are accumulated in float64.
+(A, K, B). Safety: numba's parallel loops run on one threading layer per process; the
+"workqueue" layer survives fork() but not two Python threads calling in at once, so this
+module selects it (unless NUMBA_THREADING_LAYER says otherwise) and serializes calls.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+
+import numba
 import numpy as np
 from numba import njit, prange
+
+from .kernels import Layout
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+_lock = threading.Lock()  # one caller at a time: not every threading layer is thread-safe
 
 
 def _chunks(count: int) -> int:
@@ -124,33 +136,45 @@ def _combine3(dy, x, mean, a_coef, k_coef, c_coef, dx):  # pragma: no cover - co
                 dx[a, k, b] = ak * (dy[a, k, b] + kk * (x[a, k, b] - m) + ck)
 
 
-def statistics(xv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature float64 mean and (biased) variance of xv, (A, K) or (A, K, B)."""
+def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature float64 mean and biased variance (K,)."""
+    xv = x.reshape(layout.view)
+    # Shifted by a first-row estimate so that data far from zero keeps its digits.
     shift = (xv[0] if xv.ndim == 2 else xv[0].mean(axis=1)).astype(np.float64)
     stats = _stats2 if xv.ndim == 2 else _stats3
-    s1, s2 = stats(xv, shift, _chunks(xv.shape[0]))
-    count = xv.size // xv.shape[1]
-    m1 = s1 / count
-    return shift + m1, np.maximum(s2 / count - m1 * m1, 0.0)
+    with _lock:
+        s1, s2 = stats(xv, shift, _chunks(xv.shape[0]))
+    m1 = s1 / layout.count
+    return shift + m1, np.maximum(s2 / layout.count - m1 * m1, 0.0)
 
 
-def normalize(xv: np.ndarray, mean: np.ndarray, scale: np.ndarray, beta: np.ndarray,
-              out: np.ndarray) -> None:
-    """out = (x - mean) * scale + beta, per feature, in x's dtype."""
-    dtype = xv.dtype
-    fn = _normalize2 if xv.ndim == 2 else _normalize3
-    fn(xv, mean.astype(dtype), scale.astype(dtype), beta.astype(dtype), out)
+def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+              var: np.ndarray, eps: float, layout: Layout) -> np.ndarray:
+    """out = (x - mean) * gamma * inv_std + beta, per feature, in x's dtype."""
+    dtype = x.dtype
+    out = np.empty(x.shape, dtype)
+    scale = gamma / np.sqrt(var + eps)
+    fn = _normalize2 if layout.B == 1 else _normalize3
+    with _lock:
+        fn(x.reshape(layout.view), mean.astype(dtype), scale.astype(dtype), beta.astype(dtype),
+           out.reshape(layout.view))
+    return out
 
 
-def reductions(dyv: np.ndarray, xv: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """sum(dy) and sum(dy * (x - mean)) per feature, in float64."""
-    fn = _reduce2 if xv.ndim == 2 else _reduce3
-    return fn(dyv, xv, mean.astype(xv.dtype), _chunks(xv.shape[0]))
-
-
-def combine(dyv: np.ndarray, xv: np.ndarray, mean: np.ndarray, a: np.ndarray, k: np.ndarray,
-            c: np.ndarray, dxv: np.ndarray) -> None:
-    """dx = a * (dy + k * (x - mean) + c), per feature."""
-    dtype = xv.dtype
-    fn = _combine2 if xv.ndim == 2 else _combine3
-    fn(dyv, xv, mean.astype(dtype), a.astype(dtype), k.astype(dtype), c.astype(dtype), dxv)
+def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
+             var: np.ndarray, eps: float, layout: Layout
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx = a * (dy + k * (x - mean) + c) per feature; dgamma, dbeta (K,) float64."""
+    dtype = x.dtype
+    xv, dyv = x.reshape(layout.view), upstream.reshape(layout.view)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    reduce = _reduce2 if layout.B == 1 else _reduce3
+    combine = _combine2 if layout.B == 1 else _combine3
+    dx = np.empty(x.shape, dtype)
+    with _lock:
+        dbeta, sum_dy_xmu = reduce(dyv, xv, mean.astype(dtype), _chunks(layout.A))
+        k = -inv_std * inv_std * sum_dy_xmu / layout.count
+        c = -dbeta / layout.count
+        combine(dyv, xv, mean.astype(dtype), (gamma * inv_std).astype(dtype), k.astype(dtype),
+                c.astype(dtype), dx.reshape(layout.view))
+    return dx, sum_dy_xmu * inv_std, dbeta

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .node import Node
-from .norm import (
+from ..core.node import Node
+from ..norm import (
     NORMS,
     FusedBatchNorm,
     NormSpec,
@@ -21,7 +21,6 @@ from .norm import (
     layernorm_spec,
     staged_nodes,
 )
-from .ops import record
 
 __all__ = ["Module", "BatchNorm", "LayerNorm", "GroupNorm", "Linear", "ReLU", "Sequential",
            "check_momentum"]
@@ -47,6 +46,14 @@ def check_dtype(dtype: Any) -> np.dtype:
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
     return dtype
+
+
+def _params_like(norm: Any, x: Node) -> tuple[Node, Node]:
+    # gamma and beta in x's dtype (a cast node when they differ), so that the output of a
+    # normalization always has its input's dtype.
+    if norm.gamma.dtype == x.dtype:
+        return norm.gamma, norm.beta
+    return norm.gamma.astype(x.dtype), norm.beta.astype(x.dtype)
 
 
 class Module:
@@ -139,14 +146,10 @@ class BatchNorm(Module):
         if not self.training:
             return self._eval_forward(x, spec)
         if self.fused:
-            parents = (x, self.gamma, self.beta)
-            spec.check_params(self.gamma, self.beta)
-            out_data, context = FusedBatchNorm.forward(x.data, self.gamma.data, self.beta.data,
-                                                       spec=spec)
-            out = record(FusedBatchNorm, parents, out_data, context)
-            mean, var = context.mean, context.var
+            mean, var = FusedBatchNorm.statistics(x.data, spec)
+            out = fused_node(FusedBatchNorm, x, *_params_like(self, x), spec, mean, var)
         else:
-            nodes = staged_nodes(x, self.gamma, self.beta, spec)
+            nodes = staged_nodes(x, *_params_like(self, x), spec)
             out, mean, var = nodes["out"], nodes["mu"].data, nodes["var"].data
         # Only after the forward succeeded: a failing call must not move the statistics.
         keep = self.momentum
@@ -165,7 +168,8 @@ class BatchNorm(Module):
         inv_std = Node((1.0 / np.sqrt(self.running_var + self.eps)).reshape(shape).astype(x.dtype),
                        name="inv_std", requires_grad=False)
         xhat = ((x - mean) * inv_std).named("xhat")
-        return (broadcastable(self.gamma, spec) * xhat + broadcastable(self.beta, spec)).named("out")
+        gamma, beta = _params_like(self, x)
+        return (broadcastable(gamma, spec) * xhat + broadcastable(beta, spec)).named("out")
 
     def __repr__(self) -> str:
         kind = "fused" if self.fused else "staged"
@@ -185,8 +189,8 @@ class _StatelessNorm(Module):
         x = as_node(x, "x")
         spec = self._spec(x)
         if self.fused:
-            return fused_node(NORMS[self.kind], x, self.gamma, self.beta, spec)
-        return staged_nodes(x, self.gamma, self.beta, spec)["out"]
+            return fused_node(NORMS[self.kind], x, *_params_like(self, x), spec)
+        return staged_nodes(x, *_params_like(self, x), spec)["out"]
 
 
 class LayerNorm(_StatelessNorm):

@@ -1,0 +1,490 @@
+"""The graph: `Node`, the backward pass and the `no_grad` switch.
+
+A Node holds a numpy value, its gradient, the op that produced it, that op's parameters
+and its parents. The ops themselves live in `ops.py`; this file knows how to record them
+and how to walk the graph backwards. Backward reads in four steps, collect -> order ->
+seed -> loop, never recurses (graphs of any depth work), and a node keeps no reference
+to its children, so a graph holds no reference cycles and reference counting frees it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .ops import Op
+
+__all__ = ["Node", "Constant", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes",
+           "stages", "as_float_array", "vjp"]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+NO_PARAMS: dict[str, Any] = {}  # the params of ops without any (shared: never written to)
+# Creation numbers: a node's parents are always created before it (see Node.backward).
+_creation_order = itertools.count()
+_creation_number = operator.attrgetter("_seq")
+_FREED = MappingProxyType({"freed": True})  # the params of a node backward(free_graph=True) let go
+
+
+class _GradMode(threading.local):
+    # Thread-local, as in PyTorch: a no_grad block in one thread leaves others recording.
+    enabled = True
+
+
+_grad_mode = _GradMode()
+
+
+def is_grad_enabled() -> bool:
+    """True unless inside a `no_grad()` block (of this thread)."""
+    return _grad_mode.enabled
+
+
+@contextmanager
+def no_grad() -> Iterator[None]:
+    """Context in which ops record no graph: results are constant leaves."""
+    previous = _grad_mode.enabled
+    _grad_mode.enabled = False
+    try:
+        yield
+    finally:
+        _grad_mode.enabled = previous
+
+
+@contextmanager
+def enable_grad() -> Iterator[None]:
+    """Context that re-enables graph recording inside a `no_grad()` block."""
+    previous = _grad_mode.enabled
+    _grad_mode.enabled = True
+    try:
+        yield
+    finally:
+        _grad_mode.enabled = previous
+
+
+def as_float_array(value: Any, argname: str = "data") -> np.ndarray:
+    """Convert `value` to a float32/float64 array; Python and integer numbers become float64.
+
+    Raises TypeError naming `argname` for booleans, complex, strings, objects and other
+    float widths, so that a wrong dtype is caught where it enters rather than deep in an op.
+    """
+    array = np.asarray(value)
+    dtype = array.dtype
+    if dtype in _FLOAT_DTYPES:
+        return array
+    if dtype.kind in "iu":
+        return array.astype(np.float64)
+    raise TypeError(
+        f"{argname}: expected real numbers (float32, float64 or integers), "
+        f"got an array of dtype {dtype}"
+    )
+
+
+class Node:
+    """A value in the graph: `data` (an ndarray; a numpy scalar when 0-d), `grad`, the `op`
+    that made it, its `parents`.
+
+    `grad` stays None until a backward pass reaches the node; afterwards it is an array of
+    `data`'s shape and dtype. Gradients *accumulate* across `backward()` calls, as in
+    PyTorch: call `zero_grad()` between passes when you want fresh ones.
+    """
+
+    __slots__ = ("data", "grad", "name", "requires_grad", "parents", "_op", "_params", "_seq",
+                 "__weakref__")
+
+    def __init__(self, data: Any, name: str | None = None, requires_grad: bool = True) -> None:
+        if type(data) is float:
+            data = np.float64(data)
+        else:
+            data = as_float_array(data)
+            # 0-d values are numpy scalars (np.float64 / np.float32): what numpy's own 0-d
+            # arithmetic returns, and what keeps scalar graphs cheap.
+            data = data[()] if data.ndim == 0 else data
+        self.data = data
+        self.grad: Any = None
+        self.name = name
+        self.requires_grad = bool(requires_grad)
+        self.parents: tuple[Node, ...] = ()
+        self._op: type[Op] | None = None
+        self._params: Any = NO_PARAMS
+        self._seq = next(_creation_order)
+
+    @classmethod
+    def _result(cls, data: Any, op: type[Op] | None, parents: tuple[Node, ...], params: Any,
+                requires_grad: bool) -> Node:
+        """An op's output (data is already a checked float array or numpy scalar)."""
+        node = cls.__new__(cls)
+        node.data, node.grad, node.name, node.requires_grad = data, None, None, requires_grad
+        node.parents, node._op, node._params = parents, op, params
+        node._seq = next(_creation_order)
+        return node
+
+    # --- introspection -------------------------------------------------------------
+    @property
+    def op(self) -> str | None:
+        """Name of the op that produced this node (e.g. "sub", "batchnorm"); None for a leaf."""
+        return None if self._op is None else self._op.name
+
+    @property
+    def op_def(self) -> type[Op] | None:
+        """The op definition itself (forward, VJP and the local-derivative formula)."""
+        return self._op
+
+    @property
+    def params(self) -> MappingProxyType:
+        """The op's parameters (e.g. {"axis": (0,), "keepdims": True} for a mean), read-only."""
+        return MappingProxyType(self._params)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._op is None
+
+    @property
+    def freed(self) -> bool:
+        """True once backward(free_graph=True) has let go of this op node's parents."""
+        return self._params is _FREED
+
+    def item(self) -> float:
+        """The value of a size-1 node as a Python float."""
+        return float(self.data.item())
+
+    def named(self, name: str) -> Node:
+        """Set `name` (a stage label shown by `explain` and the viewer) and return self."""
+        self.name = name
+        return self
+
+    def __repr__(self) -> str:
+        label = f"{self.name!r}, " if self.name else ""
+        op = f", op={self.op!r}" if self._op is not None else ""
+        value = f"{self.data.item():.6g}" if self.data.size == 1 else f"shape={self.data.shape}"
+        return f"Node({label}{value}, dtype={self.data.dtype}{op})"
+
+    # --- backward ------------------------------------------------------------------
+    def backward(self, grad: Any = None, *, free_graph: bool = False) -> None:
+        """Backpropagate from this node, adding d(self)/d(node) * grad into every `node.grad`.
+
+        grad: upstream gradient of `self`'s shape; may be omitted only for a size-1 node (it
+        is then 1). Gradients accumulate across calls; use `zero_grad()` to clear them.
+        Every node of the graph keeps its gradient (see `_GradStore` for what they alias).
+        free_graph=True works as PyTorch's default: each op node lets go of its parents as
+        soon as the pass is done with it, so intermediates are freed during the pass; only
+        leaves and this node get gradients, and the graph cannot be backpropagated again.
+        """
+        seed = self._seed(grad)
+        order = self._collect()                           # 1. collect (checks before any change)
+        order.sort(key=_creation_number)                 # 2. order: by creation, so popping
+        pending: dict[Node, Any] = {self: seed}           #    from the end is newest first
+        store = _GradStore(seed)                          # 3. seed
+        keep_every_grad = not free_graph
+        while order:                                      # 4. loop (popping also lets go)
+            node = order.pop()
+            upstream = pending.pop(node, None)
+            if upstream is None:  # no gradient flows here (only through constants)
+                continue
+            if keep_every_grad or node._op is None or node is self:
+                store.keep(node, upstream)
+            if node._op is None:
+                continue
+            inputs = [parent.data for parent in node.parents]
+            parent_grads = node._op.backward(upstream, *inputs, node.data, **node._params)
+            for parent, parent_grad in zip(node.parents, parent_grads):
+                if parent_grad is not None and parent.requires_grad:
+                    previous = pending.get(parent)
+                    # A fresh sum, never `+=`: the arrays may be shared with other gradients.
+                    pending[parent] = parent_grad if previous is None else previous + parent_grad
+            if free_graph:
+                node.parents, node._params = (), _FREED
+
+    def _seed(self, grad: Any) -> Any:
+        if not self.requires_grad:
+            raise ValueError(
+                "backward: this node does not require grad (it was built from constants or "
+                "inside no_grad()), so there is nothing to differentiate"
+            )
+        data = self.data
+        if grad is None:
+            if data.size != 1:
+                raise ValueError(
+                    f"backward: grad can be omitted only for a node with one element; this node "
+                    f"has shape {data.shape}, so pass an upstream gradient of that shape"
+                )
+            return data.dtype.type(1) if data.ndim == 0 else np.ones_like(data)
+        if isinstance(grad, Node):
+            grad = grad.data
+        upstream = as_float_array(grad, "grad")
+        if upstream.shape != data.shape:
+            raise ValueError(
+                f"backward: grad must have the node's shape {data.shape}, "
+                f"got shape {upstream.shape}"
+            )
+        upstream = upstream.astype(data.dtype, copy=False)
+        return upstream[()] if upstream.ndim == 0 else upstream
+
+    def _collect(self) -> list[Node]:
+        order = _reachable(self, requires_grad_only=True)
+        if any(node._params is _FREED for node in order):
+            raise ValueError(
+                "backward: this graph was already freed by backward(free_graph=True); "
+                "build it again to backpropagate a second time"
+            )
+        return order
+
+    def zero_grad(self) -> None:
+        """Clear `grad` on this node and on every node of the graph that produced it."""
+        for node in graph_nodes(self):
+            if node.grad is not None:
+                node.grad = None
+
+    # --- operators (the ops themselves live in ops.py) ------------------------------
+    def __add__(self, other: Any) -> Node:
+        return _ops.add(self, other)
+
+    def __radd__(self, other: Any) -> Node:
+        return _ops.add(other, self)
+
+    def __sub__(self, other: Any) -> Node:
+        return _ops.sub(self, other)
+
+    def __rsub__(self, other: Any) -> Node:
+        return _ops.sub(other, self)
+
+    def __mul__(self, other: Any) -> Node:
+        return _ops.mul(self, other)
+
+    def __rmul__(self, other: Any) -> Node:
+        return _ops.mul(other, self)
+
+    def __truediv__(self, other: Any) -> Node:
+        return _ops.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Node:
+        return _ops.div(other, self)
+
+    def __pow__(self, other: Any) -> Node:
+        return _ops.pow(self, other)
+
+    def __rpow__(self, other: Any) -> Node:
+        return _ops.pow(other, self)
+
+    def __matmul__(self, other: Any) -> Node:
+        return _ops.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Node:
+        return _ops.matmul(other, self)
+
+    def __neg__(self) -> Node:
+        return _ops.neg(self)
+
+    # Comparisons give boolean arrays, as masks (they have no gradient). `==` stays
+    # identity: nodes are dictionary keys.
+    def __gt__(self, other: Any) -> np.ndarray:
+        return self.data > _ops.value(other)
+
+    def __ge__(self, other: Any) -> np.ndarray:
+        return self.data >= _ops.value(other)
+
+    def __lt__(self, other: Any) -> np.ndarray:
+        return self.data < _ops.value(other)
+
+    def __le__(self, other: Any) -> np.ndarray:
+        return self.data <= _ops.value(other)
+
+    # numpy must defer to the reflected operators above instead of broadcasting a Node
+    # into an object array (`np.ones(3) * node` should give a Node).
+    __array_ufunc__ = None
+
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Node:
+        return _ops.sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Node:
+        return _ops.mean(self, axis=axis, keepdims=keepdims)
+
+    def sqrt(self) -> Node:
+        return _ops.sqrt(self)
+
+    def exp(self) -> Node:
+        return _ops.exp(self)
+
+    def log(self) -> Node:
+        return _ops.log(self)
+
+    def relu(self) -> Node:
+        return _ops.relu(self)
+
+    def tanh(self) -> Node:
+        return _ops.tanh(self)
+
+    def reshape(self, *shape: Any) -> Node:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops.reshape(self, shape)
+
+    def transpose(self, *axes: Any) -> Node:
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return _ops.transpose(self, axes or None)
+
+    def astype(self, dtype: Any) -> Node:
+        return _ops.astype(self, dtype)
+
+    @property
+    def T(self) -> Node:  # noqa: N802 - numpy's name
+        return _ops.transpose(self, None)
+
+
+class Constant(Node):
+    """An immutable leaf: a number or array an op uses that never gets a gradient.
+
+    Python numbers in `x * 0.5` become Constants shared by every graph that uses the same
+    number (one per value and dtype), which is why none can be renamed or changed.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, value: Any, name: str | None = None) -> None:
+        array = as_float_array(value, "value")
+        data = array[()] if array.ndim == 0 else array.copy()
+        if isinstance(data, np.ndarray):
+            data.flags.writeable = False
+        for slot, item in (("data", data), ("grad", None), ("name", name),
+                           ("requires_grad", False), ("parents", ()), ("_op", None),
+                           ("_params", NO_PARAMS), ("_seq", next(_creation_order))):
+            object.__setattr__(self, slot, item)
+
+    def __setattr__(self, attribute: str, value: Any) -> None:
+        raise AttributeError(
+            f"{attribute}: a Constant cannot be changed (it may be shared by several graphs); "
+            f"make a Node(value, requires_grad=False) to have one of your own"
+        )
+
+    def named(self, name: str) -> Node:
+        raise AttributeError(
+            "name: a Constant cannot be renamed (it may be shared by several graphs); "
+            "make a Node(value, name=..., requires_grad=False) to have a named one"
+        )
+
+
+class _GradStore:
+    """Decides what each `.grad` keeps, so that no two gradients a user can edit share memory.
+
+    - The root's `.grad` is a read-only view of the upstream passed to backward (no copy).
+    - An intermediate's `.grad` is a read-only view of the array that flowed through it.
+    - A leaf's `.grad` is a writeable array of its own (an optimizer may scale it in place):
+      the flowing array itself when nothing else shows it, else a copy.
+    - A second pass adds into a fresh array (`grad + upstream`), never in place.
+    """
+
+    def __init__(self, seed: Any) -> None:
+        # Buffers already shown as some `.grad` (by the array that owns the memory), and
+        # whether that `.grad` is writeable.
+        self.shown: dict[int, bool] = {id(_owner(seed)): False}
+
+    def keep(self, node: Node, upstream: Any) -> None:
+        data = node.data
+        if type(upstream) is type(data) and type(data) is not np.ndarray:
+            # A numpy scalar of the node's own type (0-d values): immutable, kept as it is.
+            node.grad = upstream if node.grad is None else node.grad + upstream
+            return
+        if type(upstream) is not np.ndarray or upstream.dtype != data.dtype \
+                or upstream.shape != data.shape:
+            upstream = _like(upstream, data)
+        if node.grad is not None:
+            node.grad = node.grad + upstream
+        elif type(upstream) is not np.ndarray:  # numpy scalars are immutable: kept as they are
+            node.grad = upstream
+        elif node._op is None:
+            node.grad = self._own_array(upstream)
+        else:
+            node.grad = self._read_only_view(upstream)
+
+    def _own_array(self, upstream: np.ndarray) -> np.ndarray:
+        owner = id(_owner(upstream))
+        if owner in self.shown or not upstream.flags.writeable:
+            upstream = upstream.copy()
+            owner = id(upstream)
+        self.shown[owner] = True
+        return upstream
+
+    def _read_only_view(self, upstream: np.ndarray) -> np.ndarray:
+        owner = id(_owner(upstream))
+        if self.shown.get(owner):  # a leaf's editable gradient must not show through here
+            upstream = upstream.copy()
+            owner = id(upstream)
+        self.shown.setdefault(owner, False)
+        view = upstream.view()
+        view.flags.writeable = False
+        return view
+
+
+def _like(upstream: Any, data: Any) -> Any:
+    # A gradient in its node's dtype and shape (a numpy scalar for a 0-d node).
+    if type(data) is not np.ndarray:
+        return data.dtype.type(upstream)
+    upstream = np.asarray(upstream)
+    if upstream.dtype != data.dtype:
+        upstream = upstream.astype(data.dtype)
+    if upstream.shape != data.shape:
+        upstream = np.broadcast_to(upstream, data.shape)
+    return upstream
+
+
+def _owner(array: Any) -> object:
+    # numpy points a view's `base` at the array that owns the memory (or another view).
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array
+
+
+def vjp(node: Node, upstream: Any) -> tuple[Any, ...]:
+    """What `node`'s op sends back to each parent for `upstream` (d loss / d node)."""
+    inputs = [parent.data for parent in node.parents]
+    return node._op.backward(upstream, *inputs, node.data, **node._params)
+
+
+def graph_nodes(root: Node) -> list[Node]:
+    """Every node `root` depends on, parents before children (root last), in creation order."""
+    order = _reachable(root, requires_grad_only=False)
+    order.sort(key=_creation_number)
+    return order
+
+
+def _reachable(root: Node, requires_grad_only: bool) -> list[Node]:
+    # Breadth-first and iterative (no recursion limit); the list grows while it is walked.
+    order = [root]
+    seen = {root}
+    for node in order:
+        for parent in node.parents:
+            if parent not in seen and (parent.requires_grad or not requires_grad_only):
+                seen.add(parent)
+                order.append(parent)
+    return order
+
+
+def stages(root: Node) -> dict[str, Node]:
+    """The named nodes of `root`'s graph by name (e.g. {"mu": ..., "xmu": ..., "out": ...})."""
+    return {node.name: node for node in graph_nodes(root) if node.name is not None}
+
+
+from . import ops as _ops  # noqa: E402  (ops needs Node defined; Node's operators need ops)

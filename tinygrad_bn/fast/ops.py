@@ -1,0 +1,62 @@
+"""Fast variants of core ops' VJPs for large arrays: fewer full-size temporaries.
+
+Each function here computes exactly what the textbook VJP in `core/ops.py` computes (the
+equivalence tests check it at sizes that take it); it only skips memory traffic.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from ..core.ops import Mul, PowConst, unbroadcast
+from .registry import fast_variant
+
+__all__ = ["LARGE_BYTES", "product_sum"]
+
+LARGE_BYTES = 1 << 16  # below this a temporary is cheap and the textbook VJP is as fast
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+
+
+def product_sum(upstream: np.ndarray, other: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """unbroadcast(upstream * other, shape) without the full-size product when it is summed.
+
+    (gamma's gradient in gamma * xhat is sum(upstream * xhat) over the batch: einsum forms
+    that sum directly instead of allocating upstream * xhat first.)
+    """
+    if shape == upstream.shape or np.shape(other) != upstream.shape or upstream.ndim > 26:
+        return unbroadcast(upstream * other, shape)
+    return np.einsum(_subscripts(upstream.ndim, shape), upstream, other).reshape(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _subscripts(ndim: int, shape: tuple[int, ...]) -> str:
+    # "ab,ab->b" for a (D,) operand of an (N, D) product: keep the axes `shape` keeps.
+    offset = ndim - len(shape)
+    kept = [i for i in range(offset, ndim) if shape[i - offset] != 1]
+    letters = _LETTERS[:ndim]
+    return f"{letters},{letters}->{''.join(letters[i] for i in kept)}"
+
+
+def _broadcast_product(upstream: np.ndarray, a: Any, b: Any, out: Any) -> bool:
+    return upstream.nbytes >= LARGE_BYTES and np.shape(a) != np.shape(b)
+
+
+@fast_variant(Mul, "backward", when=_broadcast_product)
+def mul_backward_reduced(upstream, a, b, out):
+    return product_sum(upstream, b, np.shape(a)), product_sum(upstream, a, np.shape(b))
+
+
+def _large_square(upstream: np.ndarray, base: Any, out: Any, *, p: float) -> bool:
+    return p == 2 and upstream.nbytes >= LARGE_BYTES
+
+
+@fast_variant(PowConst, "backward", when=_large_square)
+def square_backward(upstream, base, out, *, p):
+    grad = np.multiply(upstream, base)
+    grad *= 2  # in place: a fresh array of our own
+    return (grad,)

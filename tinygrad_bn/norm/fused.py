@@ -1,0 +1,121 @@
+"""Normalization fused: one node whose backward is the closed-form formula.
+
+With xhat = (x - mean) * inv_std, inv_std = 1 / sqrt(var + eps), g = upstream * gamma and
+the means over the N values of each statistic, the chain rule through the ten stages
+collapses to
+
+    dx     = inv_std * (g - mean(g) - xhat * mean(g * xhat))
+           = inv_std / N * (N * g - sum(g) - xhat * sum(g * xhat))
+    dgamma = sum(upstream * xhat)      (over the axes gamma does not cover)
+    dbeta  = sum(upstream)
+
+`statistics`, `normalize` and `closed_form_backward` below are that math in plain numpy,
+the one reference every faster formulation is tested against. They accumulate in float64
+and round once to x's dtype, so a float32 result does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.node import Node
+from ..core.ops import Op, apply
+from .spec import NormSpec
+
+__all__ = ["statistics", "normalize", "closed_form_backward", "FusedNorm", "FusedBatchNorm",
+           "FusedLayerNorm", "FusedGroupNorm", "NORMS", "fused_node"]
+
+
+def statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The float64 mean and biased variance of x over the spec's axes, kept as size-1 axes.
+
+    x: x_shape -> mean, var: e.g. (1, D) for (N, D) batch norm, (N, G, 1, 1, 1) for group norm.
+    """
+    x64 = spec.grouped(x).astype(np.float64, copy=False)
+    mean = x64.mean(axis=spec.reduce_axes, keepdims=True)
+    xmu = x64 - mean  # two passes: the variance of the centred values has no cancellation
+    var = (xmu * xmu).mean(axis=spec.reduce_axes, keepdims=True)
+    return mean, var
+
+
+def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+              var: np.ndarray, spec: NormSpec) -> np.ndarray:
+    """out = gamma * (x - mean) / sqrt(var + eps) + beta, in x's dtype. Shapes: x_shape."""
+    xhat = (spec.grouped(x) - mean) / np.sqrt(var + spec.eps)
+    out = gamma.reshape(spec.param_bshape) * xhat.reshape(spec.x_shape) \
+        + beta.reshape(spec.param_bshape)
+    return out.astype(x.dtype, copy=False)
+
+
+def closed_form_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray,
+                         mean: np.ndarray, var: np.ndarray, spec: NormSpec
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx (x_shape), dgamma, dbeta (gamma's shape) by the closed form, in x's dtype."""
+    dtype = x.dtype
+    upstream64 = upstream.astype(np.float64, copy=False)
+    inv_std = 1.0 / np.sqrt(var + spec.eps)
+    xhat = (spec.grouped(x) - mean) * inv_std
+    g = spec.grouped(upstream64 * gamma.reshape(spec.param_bshape))
+    axes = spec.reduce_axes
+    dx = inv_std * (g - g.mean(axis=axes, keepdims=True)
+                    - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+    dgamma = (upstream64 * xhat.reshape(spec.x_shape)).sum(axis=spec.param_sum_axes)
+    dbeta = upstream64.sum(axis=spec.param_sum_axes)
+    return (dx.reshape(spec.x_shape).astype(dtype, copy=False),
+            dgamma.reshape(gamma.shape).astype(dtype, copy=False),
+            dbeta.reshape(gamma.shape).astype(dtype, copy=False))
+
+
+class FusedNorm(Op):
+    """gamma * (x - mean) / sqrt(var + eps) + beta as one node with the closed-form VJP.
+
+    The batch statistics are parameters of the node (`mean`, `var`, float64, computed by
+    `fused_node` from x): the forward and the backward both read them instead of
+    recomputing, and a module can update its running statistics from them.
+    """
+
+    name = "norm"
+    formula = ("d/d{0} = inv_std*(g - mean(g) - xhat*mean(g*xhat)) with g = upstream*{1}",
+               "d/d{1} = sum(upstream*xhat)", "d/d{2} = sum(upstream)")
+    domain = ("real", "real", "real")
+    statistics = staticmethod(statistics)
+
+    @staticmethod
+    def forward(x, gamma, beta, *, spec, mean, var):
+        return normalize(x, gamma, beta, mean, var, spec)
+
+    @staticmethod
+    def backward(upstream, x, gamma, beta, out, *, spec, mean, var):
+        dx, dgamma, dbeta = closed_form_backward(upstream, x, gamma, mean, var, spec)
+        return dx, dgamma, dbeta.reshape(beta.shape)
+
+
+class FusedBatchNorm(FusedNorm):
+    name = "batchnorm"
+
+
+class FusedLayerNorm(FusedNorm):
+    name = "layernorm"
+
+
+class FusedGroupNorm(FusedNorm):
+    name = "groupnorm"
+
+
+NORMS: dict[str, type[FusedNorm]] = {
+    "batch": FusedBatchNorm,
+    "spatial": FusedBatchNorm,
+    "layer": FusedLayerNorm,
+    "group": FusedGroupNorm,
+}
+
+
+def fused_node(op: type[FusedNorm], x: Node, gamma: Node, beta: Node, spec: NormSpec,
+               mean: np.ndarray | None = None, var: np.ndarray | None = None) -> Node:
+    """Apply a fused normalization op: check gamma/beta, take the batch statistics (unless
+    given, as `op.statistics(x.data, spec)` returns them), record."""
+    spec.check_params(gamma, beta)
+    if mean is None or var is None:
+        mean, var = op.statistics(x.data, spec)
+    return apply(op, (x, gamma, beta), spec=spec, mean=mean, var=var)
+

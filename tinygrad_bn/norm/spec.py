@@ -1,0 +1,208 @@
+"""Where a normalization reduces, and the checks of its arguments.
+
+A `NormSpec` says which axes of x a normalization averages over and what shape its
+gamma and beta have: batch norm of (N, D) over axis 0, of (N, C, H, W) over (0, 2, 3),
+layer norm over every axis but the first, group norm over (C/G, H, W) of x viewed as
+(N, G, C/G, H, W). The staged graph and the fused op both read it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.node import Node
+from ..core.ops import normalize_axis
+
+__all__ = ["NormSpec", "KINDS", "check_eps", "as_node", "batchnorm_spec", "layernorm_spec",
+           "spatial_batchnorm_spec", "groupnorm_spec", "norm_spec"]
+
+KINDS = ("batch", "spatial", "layer", "group")
+
+
+def check_eps(eps: Any) -> float:
+    """eps must be a finite number > 0 (it keeps 1/sqrt(var + eps) finite)."""
+    if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
+            or not math.isfinite(eps) or eps <= 0):
+        raise ValueError(f"eps: expected a finite number > 0, got {eps!r}")
+    return float(eps)
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """Where a normalization reduces and what shape its gamma/beta have.
+
+    reduce_axes: axes of x averaged over (of `grouped_shape` when grouping).
+    param_shape: shape gamma and beta must have, e.g. (D,) or (C,).
+    param_bshape: that shape with 1s inserted so it broadcasts against x, e.g. (1, C, 1, 1).
+    grouped_shape: for group norm, the shape x is viewed as while normalizing; else None.
+    """
+
+    kind: str
+    x_shape: tuple[int, ...]
+    reduce_axes: tuple[int, ...]
+    param_shape: tuple[int, ...]
+    param_bshape: tuple[int, ...]
+    eps: float
+    grouped_shape: tuple[int, ...] | None = None
+
+    @property
+    def count(self) -> int:
+        """How many values each mean averages over (N for (N, D) batch norm)."""
+        shape = self.grouped_shape or self.x_shape
+        return math.prod(shape[a] for a in self.reduce_axes)
+
+    @property
+    def param_sum_axes(self) -> tuple[int, ...]:
+        """The axes of x that gamma's and beta's gradients are summed over (those gamma lacks)."""
+        return tuple(i for i, size in enumerate(self.param_bshape) if size == 1)
+
+    def grouped(self, array: Any) -> Any:
+        """x (or a gradient of x's shape) viewed as the shape the statistics are taken over."""
+        return array if self.grouped_shape is None else array.reshape(self.grouped_shape)
+
+    def check_params(self, gamma: Node, beta: Node) -> None:
+        """Raise ValueError naming gamma/beta unless they have the feature shape."""
+        for argname, param in (("gamma", gamma), ("beta", beta)):
+            if param.shape not in (self.param_shape, self.param_bshape):
+                raise ValueError(
+                    f"{argname}: expected shape {self.param_shape} (the {self.kind} feature "
+                    f"axes of x with shape {self.x_shape}), got shape {param.shape}"
+                )
+
+    def check_nonempty(self) -> None:
+        shape = self.grouped_shape or self.x_shape
+        if self.count == 0:
+            raise ValueError(
+                f"x: the reduced axes {self.reduce_axes} of shape {shape} hold no values "
+                f"(an empty batch); normalization needs at least one"
+            )
+
+
+def as_node(value: Any, argname: str) -> Node:
+    """Accept a Node or anything array-like (wrapped as a constant)."""
+    if isinstance(value, Node):
+        return value
+    try:
+        return Node(value, requires_grad=False)
+    except TypeError as error:
+        raise TypeError(str(error).replace("data:", f"{argname}:", 1)) from None
+
+
+def batchnorm_spec(x_shape: tuple[int, ...], axis: Any = None, eps: Any = 1e-5) -> NormSpec:
+    """Check batch-norm arguments and say where it reduces.
+
+    axis=None means 0 for (N, D) input and (0, 2, 3) for (N, C, H, W); gamma and beta
+    cover the axes that are kept.
+    """
+    if type(axis) is list:
+        axis = tuple(axis)
+    try:
+        # The types are part of the key: True == 1 and hash alike, but only one is valid.
+        return _batchnorm_spec(tuple(x_shape), axis, eps, type(axis), type(eps))
+    except TypeError as error:
+        if "unhashable" not in str(error):
+            raise
+        raise TypeError(f"axis: expected int or tuple of ints, got {axis!r}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _batchnorm_spec(x_shape: tuple[int, ...], axis: Any, eps: Any, *_types: type) -> NormSpec:
+    # Cached: a training loop asks for the same spec every step (a NormSpec is immutable).
+    ndim = len(x_shape)
+    if axis is None:
+        if ndim == 2:
+            axis = 0
+        elif ndim == 4:
+            axis = (0, 2, 3)
+        else:
+            raise ValueError(
+                f"axis: no default for x with {ndim} dimensions (shape {x_shape}); "
+                f"batch norm defaults to 0 for (N, D) and (0, 2, 3) for (N, C, H, W), pass axis"
+            )
+    if ndim == 0:
+        raise ValueError("x: expected an array with a batch axis, got a 0-d scalar")
+    reduce_axes = normalize_axis(axis, ndim)
+    if not reduce_axes:
+        raise ValueError(f"axis: expected at least one axis to normalize over, got {axis!r}")
+    kept = tuple(a for a in range(ndim) if a not in reduce_axes)
+    spec = NormSpec(
+        kind="batch norm",
+        x_shape=tuple(x_shape),
+        reduce_axes=reduce_axes,
+        param_shape=tuple(x_shape[a] for a in kept),
+        param_bshape=tuple(x_shape[a] if a in kept else 1 for a in range(ndim)),
+        eps=check_eps(eps),
+    )
+    spec.check_nonempty()
+    return spec
+
+
+
+def _check_rank(x_shape: tuple[int, ...], expected: str, ok: bool) -> None:
+    if not ok:
+        raise ValueError(f"x: expected shape {expected}, got {tuple(x_shape)}")
+
+
+def layernorm_spec(x_shape: tuple[int, ...], eps: Any = 1e-5) -> NormSpec:
+    """Layer norm: each sample over all its feature axes; gamma/beta have x.shape[1:]."""
+    _check_rank(x_shape, "(N, D) or (N, D1, D2, ...)", len(x_shape) >= 2)
+    spec = NormSpec(
+        kind="layer norm",
+        x_shape=tuple(x_shape),
+        reduce_axes=tuple(range(1, len(x_shape))),
+        param_shape=tuple(x_shape[1:]),
+        param_bshape=(1, *x_shape[1:]),
+        eps=check_eps(eps),
+    )
+    spec.check_nonempty()
+    return spec
+
+
+def spatial_batchnorm_spec(x_shape: tuple[int, ...], eps: Any = 1e-5) -> NormSpec:
+    """Spatial batch norm: (N, C, H, W) over (0, 2, 3); gamma/beta of shape (C,)."""
+    _check_rank(x_shape, "(N, C, H, W)", len(x_shape) == 4)
+    spec = batchnorm_spec(x_shape, (0, 2, 3), eps)
+    return NormSpec(**{**spec.__dict__, "kind": "spatial batch norm"})
+
+
+def groupnorm_spec(x_shape: tuple[int, ...], groups: Any, eps: Any = 1e-5) -> NormSpec:
+    """Group norm: (N, C, H, W) seen as (N, G, C/G, H, W), normalized over the last three
+    axes; gamma/beta per channel, (C,) or (1, C, 1, 1)."""
+    _check_rank(x_shape, "(N, C, H, W)", len(x_shape) == 4)
+    n, c, h, w = x_shape
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0:
+        raise ValueError(f"G: expected a positive int, got {groups!r}")
+    if c % groups:
+        raise ValueError(f"G: expected a divisor of the channel count C={c}, got {groups}")
+    spec = NormSpec(
+        kind="group norm",
+        x_shape=tuple(x_shape),
+        reduce_axes=(2, 3, 4),
+        param_shape=(c,),
+        param_bshape=(1, c, 1, 1),
+        eps=check_eps(eps),
+        grouped_shape=(n, int(groups), c // int(groups), h, w),
+    )
+    spec.check_nonempty()
+    return spec
+
+
+
+def norm_spec(kind: str, x_shape: tuple[int, ...], *, eps: Any = 1e-5, groups: Any = None,
+              axis: Any = None) -> NormSpec:
+    """The spec of normalization `kind` (batch, spatial, layer, group) for input x_shape."""
+    if kind == "batch":
+        return batchnorm_spec(x_shape, axis, eps)
+    if kind == "spatial":
+        return spatial_batchnorm_spec(x_shape, eps)
+    if kind == "layer":
+        return layernorm_spec(x_shape, eps)
+    if kind == "group":
+        return groupnorm_spec(x_shape, groups, eps)
+    raise ValueError(f"norm: expected one of {', '.join(KINDS)}, got {kind!r}")
+
+
