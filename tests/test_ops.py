@@ -197,3 +197,73 @@ def test_reduction_axis_errors_name_the_argument():
         x.mean(axis=(0, -2))
     with pytest.raises(ValueError, match="reshape: shape"):
         x.reshape(4)
+
+
+def test_power_zero_has_gradient_zero_everywhere():
+    # x ** 0 is the constant 1, also at x = 0 (0 ** -1 = inf must not leak in as NaN).
+    x = tb.Node(np.array([0.0, 2.0, -3.0]))
+    with np.errstate(divide="ignore"):
+        (x ** 0).backward(np.ones(3))
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0, 0.0])
+    base, exponent = tb.Node(np.array([0.0, 0.0, 2.0])), tb.Node(np.array([0.0, 1.0, 0.0]))
+    (base ** exponent).backward(np.ones(3))
+    np.testing.assert_array_equal(base.grad, [0.0, 1.0, 0.0])  # as PyTorch: 0 where p == 0
+    np.testing.assert_array_equal(exponent.grad, [0.0, 0.0, np.log(2.0)])
+
+
+def test_relu_at_infinities():
+    x = tb.Node(np.array([-np.inf, -1.0, 0.0, 2.0, np.inf]))
+    out = x.relu()
+    np.testing.assert_array_equal(out.data, [0.0, 0.0, 0.0, 2.0, np.inf])
+    out.backward(np.full(5, np.inf))  # an inactive unit passes nothing back, even inf
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0, 0.0, np.inf, np.inf])
+    assert np.isnan(tb.relu(tb.Node(np.array([np.nan]))).data[0])
+
+
+@pytest.mark.parametrize("axes,error", [
+    ((0, 5, 1), ValueError), ((0, 0, 1), ValueError), ((0, 1), ValueError),
+    ((True, 0, 1), TypeError), ((0.0, 1, 2), TypeError), ((0, 1, -4), ValueError),
+])
+def test_transpose_rejects_what_is_not_a_permutation(axes, error):
+    x = tb.Node(np.ones((2, 3, 4)))
+    with pytest.raises(error, match="axes: expected"):
+        x.transpose(axes)
+
+
+def test_transpose_accepts_negative_axes():
+    x = tb.Node(np.arange(24.0).reshape(2, 3, 4))
+    out = x.transpose(-1, 0, 1)
+    assert out.shape == (4, 2, 3)
+    out.backward(np.ones((4, 2, 3)))
+    assert x.grad.shape == (2, 3, 4)
+
+
+@pytest.mark.parametrize("axis,error,message", [
+    (1.0, TypeError, "axis: expected int or tuple of ints, got 1.0"),
+    ((), ValueError, r"axis: expected at least one axis to normalize over, got \(\)"),
+    ((0, 1.5), TypeError, "axis: expected int or tuple of ints"),
+])
+def test_norm_axis_errors_name_axis(axis, error, message):
+    x = np.ones((4, 3))
+    for norm in (tb.batchnorm_staged, tb.batchnorm_fused):
+        with pytest.raises(error, match=message):
+            norm(x, np.ones(3), np.zeros(3), axis=axis)
+
+
+def test_number_constants_are_immutable():
+    x = tb.Node(np.ones(2))
+    half = (x * 0.5).parents[1]
+    other_graph = x * 0.5
+    assert other_graph.parents[1] is half  # one Constant per number and dtype ...
+    with pytest.raises(AttributeError, match="name: a Constant cannot be renamed"):
+        half.named("half")  # ... which is why it cannot be renamed
+    with pytest.raises(AttributeError, match="a Constant cannot be changed"):
+        half.data = np.float64(3.0)
+    with pytest.raises(AttributeError, match="a Constant cannot be changed"):
+        half.requires_grad = True
+    assert half.name is None and half.data == 0.5 and not half.requires_grad
+    array_constant = tb.Constant(np.arange(3.0))
+    with pytest.raises(ValueError, match="read-only"):
+        array_constant.data[0] = 5.0
+    with pytest.raises(TypeError):
+        x.params["p"] = 1  # an op node's parameters are read-only too

@@ -10,10 +10,10 @@ from typing import Any
 import graphviz
 import numpy as np
 
-from tinygrad_bn import STAGE_NAMES, Node, graph_nodes, scaled_error
 from tinygrad_bn.check.compare import TOLERANCES
-from tinygrad_bn.core.node import Constant, vjp
-from tinygrad_bn.norm import as_node, norm_fused, norm_staged
+from tinygrad_bn.check.gradcheck import scaled_error
+from tinygrad_bn.core.node import Constant, Node, graph_nodes, vjp
+from tinygrad_bn.norm import STAGE_NAMES, as_node, norm_fused, norm_staged
 
 from .backend import FORMATS, render_source
 from .labels import escape, join_lines, kind, node_label, shape_text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import graphviz
 import numpy as np
 
-from tinygrad_bn import Node
+from tinygrad_bn.core.node import Node
 
 MAX_NAME = 32  # characters of a name shown before it is cut with an ellipsis
 
