@@ -164,6 +164,29 @@ def _parts(layout: Layout, itemsize: int) -> list[list[tuple[int, int]]]:
             for i in range(threads)]
 
 
+def _centre(block: np.ndarray, mean: tuple[np.ndarray, np.ndarray], out: np.ndarray) -> np.ndarray:
+    """block - mean into `out`, with the float64 mean given as two terms of x's dtype.
+
+    x - hi is exact for x near the mean (Sterbenz), and lo = mean - hi restores the digits
+    that rounding the mean to float32 would lose: x - mean to float32 accuracy even when
+    |mean| / std is large.
+    """
+    hi, lo = mean
+    np.subtract(block, hi, out=out)
+    if lo is not None:
+        np.subtract(out, lo, out=out)
+    return out
+
+
+def _split(mean: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]
+           ) -> tuple[np.ndarray, np.ndarray | None]:
+    # The float64 mean as hi + lo in dtype (lo is None when dtype holds it exactly enough).
+    hi = mean.astype(dtype)
+    if dtype == np.float64:
+        return hi.reshape(shape), None
+    return hi.reshape(shape), (mean - hi).astype(dtype).reshape(shape)
+
+
 def _sum_parts(results: list[tuple[np.ndarray, ...]], index: int) -> np.ndarray:
     total = results[0][index].copy()
     for result in results[1:]:
@@ -216,7 +239,7 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
     expanded = not np.any(np.abs(mean) * inv_std > FAST_RATIO[dtype])
     scale = scale64.astype(dtype).reshape(pview)
     offset = (beta - mean * scale64 if expanded else beta).astype(dtype).reshape(pview)
-    mean_d = mean.astype(dtype).reshape(pview)
+    mean_d = _split(mean, dtype, pview)
     out = np.empty(x.shape, dtype)
     ov = out.reshape(layout.view)
 
@@ -226,7 +249,7 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
             if expanded:
                 np.multiply(block, scale, out=target)
             else:
-                np.subtract(block, mean_d, out=target)
+                _centre(block, mean_d, target)
                 np.multiply(target, scale, out=target)
             np.add(target, offset, out=target)
 
@@ -244,7 +267,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     inv_std = 1.0 / np.sqrt(var + eps)
     parts = _parts(layout, dtype.itemsize)
     expanded = not np.any(np.abs(mean) * inv_std > FAST_RATIO[dtype])
-    mean_d = mean.astype(dtype).reshape(pview)
+    mean_d = _split(mean, dtype, pview)
     rows = parts[0][0][1] - parts[0][0][0]
 
     def sums(spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +277,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
         for start, stop in spans:
             dy, block = dyv[start:stop], xv[start:stop]
             if buffer is not None:
-                block = np.subtract(block, mean_d, out=buffer[: stop - start])
+                block = _centre(block, mean_d, buffer[: stop - start])
             sum_dy += dy.sum(axis=axes)
             sum_dy_x += np.einsum(layout.subscripts, dy, block)
         return sum_dy, sum_dy_x
@@ -278,7 +301,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
             if expanded:
                 np.multiply(xv[start:stop], k_d, out=t)
             else:
-                np.subtract(xv[start:stop], mean_d, out=t)
+                _centre(xv[start:stop], mean_d, t)
                 np.multiply(t, k_d, out=t)
             np.add(t, dyv[start:stop], out=t)
             np.add(t, c_d, out=t)

@@ -30,7 +30,9 @@ def use_numba(enabled: bool = True) -> None:
 
     The numpy block passes are the default. Raises ImportError, saying how to get numba,
     when it is not installed. TINYGRAD_BN_NUMBA=1 in the environment turns it on at import
-    (with a warning instead of an error when numba is missing).
+    (with a warning instead of an error when numba is missing). A child process forked
+    after the compiled passes ran on GNU OpenMP (which cannot run in such a child) uses
+    the numpy passes.
     """
     global _backend
     if not enabled:
@@ -47,6 +49,16 @@ def use_numba(enabled: bool = True) -> None:
 def numba_enabled() -> bool:
     """Whether the compiled passes are in use."""
     return _backend is not kernels
+
+
+def _after_fork_in_child() -> None:
+    global _backend
+    if _backend is not kernels and not _backend.fork_safe():
+        _backend = kernels
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _layout(x: Any, spec: NormSpec) -> kernels.Layout | None:

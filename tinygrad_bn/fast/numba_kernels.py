@@ -7,14 +7,14 @@ reads x and dy twice and writes dx once. The math is kernels.py's expanded close
 (its docstring has the derivation), with every sum accumulated in float64.
 
 Arrays arrive as (A, K) when the layout has no trailing axes (batch norm of (N, D)), else as
-(A, K, B). Safety: numba's parallel loops run on one threading layer per process; the
-"workqueue" layer survives fork() but not two Python threads calling in at once, so this
-module selects it (unless NUMBA_THREADING_LAYER says otherwise) and serializes calls.
+(A, K, B). Safety: numba's parallel loops run on one threading layer per process (tbb,
+omp or workqueue, whichever numba finds first). Not every layer is safe to enter from
+two Python threads at once (workqueue aborts), so calls here are serialized; GNU OpenMP
+cannot run in a child forked after it ran in the parent, which `fork_safe` tells.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numba
@@ -23,9 +23,15 @@ from numba import njit, prange
 
 from .kernels import Layout
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 _lock = threading.Lock()  # one caller at a time: not every threading layer is thread-safe
+
+
+def fork_safe() -> bool:
+    """Whether a forked child may run these passes (not after GNU OpenMP ran here)."""
+    try:
+        return numba.threading_layer() != "omp"
+    except ValueError:  # no parallel loop has run yet: no layer was started
+        return True
 
 
 def _chunks(count: int) -> int:
@@ -150,14 +156,16 @@ def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
 
 def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
               var: np.ndarray, eps: float, layout: Layout) -> np.ndarray:
-    """out = (x - mean) * gamma * inv_std + beta, per feature, in x's dtype."""
-    dtype = x.dtype
-    out = np.empty(x.shape, dtype)
+    """out = (x - mean) * gamma * inv_std + beta, per feature, stored in x's dtype.
+
+    The per-feature values stay float64, so x - mean is worked in float64 (float32 data
+    far from zero keeps its digits; the passes are memory-bound, so it costs nothing).
+    """
+    out = np.empty(x.shape, x.dtype)
     scale = gamma / np.sqrt(var + eps)
     fn = _normalize2 if layout.B == 1 else _normalize3
     with _lock:
-        fn(x.reshape(layout.view), mean.astype(dtype), scale.astype(dtype), beta.astype(dtype),
-           out.reshape(layout.view))
+        fn(x.reshape(layout.view), mean, scale, beta, out.reshape(layout.view))
     return out
 
 
@@ -165,16 +173,14 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
              var: np.ndarray, eps: float, layout: Layout
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dx = a * (dy + k * (x - mean) + c) per feature; dgamma, dbeta (K,) float64."""
-    dtype = x.dtype
     xv, dyv = x.reshape(layout.view), upstream.reshape(layout.view)
     inv_std = 1.0 / np.sqrt(var + eps)
     reduce = _reduce2 if layout.B == 1 else _reduce3
     combine = _combine2 if layout.B == 1 else _combine3
-    dx = np.empty(x.shape, dtype)
-    with _lock:
-        dbeta, sum_dy_xmu = reduce(dyv, xv, mean.astype(dtype), _chunks(layout.A))
+    dx = np.empty(x.shape, x.dtype)
+    with _lock:  # per-feature values in float64, as in normalize
+        dbeta, sum_dy_xmu = reduce(dyv, xv, mean, _chunks(layout.A))
         k = -inv_std * inv_std * sum_dy_xmu / layout.count
         c = -dbeta / layout.count
-        combine(dyv, xv, mean.astype(dtype), (gamma * inv_std).astype(dtype), k.astype(dtype),
-                c.astype(dtype), dx.reshape(layout.view))
+        combine(dyv, xv, mean, gamma * inv_std, k, c, dx.reshape(layout.view))
     return dx, sum_dy_xmu * inv_std, dbeta
