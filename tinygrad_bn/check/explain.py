@@ -59,7 +59,8 @@ def explain_staged(nodes: dict[str, Node], leaves: dict[str, Node], spec: NormSp
             for parent, grad in zip(node.parents, parent_grads)
             if parent.requires_grad and grad is not None
         }
-        parts = op.describe([_label(p) for p in node.parents], node.params)
+        parts = op.describe([_label(p) for p in node.parents], node.params,
+                            [p.shape for p in node.parents])
         rows.append(StageRow(
             stage=stage, op=node.op,
             derivative=", ".join(part for part, parent in zip(parts, node.parents)

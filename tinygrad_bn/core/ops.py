@@ -54,7 +54,8 @@ class Op:
         raise NotImplementedError
 
     @classmethod
-    def describe(cls, input_names: list[str], params: Any) -> list[str]:
+    def describe(cls, input_names: list[str], params: Any, input_shapes: list[tuple[int, ...]]
+                 ) -> list[str]:
         """The local derivative w.r.t. each input, with the inputs' names filled in."""
         return [part.format(*input_names) for part in cls.formula]
 
@@ -237,7 +238,7 @@ class PowConst(Op):
         return (upstream * (p * base ** (p - 1)),)
 
     @classmethod
-    def describe(cls, input_names, params):
+    def describe(cls, input_names, params, input_shapes):
         p, name = params["p"], input_names[0]
         if p == 2:
             return [f"d/d{name} = 2*{name}"]
@@ -411,6 +412,11 @@ class Mean(Op):
     @staticmethod
     def backward(upstream, a, out, *, axis, keepdims):
         return (_expand(upstream / _count(a.shape, axis), a.shape, axis, keepdims),)
+
+    @classmethod
+    def describe(cls, input_names, params, input_shapes):
+        count = _count(input_shapes[0], params["axis"])
+        return [f"d/d{input_names[0]} = 1/N with N={count} (copied along the averaged axes)"]
 
 
 def _count(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
