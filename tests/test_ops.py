@@ -119,10 +119,10 @@ def broadcast_to_case(draw):
 
 
 @st.composite
-def cast_case(draw):
+def unary_case(draw, fn):
     shape = draw(array_shapes(**SMALL))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    return (lambda a: a.astype(np.float64)), [rng.uniform(-2, 2, shape)]
+    return fn, [rng.uniform(-2, 2, shape)]
 
 
 CASES = {
@@ -137,7 +137,8 @@ CASES = {
     "MatMul": matmul_case(),
     "Where": where_case(),
     "BroadcastTo": broadcast_to_case(),
-    "Cast": cast_case(),
+    "Cast": unary_case(lambda a: a.astype(np.float64)),
+    "Identity": unary_case(tb.ops.identity),
 }
 
 

@@ -14,7 +14,7 @@ from . import fast  # noqa: F401  (registers the fast variants of the core ops)
 from .check.compare import NormReport, compare_batchnorm, compare_normalization
 from .check.gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
 from .core import ops
-from .core.node import Constant, Node, enable_grad, graph_nodes, is_grad_enabled, no_grad, stages
+from .core.node import Constant, Node, enable_grad, grad, graph_nodes, is_grad_enabled, no_grad, stages
 from .core.ops import (
                    add,
                    div,
@@ -54,7 +54,7 @@ from .train.nn import BatchNorm, GroupNorm, LayerNorm, Linear, Module, ReLU, Seq
 __version__ = "0.1.0"
 
 __all__ = [
-    "Node", "Constant", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages",
+    "Node", "Constant", "grad", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages",
     "ops", "fast", "nn", "loss", "optim",
     "add", "sub", "mul", "div", "pow", "neg", "sqrt", "exp", "log", "relu", "tanh", "sum",
     "mean", "reshape", "transpose", "matmul", "unbroadcast", "where",

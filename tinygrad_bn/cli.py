@@ -21,7 +21,7 @@ from .norm import NORMS, norm_spec
 
 __all__ = ["main", "build_parser", "sample_batch"]
 
-GRAPHS = ("staged", "fused", "compare")
+GRAPHS = ("staged", "fused", "compare", "backward")
 FORMATS = ("svg", "png", "pdf", "dot")
 # Default batch per normalization: (for compare, for explain and render).
 DEFAULT_SHAPES = {
@@ -118,13 +118,17 @@ def write_graph(args: argparse.Namespace, kind: str, path: pathlib.Path, fmt: st
     """Build the normalization on sample data, backpropagate, draw it and write it to `path`."""
     import viz
 
-    from .core.node import Node
+    from .core.node import Node, grad
     from .norm import norm_fused, norm_staged
 
     x, gamma, beta, dout = _data(args)
     if kind == "compare":
         graph = viz.draw_comparison(x, gamma, beta, dout, norm=args.norm, groups=args.groups,
                                     eps=args.eps, backward=backward)
+    elif kind == "backward":  # the staged graph's backward pass, computed as a graph
+        nodes = Node(x, name="x"), Node(gamma, name="gamma"), Node(beta, name="beta")
+        out = norm_staged(args.norm, *nodes, eps=args.eps, groups=args.groups)
+        graph = viz.draw_backward(grad(out, nodes, dout, create_graph=True), out, rankdir="TB")
     else:
         fn = norm_staged if kind == "staged" else norm_fused
         nodes = Node(x, name="x"), Node(gamma, name="gamma"), Node(beta, name="beta")
@@ -232,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Builds the normalization on sample data, runs backward and draws the "
                     "graph. SVG works without a system Graphviz; png and pdf need `dot`.")
     render.add_argument("--graph", choices=GRAPHS, default="staged",
-                        help="staged graph, fused op, or both side by side (default staged)")
+                        help="staged graph, fused op, both side by side, or the staged graph's "
+                             "backward pass as a graph of its own (default staged)")
     _add_data_options(render, 1)
     render.add_argument("--format", choices=FORMATS, default=None,
                         help="default: from --out's suffix, else svg")

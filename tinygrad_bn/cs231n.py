@@ -185,8 +185,7 @@ def batchnorm_backward_alt(dout: np.ndarray, cache: NormCache
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward by the closed form (the fused op's VJP). Same shapes as batchnorm_backward."""
     dout = _check_dout(dout, cache)
-    return closed_form_backward(dout, cache.x.data, cache.gamma.data, cache.mean, cache.var,
-                                cache.spec)
+    return closed_form_backward(dout, cache.x.data, cache.gamma.data, cache.spec)
 
 
 def layernorm_backward(dout: np.ndarray, cache: NormCache

@@ -4,10 +4,11 @@
     graph = viz.draw(out)                 # .source is DOT; displays inline in Jupyter
     viz.render(graph, "graphs/bn.svg")    # svg without a system Graphviz; png/pdf with one
     viz.draw_comparison(x, gamma, beta)   # staged and fused side by side, with verdicts
+    viz.draw_backward(tb.grad(out, [x], dout, create_graph=True), out)   # the backward pass
 """
 
 from .backend import FORMATS, RenderError, backend_name, render_source
-from .draw import Graph, draw, draw_comparison, render
+from .draw import Graph, draw, draw_backward, draw_comparison, render
 
-__all__ = ["Graph", "draw", "draw_comparison", "render", "render_source", "backend_name",
+__all__ = ["Graph", "draw", "draw_backward", "draw_comparison", "render", "render_source", "backend_name",
            "RenderError", "FORMATS"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 import re
 from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import graphviz
@@ -12,13 +13,13 @@ import numpy as np
 
 from tinygrad_bn.check.compare import TOLERANCES
 from tinygrad_bn.check.gradcheck import scaled_error
-from tinygrad_bn.core.node import Constant, Node, graph_nodes, vjp
+from tinygrad_bn.core.node import Constant, Node, vjp
 from tinygrad_bn.norm import STAGE_NAMES, as_node, norm_fused, norm_staged
 
 from .backend import FORMATS, render_source
 from .labels import escape, join_lines, kind, node_label, shape_text
 
-__all__ = ["Graph", "draw", "draw_comparison", "render"]
+__all__ = ["Graph", "draw", "draw_backward", "draw_comparison", "render"]
 
 STYLE = {
     "output": {"shape": "box", "style": "rounded,filled", "fillcolor": "darkolivegreen1"},
@@ -26,6 +27,7 @@ STYLE = {
     "parameter": {"shape": "box", "style": "filled", "fillcolor": "lightblue"},
     "constant": {"shape": "box", "style": "dashed,filled", "fillcolor": "gray92",
                  "fontcolor": "gray30"},
+    "input": {"shape": "box", "style": "filled", "fillcolor": "lightyellow"},  # forward values
 }
 # Nodes that belong to one staged normalization besides the nine stages themselves.
 STAGE_HELPERS = {"xg", "xhat_c", "gamma_b", "beta_b", "eps", "1"}
@@ -86,18 +88,23 @@ def bold_titles(svg: str) -> str:
     return _TITLED_NODE.sub(r'\1 font-weight="bold"', svg)
 
 
-def _nearest(root: Node, limit: int) -> list[Node]:
-    # Breadth-first from the output: when a graph is cut, keep what is closest to the result.
-    seen = {id(root)}
-    kept = [root]
-    queue = deque([root])
-    while queue and len(kept) < limit:
-        for parent in queue.popleft().parents:
-            if id(parent) not in seen and len(kept) < limit:
+def _walk(roots: list[Node], stop: Callable[[Node], bool], limit: int | None = None
+          ) -> list[Node]:
+    """The nodes the roots depend on, breadth-first from the roots (closest first), not
+    walking past a node `stop` accepts; at most `limit` of them."""
+    seen = {id(root) for root in roots}
+    found = list(roots)
+    queue = deque(roots)
+    while queue and (limit is None or len(found) < limit):
+        node = queue.popleft()
+        if stop(node):
+            continue
+        for parent in node.parents:
+            if id(parent) not in seen and (limit is None or len(found) < limit):
                 seen.add(id(parent))
-                kept.append(parent)
+                found.append(parent)
                 queue.append(parent)
-    return kept
+    return found
 
 
 def _stage_clusters(nodes: list[Node]) -> list[list[Node]]:
@@ -128,24 +135,29 @@ def _edge_gradients(node: Node) -> list[np.ndarray | None]:
     return list(vjp(node, node.grad))
 
 
-def build(digraph: graphviz.Digraph, root: Node, *, prefix: str = "n", show_data: bool = True,
-          show_grad: bool = True, backward: bool = False, max_nodes: int = 300) -> tuple[int, int, int]:
-    """Add `root`'s graph to `digraph` (ids `prefix`0, 1, ...); returns (nodes, edges, total)."""
-    every = graph_nodes(root)
+def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
+          show_data: bool = True, show_grad: bool = True, backward: bool = False,
+          max_nodes: int = 300, stop: Callable[[Node], bool] | None = None
+          ) -> tuple[int, int, int]:
+    """Add the graph of `roots` to `digraph` (ids `prefix`0, 1, ...); returns (nodes, edges,
+    total). A node `stop` accepts is drawn as an input: its own graph is not walked."""
+    stop = stop or (lambda node: False)
+    every = sorted(_walk(roots, stop), key=lambda node: node.creation_number)
     total = len(every)
-    kept = every if total <= max_nodes else _nearest(root, max_nodes)
+    kept = every if total <= max_nodes else _walk(roots, stop, max_nodes)
     # Stable ids: the position in topological order, not id() (which changes run to run).
     order = {id(n): i for i, n in enumerate(every)}
     ident = {id(n): f"{prefix}{order[id(n)]}" for n in kept}
+    outputs = {id(root) for root in roots}
     clustered: dict[int, str] = {}
     for number, members in enumerate(_stage_clusters(kept)):
         for member in members:
             clustered[id(member)] = f"cluster_{prefix}_norm{number}"
     subgraphs: dict[str, graphviz.Digraph] = {}
     for node in kept:
-        if isinstance(node, Constant) and node is not root:
+        if isinstance(node, Constant) and id(node) not in outputs:
             continue  # drawn once per use, beside the node that uses it (below)
-        role = kind(node, node is root)
+        role = "input" if stop(node) else kind(node, id(node) in outputs)
         attrs = {**STYLE[role], "label": node_label(node, role, show_data, show_grad),
                  "class": "titled"}
         cluster = clustered.get(id(node))
@@ -163,6 +175,8 @@ def build(digraph: graphviz.Digraph, root: Node, *, prefix: str = "n", show_data
 
     edges = 0
     for node in kept:
+        if stop(node):
+            continue
         grads = _edge_gradients(node) if backward else []
         for index, parent in enumerate(node.parents):
             if id(parent) not in ident:
@@ -190,7 +204,7 @@ def build(digraph: graphviz.Digraph, root: Node, *, prefix: str = "n", show_data
         digraph.node(summary, label=join_lines([escape(text)]), shape="note", style="filled",
                      fillcolor="lightyellow")
         for node in kept:
-            if any(id(p) not in ident for p in node.parents):
+            if not stop(node) and any(id(p) not in ident for p in node.parents):
                 digraph.edge(summary, ident[id(node)], style="dotted")
     return len(kept), edges, total
 
@@ -222,8 +236,33 @@ def draw(root: Node, *, show_data: bool = True, show_grad: bool = True, rankdir:
     if max_nodes < 1:
         raise ValueError(f"max_nodes: expected a positive number, got {max_nodes!r}")
     digraph = _new_digraph(rankdir)
-    nodes, edges, total = build(digraph, root, show_data=show_data, show_grad=show_grad,
+    nodes, edges, total = build(digraph, [root], show_data=show_data, show_grad=show_grad,
                                 backward=backward, max_nodes=max_nodes)
+    return Graph(digraph, nodes, edges, total)
+
+
+def draw_backward(gradients: Sequence[Node], output: Node, *, show_data: bool = True,
+                  rankdir: str = "LR", max_nodes: int = 300) -> Graph:
+    """Draw the backward pass that `tb.grad(output, inputs, create_graph=True)` built.
+
+    gradients: the Nodes it returned (dx, dgamma, ...), drawn as outputs. Every node of their
+    graphs is drawn down to the forward pass: the forward values the backward reads (xmu,
+    ivar, ...) appear as inputs, with their values, and their own graph is not drawn. The
+    total gradient of a named forward node is named "d" + its name.
+    """
+    roots = list(gradients)
+    for index, node in enumerate(roots):
+        if not isinstance(node, Node):
+            raise TypeError(f"gradients[{index}]: expected a Node (from tb.grad with "
+                            f"create_graph=True), got {type(node).__name__}")
+    if not isinstance(output, Node):
+        raise TypeError(f"output: expected the Node that was differentiated, got "
+                        f"{type(output).__name__}")
+    forward_end = output.creation_number  # the backward's nodes are all newer than output
+    digraph = _new_digraph(rankdir)
+    nodes, edges, total = build(digraph, roots, show_data=show_data, show_grad=False,
+                                max_nodes=max_nodes,
+                                stop=lambda n: n.creation_number <= forward_end)
     return Graph(digraph, nodes, edges, total)
 
 
@@ -255,7 +294,7 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
         sub = graphviz.Digraph(name=f"cluster_{variant}")
         title = "staged: primitive ops" if variant == "staged" else "fused: one op, closed-form VJP"
         sub.attr(label=title, style="rounded", color="gray50")
-        made = build(sub, out, prefix=f"{variant}_", show_data=show_data, show_grad=show_grad,
+        made = build(sub, [out], prefix=f"{variant}_", show_data=show_data, show_grad=show_grad,
                      backward=backward, max_nodes=300)
         counts = [c + m for c, m in zip(counts, made)]
         digraph.subgraph(sub)

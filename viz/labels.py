@@ -47,7 +47,8 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 
 def kind(node: Node, is_root: bool) -> str:
-    """'output', 'op', 'parameter' (a leaf that requires grad) or 'constant'."""
+    """'output', 'op', 'parameter' (a leaf that requires grad) or 'constant' ('input', a
+    forward value a drawn backward pass reads, is decided by the caller)."""
     if is_root:
         return "output"
     if not node.is_leaf:
@@ -57,7 +58,10 @@ def kind(node: Node, is_root: bool) -> str:
 
 def node_label(node: Node, role: str, show_data: bool, show_grad: bool) -> str:
     """Title (name and op; drawn bold in SVG), shape and dtype, value and gradient summaries."""
-    what = node.op if node.op else ("input" if role == "parameter" else "constant")
+    if role == "input":
+        what = f"forward {node.op}" if node.op else "input"
+    else:
+        what = node.op if node.op else ("input" if role == "parameter" else "constant")
     title = f"{escape(node.name, MAX_NAME)}: {what}" if node.name else what
     lines = [title, f"{shape_text(node.shape)} {node.dtype}"]
     if show_data:

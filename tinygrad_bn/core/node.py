@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .ops import Op
 
 __all__ = ["Node", "Constant", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes",
-           "stages", "as_float_array", "vjp"]
+           "stages", "as_float_array", "vjp", "grad"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NO_PARAMS: dict[str, Any] = {}  # the params of ops without any (shared: never written to)
@@ -158,6 +158,11 @@ class Node:
         return self.data.size
 
     @property
+    def creation_number(self) -> int:
+        """Increases with every node made: a node's parents always have smaller ones."""
+        return self._seq
+
+    @property
     def is_leaf(self) -> bool:
         return self._op is None
 
@@ -193,36 +198,18 @@ class Node:
         leaves and this node get gradients, and the graph cannot be backpropagated again.
         """
         seed = self._seed(grad)
-        order = self._collect()                           # 1. collect (checks before any change)
-        order.sort(key=_creation_number)                 # 2. order: by creation, so popping
-        pending: dict[Node, Any] = {self: seed}           #    from the end is newest first
-        store = _GradStore(seed)                          # 3. seed
-        keep_every_grad = not free_graph
-        while order:                                      # 4. loop (popping also lets go)
-            node = order.pop()
-            upstream = pending.pop(node, None)
-            if upstream is None:  # no gradient flows here (only through constants)
-                continue
-            if keep_every_grad or node._op is None or node is self:
-                store.keep(node, upstream)
-            if node._op is None:
-                continue
-            inputs = [parent.data for parent in node.parents]
-            parent_grads = node._op.backward(upstream, *inputs, node.data, **node._params)
-            for parent, parent_grad in zip(node.parents, parent_grads):
-                if parent_grad is not None and parent.requires_grad:
-                    previous = pending.get(parent)
-                    # A fresh sum, never `+=`: the arrays may be shared with other gradients.
-                    pending[parent] = parent_grad if previous is None else previous + parent_grad
-            if free_graph:
-                node.parents, node._params = (), _FREED
-
-    def _seed(self, grad: Any) -> Any:
         if not self.requires_grad:
             raise ValueError(
                 "backward: this node does not require grad (it was built from constants or "
                 "inside no_grad()), so there is nothing to differentiate"
             )
+        store = _GradStore(seed)
+        keep_every_grad = not free_graph
+        for node, total in _totals(self, seed, free_graph=free_graph):
+            if keep_every_grad or node._op is None or node is self:
+                store.keep(node, total)
+
+    def _seed(self, grad: Any) -> Any:
         data = self.data
         if grad is None:
             if data.size != 1:
@@ -455,6 +442,94 @@ def _owner(array: Any) -> object:
     while isinstance(array, np.ndarray) and array.base is not None:
         array = array.base
     return array
+
+
+def _totals(root: Node, seed: Any, *, create_graph: bool = False, free_graph: bool = False
+            ) -> Iterator[tuple[Node, Any]]:
+    """Each node's total gradient d(root)/d(node) * seed, newest node first.
+
+    The backward pass in four steps: collect the nodes that need a gradient, order them
+    (creation numbers: popping the newest first is a topological order), seed the root, and
+    loop: once a node's total is known (every consumer has added its part), yield it, then
+    run the node's VJP and add what it sends into each parent's pending total. With
+    create_graph the VJPs run on the Nodes themselves, so every total is a Node whose graph
+    is the backward computation (named "d" + the node's name), differentiable again.
+    """
+    order = root._collect()                      # 1. collect (checks before any change)
+    order.sort(key=_creation_number)             # 2. order (popping also lets go of a node)
+    pending: dict[Node, Any] = {root: seed}      # 3. seed
+    while order:                                 # 4. loop
+        node = order.pop()
+        total = pending.pop(node, None)
+        if total is None:  # no gradient flows here (only through constants)
+            continue
+        if create_graph and node.name is not None:
+            total = _named_gradient(total, "d" + node.name)
+        yield node, total
+        if node._op is None:
+            continue
+        if create_graph:
+            parent_grads = node._op.backward(total, *node.parents, node, **node._params)
+        else:
+            inputs = [parent.data for parent in node.parents]
+            parent_grads = node._op.backward(total, *inputs, node.data, **node._params)
+        for parent, parent_grad in zip(node.parents, parent_grads):
+            if parent_grad is not None and parent.requires_grad:
+                previous = pending.get(parent)
+                # A fresh sum, never `+=`: the arrays may be shared with other gradients.
+                pending[parent] = parent_grad if previous is None else previous + parent_grad
+        if free_graph:
+            node.parents, node._params = (), _FREED
+
+
+def _named_gradient(gradient: Node, name: str) -> Node:
+    # A gradient Node is named after its forward node, unless it is already another's (an
+    # add sends the same upstream to both inputs) or a leaf: then a named identity node.
+    if gradient.name == name:  # the seed grad() made for a named output
+        return gradient
+    if gradient.name is None and gradient._op is not None:
+        return gradient.named(name)
+    return _ops.identity(gradient).named(name)
+
+
+def grad(output: Node, inputs: Any, upstream: Any = None, create_graph: bool = False
+         ) -> tuple[Any, ...]:
+    """d(output)/d(input) * upstream for each of `inputs`, as torch.autograd.grad.
+
+    output: a Node; upstream: an array (or Node) of output's shape, which may be omitted only
+    for a one-element output (it is then 1). Returns one gradient per input, of the input's
+    shape: arrays, or with create_graph=True Nodes whose graph is the backward computation
+    (differentiable again, to any order; the total gradient of a named node is named "d" +
+    its name). An input the output does not depend on gets zeros (every input does when
+    the output depends on none, e.g. the second derivative of a linear function). No node's
+    `.grad` changes.
+    """
+    if not isinstance(output, Node):
+        raise TypeError(f"output: expected a Node, got {type(output).__name__}")
+    inputs = (inputs,) if isinstance(inputs, Node) else tuple(inputs)
+    for index, node in enumerate(inputs):
+        if not isinstance(node, Node):
+            raise TypeError(f"inputs[{index}]: expected a Node, got {type(node).__name__}")
+    seed = output._seed(upstream)
+    if create_graph:
+        given = upstream if isinstance(upstream, Node) else None
+        name = None if output.name is None else "d" + output.name
+        seed = given if given is not None else Node(seed, name=name, requires_grad=False)
+    wanted = set(inputs)
+    found: dict[Node, Any] = {}
+    with enable_grad() if create_graph else no_grad():
+        for node, total in _totals(output, seed, create_graph=create_graph) \
+                if output.requires_grad else ():
+            if node in wanted:
+                found[node] = total
+    return tuple(found[node] if node in found else _zeros_like(node, create_graph)
+                 for node in inputs)
+
+
+def _zeros_like(node: Node, as_node: bool) -> Any:
+    zeros = np.zeros_like(node.data)
+    zeros = zeros[()] if zeros.ndim == 0 else zeros
+    return Node(zeros, requires_grad=False) if as_node else zeros
 
 
 def vjp(node: Node, upstream: Any) -> tuple[Any, ...]:

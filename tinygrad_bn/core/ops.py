@@ -28,9 +28,9 @@ import numpy as np
 from .node import NO_PARAMS, Constant, Node, _grad_mode
 
 __all__ = [
-    "Op", "REGISTRY", "apply", "unbroadcast", "broadcast_to", "where", "value",
+    "Op", "REGISTRY", "apply", "unbroadcast", "broadcast_to", "where", "value", "log_of", "exp_of",
     "normalize_axis", "normalize_axis_order",
-    "add", "sub", "mul", "div", "pow", "neg", "sqrt", "exp", "log", "relu", "tanh",
+    "add", "sub", "mul", "div", "pow", "neg", "identity", "sqrt", "exp", "log", "relu", "tanh",
     "sum", "mean", "reshape", "transpose", "matmul", "astype",
 ]
 
@@ -120,8 +120,14 @@ def where(condition: Any, a: Any, b: Any) -> Any:
     return out[()] if out.ndim == 0 else out
 
 
-def _log(x: Any) -> Any:
+def log_of(x: Any) -> Any:
+    """The natural logarithm of an array (numpy's) or of a Node (the log op)."""
     return x.log() if isinstance(x, Node) else np.log(x)
+
+
+def exp_of(x: Any) -> Any:
+    """e**x of an array (numpy's) or of a Node (the exp op)."""
+    return x.exp() if isinstance(x, Node) else np.exp(x)
 
 
 def _expand(upstream: Any, shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool) -> Any:
@@ -215,7 +221,7 @@ class Pow(Op):
         b, e = value(base), value(exponent)
         with np.errstate(divide="ignore", invalid="ignore"):
             d_base = where(e == 0, 0.0, upstream * exponent * base ** (exponent - 1))
-            d_exponent = where((b == 0) & (e >= 0), 0.0, upstream * out * _log(base))
+            d_exponent = where((b == 0) & (e >= 0), 0.0, upstream * out * log_of(base))
         return unbroadcast(d_base, base.shape), unbroadcast(d_exponent, exponent.shape)
 
 
@@ -293,6 +299,23 @@ class Where(Op):
 
 
 # --- elementwise unary ops ------------------------------------------------------------
+@register
+class Identity(Op):
+    """The same value as a node of its own (names a gradient that another node also is)."""
+
+    name = "identity"
+    formula = ("d/d{0} = 1",)
+    domain = ("real",)
+
+    @staticmethod
+    def forward(a):
+        return a
+
+    @staticmethod
+    def backward(upstream, a, out):
+        return (upstream,)
+
+
 @register
 class Neg(Op):
     name = "neg"
@@ -595,6 +618,11 @@ def pow(base: Any, exponent: Any) -> Node:  # noqa: A001 - mirrors the operator'
     if isinstance(exponent, numbers.Real) and not isinstance(exponent, (bool, np.ndarray)):
         return apply(PowConst, (_node(base),), p=float(exponent))
     return apply(Pow, _pair(base, exponent))
+
+
+def identity(a: Any) -> Node:
+    """a itself, as a node of its own."""
+    return apply(Identity, (_node(a),))
 
 
 def neg(a: Any) -> Node:

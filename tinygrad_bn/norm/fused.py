@@ -9,12 +9,15 @@ collapses to
     dgamma = sum(upstream * xhat)      (over the axes gamma does not cover)
     dbeta  = sum(upstream)
 
-`statistics`, `normalize` and `closed_form_backward` below are that math in plain numpy,
-the one reference every faster formulation is tested against. They accumulate in float64
-and round once to x's dtype, so a float32 result does not depend on the batch size.
+`statistics`, `normalize` and `closed_form_backward` below are that math in plain numpy
+(the backward also runs on Nodes), the one reference every faster formulation is tested
+against. They work in float64 and round once to x's dtype, so a float32 result does not
+depend on the batch size.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -47,31 +50,45 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
     return out.astype(x.dtype, copy=False)
 
 
-def closed_form_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray,
-                         mean: np.ndarray, var: np.ndarray, spec: NormSpec
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dx (x_shape), dgamma, dbeta (gamma's shape) by the closed form, in x's dtype."""
+def closed_form_backward(upstream: Any, x: Any, gamma: Any, spec: NormSpec
+                         ) -> tuple[Any, Any, Any]:
+    """dx (x_shape), dgamma, dbeta (gamma's shape) by the closed form, in x's dtype.
+
+    Written with what numpy arrays and Nodes share, and recomputing the statistics from x:
+    on Nodes it builds the backward as a graph of primitives, differentiable again.
+    """
     dtype = x.dtype
-    upstream64 = upstream.astype(np.float64, copy=False)
-    inv_std = 1.0 / np.sqrt(var + spec.eps)
-    xhat = (spec.grouped(x) - mean) * inv_std
-    g = spec.grouped(upstream64 * gamma.reshape(spec.param_bshape))
+    x64, upstream64, gamma64 = (_float64(a) for a in (x, upstream, gamma))
     axes = spec.reduce_axes
+    xs = spec.grouped(x64)
+    xmu = xs - xs.mean(axis=axes, keepdims=True)
+    inv_std = ((xmu * xmu).mean(axis=axes, keepdims=True) + spec.eps) ** -0.5
+    xhat = xmu * inv_std
+    g = spec.grouped(upstream64 * gamma64.reshape(spec.param_bshape))
     dx = inv_std * (g - g.mean(axis=axes, keepdims=True)
                     - xhat * (g * xhat).mean(axis=axes, keepdims=True))
     dgamma = (upstream64 * xhat.reshape(spec.x_shape)).sum(axis=spec.param_sum_axes)
     dbeta = upstream64.sum(axis=spec.param_sum_axes)
-    return (dx.reshape(spec.x_shape).astype(dtype, copy=False),
-            dgamma.reshape(gamma.shape).astype(dtype, copy=False),
-            dbeta.reshape(gamma.shape).astype(dtype, copy=False))
+    return (_as(dx.reshape(spec.x_shape), dtype), _as(dgamma.reshape(gamma.shape), dtype),
+            _as(dbeta.reshape(gamma.shape), dtype))
+
+
+def _float64(a: Any) -> Any:
+    # float32 values are worked in float64 and rounded once at the end.
+    return a if a.dtype == np.float64 else a.astype(np.float64)
+
+
+def _as(a: Any, dtype: np.dtype) -> Any:
+    return a if a.dtype == dtype else a.astype(dtype)
 
 
 class FusedNorm(Op):
     """gamma * (x - mean) / sqrt(var + eps) + beta as one node with the closed-form VJP.
 
     The batch statistics are parameters of the node (`mean`, `var`, float64, computed by
-    `fused_node` from x): the forward and the backward both read them instead of
-    recomputing, and a module can update its running statistics from them.
+    `fused_node` from x): the forward reads them, a module updates its running statistics
+    from them, and the fast backward reads them too. The textbook backward recomputes them
+    from x instead, so that on Nodes its graph carries their dependence on x.
     """
 
     name = "norm"
@@ -86,7 +103,7 @@ class FusedNorm(Op):
 
     @staticmethod
     def backward(upstream, x, gamma, beta, out, *, spec, mean, var):
-        dx, dgamma, dbeta = closed_form_backward(upstream, x, gamma, mean, var, spec)
+        dx, dgamma, dbeta = closed_form_backward(upstream, x, gamma, spec)
         return dx, dgamma, dbeta.reshape(beta.shape)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..core.node import Node
-from ..core.ops import Op, apply
+from ..core.ops import Op, apply, exp_of, value
 
 __all__ = ["softmax_cross_entropy"]
 
@@ -26,9 +26,13 @@ class SoftmaxCrossEntropy(Op):
 
     @staticmethod
     def backward(upstream, logits, out, *, labels):
-        grad = np.exp(_log_softmax(logits))
-        grad[np.arange(len(labels)), labels] -= 1
-        return (grad * (upstream / len(labels)),)
+        # softmax(logits) - onehot(labels), over N. Shifting by the (constant) row maximum
+        # keeps exp finite and changes nothing: written so that it also runs on Nodes.
+        exp = exp_of(logits - value(logits).max(axis=1, keepdims=True))
+        probs = exp / exp.sum(axis=1, keepdims=True)
+        onehot = np.zeros(logits.shape, logits.dtype)
+        onehot[np.arange(len(labels)), labels] = 1
+        return ((probs - onehot) * (upstream / len(labels)),)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
