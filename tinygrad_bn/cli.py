@@ -11,7 +11,7 @@ import dataclasses
 import pathlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -102,9 +102,25 @@ def _usage_error(args: argparse.Namespace, message: str) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     x, gamma, beta, dout = _data(args)
     report = compare_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
-                                   groups=args.groups)
+                                   groups=args.groups, progress=progress_printer("numeric check"))
     print(report)
     return 0 if report.ok else 1
+
+
+def progress_printer(what: str, after: float = 1.0) -> Callable[[int, int], None]:
+    """A progress callback that says how far `what` is, on stderr, about once a second
+    once it has taken longer than `after` seconds."""
+    start = time.perf_counter()
+    last = start
+
+    def show(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - start > after and (now - last > 1.0 or done == total):
+            last = now
+            print(f"{what}: {done} of {total} coordinates ({now - start:.1f} s)", file=sys.stderr)
+
+    return show
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

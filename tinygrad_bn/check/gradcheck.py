@@ -10,7 +10,8 @@ import numpy as np
 
 from ..core.node import Node, as_float_array
 
-__all__ = ["numerical_gradient", "rel_error", "scaled_error", "gradcheck", "GradcheckResult"]
+__all__ = ["numerical_gradient", "reference_gradient", "rel_error", "scaled_error", "gradcheck",
+           "GradcheckResult", "EXTENDED"]
 
 
 def numerical_gradient(f: Callable[[np.ndarray], Any], x: np.ndarray, upstream: Any,
@@ -40,6 +41,43 @@ def numerical_gradient(f: Callable[[np.ndarray], Any], x: np.ndarray, upstream: 
         # Subtract in f's own precision (e.g. longdouble) before anything is rounded to float64.
         flat_grad[i] = np.sum((plus - minus) * upstream) / (2 * h)
     return grad
+
+
+EXTENDED = np.longdouble if np.finfo(np.longdouble).eps < np.finfo(np.float64).eps else np.float64
+
+
+def reference_gradient(f: Callable[[np.ndarray], Any], x: np.ndarray, upstream: Any,
+                       coordinates: np.ndarray | None = None, h: float = 1e-4
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Central differences accurate enough to judge a float64 gradient by, with an error bar.
+
+    Evaluates f in extended precision (x86's long double where numpy has it, else float64)
+    and takes a Richardson step, R(h) = (4 D(h/2) - D(h)) / 3, which cancels the h^2 error
+    term of the central difference D. The same step from 2h gives a second estimate; their
+    difference is the error estimate. coordinates: flat indices to differentiate at (all
+    when None). Returns (gradient, error estimate), float64 of x's shape, NaN elsewhere.
+    """
+    probe = np.array(x, dtype=EXTENDED)
+    upstream = np.asarray(upstream, dtype=EXTENDED)
+    flat = probe.reshape(-1)
+    indices = range(flat.size) if coordinates is None else coordinates
+    grad = np.full(flat.size, np.nan)
+    error = np.full(flat.size, np.nan)
+
+    def central(i: int, step: float) -> Any:
+        original = flat[i]
+        flat[i] = original + step
+        plus = np.array(f(probe), dtype=EXTENDED)
+        flat[i] = original - step
+        minus = np.array(f(probe), dtype=EXTENDED)
+        flat[i] = original
+        return np.sum((plus - minus) * upstream) / (2 * EXTENDED(step))
+
+    for i in indices:
+        half, whole, double = central(i, h / 2), central(i, h), central(i, 2 * h)
+        fine, coarse = (4 * half - whole) / 3, (4 * whole - double) / 3
+        grad[i], error[i] = float(fine), float(abs(fine - coarse))
+    return grad.reshape(x.shape), error.reshape(x.shape)
 
 
 def rel_error(a: Any, b: Any) -> float:

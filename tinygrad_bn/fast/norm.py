@@ -65,8 +65,11 @@ def _layout(x: Any, spec: NormSpec) -> kernels.Layout | None:
     return None if spec.grouped_shape is not None else kernels.layout_for(x, spec.reduce_axes)
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _is_array(x: Any, *args: Any, **params: Any) -> bool:
-    return type(x) is np.ndarray
+    return type(x) is np.ndarray and x.dtype in _FLOATS
 
 
 @fast_variant(FusedNorm, "statistics", when=_is_array)

@@ -34,7 +34,7 @@ def statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray]:
 
     x: x_shape -> mean, var: e.g. (1, D) for (N, D) batch norm, (N, G, 1, 1, 1) for group norm.
     """
-    x64 = spec.grouped(x).astype(np.float64, copy=False)
+    x64 = _float64(spec.grouped(x))
     mean = x64.mean(axis=spec.reduce_axes, keepdims=True)
     xmu = x64 - mean  # two passes: the variance of the centred values has no cancellation
     var = (xmu * xmu).mean(axis=spec.reduce_axes, keepdims=True)
@@ -74,8 +74,9 @@ def closed_form_backward(upstream: Any, x: Any, gamma: Any, spec: NormSpec
 
 
 def _float64(a: Any) -> Any:
-    # float32 values are worked in float64 and rounded once at the end.
-    return a if a.dtype == np.float64 else a.astype(np.float64)
+    # float32 values are worked in float64 and rounded once at the end (wider ones, such as
+    # the extended precision of a numeric reference, are kept).
+    return a if a.dtype.itemsize >= 8 else a.astype(np.float64)
 
 
 def _as(a: Any, dtype: np.dtype) -> Any:
