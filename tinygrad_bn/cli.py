@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .check.compare import compare_normalization
-from .check.explain import explain_normalization
+from .check.explain import explain_normalization, format_values
 from .norm import NORMS, norm_spec
 
 __all__ = ["main", "build_parser", "sample_batch"]
@@ -125,8 +125,32 @@ def progress_printer(what: str, after: float = 1.0) -> Callable[[int, int], None
 
 def cmd_explain(args: argparse.Namespace) -> int:
     x, gamma, beta, dout = _data(args)
-    print(explain_normalization(args.norm, x, gamma, beta, dout, eps=args.eps, groups=args.groups))
+    explanation = explain_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
+                                        groups=args.groups)
+    print(explanation)
+    if getattr(args, "values", False):
+        print()
+        print(format_values(explanation))
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check.layers import FUNCTIONS, check_layers
+
+    if not args.path.is_file():
+        return _usage_error(args, f"no such file: {args.path}")
+    only = None
+    if args.only is not None:
+        only = [name.strip() for name in args.only.split(",") if name.strip()]
+        unknown = [name for name in only if name not in FUNCTIONS]
+        if unknown:
+            return _usage_error(args, f"--only: unknown function {', '.join(unknown)} (expected "
+                                      f"names among {', '.join(FUNCTIONS)})")
+    if not args.timeout > 0:
+        return _usage_error(args, f"--timeout: expected a number of seconds > 0, got {args.timeout}")
+    report = check_layers(args.path, only=only, seed=args.seed, timeout=args.timeout)
+    print(report)
+    return 0 if report.ok else 1
 
 
 def write_graph(args: argparse.Namespace, kind: str, path: pathlib.Path, fmt: str | None,
@@ -245,7 +269,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="One row per stage in backward order: op, shape, the gradient arriving, "
                     "what it sends to each parent, and the local derivative.")
     _add_data_options(explain, 1)
+    explain.add_argument("--values", action="store_true",
+                         help="also print each stage's value and gradient arrays (the numbers "
+                              "to compare with your own prints; small shapes)")
     explain.set_defaults(run=cmd_explain)
+
+    check = commands.add_parser(
+        "check", help="judge your own CS231n layers.py against the staged graphs",
+        description="Calls each normalization function the file defines with the "
+                    "assignment's signatures and judges it against the staged graph; a wrong "
+                    "backward is traced to the step of the backward pass it departs at. "
+                    "Exits 0 when every defined function passes, 1 otherwise.")
+    check.add_argument("path", type=pathlib.Path, help="your layers.py")
+    check.add_argument("--only", default=None, help="comma-separated function names")
+    check.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    check.add_argument("--timeout", type=float, default=60.0,
+                       help="seconds each function may take (default 60)")
+    check.set_defaults(run=cmd_check)
 
     render = commands.add_parser(
         "render", help="draw the graph with values and gradients",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,7 +11,7 @@ from ..core.node import Node, vjp
 from ..norm import STAGE_NAMES, NormSpec, norm_spec, staged_nodes
 
 __all__ = ["StageRow", "explain_staged", "explain_batchnorm", "explain_normalization",
-           "format_explanation"]
+           "format_explanation", "format_values"]
 
 
 @dataclass
@@ -32,6 +32,8 @@ class Explanation:
     leaves: dict[str, float]
     mu_via_variance: float
     spec: NormSpec
+    # Each stage's value and gradient, and the leaves' gradients, forward order (for --values).
+    values: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return format_explanation(self)
@@ -72,7 +74,11 @@ def explain_staged(nodes: dict[str, Node], leaves: dict[str, Node], spec: NormSp
     # over the batch vanishes on paper because sum(xmu) = 0.
     sq, xmu = nodes["sq"], nodes["xmu"]
     via_variance = -np.sum(vjp(sq, sq.grad)[0], axis=spec.reduce_axes)
+    values = {stage: (nodes[stage].data, nodes[stage].grad) for stage in STAGE_NAMES}
+    values.update({f"d{name}": (leaf.grad, None) for name, leaf in leaves.items()
+                   if leaf.grad is not None})
     return Explanation(
+        values=values,
         rows=rows,
         leaves={name: float(np.linalg.norm(leaf.grad)) for name, leaf in leaves.items()
                 if leaf.grad is not None},
@@ -97,6 +103,30 @@ def explain_normalization(kind: str, x: Any, gamma: Any, beta: Any, dout: Any, *
     dout = np.asarray(dout, dtype=x.dtype)
     return explain_staged(staged_nodes(x, gamma, beta, spec),
                           {"x": x, "gamma": gamma, "beta": beta}, spec, dout)
+
+
+MAX_VALUES = 400  # entries per array printed by format_values; larger ones are summarized
+
+
+def format_values(explanation: Explanation) -> str:
+    """Each stage's value and gradient in forward order, then the leaves' gradients: the
+    numbers a student compares with the intermediates of their own code."""
+    blocks = []
+    with np.printoptions(precision=6, suppress=False, linewidth=100, threshold=MAX_VALUES):
+        for name, (value, grad) in explanation.values.items():
+            blocks.append(f"{name} = {_array_text(value)}")
+            if grad is not None:
+                blocks.append(f"d{name} = {_array_text(grad)}")
+    return "\n".join(blocks)
+
+
+def _array_text(array: np.ndarray) -> str:
+    array = np.asarray(array)
+    if array.size > MAX_VALUES:
+        return (f"shape {array.shape}: mean {array.mean():.6g}, std {array.std():.6g}, "
+                f"range [{array.min():.6g}, {array.max():.6g}] (too large to print)")
+    text = np.array2string(array, separator=", ")
+    return f"shape {array.shape}\n{text}" if array.ndim > 1 else text
 
 
 def format_explanation(explanation: Explanation) -> str:
