@@ -91,7 +91,8 @@ PLANTED = {
     "spatial dgamma without keepdims": (
         COMPLETE, [("dgamma = (dout * xhat).sum(axis=(0, 2, 3), keepdims=True)",
                     "dgamma = (dout * xhat).sum(axis=(0, 2, 3))")],
-        "spatial_groupnorm_backward", "fail", "gammax", "dgamma has the right values in shape (6,); expected (1, 6, 1, 1)"),
+        "spatial_groupnorm_backward", "fail", "gammax",
+        "dgamma has the right values in shape (6,); expected (1, 6, 1, 1)"),
 }
 
 
