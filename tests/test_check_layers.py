@@ -183,3 +183,12 @@ def test_large_arrays_are_summarized_by_explain_values():
     x = np.random.default_rng(0).standard_normal((200, 50))
     text = format_values(explain_normalization("batch", x, np.ones(50), np.zeros(50), x))
     assert "too large to print" in text
+
+
+def test_the_readme_example_with_two_slips():
+    report = tb.check_layers(STUDENTS / "two_slips.py")
+    forward, backward, alt = (report.results[name] for name in
+                              ("batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt"))
+    assert (forward.status, forward.stage) == ("fail", "out") and "momentum" in forward.diagnosis
+    assert (backward.status, backward.stage) == ("fail", "xhat")
+    assert alt.status == "pass" and not report.ok
