@@ -11,8 +11,7 @@ from typing import Any
 import graphviz
 import numpy as np
 
-from tinygrad_bn.check.compare import TOLERANCES
-from tinygrad_bn.check.gradcheck import scaled_error
+from tinygrad_bn.check.compare import COLUMNS, compare_normalization
 from tinygrad_bn.core.node import Constant, Node, vjp
 from tinygrad_bn.norm import STAGE_NAMES, as_node, norm_fused, norm_staged
 
@@ -46,6 +45,7 @@ class Graph:
         self.node_count = node_count      # nodes drawn (graph nodes, not the summary box)
         self.edge_count = edge_count      # edges drawn between graph nodes
         self.total_nodes = total_nodes    # nodes in the whole Node graph
+        self.timeout: float | None = None  # seconds the layout may take (None: by size)
         self._svg: str | None = None
 
     @property
@@ -59,7 +59,8 @@ class Graph:
     def svg(self) -> str:
         """The SVG text (rendered once, then cached)."""
         if self._svg is None:
-            self._svg = bold_titles(render_source(self.source, "svg").decode("utf-8"))
+            svg = render_source(self.source, "svg", timeout=self.timeout, nodes=self.node_count)
+            self._svg = bold_titles(svg.decode("utf-8"))
         return self._svg
 
     def _repr_svg_(self) -> str:
@@ -189,7 +190,10 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
                 source = f"{ident[id(node)]}_c{index}"
                 digraph.node(source, **STYLE["constant"], **{"class": "titled"},
                              label=node_label(parent, "constant", show_data, show_grad))
-            digraph.edge(source, ident[id(node)], label=shape_text(parent.shape))
+            # The shape is said where it changes along the edge (broadcast, reduction): an
+            # edge between nodes of one shape needs no label.
+            label = shape_text(parent.shape) if parent.shape != node.shape else ""
+            digraph.edge(source, ident[id(node)], label=label)
             if backward and grads[index] is not None and parent.requires_grad:
                 norm = float(np.linalg.norm(grads[index]))
                 digraph.edge(ident[id(node)], ident[id(parent)], label=f"|grad| {norm:.3g}",
@@ -213,7 +217,7 @@ def _new_digraph(rankdir: str) -> graphviz.Digraph:
     if rankdir not in ("LR", "TB", "RL", "BT"):
         raise ValueError(f"rankdir: expected 'LR', 'TB', 'RL' or 'BT', got {rankdir!r}")
     digraph = graphviz.Digraph(format="svg")
-    digraph.attr(rankdir=rankdir, fontname="Helvetica")
+    digraph.attr(rankdir=rankdir, fontname="Helvetica", nodesep="0.2", ranksep="0.35")
     # A wider margin than Graphviz's default: the embedded renderer estimates text widths
     # (it has no font files), and viewers' fonts run a little wider than its estimate.
     digraph.attr("node", fontname="Helvetica", fontsize="10", margin="0.25,0.06")
@@ -221,15 +225,20 @@ def _new_digraph(rankdir: str) -> graphviz.Digraph:
     return digraph
 
 
-def draw(root: Node, *, show_data: bool = True, show_grad: bool = True, rankdir: str = "LR",
-         max_nodes: int = 300, backward: bool = False) -> Graph:
+def draw(root: Node, *, show_data: bool = True, show_grad: bool = True, rankdir: str = "TB",
+         max_nodes: int = 300, backward: bool = False, legend: bool = True,
+         timeout: float | None = None) -> Graph:
     """Draw the graph that produced `root`.
 
-    Leaves that require grad (inputs, parameters) are blue, constants grey and dashed, op
-    results white, the output green; a staged normalization's steps sit in one cluster.
-    Edges carry the shape that flows along them; backward=True adds dashed red edges
-    pointing back, labelled with the norm of the gradient each sends. A graph larger than
-    max_nodes is cut to the max_nodes nodes nearest the output plus a note with the counts.
+    Leaves that require grad (inputs, parameters) are blue, constants grey and dashed (one
+    small copy per use), op results white, the output green; a staged normalization's steps
+    sit in one cluster; a small key says so (legend=False leaves it out). An edge is
+    labelled with the shape that flows along it where that shape changes (broadcasting,
+    reductions); backward=True adds dashed red edges pointing back, labelled with the norm
+    of the gradient each sends. A graph larger than max_nodes is cut to the max_nodes nodes
+    nearest the output plus a note with the counts. rankdir: "TB" (top to bottom, the
+    default: legible in a page or notebook column) or "LR", "BT", "RL". timeout: seconds
+    the layout may take when rendered (default a few per 100 nodes).
     """
     if not isinstance(root, Node):
         raise TypeError(f"root: expected a tinygrad_bn Node, got {type(root).__name__}")
@@ -238,11 +247,49 @@ def draw(root: Node, *, show_data: bool = True, show_grad: bool = True, rankdir:
     digraph = _new_digraph(rankdir)
     nodes, edges, total = build(digraph, [root], show_data=show_data, show_grad=show_grad,
                                 backward=backward, max_nodes=max_nodes)
-    return Graph(digraph, nodes, edges, total)
+    if legend:
+        add_legend(digraph, backward=backward, below=f"n{total - 1}" if nodes == total else None)
+    return _with_timeout(Graph(digraph, nodes, edges, total), timeout)
+
+
+def _with_timeout(graph: Graph, timeout: float | None) -> Graph:
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout: expected a number of seconds > 0, got {timeout!r}")
+    graph.timeout = timeout
+    return graph
+
+
+LEGEND = (("input or parameter", "parameter"), ("constant", "constant"), ("op result", "op"),
+          ("output", "output"))
+
+
+def add_legend(digraph: graphviz.Digraph, *, backward: bool = False, forward_inputs: bool = False,
+               below: str | None = None) -> None:
+    """A small key to the colours (and the red backward edges): one row, under node `below`."""
+    key = graphviz.Digraph(name="cluster_legend")
+    key.attr(label="key", fontsize="9", style="rounded", color="gray70", margin="4")
+    entries = list(LEGEND) + ([("forward value read", "input")] if forward_inputs else [])
+    names = []
+    for index, (text, role) in enumerate(entries):
+        names.append(f"legend{index}")
+        key.node(names[-1], label=text, fontsize="8", margin="0.08,0.02", height="0.2",
+                 **STYLE[role])
+    if backward:
+        names.append("legend_grad")
+        key.node("legend_grad", label="red dashed: |grad| sent back", fontsize="8", shape="plain",
+                 fontcolor="firebrick")
+    with key.subgraph() as row:  # one rank: the key is a single compact row
+        row.attr(rank="same")
+        for name in names:
+            row.node(name)
+    digraph.subgraph(key)
+    if below is not None:  # an invisible edge puts the key under that node
+        digraph.edge(below, names[0], style="invis")
 
 
 def draw_backward(gradients: Sequence[Node], output: Node, *, show_data: bool = True,
-                  rankdir: str = "LR", max_nodes: int = 300) -> Graph:
+                  rankdir: str = "TB", max_nodes: int = 300, legend: bool = True,
+                  timeout: float | None = None) -> Graph:
     """Draw the backward pass that `tb.grad(output, inputs, create_graph=True)` built.
 
     gradients: the Nodes it returned (dx, dgamma, ...), drawn as outputs. Every node of their
@@ -263,19 +310,22 @@ def draw_backward(gradients: Sequence[Node], output: Node, *, show_data: bool = 
     nodes, edges, total = build(digraph, roots, show_data=show_data, show_grad=False,
                                 max_nodes=max_nodes,
                                 stop=lambda n: n.creation_number <= forward_end)
-    return Graph(digraph, nodes, edges, total)
+    if legend:
+        add_legend(digraph, forward_inputs=True)  # (several outputs: no single node to hang under)
+    return _with_timeout(Graph(digraph, nodes, edges, total), timeout)
 
 
 def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: str = "batch",
                     groups: int | None = None, axis: Any = None, eps: float = 1e-5, seed: int = 0,
-                    show_data: bool = True, show_grad: bool = True, rankdir: str = "LR",
-                    backward: bool = False) -> Graph:
+                    show_data: bool = True, show_grad: bool = True, rankdir: str = "TB",
+                    backward: bool = False, legend: bool = True,
+                    timeout: float | None = None) -> Graph:
     """Staged and fused normalization side by side, after one backward pass with `dout`.
 
     norm: batch (default), spatial, layer or group (with `groups`). x: (N, D) or
     (N, C, H, W); gamma, beta: the feature shape; dout: x's shape (random when None).
-    A table states, for dx, dgamma and dbeta, the normwise relative error staged vs fused
-    and whether they agree within the dtype's tolerance.
+    A box shows every column of `compare` (staged~fused, staged~numeric, fused~numeric for
+    dx, dgamma and dbeta) and its verdict.
     """
     x_data = as_node(x, "x").data
     gamma_data, beta_data = as_node(gamma, "gamma").data, as_node(beta, "beta").data
@@ -283,14 +333,13 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
         dout = np.random.default_rng(seed).standard_normal(x_data.shape)
     dout = np.asarray(dout, dtype=x_data.dtype)
     digraph = _new_digraph(rankdir)
-    grads = {}
     counts = [0, 0, 0]
+    fused_out = ""
     for variant, fn in (("staged", norm_staged), ("fused", norm_fused)):
         xn = Node(x_data.copy(), name="x")
         gn, bn = Node(gamma_data.copy(), name="gamma"), Node(beta_data.copy(), name="beta")
         out = fn(norm, xn, gn, bn, axis=axis, eps=eps, groups=groups)
         out.backward(dout)
-        grads[variant] = {"dx": xn.grad, "dgamma": gn.grad, "dbeta": bn.grad}
         sub = graphviz.Digraph(name=f"cluster_{variant}")
         title = "staged: primitive ops" if variant == "staged" else "fused: one op, closed-form VJP"
         sub.attr(label=title, style="rounded", color="gray50")
@@ -298,18 +347,28 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
                      backward=backward, max_nodes=300)
         counts = [c + m for c, m in zip(counts, made)]
         digraph.subgraph(sub)
-    tol = TOLERANCES[x_data.dtype]["pair"]
-    lines = ["staged vs fused", f"normwise relative error, {x_data.dtype}, tolerance {tol:.0e}"]
-    for name in ("dx", "dgamma", "dbeta"):
-        error = scaled_error(grads["staged"][name], grads["fused"][name])
-        lines.append(f"{name}: {error:.2e}  {'agree' if error <= tol else 'DISAGREE'}")
+        fused_out = f"{variant}_{made[2] - 1}"  # the output is the newest node
+    report = compare_normalization(norm, x_data, gamma_data, beta_data, dout, eps=eps,
+                                   groups=groups, axis=axis, seed=seed)
+    lines = [f"compare: {report.kind}, {report.dtype}", "normwise relative error",
+             f"{'':<7}" + "".join(f"{column:>16}" for column in COLUMNS)]
+    for name, row in report.errors.items():
+        lines.append(f"{name:<7}" + "".join(f"{row[column]:>16.2e}" for column in COLUMNS))
+    lines.append(f"tolerance {report.tolerances['pair']:.0e} staged~fused, "
+                 f"{report.tolerances['numeric']:.0e} vs numeric")
+    lines.append("verdict: " + ("ok" if report.ok else "FAILED"))
+    # Under the fused graph (short), not beside both: the picture stays narrow, and no edge
+    # runs across the box.
     digraph.node("verdict", label=join_lines(lines), shape="box", style="filled",
-                 fillcolor="lightyellow", **{"class": "titled"})
-    return Graph(digraph, counts[0], counts[1], counts[2])
+                 fillcolor="lightyellow", fontname="Courier", **{"class": "titled"})
+    digraph.edge(fused_out, "verdict", style="invis")
+    if legend:
+        add_legend(digraph, backward=backward, below="verdict")
+    return _with_timeout(Graph(digraph, counts[0], counts[1], counts[2]), timeout)
 
 
 def render(graph_or_node: Graph | Node, path: str | pathlib.Path,
-           format: str | None = None) -> pathlib.Path:  # noqa: A002
+           format: str | None = None, timeout: float | None = None) -> pathlib.Path:  # noqa: A002
     """Write a Graph (or a Node, drawn with defaults) to `path`; returns the path written.
 
     format: svg, png, pdf or dot; taken from the file's suffix when None. SVG works without
@@ -318,6 +377,8 @@ def render(graph_or_node: Graph | Node, path: str | pathlib.Path,
     graph = draw(graph_or_node) if isinstance(graph_or_node, Node) else graph_or_node
     if not isinstance(graph, Graph):
         raise TypeError(f"graph_or_node: expected a Graph or a Node, got {type(graph).__name__}")
+    if timeout is not None:
+        _with_timeout(graph, timeout)
     path = pathlib.Path(path)
     if format is None:
         format = path.suffix.lstrip(".").lower()  # noqa: A001
@@ -326,7 +387,8 @@ def render(graph_or_node: Graph | Node, path: str | pathlib.Path,
                 f"path: cannot tell the format from the suffix of {str(path)!r}; use one of "
                 f".{', .'.join(FORMATS)} or pass format="
             )
-    data = graph.svg().encode("utf-8") if format == "svg" else render_source(graph.source, format)
+    data = graph.svg().encode("utf-8") if format == "svg" else render_source(
+        graph.source, format, timeout=graph.timeout, nodes=graph.node_count)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path

@@ -28,7 +28,8 @@ def join_lines(lines: list[str]) -> str:
 
 
 def fmt(value: float) -> str:
-    return f"{value:.3g}"
+    # Five significant digits: enough to tell 1 from 1.0001 at a glance.
+    return f"{value:.5g}"
 
 
 def summarize(array: np.ndarray) -> list[str]:
@@ -56,12 +57,26 @@ def kind(node: Node, is_root: bool) -> str:
     return "parameter" if node.requires_grad else "constant"
 
 
+def op_text(node: Node) -> str:
+    """The op's name with what a reader needs of its parameters: pow's exponent, the axes of
+    a sum or mean, a reshape's target shape."""
+    params = node.params
+    if node.op == "pow" and "p" in params:
+        return f"pow ^{params['p']:g}"
+    if node.op in ("sum", "mean") and "axis" in params:
+        axes = params["axis"]
+        return f"{node.op} axis={axes[0] if len(axes) == 1 else axes}"
+    if node.op == "reshape" and "shape" in params:
+        return f"reshape to {shape_text(tuple(params['shape']))}"
+    return node.op or ""
+
+
 def node_label(node: Node, role: str, show_data: bool, show_grad: bool) -> str:
     """Title (name and op; drawn bold in SVG), shape and dtype, value and gradient summaries."""
     if role == "input":
-        what = f"forward {node.op}" if node.op else "input"
+        what = f"forward {op_text(node)}" if node.op else "input"
     else:
-        what = node.op if node.op else ("input" if role == "parameter" else "constant")
+        what = op_text(node) if node.op else ("input" if role == "parameter" else "constant")
     title = f"{escape(node.name, MAX_NAME)}: {what}" if node.name else what
     lines = [title, f"{shape_text(node.shape)} {node.dtype}"]
     if show_data:
