@@ -198,7 +198,8 @@ def test_cli_render_and_demo(tmp_path, no_system_dot, capsys):
     assert "needs a system Graphviz" in capsys.readouterr().err
     assert cli_main(["demo", "--shape", "8,4", "--out-dir", str(tmp_path / "demo")]) == 0
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [
-        "backward.svg", "compare.svg", "fused.svg", "staged.svg"]
+        "backward.svg", "backward_steps.html", "compare.svg", "fused.svg", "init_statistics.png",
+        "init_statistics.svg", "staged.svg", "training_loss.png", "training_loss.svg"]
     assert f"written to {tmp_path / 'demo'}/" in capsys.readouterr().out
 
 

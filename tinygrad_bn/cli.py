@@ -178,6 +178,20 @@ def write_graph(args: argparse.Namespace, kind: str, path: pathlib.Path, fmt: st
     return viz.render(graph, path, fmt)
 
 
+def write_stepper(args: argparse.Namespace, kind: str, path: pathlib.Path) -> pathlib.Path:
+    """The backward-pass stepper (one HTML page) for the staged or fused graph."""
+    import viz
+
+    from .core.node import Node
+    from .norm import norm_fused, norm_staged
+
+    x, gamma, beta, dout = _data(args)
+    fn = norm_staged if kind == "staged" else norm_fused
+    nodes = Node(x, name="x"), Node(gamma, name="gamma"), Node(beta, name="beta")
+    out = fn(args.norm, *nodes, eps=args.eps, groups=args.groups)
+    return viz.stepper(out, path, upstream=dout)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     import viz
 
@@ -185,8 +199,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     path = args.out
     if path is None:
         path = pathlib.Path("graphs") / f"{args.norm}norm_{args.graph}.{fmt or 'svg'}"
-    elif fmt is None and path.suffix.lstrip(".").lower() not in FORMATS:
+    elif fmt is None and path.suffix.lstrip(".").lower() not in (*FORMATS, "html"):
         fmt = "svg"
+    if (fmt or path.suffix.lstrip(".").lower()) == "html":
+        if args.graph not in ("staged", "fused"):
+            return _usage_error(args, "--format html: the stepper walks the staged or fused "
+                                      f"graph, not --graph {args.graph}")
+        start = time.perf_counter()
+        written = write_stepper(args, args.graph, path)
+        print(f"wrote {written} (backward-pass stepper, {time.perf_counter() - start:.2f} s)")
+        return 0
     start = time.perf_counter()
     try:
         written = write_graph(args, args.graph, path, fmt, args.backward)
@@ -203,8 +225,23 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
     config = dataclasses.replace(config, seed=args.seed)
-    print(format_result(run_experiment(config)))
+    result = run_experiment(config)
+    print(format_result(result))
+    if args.plot is not None:
+        write_plots(result, args.plot)
     return 0
+
+
+def write_plots(result: object, folder: pathlib.Path) -> None:
+    """Draw the experiment's plots into `folder`, or say how to get matplotlib."""
+    from .train.plots import plot_experiment
+
+    try:
+        written = plot_experiment(result, folder)
+    except ImportError as error:
+        print(f"no plots drawn: {error}")
+        return
+    print("plots: " + ", ".join(str(path) for path in written))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -240,6 +277,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         written = write_graph(_namespace(command="render", seed=args.seed, shape_slot=1),
                               kind, folder / f"{kind}.svg", None, backward=kind == "staged")
         print(f"  {written}")
+    steps = write_stepper(_namespace(command="render", seed=args.seed, shape_slot=1), "staged",
+                          folder / "backward_steps.html")
+    print(f"  {steps}  (open it in a browser: the backward pass step by step)")
+    print()
+    print("== why normalize: the experiment, quick version, plotted ==")
+    from .train.experiment import ExperimentConfig, run_experiment
+
+    write_plots(run_experiment(dataclasses.replace(ExperimentConfig.quick(), seed=args.seed)),
+                folder)
     return status
 
 
@@ -295,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="staged graph, fused op, both side by side, or the staged graph's "
                              "backward pass as a graph of its own (default staged)")
     _add_data_options(render, 1)
-    render.add_argument("--format", choices=FORMATS, default=None,
-                        help="default: from --out's suffix, else svg")
+    render.add_argument("--format", choices=(*FORMATS, "html"), default=None,
+                        help="default: from --out's suffix, else svg; html writes the "
+                             "backward-pass stepper (one page to open in a browser)")
     render.add_argument("--out", type=pathlib.Path, default=None,
                         help="file to write (default graphs/NORMnorm_GRAPH.FORMAT)")
     render.add_argument("--backward", action="store_true",
@@ -310,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "and accuracy, and per-layer activation and gradient std at init.")
     experiment.add_argument("--quick", action="store_true", help="3 scales, fewer steps")
     experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument("--plot", type=pathlib.Path, default=None, metavar="DIR",
+                            help="also draw the per-layer statistics and loss curves (SVG and "
+                                 "PNG, with matplotlib) into DIR")
     experiment.set_defaults(run=cmd_experiment)
 
     bench = commands.add_parser(

@@ -5,10 +5,12 @@
     viz.render(graph, "graphs/bn.svg")    # svg without a system Graphviz; png/pdf with one
     viz.draw_comparison(x, gamma, beta)   # staged and fused side by side, with verdicts
     viz.draw_backward(tb.grad(out, [x], dout, create_graph=True), out)   # the backward pass
+    viz.stepper(loss, "steps.html")       # the backward pass step by step, in a browser
 """
 
 from .backend import FORMATS, RenderError, backend_name, render_source
 from .draw import Graph, draw, draw_backward, draw_comparison, render
+from .stepper import stepper
 
-__all__ = ["Graph", "draw", "draw_backward", "draw_comparison", "render", "render_source", "backend_name",
-           "RenderError", "FORMATS"]
+__all__ = ["Graph", "draw", "draw_backward", "draw_comparison", "stepper", "render",
+           "render_source", "backend_name", "RenderError", "FORMATS"]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .ops import Op
 
 __all__ = ["Node", "Constant", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes",
-           "stages", "as_float_array", "vjp", "grad"]
+           "stages", "as_float_array", "vjp", "grad", "trace_backward"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 NO_PARAMS: dict[str, Any] = {}  # the params of ops without any (shared: never written to)
@@ -480,6 +480,17 @@ def _totals(root: Node, seed: Any, *, create_graph: bool = False, free_graph: bo
                 pending[parent] = parent_grad if previous is None else previous + parent_grad
         if free_graph:
             node.parents, node._params = (), _FREED
+
+
+def trace_backward(root: Node, upstream: Any = None) -> list[tuple[Node, Any]]:
+    """The backward pass as the engine runs it, without changing any `.grad`: each node
+    that receives a gradient, in the order it is visited (newest first), with its total
+    gradient. An op node's VJP runs right after its visit."""
+    seed = root._seed(upstream)
+    if not root.requires_grad:
+        raise ValueError("root: this node does not require grad, so no backward pass runs")
+    with no_grad():
+        return [(node, total) for node, total in _totals(root, seed)]
 
 
 def _named_gradient(gradient: Node, name: str) -> Node:

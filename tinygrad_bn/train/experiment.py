@@ -51,6 +51,7 @@ class RunResult:
     accuracy: float
     activation_std: list[float]  # per hidden layer, at initialization
     gradient_std: list[float]    # of the loss w.r.t. each hidden layer's output, at initialization
+    losses: list[float] = field(default_factory=list)  # training loss per step
 
 
 @dataclass
@@ -119,10 +120,12 @@ def train_one(variant: str, scale: float, config: ExperimentConfig, x: np.ndarra
     net.zero_grad()
     optimizer = SGD(net.parameters(), lr=config.lr, momentum=config.momentum)
     order = np.random.default_rng(config.seed + 1)
+    losses = []
     with np.errstate(all="ignore"):  # diverging runs are part of the picture
         for _ in range(config.steps):
             batch = order.integers(0, len(x), config.batch)
             loss = softmax_cross_entropy(net(x[batch]), y[batch])
+            losses.append(loss.item())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -131,7 +134,7 @@ def train_one(variant: str, scale: float, config: ExperimentConfig, x: np.ndarra
             logits = net(x)
             final_loss = softmax_cross_entropy(logits, y).item()
         accuracy = float(np.mean(np.argmax(logits.data, axis=1) == y))
-    return RunResult(final_loss, accuracy, activation_std, gradient_std)
+    return RunResult(final_loss, accuracy, activation_std, gradient_std, losses)
 
 
 def run_experiment(config: ExperimentConfig | None = None) -> ExperimentResult:

@@ -1,0 +1,30 @@
+"""The experiment's plots (matplotlib), and the experiment without matplotlib."""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+from tinygrad_bn.cli import main as cli_main
+
+
+def test_experiment_plots(tmp_path, capsys):
+    assert cli_main(["experiment", "--quick", "--plot", str(tmp_path)]) == 0
+    assert "plots: " in capsys.readouterr().out
+    for stem in ("init_statistics", "training_loss"):
+        assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        svg = ET.parse(tmp_path / f"{stem}.svg").getroot()
+        assert svg.tag.endswith("svg")
+        texts = " ".join(t.text or "" for t in svg.iter() if t.tag.endswith("text"))
+        assert texts or svg.find(".//{http://www.w3.org/2000/svg}path") is not None
+
+
+def test_experiment_without_matplotlib_says_how_to_get_the_plots(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from tinygrad_bn.cli import main\n"
+            f"raise SystemExit(main(['experiment', '--quick', '--plot', {str(tmp_path)!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Final training loss" in result.stdout
+    assert "no plots drawn: the plots need matplotlib: pip install" in result.stdout
+    assert not list(tmp_path.iterdir())
