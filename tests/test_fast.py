@@ -377,10 +377,13 @@ def test_output_dtype_is_the_input_dtype(rows, fused):
     for module in (tb.BatchNorm(16, fused=fused), tb.LayerNorm(16, fused=fused)):
         train_out = module(x)
         train_out.backward(np.ones_like(x))
-        assert train_out.dtype == np.float32 and module.gamma.grad.dtype == np.float64
+        assert train_out.dtype == np.float32 and module.gamma.grad.dtype == np.float32
         module.eval()
         assert module(x).dtype == np.float32
     assert tb.batchnorm_fused(x, np.ones(16), np.zeros(16)).dtype == np.float32
+    given = tb.BatchNorm(16, fused=fused, dtype=np.float64)  # a dtype given is kept ...
+    given_out = given(x)
+    assert given.gamma.dtype == np.float64 and given_out.dtype == np.float32  # ... output: x's
 
 
 def test_compare_in_float32_catches_a_real_miss(monkeypatch):

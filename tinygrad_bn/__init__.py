@@ -10,7 +10,10 @@ Layers (each imports only the ones below it): core (Node, ops) < fast (registers
 variants of core ops) < norm < check, train < cs231n < cli; `viz` sits on top.
 """
 
-from . import fast  # noqa: F401  (registers the fast variants of the core ops)
+from . import (
+                   cs231n,
+                   fast,  # noqa: F401  (registers the fast variants of the core ops)
+)
 from .check.compare import NormReport, compare_batchnorm, compare_normalization
 from .check.gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
 from .check.layers import LayersReport, check_layers
@@ -56,7 +59,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Node", "Constant", "grad", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages",
-    "ops", "fast", "nn", "loss", "optim",
+    "ops", "fast", "nn", "loss", "optim", "cs231n",
     "add", "sub", "mul", "div", "pow", "neg", "sqrt", "exp", "log", "relu", "tanh", "sum",
     "mean", "reshape", "transpose", "matmul", "unbroadcast", "where",
     "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES", "BatchNorm", "Module",

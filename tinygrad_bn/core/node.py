@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import operator
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import MappingProxyType
@@ -30,7 +31,19 @@ NO_PARAMS: dict[str, Any] = {}  # the params of ops without any (shared: never w
 # Creation numbers: a node's parents are always created before it (see Node.backward).
 _creation_order = itertools.count()
 _creation_number = operator.attrgetter("_seq")
-_FREED = MappingProxyType({"freed": True})  # the params of a node backward(free_graph=True) let go
+class _Freed(dict):
+    """The params of a node that backward(free_graph=True) let go of its graph; the root's
+    remembers the leaves that pass reached, so that zero_grad can still clear them."""
+
+    def __init__(self, leaves: tuple[Node, ...] = ()) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+
+_FREED = _Freed()
+# Leaves replaced by `assign` (an optimizer step), with the creation number at that moment:
+# a graph node older than that was built from the old value.
+_assigned: weakref.WeakKeyDictionary[Node, int] = weakref.WeakKeyDictionary()
 
 
 class _GradMode(threading.local):
@@ -169,7 +182,7 @@ class Node:
     @property
     def freed(self) -> bool:
         """True once backward(free_graph=True) has let go of this op node's parents."""
-        return self._params is _FREED
+        return isinstance(self._params, _Freed)
 
     def item(self) -> float:
         """The value of a size-1 node as a Python float."""
@@ -181,10 +194,23 @@ class Node:
         return self
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
-        op = f", op={self.op!r}" if self._op is not None else ""
-        value = f"{self.data.item():.6g}" if self.data.size == 1 else f"shape={self.data.shape}"
-        return f"Node({label}{value}, dtype={self.data.dtype}{op})"
+        """Like PyTorch's: the values (abbreviated when large), then name, op, grad."""
+        with np.printoptions(threshold=20, edgeitems=3, precision=4, linewidth=88):
+            value = np.array2string(np.asarray(self.data), separator=", ", prefix="Node(")
+            parts = [value]
+            if self.data.dtype != np.float64:
+                parts.append(f"dtype={self.data.dtype}")
+            if self.name:
+                parts.append(f"name={self.name!r}")
+            if self._op is not None:
+                parts.append(f"op={self.op!r}")
+            if self.grad is not None:
+                grad = np.array2string(np.asarray(self.grad), separator=", ",
+                                       prefix="Node(grad=")
+                parts.append(f"grad={grad}")
+            elif not self.requires_grad:
+                parts.append("requires_grad=False")
+        return f"Node({', '.join(parts)})"
 
     # --- backward ------------------------------------------------------------------
     def backward(self, grad: Any = None, *, free_graph: bool = False) -> None:
@@ -205,9 +231,14 @@ class Node:
             )
         store = _GradStore(seed)
         keep_every_grad = not free_graph
+        leaves = []
         for node, total in _totals(self, seed, free_graph=free_graph):
             if keep_every_grad or node._op is None or node is self:
                 store.keep(node, total)
+            if node._op is None:
+                leaves.append(node)
+        if free_graph and self._op is not None:
+            self._params = _Freed(tuple(leaves))  # zero_grad can still find them
 
     def _seed(self, grad: Any) -> Any:
         data = self.data
@@ -231,18 +262,44 @@ class Node:
 
     def _collect(self) -> list[Node]:
         order = _reachable(self, requires_grad_only=True)
-        if any(node._params is _FREED for node in order):
+        if any(isinstance(node._params, _Freed) for node in order):
             raise ValueError(
                 "backward: this graph was already freed by backward(free_graph=True); "
                 "build it again to backpropagate a second time"
             )
+        if _assigned:
+            _check_not_assigned_since(order)
         return order
 
     def zero_grad(self) -> None:
-        """Clear `grad` on this node and on every node of the graph that produced it."""
-        for node in graph_nodes(self):
+        """Clear `grad` on this node and on every node of the graph that produced it.
+
+        After backward(free_graph=True), which let go of the graph, it clears this node and
+        the leaves that pass gave gradients to.
+        """
+        nodes = graph_nodes(self)
+        if isinstance(self._params, _Freed):
+            nodes += list(self._params.leaves)
+        for node in nodes:
             if node.grad is not None:
                 node.grad = None
+
+    def assign(self, value: Any) -> None:
+        """Replace this leaf's value by `value` (same shape and dtype), as an optimizer step does.
+
+        The old array is not written to (a caller's array passed to Node() keeps its values).
+        A graph built from the old value can no longer be backpropagated: backward raises
+        instead of silently using the new value (PyTorch's "modified by an inplace operation").
+        """
+        if self._op is not None:
+            raise ValueError(f"assign: only a leaf's value can be replaced; this node is the "
+                             f"result of {self.op!r}")
+        array = as_float_array(value, "value")
+        if array.shape != self.data.shape or array.dtype != self.data.dtype:
+            raise ValueError(f"value: expected shape {self.data.shape} and dtype {self.data.dtype} "
+                             f"(this node's), got shape {array.shape} and dtype {array.dtype}")
+        self.data = array[()] if array.ndim == 0 else array
+        _assigned[self] = next(_creation_order)
 
     # --- operators (the ops themselves live in ops.py) ------------------------------
     def __add__(self, other: Any) -> Node:
@@ -491,6 +548,19 @@ def trace_backward(root: Node, upstream: Any = None) -> list[tuple[Node, Any]]:
         raise ValueError("root: this node does not require grad, so no backward pass runs")
     with no_grad():
         return [(node, total) for node, total in _totals(root, seed)]
+
+
+def _check_not_assigned_since(order: list[Node]) -> None:
+    for node in order:
+        for parent in node.parents:
+            stamp = _assigned.get(parent)
+            if stamp is not None and stamp > node._seq:
+                label = repr(parent.name) if parent.name else f"a {parent.shape} leaf"
+                raise ValueError(
+                    f"backward: {label} was given a new value (assign, e.g. an optimizer step) "
+                    f"after this graph was built from its old one; run the forward pass "
+                    f"again before backward"
+                )
 
 
 def _named_gradient(gradient: Node, name: str) -> Node:

@@ -57,23 +57,44 @@ def _params_like(norm: Any, x: Node) -> tuple[Node, Node]:
 
 
 class Module:
-    """Base class: `parameters()`, `train()` / `eval()`, `zero_grad()`, call = forward."""
+    """Base class: parameters, train/eval, zero_grad, state dicts; calling it runs forward.
+
+    Parameters are the Node attributes that require grad (and those of child modules, in
+    attributes or in lists), named by their path: "layers.0.W". Buffers (BUFFERS, e.g. the
+    running statistics) are arrays saved in the state dict too.
+    """
 
     training: bool = True
+    BUFFERS: tuple[str, ...] = ()
+
+    def named_parameters(self, prefix: str = "") -> list[tuple[str, Node]]:
+        """(name, parameter) pairs in a stable order, each parameter once (weight tying)."""
+        found: list[tuple[str, Node]] = []
+        seen: set[int] = set()
+        for name, value in self._named_members(prefix):
+            if isinstance(value, Node) and value.requires_grad and id(value) not in seen:
+                seen.add(id(value))
+                found.append((name, value))
+        return found
 
     def parameters(self) -> list[Node]:
-        """The Nodes an optimizer updates, in a stable order."""
-        found: list[Node] = []
-        for value in vars(self).values():
-            if isinstance(value, Node) and value.requires_grad:
-                found.append(value)
-            elif isinstance(value, Module):
-                found.extend(value.parameters())
+        """The Nodes an optimizer updates, each once, in a stable order."""
+        return [parameter for _, parameter in self.named_parameters()]
+
+    def _named_members(self, prefix: str) -> list[tuple[str, Any]]:
+        members: list[tuple[str, Any]] = []
+        for key, value in vars(self).items():
+            name = f"{prefix}{key}"
+            if isinstance(value, Module):
+                members.extend(value._named_members(f"{name}."))
             elif isinstance(value, (list, tuple)):
-                for item in value:
+                for index, item in enumerate(value):
                     if isinstance(item, Module):
-                        found.extend(item.parameters())
-        return found
+                        members.extend(item._named_members(f"{name}.{index}."))
+            elif isinstance(value, Node):
+                members.append((name, value))
+        members.extend((f"{prefix}{key}", getattr(self, key)) for key in self.BUFFERS)
+        return members
 
     def children(self) -> list[Module]:
         kids: list[Module] = []
@@ -83,6 +104,49 @@ class Module:
             elif isinstance(value, (list, tuple)):
                 kids.extend(item for item in value if isinstance(item, Module))
         return kids
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter's and buffer's array, by name."""
+        return {name: np.array(value.data if isinstance(value, Node) else value, copy=True)
+                for name, value in self._named_members("")
+                if not isinstance(value, Node) or value.requires_grad}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Set every parameter and buffer from `state` (as `state_dict` returns it), exactly.
+
+        Raises KeyError naming missing or unexpected names, ValueError for a shape or dtype
+        mismatch; nothing is changed unless everything fits.
+        """
+        own = dict(self._named_members(""))
+        own = {name: value for name, value in own.items()
+               if not isinstance(value, Node) or value.requires_grad}
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"state: missing {missing or 'nothing'}, unexpected "
+                           f"{unexpected or 'nothing'}")
+        arrays = {}
+        for name, target in own.items():
+            array = np.asarray(state[name])
+            current = target.data if isinstance(target, Node) else target
+            if array.shape != np.shape(current) or array.dtype != np.asarray(current).dtype:
+                raise ValueError(f"state[{name!r}]: expected shape {np.shape(current)} and dtype "
+                                 f"{np.asarray(current).dtype}, got shape {array.shape} and "
+                                 f"dtype {array.dtype}")
+            arrays[name] = array.copy()
+        for name, array in arrays.items():
+            target = own[name]
+            if isinstance(target, Node):
+                target.assign(array)
+            else:
+                module, _, attribute = self._owner_of(name)
+                setattr(module, attribute, array)
+
+    def _owner_of(self, name: str) -> tuple[Module, str, str]:
+        module: Any = self
+        *path, attribute = name.split(".")
+        for part in path:
+            module = module[int(part)] if isinstance(module, (list, tuple)) else getattr(module, part)
+        return module, ".".join(path), attribute
 
     def train(self, mode: bool = True) -> Module:
         """Switch to training mode (batch statistics); returns self."""
@@ -106,6 +170,24 @@ class Module:
     def __call__(self, x: Any) -> Node:
         return self.forward(x)
 
+    def extra_repr(self) -> str:
+        """What goes between the parentheses of the module's repr."""
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _follow_dtype(module: Any, x: Node) -> None:
+    # Parameters and running statistics made without a dtype take that of the first input.
+    if module.dtype_given or module.parameters()[0].dtype == x.dtype:
+        return
+    module.dtype_given = True
+    for parameter in module.parameters():  # first use: no graph was built from them yet
+        parameter.data = parameter.data.astype(x.dtype)
+    for key in module.BUFFERS:
+        setattr(module, key, getattr(module, key).astype(x.dtype))
+
 
 class BatchNorm(Module):
     """Batch norm over (N, C) or (N, C, H, W) input, with running statistics.
@@ -114,13 +196,18 @@ class BatchNorm(Module):
     running_mean/running_var as momentum*old + (1-momentum)*batch (the CS231n
     convention; PyTorch's momentum is 1 minus this). Evaluation mode uses the running
     statistics and leaves them untouched. fused=True uses the one-node closed-form op,
-    fused=False the staged graph of primitives.
+    fused=False the staged graph of primitives. dtype: of the parameters and running
+    statistics; None (the default) takes the first input's. The output always has the
+    input's dtype. Training needs more than one value per channel.
     """
 
+    BUFFERS = ("running_mean", "running_var")
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.9,
-                 fused: bool = True, dtype: Any = np.float64) -> None:
+                 fused: bool = True, dtype: Any = None) -> None:
         num_features = check_positive_int(num_features, "num_features")
-        dtype = check_dtype(dtype)
+        self.dtype_given = dtype is not None
+        dtype = check_dtype(np.float64 if dtype is None else dtype)
         self.num_features = num_features
         self.eps = check_eps(eps)
         self.momentum = check_momentum(momentum)
@@ -143,8 +230,12 @@ class BatchNorm(Module):
         """x: (N, C) or (N, C, H, W) -> same shape."""
         x = as_node(x, "x")
         spec = self._spec(x)
+        _follow_dtype(self, x)
         if not self.training:
             return self._eval_forward(x, spec)
+        if spec.count < 2:
+            raise ValueError(f"x: expected more than 1 value per channel when training, got "
+                             f"input shape {x.shape} (use eval() for single samples)")
         if self.fused:
             mean, var = FusedBatchNorm.statistics(x.data, spec)
             out = fused_node(FusedBatchNorm, x, *_params_like(self, x), spec, mean, var)
@@ -171,10 +262,9 @@ class BatchNorm(Module):
         gamma, beta = _params_like(self, x)
         return (broadcastable(gamma, spec) * xhat + broadcastable(beta, spec)).named("out")
 
-    def __repr__(self) -> str:
-        kind = "fused" if self.fused else "staged"
-        return (f"BatchNorm({self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}, "
-                f"{kind}, training={self.training})")
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}, "
+                f"fused={self.fused}")
 
 
 class _StatelessNorm(Module):
@@ -188,6 +278,7 @@ class _StatelessNorm(Module):
     def forward(self, x: Any) -> Node:
         x = as_node(x, "x")
         spec = self._spec(x)
+        _follow_dtype(self, x)
         if self.fused:
             return fused_node(NORMS[self.kind], x, *_params_like(self, x), spec)
         return staged_nodes(x, *_params_like(self, x), spec)["out"]
@@ -199,17 +290,22 @@ class LayerNorm(_StatelessNorm):
     kind = "layer"
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
-                 fused: bool = True, dtype: Any = np.float64) -> None:
+                 fused: bool = True, dtype: Any = None) -> None:
         shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(
             normalized_shape)
         for size in shape:
             check_positive_int(size, "normalized_shape")
-        dtype = check_dtype(dtype)
+        self.dtype_given = dtype is not None
+        dtype = check_dtype(np.float64 if dtype is None else dtype)
         self.normalized_shape = tuple(int(s) for s in shape)
         self.eps = check_eps(eps)
         self.fused = bool(fused)
         self.gamma = Node(np.ones(self.normalized_shape, dtype), name="gamma")
         self.beta = Node(np.zeros(self.normalized_shape, dtype), name="beta")
+
+    def extra_repr(self) -> str:
+        shape = self.normalized_shape
+        return f"{shape[0] if len(shape) == 1 else shape}, eps={self.eps:g}, fused={self.fused}"
 
     def _spec(self, x: Node) -> NormSpec:
         if x.shape[1:] != self.normalized_shape or x.ndim < 2:
@@ -224,17 +320,21 @@ class GroupNorm(_StatelessNorm):
     kind = "group"
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, fused: bool = True,
-                 dtype: Any = np.float64) -> None:
+                 dtype: Any = None) -> None:
         self.num_groups = check_positive_int(num_groups, "num_groups")
         self.num_channels = check_positive_int(num_channels, "num_channels")
         if self.num_channels % self.num_groups:
             raise ValueError(f"num_groups: expected a divisor of num_channels={num_channels}, "
                              f"got {num_groups}")
-        dtype = check_dtype(dtype)
+        self.dtype_given = dtype is not None
+        dtype = check_dtype(np.float64 if dtype is None else dtype)
         self.eps = check_eps(eps)
         self.fused = bool(fused)
         self.gamma = Node(np.ones(self.num_channels, dtype), name="gamma")
         self.beta = Node(np.zeros(self.num_channels, dtype), name="beta")
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps:g}, fused={self.fused}"
 
     def _spec(self, x: Node) -> NormSpec:
         if x.ndim != 4 or x.shape[1] != self.num_channels:
@@ -250,14 +350,15 @@ class Linear(Module):
     """
 
     def __init__(self, in_features: int, out_features: int, weight_scale: float | None = None,
-                 rng: np.random.Generator | None = None, dtype: Any = np.float64) -> None:
+                 rng: np.random.Generator | None = None, dtype: Any = None) -> None:
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
         if weight_scale is None:
             weight_scale = float(np.sqrt(2.0 / in_features))
         if not (isinstance(weight_scale, numbers.Real) and weight_scale > 0):
             raise ValueError(f"weight_scale: expected a number > 0, got {weight_scale!r}")
-        dtype = check_dtype(dtype)
+        self.dtype_given = dtype is not None
+        dtype = check_dtype(np.float64 if dtype is None else dtype)
         rng = rng if rng is not None else np.random.default_rng()
         self.W = Node((weight_scale * rng.standard_normal((in_features, out_features))).astype(dtype),
                       name="W")
@@ -267,7 +368,11 @@ class Linear(Module):
         x = as_node(x, "x")
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x: expected shape (N, {self.in_features}), got {x.shape}")
+        _follow_dtype(self, x)
         return x @ self.W + self.b
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}"
 
 
 class ReLU(Module):
@@ -290,3 +395,6 @@ class Sequential(Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def extra_repr(self) -> str:
+        return ", ".join(repr(layer) for layer in self.layers)

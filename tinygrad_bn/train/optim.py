@@ -1,4 +1,9 @@
-"""Optimizers: plain SGD (with optional momentum) and Adam, updating Node.data in place."""
+"""Optimizers: plain SGD (with optional momentum) and Adam.
+
+A step gives each parameter a new array (`Node.assign`) rather than writing into the old one:
+an array a user passed to Node() keeps its values, and a graph built before the step refuses
+to backpropagate instead of silently using the stepped values.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +35,14 @@ class Optimizer:
 
     def __init__(self, params: Iterable[Node]) -> None:
         self.params = list(params)
+        first_seen: dict[int, int] = {}
         for i, p in enumerate(self.params):
             if not isinstance(p, Node):
                 raise TypeError(f"params[{i}]: expected a Node, got {type(p).__name__}")
+            if id(p) in first_seen:
+                raise ValueError(f"params[{i}]: the same parameter as params[{first_seen[id(p)]}]; "
+                                 f"each parameter may appear once (one step per update)")
+            first_seen[id(p)] = i
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -57,7 +67,7 @@ class SGD(Optimizer):
                 continue
             v *= self.momentum
             v += p.grad
-            p.data -= self.lr * v
+            p.assign(p.data - self.lr * v)
 
 
 class Adam(Optimizer):
@@ -85,4 +95,4 @@ class Adam(Optimizer):
             m += (1 - self.beta1) * p.grad
             v *= self.beta2
             v += (1 - self.beta2) * p.grad * p.grad
-            p.data -= self.lr * (m / correction1) / (np.sqrt(v / correction2) + self.eps)
+            p.assign(p.data - self.lr * (m / correction1) / (np.sqrt(v / correction2) + self.eps))
