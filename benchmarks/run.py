@@ -35,7 +35,6 @@ FULL_CASES = [((64, 256), "float64"), ((64, 256), "float32"),
 QUICK_CASES = [((64, 256), "float64"), ((1024, 1024), "float32"), ((4096, 1024), "float64"),
                ((4096, 1024), "float32")]
 SMOKE_CASES = [((16, 8), "float64"), ((64, 32), "float32"), ((4, 3, 4, 4), "float32")]
-LARGE = 1 << 22  # elements from which a case counts as large for the targets
 
 
 @dataclass
@@ -182,16 +181,33 @@ def _itemsize(dtype: str) -> int:
     return 8 if dtype == "float64" else 4
 
 
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "MISSED"
+class Report(str):
+    """The benchmark tables as Markdown text: printed as is, shown as tables in Jupyter."""
+
+    def _repr_markdown_(self) -> str:
+        return str(self)
 
 
-def report(results: Results, settings: Settings, mode: str) -> tuple[str, list[str]]:
-    """The tables as Markdown text, and the list of missed targets."""
+INTRODUCTION = (
+    "What is measured: one forward and backward pass of batch norm in training mode (the "
+    "output and the gradients of x, gamma and beta) for several batch shapes. Compared: "
+    "this engine's fused op (one node, closed-form backward) and staged graph (ten primitive "
+    "ops); the same two computations written directly in numpy (the CS231n formulas, and "
+    "the nine-step chain); the engine with its optional numba-compiled passes; and "
+    "PyTorch's `F.batch_norm` on the CPU in a process of its own. Rounds alternate between "
+    "the processes and each figure is a median. Then: the cost per op of small graphs of "
+    "scalars, and the peak memory of one step."
+)
+
+
+def report(results: Results, settings: Settings, mode: str) -> Report:
+    """The tables as Markdown text."""
     impls = (list(NUMPY_IMPLS) + (["engine_fused_numba"] if results.numba else [])
              + (["torch"] if results.torch else []))
     stream = max(results.bandwidth.values())
     lines = [
+        INTRODUCTION,
+        "",
         f"Batch norm forward+backward, training mode: median ms over {settings.rounds} "
         f"interleaved rounds of {settings.reps} repetitions (up to 30 for the small cases)",
         "",
@@ -207,10 +223,8 @@ def report(results: Results, settings: Settings, mode: str) -> tuple[str, list[s
     if results.numba:
         lines.append("")
         lines.append("The numba column is the optional compiled accelerator "
-                     "(`tinygrad_bn.fast.use_numba()`); the targets below are judged on the "
-                     "default, pure-numpy engine, and the last column shows what numba buys.")
-
-    missed: list[str] = []
+                     "(`tinygrad_bn.fast.use_numba()`); the other engine columns are the "
+                     "default, pure-numpy engine.")
     lines += [
         "",
         f"Streaming bandwidth measured in this run (copy, bytes read + written): "
@@ -223,48 +237,23 @@ def report(results: Results, settings: Settings, mode: str) -> tuple[str, list[s
     ]
     for case, by_impl in results.times.items():
         (shape, dtype) = case
-        large = _size(case) >= LARGE
         fused = _median(by_impl["engine_fused"])
-        gbps = 4 * _size(case) * _itemsize(dtype) / fused / 1e9
-        fraction = gbps / stream
+        bytes_moved = 4 * _size(case) * _itemsize(dtype)
+        gbps = bytes_moved / fused / 1e9
         vs_formulas = _median(by_impl["numpy_formulas"]) / fused
         vs_staged = _median(by_impl["numpy_staged"]) / _median(by_impl["engine_staged"])
-        torch_cell = "n/a"
-        if "torch" in by_impl:
-            vs_torch = _median(by_impl["torch"]) / fused
-            torch_cell = f"{vs_torch:.2f}x"
-            if large and len(shape) == 2:
-                need = 2.0 if dtype == "float64" else 1.0
-                torch_cell += f" ({_verdict(vs_torch >= need)}: >= {need:g}x)"
-                if vs_torch < need:
-                    missed.append(f"{_case_name(case)}: fused vs torch {vs_torch:.2f}x < {need:g}x")
-        fraction_cell = f"{fraction:.0%}"
-        formulas_cell = f"{vs_formulas:.2f}x"
-        if large:
-            formulas_cell += f" ({_verdict(vs_formulas >= 3)}: >= 3x)"
-            if vs_formulas < 3:
-                missed.append(f"{_case_name(case)}: fused vs numpy formulas {vs_formulas:.2f}x < 3x")
-            if dtype == "float64" and len(shape) == 2:
-                fraction_cell += f" ({_verdict(fraction >= 0.35)}: >= 35%)"
-                if fraction < 0.35:
-                    missed.append(f"{_case_name(case)}: fused at {fraction:.0%} of streaming < 35%")
-        need_staged = 1.0 if large else (1 / 1.5 if shape == (64, 256) else None)
-        staged_cell = f"{vs_staged:.2f}x"
-        if need_staged is not None:
-            staged_cell += f" ({_verdict(vs_staged >= need_staged)}: >= {need_staged:.2f}x)"
-            if vs_staged < need_staged:
-                missed.append(f"{_case_name(case)}: staged vs numpy staged {vs_staged:.2f}x "
-                              f"< {need_staged:.2f}x")
+        torch_cell = f"{_median(by_impl['torch']) / fused:.2f}x" if "torch" in by_impl else "n/a"
         numba_cell = "n/a"
         if "engine_fused_numba" in by_impl:
             compiled = _median(by_impl["engine_fused_numba"])
-            numba_cell = (f"{4 * _size(case) * _itemsize(dtype) / compiled / 1e9:.1f} GB/s "
-                          f"({4 * _size(case) * _itemsize(dtype) / compiled / 1e9 / stream:.0%})")
+            numba_cell = (f"{bytes_moved / compiled / 1e9:.1f} GB/s "
+                          f"({bytes_moved / compiled / 1e9 / stream:.0%})")
             if "torch" in by_impl:
                 numba_cell += f", {_median(by_impl['torch']) / compiled:.2f}x"
-        lines.append(f"| {_case_name(case)} | {gbps:.1f} | {fraction_cell} | {torch_cell} | "
-                     f"{formulas_cell} | {staged_cell} | {numba_cell} |")
-    lines += ["", "Ratios are speed-ups: the peer's time divided by the engine's.", ""]
+        lines.append(f"| {_case_name(case)} | {gbps:.1f} | {gbps / stream:.0%} | {torch_cell} | "
+                     f"{vs_formulas:.2f}x | {vs_staged:.2f}x | {numba_cell} |")
+    lines += ["", "Ratios are speed-ups: the peer's time divided by the engine's (above 1: the "
+              "engine is faster).", ""]
 
     lines += [
         f"Scalar graphs, build + backward, Python's garbage collector on: median µs per op "
@@ -277,30 +266,22 @@ def report(results: Results, settings: Settings, mode: str) -> tuple[str, list[s
         engine = _median(by_impl["engine"])
         closure = _median(by_impl["closure"])
         torch_cell = f"{_median(by_impl['torch']):.2f}" if "torch" in by_impl else "n/a"
-        share = engine / closure
-        ok = engine <= 5 and share <= 0.5
-        lines.append(f"| {kind} | {engine:.2f} ({_verdict(engine <= 5)}: <= 5) | {closure:.2f} | "
-                     f"{torch_cell} | {share:.2f} ({_verdict(share <= 0.5)}: <= 0.5) |")
-        if not ok:
-            missed.append(f"scalar {kind}: {engine:.2f} µs/op, {share:.2f} of the closure engine")
+        lines.append(f"| {kind} | {engine:.2f} | {closure:.2f} | {torch_cell} | "
+                     f"{engine / closure:.2f} |")
     memory_shape = "x".join(map(str, settings.memory_shape))
     lines += [
         "",
         f"Peak memory of one forward+backward at {memory_shape} float64 above the inputs, "
         f"in arrays of x's size (fresh process each)",
         "",
-        "| variant | peak | target |",
-        "|---|---:|---|",
+        "| variant | peak |",
+        "|---|---:|",
     ]
-    for variant, limit in (("fused", 2.5), ("staged", 10.0), ("staged_free", None)):
-        value = results.memory[variant]
+    for variant in ("fused", "staged", "staged_free"):
         title = {"staged_free": "staged, backward(free_graph=True)"}.get(variant, variant)
-        target = f"<= {limit:g} ({_verdict(value <= limit)})" if limit else "frees intermediates"
-        lines.append(f"| {title} | {value:.2f} | {target} |")
-        if limit and value > limit:
-            missed.append(f"memory {variant}: {value:.2f} arrays > {limit:g}")
+        lines.append(f"| {title} | {results.memory[variant]:.2f} |")
     lines += ["", f"Mode {mode}; measured in {results.seconds:.0f} s."]
-    return "\n".join(lines), missed
+    return Report("\n".join(lines))
 
 
 def machine_description() -> str:
@@ -347,22 +328,17 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     results = measure(settings, use_torch, use_numba,
                       progress=lambda text: print(text, flush=True))
-    text, missed = report(results, settings, mode)
+    text = report(results, settings, mode)
+    print()
+    print(f"Machine: {machine_description()}.")
     print()
     print(text)
-    print()
-    if mode == "smoke":
-        print("targets: not judged at smoke sizes (run --quick or the full suite)")
-    else:
-        print("targets: all met" if not missed else "targets missed:\n  " + "\n  ".join(missed))
     if args.markdown is not None:
         command = "python -m benchmarks.run" + (f" --{mode}" if mode != "full" else "")
         header = (f"# Benchmark results\n\nMachine: {machine_description()}.\n\n"
                   f"Command: `{command}` (the same as `tinygrad-bn bench`"
                   f"{' --' + mode if mode != 'full' else ''}).\n\n")
-        footer = "\n\n" + ("All targets met." if not missed else
-                           "Targets missed in this run:\n\n" + "\n".join(f"- {m}" for m in missed))
-        args.markdown.write_text(header + text + footer + "\n")
+        args.markdown.write_text(header + text + "\n")
         print(f"wrote {args.markdown}")
     return 0
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import pathlib
 import sys
 import time
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from . import __version__
 from .check.compare import compare_normalization
 from .check.explain import explain_normalization, format_values
 from .norm import NORMS, norm_spec
@@ -33,15 +36,17 @@ DEFAULT_SHAPES = {
 DEFAULT_GROUPS = 2
 
 
+# Argument parsers: argparse prefixes each message with "argument --option:", so the
+# messages below do not name the option again.
 def parse_shape(text: str) -> tuple[int, ...]:
     """'200,50' -> (200, 50); accepts (N, D) and (N, C, H, W)."""
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shape: expected N,D or N,C,H,W, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected N,D or N,C,H,W, got {text!r}") from None
     if len(shape) not in (2, 4) or min(shape) < 1:
         raise argparse.ArgumentTypeError(
-            f"--shape: expected 2 or 4 positive sizes (N,D or N,C,H,W), got {text!r}")
+            f"expected 2 or 4 positive sizes (N,D or N,C,H,W), got {text!r}")
     return shape
 
 
@@ -49,10 +54,20 @@ def parse_eps(text: str) -> float:
     try:
         eps = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--eps: expected a number, got {text!r}") from None
-    if not eps > 0:
-        raise argparse.ArgumentTypeError(f"--eps: expected a number > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(eps) and eps > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return eps
+
+
+def parse_seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return seed
 
 
 def sample_batch(shape: tuple[int, ...], dtype: str, seed: int, norm: str = "batch",
@@ -77,13 +92,16 @@ def _add_data_options(parser: argparse.ArgumentParser, which: int) -> None:
     parser.add_argument("--shape", type=parse_shape, default=None,
                         help=f"N,D or N,C,H,W (default per norm: {shapes})")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=parse_seed, default=0, help="random seed (default 0)")
     parser.add_argument("--eps", type=parse_eps, default=1e-5, help="default 1e-5")
     parser.set_defaults(shape_slot=which)
 
 
 def _data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
     """Fill in the per-norm defaults and draw the sample batch (argument errors exit 2)."""
+    if args.groups is not None and args.norm != "group":
+        raise SystemExit(_usage_error(args, "--groups: only group norm has groups; add "
+                                            "--norm group or leave this option out"))
     if args.shape is None:
         args.shape = DEFAULT_SHAPES[args.norm][args.shape_slot]
     if args.norm == "group" and args.groups is None:
@@ -91,12 +109,22 @@ def _data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
     try:
         return sample_batch(args.shape, args.dtype, args.seed, args.norm, args.groups)
     except ValueError as error:
-        raise SystemExit(_usage_error(args, str(error))) from None
+        # The library's messages name its arguments (G, x); here they are options.
+        message = str(error)
+        for name, option in (("G: ", "--groups: "), ("x: ", "--shape: ")):
+            if message.startswith(name):
+                message = option + message[len(name):]
+        raise SystemExit(_usage_error(args, message)) from None
 
 
 def _usage_error(args: argparse.Namespace, message: str) -> int:
     print(f"tinygrad-bn {args.command}: error: {message}", file=sys.stderr)
     return 2
+
+
+def _runtime_error(args: argparse.Namespace, message: str) -> int:
+    print(f"tinygrad-bn {args.command}: {message}", file=sys.stderr)
+    return 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -197,24 +225,36 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     fmt = args.format
     path = args.out
+    known = (*FORMATS, "html")
     if path is None:
         path = pathlib.Path("graphs") / f"{args.norm}norm_{args.graph}.{fmt or 'svg'}"
-    elif fmt is None and path.suffix.lstrip(".").lower() not in (*FORMATS, "html"):
-        fmt = "svg"
-    if (fmt or path.suffix.lstrip(".").lower()) == "html":
+    else:
+        suffix = path.suffix.lstrip(".").lower()
+        if suffix and suffix not in known:
+            return _usage_error(args, f"--out: unknown suffix {path.suffix!r} (expected one of "
+                                      f"{', '.join('.' + k for k in known)})")
+        if suffix and fmt is not None and suffix != fmt:
+            return _usage_error(args, f"--out: the suffix {path.suffix!r} disagrees with "
+                                      f"--format {fmt}; change one of them")
+        fmt = fmt or suffix or "svg"
+    if fmt == "html":
         if args.graph not in ("staged", "fused"):
             return _usage_error(args, "--format html: the stepper walks the staged or fused "
                                       f"graph, not --graph {args.graph}")
         start = time.perf_counter()
-        written = write_stepper(args, args.graph, path)
+        try:
+            written = write_stepper(args, args.graph, path)
+        except OSError as error:
+            return _runtime_error(args, f"--out: cannot write {path}: {error.strerror or error}")
         print(f"wrote {written} (backward-pass stepper, {time.perf_counter() - start:.2f} s)")
         return 0
     start = time.perf_counter()
     try:
         written = write_graph(args, args.graph, path, fmt, args.backward)
     except viz.RenderError as error:
-        print(f"tinygrad-bn render: {error}", file=sys.stderr)
-        return 1
+        return _runtime_error(args, str(error))
+    except OSError as error:
+        return _runtime_error(args, f"--out: cannot write {path}: {error.strerror or error}")
     backend = "text only" if written.suffix == ".dot" else f"{viz.backend_name()} Graphviz"
     print(f"wrote {written} ({backend}, {time.perf_counter() - start:.2f} s)")
     return 0
@@ -241,6 +281,10 @@ def write_plots(result: object, folder: pathlib.Path) -> None:
     except ImportError as error:
         print(f"no plots drawn: {error}")
         return
+    except OSError as error:
+        print(f"no plots drawn: --plot: cannot write to {folder}: {error.strerror or error}",
+              file=sys.stderr)
+        return
     print("plots: " + ", ".join(str(path) for path in written))
 
 
@@ -262,6 +306,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    folder = args.out_dir  # checked first: no work is done for nothing
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".tinygrad-bn-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        return _usage_error(args, f"--out-dir: cannot write graphs to {folder}: "
+                                  f"{error.strerror or error}")
     status = 0
     for dtype in ("float64", "float32"):
         print(f"== staged vs fused vs numeric, {dtype} ==")
@@ -269,16 +322,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                          seed=args.seed, shape_slot=0))
         print()
     print("== the staged backward pass, step by step ==")
-    cmd_explain(_namespace(command="explain", seed=args.seed, shape_slot=1))
+    cmd_explain(_namespace(command="explain", shape=args.shape, seed=args.seed, shape_slot=1))
     print()
     folder = args.out_dir
     print(f"== graphs (values, shapes and gradients on every node) written to {folder}/ ==")
+    drawing = _namespace(command="render", shape=args.shape, seed=args.seed, shape_slot=1)
     for kind in GRAPHS:
-        written = write_graph(_namespace(command="render", seed=args.seed, shape_slot=1),
-                              kind, folder / f"{kind}.svg", None, backward=kind == "staged")
+        written = write_graph(drawing, kind, folder / f"{kind}.svg", None,
+                              backward=kind == "staged")
         print(f"  {written}")
-    steps = write_stepper(_namespace(command="render", seed=args.seed, shape_slot=1), "staged",
-                          folder / "backward_steps.html")
+    steps = write_stepper(drawing, "staged", folder / "backward_steps.html")
     print(f"  {steps}  (open it in a browser: the backward pass step by step)")
     print()
     print("== why normalize: the experiment, quick version, plotted ==")
@@ -300,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Batch norm (and layer, spatial and group norm) as a graph of primitives "
                     "and as one fused op, checked against each other and finite differences.",
     )
+    parser.add_argument("--version", action="version", version=f"tinygrad-bn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     compare = commands.add_parser(
@@ -328,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Exits 0 when every defined function passes, 1 otherwise.")
     check.add_argument("path", type=pathlib.Path, help="your layers.py")
     check.add_argument("--only", default=None, help="comma-separated function names")
-    check.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    check.add_argument("--seed", type=parse_seed, default=0, help="random seed (default 0)")
     check.add_argument("--timeout", type=float, default=60.0,
                        help="seconds each function may take (default 60)")
     check.set_defaults(run=cmd_check)
@@ -356,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "with batch and layer norm across weight-init scales; prints final loss "
                     "and accuracy, and per-layer activation and gradient std at init.")
     experiment.add_argument("--quick", action="store_true", help="3 scales, fewer steps")
-    experiment.add_argument("--seed", type=int, default=0)
+    experiment.add_argument("--seed", type=parse_seed, default=0)
     experiment.add_argument("--plot", type=pathlib.Path, default=None, metavar="DIR",
                             help="also draw the per-layer statistics and loss curves (SVG and "
                                  "PNG, with matplotlib) into DIR")
@@ -379,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "fused and comparison graphs as SVG.")
     demo.add_argument("--shape", type=parse_shape, default=None,
                       help="batch for compare (default 200,50)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=parse_seed, default=0)
     demo.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("graphs"),
                       help="folder for the graphs (default graphs)")
     demo.set_defaults(run=cmd_demo)
@@ -389,7 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except BrokenPipeError:
+        # The reader went away (`tinygrad-bn explain | head`): stop quietly. Python would
+        # otherwise complain again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -85,6 +85,23 @@ class NormReport:
     def ok(self) -> bool:
         return not self.failures()
 
+    def _repr_markdown_(self) -> str:
+        """The report as a Markdown table (how Jupyter shows it)."""
+        lines = [f"**{self.kind}**: x {self.shape} {self.dtype}, reduced over axes "
+                 f"{self.reduce_axes}, eps {self.eps:g}; forward max \\|staged - fused\\| = "
+                 f"{self.forward_max_abs_diff:.3e}", "",
+                 "| grad | " + " | ".join(COLUMNS) + " | tolerance |",
+                 "|---|" + "---:|" * (len(COLUMNS) + 1)]
+        for grad, row in self.errors.items():
+            limits = f"{self.limit(grad, 'staged~fused'):.0e} / {self.limit(grad, 'fused~numeric'):.0e}"
+            lines.append(f"| {grad} | " + " | ".join(f"{row[c]:.3e}" for c in COLUMNS)
+                         + f" | {limits} |")
+        failed = self.failures()
+        lines += ["", f"{self.metric}. " + (self.numeric_note.replace("numeric   ", "Numeric: ")
+                                            + ". " if self.numeric_note else "")
+                  + ("**verdict: ok**" if not failed else "**FAILED**: " + "; ".join(failed))]
+        return "\n".join(lines)
+
     def __str__(self) -> str:
         lines = [
             f"{self.kind}: x {self.shape} {self.dtype}, reduced over axes {self.reduce_axes}, "

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.node import Node, vjp
+from ..core.node import Node, graph_nodes, vjp
 from ..norm import STAGE_NAMES, NormSpec, norm_spec, staged_nodes
 
 __all__ = ["StageRow", "explain_staged", "explain_batchnorm", "explain_normalization",
@@ -38,6 +38,17 @@ class Explanation:
     def __str__(self) -> str:
         return format_explanation(self)
 
+    def _repr_markdown_(self) -> str:
+        """The trace as a Markdown table (how Jupyter shows it)."""
+        lines = ["| stage | op | shape | \\|grad in\\| | sends \\|grad\\| to | local derivative |",
+                 "|---|---|---|---:|---|---|"]
+        for row in self.rows:
+            leaving = ", ".join(f"{name} {norm:.3e}" for name, norm in row.grad_out_norms.items())
+            lines.append(f"| {row.stage} | {row.op} | {row.shape} | {row.grad_in_norm:.3e} | "
+                         f"{leaving} | {row.derivative} |")
+        text = format_explanation(self).splitlines()
+        return "\n".join([text[0], "", *lines, "", *text[-2:]])
+
 
 def _label(node: Node) -> str:
     if node.name is not None:
@@ -51,8 +62,12 @@ def explain_staged(nodes: dict[str, Node], leaves: dict[str, Node], spec: NormSp
     out = nodes["out"]
     out.backward(dout)
     rows = []
-    for stage in reversed(STAGE_NAMES):
-        node = nodes[stage]
+    # The ten stages, and the reshape nodes group norm (and (C,) parameters of 4-D input)
+    # add between them, in the order the backward pass visits them.
+    named = [n for n in graph_nodes(out) if n.name is not None and n.op_def is not None
+             and n.requires_grad]
+    for node in reversed(named):
+        stage = node.name
         op = node.op_def
         # Recompute this stage's VJP to see how its gradient splits among its parents.
         parent_grads = vjp(node, node.grad)
@@ -129,6 +144,17 @@ def _array_text(array: np.ndarray) -> str:
     return f"shape {array.shape}\n{text}" if array.ndim > 1 else text
 
 
+def _statistic_axes(spec: NormSpec) -> str:
+    """What each statistic averages over, in words and axes."""
+    axes = spec.reduce_axes
+    words = {"batch norm": "the batch", "spatial batch norm": "the batch and spatial axes",
+             "layer norm": "each sample's features",
+             "group norm": "each sample's group of channels"}.get(spec.kind, "the reduced axes")
+    where = f"axis {axes[0]}" if len(axes) == 1 else f"axes {axes}"
+    shape = f" of x viewed as {spec.grouped_shape}" if spec.grouped_shape else ""
+    return f"{words} ({where}{shape})"
+
+
 def format_explanation(explanation: Explanation) -> str:
     """The trace as a table: one row per stage in backward order."""
     spec = explanation.spec
@@ -139,19 +165,24 @@ def format_explanation(explanation: Explanation) -> str:
         "Each row: the gradient arriving at the stage, the local derivative, and the norm "
         "of what it sends to each parent.",
         "",
-        f"{'stage':<8} {'op':<5} {'shape':<14} {'|grad in|':>10}  {'sends |grad| to':<34} "
-        "local derivative",
     ]
+    table = [("stage", "op", "shape", "|grad in|", "sends |grad| to", "local derivative")]
     for row in explanation.rows:
         leaving = ", ".join(f"{name} {norm:.3e}" for name, norm in row.grad_out_norms.items())
-        lines.append(f"{row.stage:<8} {row.op:<5} {str(row.shape):<14} {row.grad_in_norm:>10.3e}"
-                     f"  {leaving:<34} {row.derivative}")
+        table.append((row.stage, row.op, str(row.shape), f"{row.grad_in_norm:.3e}", leaving,
+                      row.derivative))
+    # Each column as wide as its widest entry, two spaces apart: nothing runs together.
+    widths = [max(len(cells[i]) for cells in table) for i in range(5)]
+    for cells in table:
+        lines.append("  ".join(cell.rjust(width) if i == 3 else cell.ljust(width)
+                               for i, (cell, width) in enumerate(zip(cells[:5], widths)))
+                     + "  " + cells[5])
     lines.append("")
     lines.append("leaf gradients: " + ", ".join(f"|d{name}| = {norm:.3e}"
                                                for name, norm in explanation.leaves.items()))
     lines.append(
         f"note: the part of dmu that flows through the variance path (sq -> xmu -> mu) is "
-        f"{explanation.mu_via_variance:.1e} here: zero on paper, since sum(xmu) = 0 over the "
-        "batch, and only rounding in practice."
+        f"{explanation.mu_via_variance:.1e} here: zero on paper, since sum(xmu) = 0 over "
+        f"{_statistic_axes(spec)}, and only rounding in practice."
     )
     return "\n".join(lines)

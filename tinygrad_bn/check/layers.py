@@ -104,6 +104,17 @@ class LayersReport:
         return self.error is None and bool(self.results) and all(
             r.ok for r in self.results.values())
 
+    def _repr_markdown_(self) -> str:
+        """The verdicts as a Markdown table (how Jupyter shows it)."""
+        if self.error is not None:
+            return f"**{self.source}** cannot be loaded: {self.error}"
+        lines = [f"**{self.source}** against the staged graphs", "",
+                 "| function | status | stage | diagnosis |", "|---|---|---|---|"]
+        for name, result in self.results.items():
+            diagnosis = result.diagnosis.replace("|", "\\|")
+            lines.append(f"| {name} | {result.status} | {result.stage or ''} | {diagnosis} |")
+        return "\n".join(lines)
+
     def __str__(self) -> str:
         lines = [f"checking {self.source} against the staged graphs"]
         if self.error is not None:
