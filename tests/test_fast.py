@@ -48,7 +48,55 @@ def agree(fast_result, textbook_result, dtype) -> None:
 
 def test_every_variant_has_an_equivalence_test():
     assert set(VARIANTS) == {"Mul.backward", "PowConst.backward", "FusedNorm.statistics",
-                             "FusedNorm.forward", "FusedNorm.backward"}
+                             "FusedNorm.forward", "FusedNorm.backward",
+                             "tinygrad_bn.core.node._totals"}
+
+
+# --- graphs of scalars ----------------------------------------------------------------
+@SETTINGS
+@given(dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1),
+       p=st.sampled_from([0.0, 2.0, 3.0, 0.5, -1.0]))
+def test_every_scalar_rule_is_the_textbook_vjp(dtype, seed, p):
+    from tinygrad_bn.fast.scalars import SCALAR_VJPS
+    rng = np.random.default_rng(seed)
+    a = tb.Node(dtype(rng.uniform(0.5, 2.0)))
+    b = tb.Node(dtype(rng.uniform(0.5, 2.0)))
+    upstream = dtype(rng.standard_normal())
+    built = {"Add": a + b, "Sub": a - b, "Mul": a * b, "Div": a / b, "Neg": -a,
+             "Identity": tb.ops.identity(a), "Sqrt": a.sqrt(), "Exp": a.exp(), "Log": a.log(),
+             "Tanh": a.tanh(), "PowConst": a ** p}
+    assert set(built) == {op.__name__ for op in SCALAR_VJPS}
+    for name, node in built.items():
+        rule = SCALAR_VJPS[node.op_def]
+        textbook = node.op_def.backward(upstream, *[q.data for q in node.parents], node.data,
+                                        **node.params)
+        fast_result = rule(upstream, node)
+        for f, t in zip(fast_result, textbook, strict=True):
+            assert type(f) is type(t) and (f == t or (np.isnan(f) and np.isnan(t))), name
+
+
+@SETTINGS
+@given(values=st.lists(st.floats(0.5, 2.0), min_size=3, max_size=3),
+       plan=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2)), min_size=1, max_size=30))
+def test_scalar_graphs_backpropagate_as_the_core_does(values, plan):
+    def build():
+        leaves = [tb.Node(v, name=f"l{i}") for i, v in enumerate(values)]
+        y = leaves[0]
+        for kind, which in plan:  # every step ends in tanh or a log of a positive: finite
+            other = leaves[which]
+            y = [(y + other).tanh(), (y * other).tanh(), (y / other).tanh(),
+                 ((y * 0.5).exp() - other).tanh(), (y ** 2 - other).tanh(),
+                 (y * y + 1.0).log()][kind]
+        return leaves, y
+
+    leaves, y = build()
+    y.backward()
+    with fast.disabled():
+        core_leaves, core_y = build()
+        core_y.backward()
+    for fast_leaf, core_leaf in zip(leaves, core_leaves):
+        assert fast_leaf.grad == core_leaf.grad or (fast_leaf.grad is None
+                                                    and core_leaf.grad is None)
 
 
 # --- op variants ----------------------------------------------------------------------

@@ -64,20 +64,28 @@ def disabled() -> Iterator[None]:
         _switch.enabled = previous
 
 
-def fast_variant(owner: Any, attribute: str, when: Callable[..., bool]
+def fast_variant(owner: Any, attribute: str, when: Callable[..., bool], arrays_only: bool = True
                  ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: install the decorated function as `owner.attribute` where `when` holds."""
+    """Decorator: install the decorated function as `owner.attribute` where `when` holds
+    (and, unless arrays_only=False, where the first argument is a numpy array)."""
 
     def install(fast: Callable[..., Any]) -> Callable[..., Any]:
         current = inspect.getattr_static(owner, attribute)
         is_static = isinstance(current, staticmethod)
         textbook = current.__func__ if is_static else current
 
-        @functools.wraps(textbook)
-        def dispatch(*args: Any, **kwargs: Any) -> Any:
-            if type(args[0]) is np.ndarray and _switch.enabled and when(*args, **kwargs):
-                return fast(*args, **kwargs)
-            return textbook(*args, **kwargs)
+        if arrays_only:
+            @functools.wraps(textbook)
+            def dispatch(*args: Any, **kwargs: Any) -> Any:
+                if type(args[0]) is np.ndarray and _switch.enabled and when(*args, **kwargs):
+                    return fast(*args, **kwargs)
+                return textbook(*args, **kwargs)
+        else:
+            @functools.wraps(textbook)
+            def dispatch(*args: Any, **kwargs: Any) -> Any:
+                if _switch.enabled and when(*args, **kwargs):
+                    return fast(*args, **kwargs)
+                return textbook(*args, **kwargs)
 
         setattr(owner, attribute, staticmethod(dispatch) if is_static else dispatch)
         VARIANTS.append(Variant(owner, attribute, textbook, fast, when))
