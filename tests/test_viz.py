@@ -280,3 +280,13 @@ def test_a_slow_layout_is_a_render_error(backend):
                           nodes=graph.node_count)
     with pytest.raises(ValueError, match="timeout: expected a number of seconds > 0"):
         viz.draw(staged_graph(), timeout=0)
+
+
+def test_the_comparison_is_side_by_side_and_narrow():
+    rng = np.random.default_rng(0)
+    graph = viz.draw_comparison(rng.standard_normal((16, 4)), np.ones(4), np.zeros(4))
+    for backend in ("embedded", "system") if HAVE_DOT else ("embedded",):
+        svg = viz.render_source(graph.source, "svg", backend=backend).decode()
+        width = float(re.search(r'width="([\d.]+)pt"', svg).group(1))
+        height = float(re.search(r'height="([\d.]+)pt"', svg).group(1))
+        assert width <= 1500 and width < 1.3 * height  # two columns, not a strip
