@@ -14,8 +14,9 @@ def test_experiment_plots(tmp_path, capsys):
         assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         svg = ET.parse(tmp_path / f"{stem}.svg").getroot()
         assert svg.tag.endswith("svg")
-        texts = " ".join(t.text or "" for t in svg.iter() if t.tag.endswith("text"))
-        assert texts or svg.find(".//{http://www.w3.org/2000/svg}path") is not None
+        # matplotlib draws lines, ticks and glyphs as paths: these plots have about a hundred
+        # or more, an empty figure one.
+        assert sum(1 for e in svg.iter() if e.tag.endswith("path")) > 50
 
 
 def test_experiment_without_matplotlib_says_how_to_get_the_plots(tmp_path):

@@ -10,7 +10,6 @@ import pytest
 import tinygrad_bn as tb
 import viz
 from tinygrad_bn.core.node import trace_backward
-from viz.draw import _walk
 from viz.stepper import step_name, steps_of
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -65,8 +64,7 @@ def browser():
 def test_the_page_walks_the_backward_pass_in_the_engines_order(browser, tmp_path):
     out, dout = staged(np.random.default_rng(1))
     page = viz.stepper(out, tmp_path / "steps.html", upstream=dout)
-    drawn = sorted(_walk([out], lambda n: False), key=lambda n: n.creation_number)
-    ids = {id(n): f"n{i}" for i, n in enumerate(drawn)}
+    ids = viz.draw(out).ids
     engine = [step_name(node, ids[id(node)])
               for node, _ in trace_backward(out, dout) if node.op_def is not None]
     browser.get(page.as_uri())

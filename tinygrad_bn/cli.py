@@ -181,26 +181,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def sample_graph(args: argparse.Namespace, kind: str) -> tuple[object, tuple, np.ndarray]:
+    """The staged or fused normalization on the sample batch: (out, (x, gamma, beta), dout)."""
+    from .core.node import Node
+    from .norm import norm_fused, norm_staged
+
+    x, gamma, beta, dout = _data(args)
+    fn = norm_fused if kind == "fused" else norm_staged
+    nodes = Node(x, name="x"), Node(gamma, name="gamma"), Node(beta, name="beta")
+    return fn(args.norm, *nodes, eps=args.eps, groups=args.groups), nodes, dout
+
+
 def write_graph(args: argparse.Namespace, kind: str, path: pathlib.Path, fmt: str | None,
                 backward: bool) -> pathlib.Path:
     """Build the normalization on sample data, backpropagate, draw it and write it to `path`."""
     import viz
 
-    from .core.node import Node, grad
-    from .norm import norm_fused, norm_staged
+    from .core.node import grad
 
-    x, gamma, beta, dout = _data(args)
     if kind == "compare":
+        x, gamma, beta, dout = _data(args)
         graph = viz.draw_comparison(x, gamma, beta, dout, norm=args.norm, groups=args.groups,
                                     eps=args.eps, backward=backward)
     elif kind == "backward":  # the staged graph's backward pass, computed as a graph
-        nodes = Node(x, name="x"), Node(gamma, name="gamma"), Node(beta, name="beta")
-        out = norm_staged(args.norm, *nodes, eps=args.eps, groups=args.groups)
+        out, nodes, dout = sample_graph(args, "staged")
         graph = viz.draw_backward(grad(out, nodes, dout, create_graph=True), out, rankdir="TB")
     else:
-        fn = norm_staged if kind == "staged" else norm_fused
-        nodes = Node(x, name="x"), Node(gamma, name="gamma"), Node(beta, name="beta")
-        out = fn(args.norm, *nodes, eps=args.eps, groups=args.groups)
+        out, _, dout = sample_graph(args, kind)
         out.backward(dout)
         graph = viz.draw(out, backward=backward)
     return viz.render(graph, path, fmt)
@@ -210,13 +217,7 @@ def write_stepper(args: argparse.Namespace, kind: str, path: pathlib.Path) -> pa
     """The backward-pass stepper (one HTML page) for the staged or fused graph."""
     import viz
 
-    from .core.node import Node
-    from .norm import norm_fused, norm_staged
-
-    x, gamma, beta, dout = _data(args)
-    fn = norm_staged if kind == "staged" else norm_fused
-    nodes = Node(x, name="x"), Node(gamma, name="gamma"), Node(beta, name="beta")
-    out = fn(args.norm, *nodes, eps=args.eps, groups=args.groups)
+    out, _, dout = sample_graph(args, kind)
     return viz.stepper(out, path, upstream=dout)
 
 

@@ -46,6 +46,7 @@ class Graph:
         self.edge_count = edge_count      # edges drawn between graph nodes
         self.total_nodes = total_nodes    # nodes in the whole Node graph
         self.timeout: float | None = None  # seconds the layout may take (None: by size)
+        self.ids: dict[int, str] = {}      # DOT id of each drawn Node, by id() of the Node
         self._svg: str | None = None
 
     @property
@@ -138,10 +139,11 @@ def _edge_gradients(node: Node) -> list[np.ndarray | None]:
 
 def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
           show_data: bool = True, show_grad: bool = True, backward: bool = False,
-          max_nodes: int = 300, stop: Callable[[Node], bool] | None = None
-          ) -> tuple[int, int, int]:
+          max_nodes: int = 300, stop: Callable[[Node], bool] | None = None,
+          ids: dict[int, str] | None = None) -> tuple[int, int, int]:
     """Add the graph of `roots` to `digraph` (ids `prefix`0, 1, ...); returns (nodes, edges,
-    total). A node `stop` accepts is drawn as an input: its own graph is not walked."""
+    total). A node `stop` accepts is drawn as an input: its own graph is not walked. ids:
+    filled with each drawn node's DOT id, by id() of the Node."""
     stop = stop or (lambda node: False)
     every = sorted(_walk(roots, stop), key=lambda node: node.creation_number)
     total = len(every)
@@ -149,6 +151,8 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
     # Stable ids: the position in topological order, not id() (which changes run to run).
     order = {id(n): i for i, n in enumerate(every)}
     ident = {id(n): f"{prefix}{order[id(n)]}" for n in kept}
+    if ids is not None:
+        ids.update(ident)
     outputs = {id(root) for root in roots}
     clustered: dict[int, str] = {}
     for number, members in enumerate(_stage_clusters(kept)):
@@ -245,11 +249,14 @@ def draw(root: Node, *, show_data: bool = True, show_grad: bool = True, rankdir:
     if max_nodes < 1:
         raise ValueError(f"max_nodes: expected a positive number, got {max_nodes!r}")
     digraph = _new_digraph(rankdir)
+    ids: dict[int, str] = {}
     nodes, edges, total = build(digraph, [root], show_data=show_data, show_grad=show_grad,
-                                backward=backward, max_nodes=max_nodes)
+                                backward=backward, max_nodes=max_nodes, ids=ids)
     if legend:
-        add_legend(digraph, backward=backward, below=f"n{total - 1}" if nodes == total else None)
-    return _with_timeout(Graph(digraph, nodes, edges, total), timeout)
+        add_legend(digraph, backward=backward, below=ids.get(id(root)))
+    graph = Graph(digraph, nodes, edges, total)
+    graph.ids = ids
+    return _with_timeout(graph, timeout)
 
 
 def _with_timeout(graph: Graph, timeout: float | None) -> Graph:
@@ -334,7 +341,7 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
     dout = np.asarray(dout, dtype=x_data.dtype)
     digraph = _new_digraph(rankdir)
     counts = [0, 0, 0]
-    fused_out = ""
+    ids: dict[int, str] = {}
     for variant, fn in (("staged", norm_staged), ("fused", norm_fused)):
         xn = Node(x_data.copy(), name="x")
         gn, bn = Node(gamma_data.copy(), name="gamma"), Node(beta_data.copy(), name="beta")
@@ -344,14 +351,14 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
         title = "staged: primitive ops" if variant == "staged" else "fused: one op, closed-form VJP"
         sub.attr(label=title, style="rounded", color="gray50")
         made = build(sub, [out], prefix=f"{variant}_", show_data=show_data, show_grad=show_grad,
-                     backward=backward, max_nodes=300)
+                     backward=backward, max_nodes=300, ids=ids)
         counts = [c + m for c, m in zip(counts, made)]
         digraph.subgraph(sub)
-        fused_out = f"{variant}_{made[2] - 1}"  # the output is the newest node
     # The fused op's three inputs one above the other (invisible edges), not side by side:
     # the picture stays narrow enough to read in a page column.
-    digraph.edge("fused_0", "fused_1", style="invis")
-    digraph.edge("fused_1", "fused_2", style="invis")
+    digraph.edge(ids[id(xn)], ids[id(gn)], style="invis")
+    digraph.edge(ids[id(gn)], ids[id(bn)], style="invis")
+    fused_out = ids[id(out)]
     report = compare_normalization(norm, x_data, gamma_data, beta_data, dout, eps=eps,
                                    groups=groups, axis=axis, seed=seed)
     lines = [f"compare: {report.kind}, {report.dtype}", "normwise relative error",

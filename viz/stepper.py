@@ -20,7 +20,7 @@ import numpy as np
 
 from tinygrad_bn.core.node import Node, trace_backward, vjp
 
-from .draw import _walk, draw
+from .draw import draw
 
 __all__ = ["stepper", "steps_of", "step_name"]
 
@@ -70,10 +70,7 @@ def stepper(root: Node, path: str | pathlib.Path, *, upstream: Any = None,
     if not isinstance(root, Node):
         raise TypeError(f"root: expected a tinygrad_bn Node, got {type(root).__name__}")
     graph = draw(root, show_grad=False, max_nodes=max_nodes)
-    # The drawing's ids: position in creation order, as `draw` numbers them.
-    every = sorted(_walk([root], lambda node: False), key=lambda n: n.creation_number)
-    ids = {id(node): f"n{index}" for index, node in enumerate(every)}
-    steps = [step for step in steps_of(root, upstream, ids) if step["id"]]
+    steps = [step for step in steps_of(root, upstream, graph.ids) if step["id"]]
     page = PAGE.replace("$TITLE", html.escape(f"Backward pass of {root.name or root.op}"))
     page = page.replace("$SVG", _svg_body(graph.svg()))
     page = page.replace("$STEPS", json.dumps(steps).replace("</", "<\\/"))
