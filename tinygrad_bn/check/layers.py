@@ -1,27 +1,37 @@
 """Check a student's own CS231n `layers.py` against the staged graphs.
 
     report = check_layers("cs231n/layers.py")     # a path, an imported module, or a dict
-    print(report); report.ok; report.results["batchnorm_backward"].diagnosis
+    print(report); report.ok
+    result = report.results["batchnorm_backward"]
+    result.status, result.diagnosis, result.line, result.variable, result.stages
 
 Every function the source defines among FUNCTIONS is called with the assignment's
-signature on several random inputs and judged against the staged graph of its
-normalization: a forward's train and test outputs, running statistics and dtype, a
-backward's dx, dgamma, dbeta (computed from the cache of the student's own forward), and
-that no input is modified in place. A wrong backward is diagnosed from the graph (see
-`diagnose.py`): the step of the backward pass it departs at, and how.
+signature on several random inputs and judged by its values against the staged graph: a
+forward in parts (train-mode output, running statistics, test-mode output; a float32
+input returned in float64 is a warning), a backward's dx, dgamma, dbeta (from the cache of
+the student's own forward; each judged on its own), and that no input is modified in place.
+Layouts a student may choose pass: running statistics of shape (1, D), lists for tuples.
 
-Each function runs in a forked child process with a time limit, so an endless loop is
-reported as an error and never hangs the check; a file is also loaded in a child, so its
-module-level code never runs in the caller's process.
+A wrong function is run again under a line tracer and its own intermediates are matched
+against the catalogue of correct quantities (`catalogue.py`, `locate.py`): `result.line`
+and `result.variable` name the first line whose value departs, the sentence says what it
+should be and which known slip it matches. `result.stages` is the per-stage record: one
+`StageMatch` per correct quantity (name, formula, line, variable, function, value,
+expected, matches, departure), `result.to_dict()` the whole result as JSON-friendly data.
+
+Each function is judged in a child process (`sandbox.py`): own process group killed at the
+verdict, time and address-space limits, output captured, no pickle back.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
-import multiprocessing
+import math
 import os
 import pathlib
-import traceback
+import re
+import sys
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,10 +41,14 @@ import numpy as np
 
 from ..core.node import Node
 from ..norm import NormSpec, norm_spec, staged_nodes
+from .catalogue import build_catalogue
 from .diagnose import describe_departure, find_departure, staged_gradients
 from .gradcheck import scaled_error
+from .locate import StageMatch, locate_departure, stage_records
+from .sandbox import mark_running, run_isolated
+from .trace import LineTracer
 
-__all__ = ["FUNCTIONS", "FunctionResult", "LayersReport", "check_layers"]
+__all__ = ["FUNCTIONS", "FunctionResult", "LayersReport", "check_layers", "DEFAULT_MEMORY"]
 
 # function name -> (normalization kind, forward or backward)
 FUNCTIONS = {
@@ -56,14 +70,16 @@ GROUPS = 3
 EPS = 1e-5
 MOMENTUM = 0.8  # not 0.5, so that a momentum used the wrong way round shows
 TOLERANCE = 1e-8  # normwise; the inputs are well conditioned (N >= 4 values per statistic)
+FLOAT32_TOLERANCE = 1e-4
+DEFAULT_MEMORY = 4 * 2**30  # address space per child, bytes
+# Course modules normalization never needs; a file importing them loads with a stub.
+COURSE_MODULES = ("im2col", "im2col_cython", "fast_layers", "layer_utils", "rnn_layers",
+                  "data_utils", "solver", "optim", "gradient_check", "classifiers", "vis_utils")
+GRAD_NAMES = ("dx", "dgamma", "dbeta")
 
 
 class _StubError(Exception):
     """The assignment's stub: it returns None or raises NotImplementedError."""
-
-
-class _CannotCheckError(Exception):
-    """The function cannot be judged (e.g. the forward whose cache it needs is a stub)."""
 
 
 class _CheckFailedError(Exception):
@@ -74,28 +90,66 @@ class _CheckFailedError(Exception):
         self.stage = stage
 
 
+class _StudentExitError(Exception):
+    """The student's code raised a BaseException that is not an Exception (sys.exit, ...)."""
+
+
 @dataclass
 class FunctionResult:
-    """The verdict on one function: status, the sentence a student reads, and for a wrong
-    backward the stage of the staged graph it departs at."""
+    """The verdict on one function.
+
+    status: "pass", "fail", "not implemented" or "error"; diagnosis: the sentence a student
+    reads; stage: the staged quantity it departs at; line, variable, function: where in the
+    student's file (function may be the forward, for a value the backward took from its
+    cache); variant: the known slip the wrong value matches; parts: a forward's verdict per
+    part ("train", "running statistics", "test", "dtype") or a backward's per gradient;
+    warnings: what is not wrong but worth knowing; output: what the function printed
+    (truncated); stages: the per-stage record (see `locate.StageMatch`); case: the inputs,
+    the student's outputs and every correct stage value of the judged case (arrays)."""
 
     name: str
     status: str
     diagnosis: str
     stage: str | None = None
+    line: int | None = None
+    variable: str | None = None
+    function: str | None = None
+    variant: str | None = None
+    parts: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    output: str = ""
+    stages: list[StageMatch] = field(default_factory=list)
+    case: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.status == "pass"
 
+    @property
+    def departure(self) -> StageMatch | None:
+        """The stage record of the first departure, if any."""
+        return next((s for s in self.stages if s.departure), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as JSON-friendly data (arrays as nested lists; the case left out)."""
+        return {"name": self.name, "status": self.status, "diagnosis": self.diagnosis,
+                "stage": self.stage, "line": self.line, "variable": self.variable,
+                "function": self.function, "variant": self.variant, "parts": dict(self.parts),
+                "warnings": list(self.warnings), "output": self.output,
+                "stages": [s.to_dict() for s in self.stages]}
+
 
 @dataclass
 class LayersReport:
-    """One FunctionResult per function the source defines; `error` when it cannot be loaded."""
+    """One FunctionResult per function the source defines; `error` when it cannot be loaded;
+    `notes` about loading (stubbed course modules); `missing`: assignment names not found,
+    with the similar name the file has."""
 
     source: str
     results: dict[str, FunctionResult] = field(default_factory=dict)
     error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -103,135 +157,264 @@ class LayersReport:
         return self.error is None and bool(self.results) and all(
             r.ok for r in self.results.values())
 
+    def save_case(self, path: str | os.PathLike) -> str | None:
+        """Write the first failing function's case to an .npz file (inputs, the student's
+        outputs, every correct stage value and gradient); its name, or None if none fails."""
+        for name, result in self.results.items():
+            if result.status == "fail" and result.case:
+                arrays = {k: np.asarray(v) for k, v in result.case.items()}
+                arrays["function"] = np.array(name)
+                np.savez(path, **arrays)
+                return name
+        return None
+
     def _repr_markdown_(self) -> str:
         """The verdicts as a Markdown table (how Jupyter shows it)."""
         if self.error is not None:
             return f"**{self.source}** cannot be loaded: {self.error}"
         lines = [f"**{self.source}** against the staged graphs", "",
-                 "| function | status | stage | diagnosis |", "|---|---|---|---|"]
+                 "| function | status | line | diagnosis |", "|---|---|---|---|"]
         for name, result in self.results.items():
             diagnosis = result.diagnosis.replace("|", "\\|")
-            lines.append(f"| {name} | {result.status} | {result.stage or ''} | {diagnosis} |")
+            lines.append(f"| {name} | {result.status} | {result.line or ''} | {diagnosis} |")
         return "\n".join(lines)
 
     def __str__(self) -> str:
         lines = [f"checking {self.source} against the staged graphs"]
+        lines += [f"note: {note}" for note in self.notes]
         if self.error is not None:
             lines.append(f"cannot load it: {self.error}")
             return "\n".join(lines)
-        if not self.results:
+        for name, similar in self.missing.items():
+            lines.append(f"{name}: not found; did you mean {similar}? map it with "
+                         f"--function {name}={similar}")
+        if not self.results and not self.missing:
             lines.append("it defines none of: " + ", ".join(FUNCTIONS))
         width = max((len(name) for name in self.results), default=0)
         for name, result in self.results.items():
             stage = f" [stage {result.stage}]" if result.stage else ""
             lines.append(f"{name:<{width}}  {result.status.upper():<15}{stage} {result.diagnosis}")
+            lines += [f"{'':<{width}}  warning: {w}" for w in result.warnings]
+            if result.output:
+                text = result.output.rstrip("\n").replace("\n", "\n" + " " * (width + 4) + "| ")
+                lines.append(f"{'':<{width}}  it printed:\n{' ' * (width + 4)}| {text}")
         passed = sum(r.ok for r in self.results.values())
         lines.append(f"{passed} of {len(self.results)} functions pass"
-                     + ("" if self.ok else "; `tinygrad-bn explain --values` shows every "
-                        "stage's value and gradient for comparison with your own"))
+                     + ("" if self.ok or not self.results else
+                        "; `tinygrad-bn check --save-case case.npz` then `tinygrad-bn explain "
+                        "--values --load case.npz` shows every stage on the same data"))
         return "\n".join(lines)
 
 
 def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 0,
-                 timeout: float = 60.0) -> LayersReport:
+                 timeout: float = 60.0, memory: int | None = DEFAULT_MEMORY,
+                 functions: dict[str, str] | None = None) -> LayersReport:
     """Judge the normalization functions of `source` (a path to a .py file, a module, or a
-    dict of functions) against the staged graphs. only: the names to check (default all
-    that the source defines); timeout: seconds each function may take."""
+    dict of functions) against the staged graphs.
+
+    only: the names to check (default all the source defines); timeout: seconds each
+    function may take; memory: bytes of address space each may use (None: no limit);
+    functions: assignment name -> the name it has in the source
+    ({"batchnorm_forward": "batchnormForward"})."""
+    mapping = dict(functions or {})
+    for key in mapping:
+        if key not in FUNCTIONS:
+            raise ValueError(f"functions: expected keys among {', '.join(FUNCTIONS)}, got {key!r}")
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"source: no such file {str(path)!r}")
         label = str(path)
-        loader = _load_path(path)
+        loader = _load_path(path.resolve(), mapping)
     elif isinstance(source, types.ModuleType):
         label = getattr(source, "__file__", None) or source.__name__
-        loader = _from_namespace(vars(source))
+        loader = _from_namespace(vars(source), mapping)
     elif isinstance(source, dict):
         label = "the given functions"
-        loader = _from_namespace(source)
+        loader = _from_namespace(source, mapping)
     else:
         raise TypeError(f"source: expected a path, a module or a dict of functions, got "
                         f"{type(source).__name__}")
-    report = LayersReport(source=label)
     wanted = list(FUNCTIONS) if only is None else list(only)
     for name in wanted:
         if name not in FUNCTIONS:
             raise ValueError(f"only: expected names among {', '.join(FUNCTIONS)}, got {name!r}")
-    defined = _run_isolated(lambda: sorted(loader()), timeout)
-    if isinstance(defined, BaseException) or isinstance(defined, _Timeout):
-        report.error = _load_error_text(defined, label)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
+            not math.isfinite(timeout) or not 0 < timeout <= 86400:
+        raise ValueError(f"timeout: expected seconds in (0, 86400], got {timeout!r}")
+    report = LayersReport(source=label)
+    loaded = run_isolated(lambda: _loaded_names(loader), timeout, memory)
+    if loaded.failure is not None:
+        report.error = _process_failure_text(loaded, timeout, memory, loading=True)
         return report
+    info = loaded.value
+    if info.get("syntax"):
+        report.error = info["syntax"]
+        return report
+    if info.get("error"):
+        report.error = info["error"]
+        return report
+    report.notes = list(info["notes"])
+    report.missing = {k: v for k, v in info["missing"].items() if k in wanted}
+    defined = info["defined"]
     for name in (n for n in FUNCTIONS if n in wanted and n in defined):
-        outcome = _run_isolated(lambda name=name: _check_function(loader(), name, seed), timeout)
-        if isinstance(outcome, _Timeout):
-            report.results[name] = FunctionResult(
-                name, "error", f"timed out after {timeout:g} s (an endless loop?)")
-        elif isinstance(outcome, BaseException):
-            report.results[name] = FunctionResult(name, "error", f"the check itself failed: {outcome}")
+        outcome = run_isolated(lambda name=name: _judge(loader, name, seed), timeout, memory)
+        if outcome.failure is not None:
+            result = FunctionResult(name, "error",
+                                    _process_failure_text(outcome, timeout, memory, name=name))
         else:
-            report.results[name] = outcome
+            result = _result_from(outcome.value)
+        result.output = outcome.output
+        report.results[name] = result
     return report
 
 
-# --- loading and isolation -------------------------------------------------------------
-def _load_path(path: pathlib.Path) -> Callable[[], dict[str, Callable]]:
-    def load() -> dict[str, Callable]:
-        spec = importlib.util.spec_from_file_location("student_layers", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return {name: fn for name, fn in vars(module).items() if name in FUNCTIONS and callable(fn)}
+# --- loading -----------------------------------------------------------------------------
+def _assignment_root(path: pathlib.Path) -> list[str]:
+    """The folders to put on sys.path: the one above `cs231n/` (so `from cs231n.x import y`
+    works whatever the entry point), and the file's own."""
+    folders = [str(path.parent)]
+    for parent in path.parents:
+        if parent.name == "cs231n":
+            folders.insert(0, str(parent.parent))
+            break
+    return folders
+
+
+class _StubModule(types.ModuleType):
+    """A course module normalization does not need: any name it is asked for is a function
+    that says so when called."""
+
+    __all__: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise ImportError(f"{self.__name__}.{name} is not available to the checker")
+        return unavailable
+
+
+def _load_path(path: pathlib.Path, mapping: dict[str, str]
+               ) -> Callable[[], tuple[dict[str, Callable], list[str], dict[str, str]]]:
+    def load() -> tuple[dict[str, Callable], list[str], dict[str, str]]:
+        for folder in reversed(_assignment_root(path)):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+        notes: list[str] = []
+        for _ in range(20):  # one stub per missing course module
+            spec = importlib.util.spec_from_file_location("student_layers", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["student_layers"] = module
+            try:
+                spec.loader.exec_module(module)
+                break
+            except ModuleNotFoundError as error:
+                missing = error.name or ""
+                if missing.split(".")[-1] not in COURSE_MODULES:
+                    raise
+                _install_stub(missing)
+                notes.append(f"{missing} not found: loaded with it stubbed (normalization does "
+                             f"not need it)")
+        found, suggestions = _pick(vars(module), mapping)
+        return found, notes, suggestions
     return load
 
 
-def _from_namespace(namespace: dict) -> Callable[[], dict[str, Callable]]:
-    functions = {name: fn for name, fn in namespace.items() if name in FUNCTIONS and callable(fn)}
-    return lambda: functions
+def _install_stub(name: str) -> None:
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        if prefix not in sys.modules:
+            try:
+                importlib.import_module(prefix)
+                continue
+            except ImportError:
+                pass
+            stub = _StubModule(prefix)
+            stub.__path__ = []  # a package, so that submodules can be stubbed too
+            sys.modules[prefix] = stub
+            if i > 1:
+                setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], stub)
 
 
-class _Timeout:
-    pass
+def _pick(namespace: dict, mapping: dict[str, str]) -> tuple[dict[str, Callable], dict[str, str]]:
+    """The assignment's functions in `namespace` (under their own or their mapped names), and
+    for each one missing, the similar name the namespace has."""
+    found: dict[str, Callable] = {}
+    for name in FUNCTIONS:
+        own = mapping.get(name, name)
+        if callable(namespace.get(own)):
+            found[name] = namespace[own]
+    suggestions: dict[str, str] = {}
+    candidates = {re.sub(r"[^a-z]", "", k.lower()): k for k, v in namespace.items()
+                  if callable(v) and not k.startswith("_") and k not in FUNCTIONS}
+    for name in FUNCTIONS:
+        if name in found:
+            continue
+        key = re.sub(r"[^a-z]", "", name.lower())
+        close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.85)
+        if close:
+            suggestions[name] = candidates[close[0]]
+    return found, suggestions
 
 
-def _run_isolated(work: Callable[[], Any], timeout: float) -> Any:
-    """work() in a forked child: its result, the exception it raised, or a _Timeout."""
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
+def _from_namespace(namespace: dict, mapping: dict[str, str]
+                    ) -> Callable[[], tuple[dict[str, Callable], list[str], dict[str, str]]]:
+    found, suggestions = _pick(namespace, mapping)
+    return lambda: (found, [], suggestions)
 
-    def child() -> None:
-        try:
-            result: Any = work()
-        except BaseException as error:  # noqa: BLE001 - everything goes back to the parent
-            result = _picklable_error(error)
-        try:
-            sender.send(result)
-        except Exception as error:  # noqa: BLE001
-            sender.send(RuntimeError(f"could not send the result back: {error}"))
 
-    process = context.Process(target=child, daemon=True)
-    process.start()
-    sender.close()
+def _loaded_names(loader: Callable) -> dict[str, Any]:
     try:
-        if receiver.poll(timeout):
-            return receiver.recv()
-        return _Timeout()
-    except EOFError:
-        return RuntimeError(f"the check's process ended (exit code {process.exitcode})")
-    finally:
-        if process.is_alive():
-            process.kill()
-        process.join()
-        receiver.close()
+        functions, notes, missing = loader()
+    except SyntaxError as error:
+        text = (error.text or "").strip()
+        return {"syntax": f"SyntaxError: {error.msg} at line {error.lineno}"
+                          + (f": {text}" if text else "")}
+    except BaseException as error:  # noqa: BLE001 - the file's own code failed
+        return {"error": _exception_text(error)}
+    return {"defined": sorted(functions), "notes": notes, "missing": missing}
 
 
-def _picklable_error(error: BaseException) -> BaseException:
-    if isinstance(error, SyntaxError):
-        return SyntaxError(error.msg, (error.filename, error.lineno, error.offset, error.text))
+def _process_failure_text(outcome: Any, timeout: float, memory: int | None,
+                          name: str | None = None, loading: bool = False) -> str:
+    running = outcome.running or name or "the file's top level"
+    what = "loading it" if loading else f"while running {running}"
+    if outcome.failure == "timeout":
+        if loading:
+            return (f"loading it timed out after {timeout:g} s (while running "
+                    f"{outcome.running or 'its top level'})")
+        return f"timed out after {timeout:g} s while running {running} (an endless loop? a sleep?)"
+    if outcome.failure == "signal":
+        extra = " (the memory limit?)" if outcome.signal_name == "SIGKILL" and memory else ""
+        return f"your code was killed by {outcome.signal_name} {what}{extra}"
+    if outcome.failure == "exit":
+        return (f"your code ended the process (exit code {outcome.code}) {what}: os._exit or "
+                f"a crash in compiled code?")
+    if outcome.failure == "raised":
+        return f"the check itself failed {what}: {outcome.error}"
+    return f"{outcome.error} {what}"
+
+
+def _exception_text(error: BaseException) -> str:
+    import traceback
     text = "".join(traceback.format_exception_only(type(error), error)).strip()
-    return RuntimeError(text + _where(error))
+    if isinstance(error, SystemExit):
+        text = f"calls sys.exit({error.code!r})"
+    elif isinstance(error, MemoryError):
+        text = "raised MemoryError (the check allows each function a limited address space; " \
+               "see --memory)"
+    elif not isinstance(error, Exception):
+        text = f"raised {text}"
+    else:
+        text = f"raised {text}"
+    return text + _where(error)
 
 
 def _where(error: BaseException) -> str:
-    # The last line of the student's file in the traceback, if any.
+    import traceback
     frames = [f for f in traceback.extract_tb(error.__traceback__)
               if "tinygrad_bn" not in f.filename.replace("\\", "/").split("/")]
     if not frames:
@@ -240,39 +423,51 @@ def _where(error: BaseException) -> str:
     return f" (line {frame.lineno}: {frame.line.strip() if frame.line else ''})"
 
 
-def _load_error_text(error: Any, label: str) -> str:
-    if isinstance(error, _Timeout):
-        return "loading it timed out"
-    if isinstance(error, SyntaxError):
-        text = (error.text or "").strip()
-        return f"SyntaxError: {error.msg} at line {error.lineno}" + (f": {text}" if text else "")
-    return str(error)
+def _result_from(data: dict[str, Any]) -> FunctionResult:
+    stages = [StageMatch(**{k: (np.asarray(v) if k in ("value", "expected") and v is not None
+                                else v) for k, v in s.items()}) for s in data.pop("stages", [])]
+    case = {k: np.asarray(v) for k, v in data.pop("case", {}).items()}
+    return FunctionResult(**data, stages=stages, case=case)
 
 
-# --- checking one function -------------------------------------------------------------
-def _check_function(functions: dict[str, Callable], name: str, seed: int) -> FunctionResult:
+# --- judging one function (in the child) -----------------------------------------------------
+def _judge(loader: Callable, name: str, seed: int) -> dict[str, Any]:
+    functions = loader()[0]
     kind, direction = FUNCTIONS[name]
+    result: dict[str, Any] = {"name": name, "status": "pass", "diagnosis": ""}
     try:
         if direction == "forward":
-            message = _check_forward(functions[name], kind, seed)
+            _judge_forward(functions[name], name, kind, seed, result)
         else:
             forward = functions.get(FORWARD_OF[kind])
             if forward is None:
-                raise _CannotCheckError(f"cannot be checked: needs {FORWARD_OF[kind]} (its "
-                                        f"cache) to be defined")
-            message = _check_backward(functions[name], forward, kind, seed)
-        return FunctionResult(name, "pass", message)
+                result.update(status="error", diagnosis=f"cannot be checked: needs "
+                              f"{FORWARD_OF[kind]} (its cache) to be defined")
+            else:
+                _judge_backward(functions[name], forward, name, kind, seed, result)
     except _StubError as stub:
-        return FunctionResult(name, "not implemented", str(stub))
-    except NotImplementedError as stub:
-        return FunctionResult(name, "not implemented", f"raises NotImplementedError{_where(stub)}")
-    except _CannotCheckError as reason:
-        return FunctionResult(name, "error", str(reason))
+        result.update(status="not implemented", diagnosis=str(stub))
     except _CheckFailedError as failure:
-        return FunctionResult(name, "fail", str(failure), failure.stage)
+        result.update(status="fail", diagnosis=str(failure), stage=failure.stage)
+    except _StudentExitError as error:
+        result.update(status="error", diagnosis=str(error))
+    except NotImplementedError as stub:
+        result.update(status="not implemented", diagnosis=f"raises NotImplementedError{_where(stub)}")
     except Exception as error:  # noqa: BLE001 - the student's code raised
-        text = "".join(traceback.format_exception_only(type(error), error)).strip()
-        return FunctionResult(name, "error", f"raised {text}{_where(error)}")
+        result.update(status="error", diagnosis=_exception_text(error))
+    if "stages" in result:
+        result["stages"] = [s.__dict__ for s in result["stages"]]
+    return result
+
+
+def _call(function: Callable, label: str, *args: Any) -> Any:
+    mark_running(label)
+    try:
+        return function(*args)
+    except Exception:
+        raise
+    except BaseException as error:  # sys.exit, KeyboardInterrupt, ...: the student's
+        raise _StudentExitError(_exception_text(error)) from None
 
 
 def _inputs(kind: str, seed: int, dtype: Any = np.float64) -> tuple[Any, ...]:
@@ -287,15 +482,23 @@ def _inputs(kind: str, seed: int, dtype: Any = np.float64) -> tuple[Any, ...]:
     return spec, x, gamma, beta, rng.standard_normal(shape).astype(dtype)
 
 
-def _call_forward(forward: Callable, kind: str, x: np.ndarray, gamma: np.ndarray,
-                  beta: np.ndarray, param: dict) -> tuple[Any, Any]:
-    if kind == "group":
-        result = forward(x, gamma, beta, GROUPS, param)
+def _forward_call(forward: Callable, label: str, kind: str, x: np.ndarray, gamma: np.ndarray,
+                  beta: np.ndarray, param: dict, tracer: LineTracer | None = None) -> tuple[Any, Any]:
+    args = (x, gamma, beta, GROUPS, param) if kind == "group" else (x, gamma, beta, param)
+    if tracer is not None:
+        mark_running(label)
+        try:
+            result = tracer.run(forward, *args)
+        except Exception:
+            raise
+        except BaseException as error:
+            raise _StudentExitError(_exception_text(error)) from None
     else:
-        result = forward(x, gamma, beta, param)
-    if result is None or not isinstance(result, tuple) or len(result) != 2 or result[0] is None:
+        result = _call(forward, label, *args)
+    if result is None or not isinstance(result, (tuple, list)) or len(result) != 2 \
+            or result[0] is None:
         raise _StubError("returns no output yet (the assignment's stub)")
-    return result
+    return result[0], result[1]
 
 
 def _param(kind: str, mode: str = "train", **extra: Any) -> dict:
@@ -304,45 +507,95 @@ def _param(kind: str, mode: str = "train", **extra: Any) -> dict:
     return {"eps": EPS, **extra}
 
 
+def _start(kind: str, spec: NormSpec, seed: int) -> dict[str, np.ndarray]:
+    if kind not in ("batch", "spatial"):
+        return {}
+    rng = np.random.default_rng(seed + 100)
+    features = spec.param_shape[0]
+    return {"running_mean": rng.standard_normal(features),
+            "running_var": rng.uniform(0.5, 2.0, features)}
+
+
 def _staged_out(spec: NormSpec, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
     nodes = staged_nodes(Node(x.astype(np.float64)), Node(gamma.astype(np.float64)),
                          Node(beta.astype(np.float64)), spec)
     return nodes["out"].data
 
 
-def _check_forward(forward: Callable, kind: str, seed: int) -> str:
+def _array(value: Any, what: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _CheckFailedError(f"{what} is not an array of numbers (got "
+                                f"{type(value).__name__})") from None
+    return array
+
+
+def _student_file(function: Callable) -> str | None:
+    code = getattr(function, "__code__", None)
+    return None if code is None else code.co_filename
+
+
+def _judge_forward(forward: Callable, name: str, kind: str, seed: int,
+                   result: dict[str, Any]) -> None:
+    parts: dict[str, str] = {}
+    problems: list[tuple[str, str | None]] = []
+    train_wrong = False
     for round_ in range(3):
         spec, x, gamma, beta, _ = _inputs(kind, seed + round_)
         originals = [a.copy() for a in (x, gamma, beta)]
-        rng = np.random.default_rng(seed + 100 + round_)
-        features = spec.param_shape[0] if kind != "layer" else None
-        start = {}
-        if kind in ("batch", "spatial"):
-            start = {"running_mean": rng.standard_normal(features),
-                     "running_var": rng.uniform(0.5, 2.0, features)}
+        start = _start(kind, spec, seed + round_)
         param = _param(kind, **{k: v.copy() for k, v in start.items()})
-        out, _ = _call_forward(forward, kind, x, gamma, beta, param)
+        out, _ = _forward_call(forward, name, kind, x, gamma, beta, param)
         _check_unmodified((x, gamma, beta), originals, ("x", "gamma", "beta"))
-        out = np.asarray(out)
+        out = _array(out, "out")
         if out.shape != x.shape:
             raise _CheckFailedError(f"out has shape {out.shape}, expected x's shape {x.shape}", "out")
-        expected = _staged_out(spec, x, gamma, beta)
-        error = scaled_error(out, expected)
+        error = scaled_error(out, _staged_out(spec, x, gamma, beta))
         if not error <= TOLERANCE:
-            message, stage = _forward_diagnosis(out, spec, x, gamma, beta)
-            raise _CheckFailedError(f"train-mode out differs from the staged graph's (normwise error "
-                           f"{error:.2g}){message}", stage)
+            parts["train"] = "wrong"
+            train_wrong = True
+            message = _trace_forward(forward, name, kind, seed + round_, result, "out")
+            problems.append((f"train-mode out differs from the staged graph's (normwise error "
+                             f"{error:.2g}){message}", result.get("stage")))
+            break
+        parts["train"] = "right"
         if kind in ("batch", "spatial"):
-            _check_running_statistics(param, start, spec, x)
-            _check_test_mode(forward, kind, spec, x, gamma, beta, start)
-    # dtype kept: float32 in, float32 out
-    spec, x, gamma, beta, _ = _inputs(kind, seed, np.float32)
-    out, _ = _call_forward(forward, kind, x, gamma, beta, _param(kind))
-    if np.asarray(out).dtype != np.float32:
-        raise _CheckFailedError(f"float32 input gives {np.asarray(out).dtype} output: keep x's dtype",
-                       "out")
-    return "matches the staged graph (train and test mode, running statistics, dtype)" \
-        if kind in ("batch", "spatial") else "matches the staged graph (output, dtype)"
+            text = _running_statistics(param, start, spec, x)
+            if text is not None:
+                parts["running statistics"] = "wrong"
+                where = _trace_forward(forward, name, kind, seed + round_, result,
+                                       "running_mean" if "running_mean" in text.split(" ")[0]
+                                       else "running_var")
+                problems.append((text + where, "out"))
+                break
+            parts["running statistics"] = "right"
+    if kind in ("batch", "spatial") and not train_wrong:
+        spec, x, gamma, beta, _ = _inputs(kind, seed)
+        parts["test"], text = _test_mode(forward, name, kind, spec, x, gamma, beta,
+                                         _start(kind, spec, seed))
+        if text:
+            problems.append((text, "out" if parts["test"] == "wrong" else None))
+    if not train_wrong:
+        spec, x, gamma, beta, _ = _inputs(kind, seed, np.float32)
+        out, _ = _forward_call(forward, name, kind, x, gamma, beta,
+                               _param(kind, **_start(kind, spec, seed)))
+        dtype = np.asarray(out).dtype
+        parts["dtype"] = "kept" if dtype == np.float32 else str(dtype)
+        if dtype != np.float32:
+            result.setdefault("warnings", []).append(
+                f"a float32 input gives {dtype} output (np.zeros(x.shape) makes float64?); "
+                f"x.dtype keeps memory and speed as the caller chose")
+    result["parts"] = parts
+    if problems:
+        done = [p for p, v in parts.items() if v == "right" and p != "dtype"]
+        prefix = "; ".join(f"{p} right" for p in done)
+        text = "; ".join(p for p, _ in problems)
+        result.update(status="fail", diagnosis=(prefix + "; " if prefix else "") + text,
+                      stage=problems[0][1] if result.get("stage") is None else result["stage"])
+        return
+    result["diagnosis"] = ("matches the staged graph (train and test mode, running statistics)"
+                           if kind in ("batch", "spatial") else "matches the staged graph (output)")
 
 
 def _check_unmodified(arrays: Iterable[np.ndarray], originals: Iterable[np.ndarray],
@@ -352,79 +605,135 @@ def _check_unmodified(arrays: Iterable[np.ndarray], originals: Iterable[np.ndarr
             raise _CheckFailedError(f"modifies {name} in place")
 
 
-def _check_running_statistics(param: dict, start: dict, spec: NormSpec, x: np.ndarray) -> None:
-    stats_axes = spec.reduce_axes
-    batch_mean = x.mean(axis=stats_axes)
-    batch_var = x.var(axis=stats_axes)
-    for key, batch in (("running_mean", batch_mean), ("running_var", batch_var)):
+def _running_statistics(param: dict, start: dict, spec: NormSpec, x: np.ndarray) -> str | None:
+    """None when the running statistics hold the right values (in any shape), else why not."""
+    batch = {"running_mean": x.mean(axis=spec.reduce_axes),
+             "running_var": x.var(axis=spec.reduce_axes)}
+    for key, stat in batch.items():
         if key not in param:
-            raise _CheckFailedError(f"{key} is not written back into bn_param", "out")
-        got = np.asarray(param[key])
-        right = MOMENTUM * start[key] + (1 - MOMENTUM) * batch
-        if got.shape == right.shape and scaled_error(got, right) <= TOLERANCE:
+            return f"{key} is not written back into bn_param"
+        got = _array(param[key], key)
+        right = MOMENTUM * start[key] + (1 - MOMENTUM) * stat
+        if got.size != right.size:
+            return f"{key} has {got.size} values after a train step; expected {right.size}, one per feature"
+        got = got.reshape(right.shape)
+        if scaled_error(got, right) <= TOLERANCE:
             continue
-        reversed_ = (1 - MOMENTUM) * start[key] + MOMENTUM * batch
-        if got.shape == right.shape and scaled_error(got, reversed_) <= TOLERANCE:
-            raise _CheckFailedError(f"{key} = (1 - momentum) * {key} + momentum * batch: the momentum "
-                           f"is used the wrong way round; the assignment's convention is "
-                           f"{key} = momentum * {key} + (1 - momentum) * batch", "out")
-        if key == "running_var":
-            n = spec.count
-            unbiased = MOMENTUM * start[key] + (1 - MOMENTUM) * batch * n / (n - 1)
-            if got.shape == right.shape and scaled_error(got, unbiased) <= TOLERANCE:
-                raise _CheckFailedError("running_var is updated with the unbiased variance (1/(N-1)); "
-                               "batch norm keeps the biased one (1/N)", "var")
-        raise _CheckFailedError(f"{key} after one train step is not momentum * {key} + (1 - momentum) "
-                       f"* batch statistic (momentum {MOMENTUM})", "out")
+        if scaled_error(got, (1 - MOMENTUM) * start[key] + MOMENTUM * stat) <= TOLERANCE:
+            return (f"{key} = (1 - momentum) * {key} + momentum * batch: the momentum is used "
+                    f"the wrong way round; the assignment's convention is {key} = momentum * "
+                    f"{key} + (1 - momentum) * batch")
+        n = spec.count
+        if key == "running_var" and scaled_error(
+                got, MOMENTUM * start[key] + (1 - MOMENTUM) * stat * n / (n - 1)) <= TOLERANCE:
+            return ("running_var is updated with the unbiased variance (1/(N-1)); batch norm "
+                    "keeps the biased one (1/N)")
+        if key == "running_var" and scaled_error(
+                got, MOMENTUM * start[key] + (1 - MOMENTUM) * (stat + EPS)) <= TOLERANCE:
+            return "running_var is updated with var + eps; keep var itself"
+        return (f"{key} after one train step holds {np.round(got.ravel()[:3], 5).tolist()}...; "
+                f"momentum * {key} + (1 - momentum) * batch statistic (momentum {MOMENTUM}) "
+                f"is {np.round(right.ravel()[:3], 5).tolist()}...")
+    return None
 
 
-def _check_test_mode(forward: Callable, kind: str, spec: NormSpec, x: np.ndarray,
-                     gamma: np.ndarray, beta: np.ndarray, start: dict) -> None:
+def _test_mode(forward: Callable, name: str, kind: str, spec: NormSpec, x: np.ndarray,
+               gamma: np.ndarray, beta: np.ndarray, start: dict) -> tuple[str, str]:
+    """(verdict, sentence) for test mode: "right", "not implemented" or "wrong"."""
     param = _param(kind, "test", **{k: v.copy() for k, v in start.items()})
-    out, _ = _call_forward(forward, kind, x, gamma, beta, param)
+    try:
+        out, _ = _forward_call(forward, name, kind, x, gamma, beta, param)
+    except (_StubError, NotImplementedError):
+        return "not implemented", "test mode not implemented yet (it returns no output)"
     shape = spec.param_bshape
     expected = gamma.reshape(shape) * (x - start["running_mean"].reshape(shape)) / np.sqrt(
         start["running_var"].reshape(shape) + EPS) + beta.reshape(shape)
-    if not scaled_error(np.asarray(out), expected) <= TOLERANCE:
-        raise _CheckFailedError("test-mode out is not gamma * (x - running_mean) / sqrt(running_var + "
-                       "eps) + beta", "out")
+    out = _array(out, "test-mode out")
+    if out.shape != expected.shape or not scaled_error(out, expected) <= TOLERANCE:
+        if out.shape == expected.shape and scaled_error(out, _staged_out(spec, x, gamma, beta)) \
+                <= TOLERANCE:
+            return "wrong", ("test mode normalizes with the batch's own statistics; it should use "
+                             "running_mean and running_var")
+        return "wrong", ("test-mode out is not gamma * (x - running_mean) / sqrt(running_var + "
+                         "eps) + beta")
     for key in ("running_mean", "running_var"):
-        if not np.array_equal(np.asarray(param.get(key)), start[key]):
-            raise _CheckFailedError(f"test mode changes {key}: only train mode updates it", "out")
+        got = np.asarray(param.get(key), dtype=np.float64)
+        if got.size != start[key].size or not np.array_equal(got.reshape(-1), start[key]):
+            return "wrong", f"test mode changes {key}: only train mode updates it"
+    return "right", ""
 
 
-def _forward_diagnosis(out: np.ndarray, spec: NormSpec, x: np.ndarray, gamma: np.ndarray,
-                       beta: np.ndarray) -> tuple[str, str | None]:
-    """Which common slip gives the student's output, if one does."""
-    axes, eps, n = spec.reduce_axes, spec.eps, spec.count
-    xs = spec.grouped(x.astype(np.float64))
-    mean = xs.mean(axis=axes, keepdims=True)
-    var = ((xs - mean) ** 2).mean(axis=axes, keepdims=True)
-    g, b = gamma.reshape(spec.param_bshape), beta.reshape(spec.param_bshape)
+def _trace_forward(forward: Callable, name: str, kind: str, seed: int, result: dict[str, Any],
+                   output: str) -> str:
+    """Run the forward again under the tracer; fill result's line fields; the sentence."""
+    filename = _student_file(forward)
+    if filename is None:
+        return ""
+    spec, x, gamma, beta, dout = _inputs(kind, seed)
+    start = _start(kind, spec, seed)
+    tracer = LineTracer(filename)
+    param = _param(kind, **{k: v.copy() for k, v in start.items()})
+    try:
+        out, _ = _forward_call(forward, name, kind, x, gamma, beta, param, tracer)
+    except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
+        return ""
+    catalogue = build_catalogue(x, gamma, beta, dout, spec, MOMENTUM if start else None, start)
+    snapshots = tracer.snapshots
+    outputs = {}
+    if output == "out":
+        index = _returned_index(tracer, forward, np.asarray(out, np.float64))
+        if index is not None:
+            outputs["out"] = index
+    else:
+        index = next((s.index for s in reversed(snapshots) if output in s.variable), None)
+        if index is not None:
+            outputs[output] = index
+    departure, matches = locate_departure(snapshots, outputs, list(outputs), catalogue)
+    result["stages"] = stage_records(snapshots, matches, catalogue, departure)
+    result["case"] = _case(kind, spec, x, gamma, beta, dout, catalogue, {"out": out})
+    if departure is None:
+        return ""
+    result.update(line=departure.line, variable=departure.variable, function=departure.function,
+                  variant=departure.variant, stage=departure.stage)
+    return f". {departure.sentence[0].upper()}{departure.sentence[1:]}"
 
-    def out_with(xhat: np.ndarray) -> np.ndarray:
-        return g * xhat.reshape(spec.x_shape) + b
 
-    candidates = [
-        (out_with((xs - mean) / np.sqrt(var * n / max(n - 1, 1) + eps)), "var",
-         ": it matches the unbiased variance (1/(N-1)); batch norm uses the biased one (1/N)"),
-        (out_with((xs - mean) / (np.sqrt(var) + eps)), "var_eps",
-         ": it matches eps added outside the square root; it belongs inside, sqrt(var + eps)"),
-        (out_with((xs - mean) / np.sqrt(var)), "var_eps", ": it matches eps left out"),
-        (out_with((xs - mean) / (var + eps)), "sqrtvar",
-         ": it matches dividing by var + eps; divide by sqrt(var + eps)"),
-        (b * ((xs - mean) / np.sqrt(var + eps)).reshape(spec.x_shape) + g, "gammax",
-         ": it matches gamma and beta swapped"),
-    ]
-    for candidate, stage, text in candidates:
-        if candidate.shape == out.shape and scaled_error(out, candidate) <= TOLERANCE:
-            return text, stage
-    return "", None
+def _returned_index(tracer: LineTracer, function: Callable, value: np.ndarray) -> int | None:
+    """The snapshot holding what `function` returned (the last one equal to it)."""
+    own = getattr(function, "__name__", "")
+    candidates = [tracer.snapshots[i] for i in tracer.returned.get(own, [])] or \
+        [s for s in tracer.snapshots if s.function == own]
+    for layouts in (False, True):
+        for snapshot in reversed(candidates):
+            if snapshot.value.shape == value.shape and np.array_equal(snapshot.value, value):
+                return snapshot.index
+            if layouts and snapshot.value.size == value.size and np.array_equal(
+                    np.sort(snapshot.value.ravel()), np.sort(value.ravel())):
+                return snapshot.index
+    return None
+
+
+def _case(kind: str, spec: NormSpec, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+          dout: np.ndarray, catalogue: Any, student: dict[str, Any]) -> dict[str, np.ndarray]:
+    case = {"kind": np.array(kind), "eps": np.array(spec.eps),
+            "groups": np.array(GROUPS if kind == "group" else 0), "x": x, "gamma": gamma,
+            "beta": beta, "dout": dout}
+    for key, value in student.items():
+        try:
+            case[f"student_{key}"] = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            pass
+    for quantity in catalogue.correct():
+        case[f"correct_{quantity.name}"] = quantity.value
+    return case
 
 
 def _arrays_in(value: Any, prefix: str = "cache") -> list[tuple[str, np.ndarray]]:
     """Every numpy array a cache holds (tuples, lists and dicts walked), with its place."""
     if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            return [item for i, v in enumerate(value.ravel())
+                    for item in _arrays_in(v, f"{prefix}[{i}]")]
         return [(prefix, value)]
     if isinstance(value, (tuple, list)):
         return [item for i, v in enumerate(value) for item in _arrays_in(v, f"{prefix}[{i}]")]
@@ -433,75 +742,141 @@ def _arrays_in(value: Any, prefix: str = "cache") -> list[tuple[str, np.ndarray]
     return []
 
 
-def _check_backward(backward: Callable, forward: Callable, kind: str, seed: int) -> str:
+def _backward_call(backward: Callable, name: str, dout: np.ndarray, cache: Any,
+                   tracer: LineTracer | None = None) -> tuple[Any, Any, Any]:
+    if tracer is not None:
+        mark_running(name)
+        try:
+            result = tracer.run(backward, dout, cache)
+        except Exception:
+            raise
+        except BaseException as error:
+            raise _StudentExitError(_exception_text(error)) from None
+    else:
+        result = _call(backward, name, dout, cache)
+    if result is None or not isinstance(result, (tuple, list)) or len(result) != 3 \
+            or any(r is None for r in result):
+        raise _StubError("returns no gradients yet (the assignment's stub)")
+    return tuple(result)  # type: ignore[return-value]
+
+
+def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str, seed: int,
+                    result: dict[str, Any]) -> None:
+    forward_name = FORWARD_OF[kind]
     for round_ in range(3):
         spec, x, gamma, beta, dout = _inputs(kind, seed + round_)
         try:
-            _, cache = _call_forward(forward, kind, x.copy(), gamma, beta, _param(kind))
+            _, cache = _forward_call(forward, forward_name, kind, x.copy(), gamma, beta,
+                                     _param(kind))
         except (_StubError, NotImplementedError):
-            raise _CannotCheckError(f"cannot be checked: {FORWARD_OF[kind]}, whose cache it "
-                                    f"takes, is not implemented yet") from None
+            raise _StubError(f"not implemented: {forward_name}, whose cache it takes, is not "
+                             f"implemented yet") from None
         held = [(place, array, array.copy()) for place, array in _arrays_in(cache)]
         dout_copy = dout.copy()
-        result = backward(dout, cache)
-        if result is None or not isinstance(result, tuple) or len(result) != 3 \
-                or any(r is None for r in result):
-            raise _StubError("returns no gradients yet (the assignment's stub)")
+        raw = _backward_call(backward, name, dout, cache)
         if not np.array_equal(dout, dout_copy):
-            raise _CheckFailedError("modifies dout in place: the caller's upstream gradient changes; "
-                           "work on a copy or on new arrays")
+            raise _CheckFailedError("modifies dout in place: the caller's upstream gradient "
+                                    "changes; work on a copy or on new arrays")
         for place, array, copy in held:
             if not np.array_equal(array, copy, equal_nan=True):
-                raise _CheckFailedError(f"modifies the cache's arrays in place ({place}): a second "
-                               f"backward with the same cache would be wrong")
-        student = tuple(np.asarray(r, dtype=np.float64) for r in result)
+                raise _CheckFailedError(f"modifies the cache's arrays in place ({place}): a "
+                                        f"second backward with the same cache would be wrong")
+        student = [_array(r, n) for r, n in zip(raw, GRAD_NAMES)]
         correct = staged_gradients(x, gamma, beta, dout, spec)
         correct = (correct[0], correct[1].reshape(gamma.shape), correct[2].reshape(beta.shape))
-        _check_shapes(student, correct, spec, x, gamma, beta, dout)
-        errors = {name: scaled_error(s, c) for name, s, c in zip(("dx", "dgamma", "dbeta"),
-                                                                   student, correct)}
-        if all(error <= TOLERANCE for error in errors.values()):
+        verdicts: dict[str, str] = {}
+        texts: list[str] = []
+        for grad, s, c in zip(GRAD_NAMES, student, correct):
+            if s.shape == c.shape:
+                error = scaled_error(s, c)
+                verdicts[grad] = "right" if error <= TOLERANCE else "wrong"
+                if verdicts[grad] == "wrong":
+                    texts.append(f"{grad} wrong (normwise error {error:.2g})")
+                continue
+            if s.size == c.size and scaled_error(s.reshape(c.shape), c) <= TOLERANCE:
+                verdicts[grad] = "wrong shape"
+                texts.append(f"{grad} has the right values in shape {s.shape}; expected "
+                             f"{c.shape}, {grad[1:]}'s own shape" +
+                             (" (keepdims=True?)" if s.ndim > c.ndim else ""))
+                continue
+            verdicts[grad] = "wrong"
+            texts.append(_shape_text(grad, s, c, spec, x, gamma, beta, dout))
+        result["parts"] = verdicts
+        if all(v == "right" for v in verdicts.values()):
             continue
-        flat = (student[0], student[1].reshape(-1), student[2].reshape(-1))
-        departure = find_departure(flat, x, gamma.reshape(-1), beta.reshape(-1), dout, spec)
-        if departure is not None:
-            raise _CheckFailedError(describe_departure(departure), departure.stage)
-        wrong = ", ".join(f"{name} (normwise error {error:.2g})" for name, error in errors.items()
-                          if not error <= TOLERANCE)
-        right = [name for name, error in errors.items() if error <= TOLERANCE]
-        raise _CheckFailedError(f"wrong: {wrong}" + (f"; {' and '.join(right)} right" if right else "")
-                       + ". No single cut or rescaled step of the staged graph explains it: "
-                       "compare your intermediates with `tinygrad-bn explain --values`")
-    return "dx, dgamma, dbeta match the staged graph on 3 random inputs; nothing modified in place"
+        stage = {"dx": "xmu", "dgamma": "gammax", "dbeta": "out"}[
+            next(g for g, v in verdicts.items() if v != "right")]
+        wrong_values = [g for g, v in verdicts.items() if v == "wrong"]
+        sentence = ""
+        if wrong_values:
+            sentence = _trace_backward(backward, forward, name, kind, seed + round_, wrong_values,
+                                       result)
+            if not sentence and all(s.shape == c.shape for s, c in zip(student, correct)):
+                flat = (student[0], student[1].reshape(-1), student[2].reshape(-1))
+                departure = find_departure(flat, x, gamma.reshape(-1), beta.reshape(-1), dout, spec)
+                if departure is not None and abs(departure.factor - 1) > 1e-3:
+                    result["stage"] = departure.stage
+                    sentence = " " + describe_departure(departure)
+        right = [g for g, v in verdicts.items() if v == "right"]
+        text = "; ".join(texts) + (f"; {' and '.join(right)} right" if right else "")
+        if not sentence and wrong_values:
+            sentence = (". No line of yours matches a known slip: compare your intermediates "
+                        "with `tinygrad-bn explain --values --load` on the saved case")
+        result.setdefault("stage", stage)
+        if result.get("stage") is None:
+            result["stage"] = stage
+        raise _CheckFailedError(text + ("" if not sentence else
+                                        (sentence if sentence.startswith((".", " ")) else ". " + sentence)),
+                                result["stage"])
+    result["diagnosis"] = ("dx, dgamma, dbeta match the staged graph on 3 random inputs; nothing "
+                           "modified in place")
 
 
-def _check_shapes(student: tuple[np.ndarray, ...], correct: tuple[np.ndarray, ...],
-                  spec: NormSpec, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-                  dout: np.ndarray) -> None:
-    names = ("dx", "dgamma", "dbeta")
-    stages = ("xmu", "gammax", "out")
-    for name, stage, s, c in zip(names, stages, student, correct):
-        if s.shape == c.shape:
-            continue
-        hint = ""
-        if name != "dx":
-            xhat = _staged_xhat(spec, x, gamma, beta)
-            terms = dout * xhat if name == "dgamma" else dout
-            for axis in range(terms.ndim):
-                if terms.sum(axis=axis).shape == s.shape and \
-                        scaled_error(terms.sum(axis=axis), s) <= TOLERANCE:
-                    hint = (f": it is the sum over axis {axis}; {name} sums over the axes "
-                            f"{spec.param_sum_axes} that {name[1:]} does not have")
-                    break
-        if name == "dx":
-            raise _CheckFailedError(f"dx has shape {s.shape}, expected x's shape {c.shape}", stage)
-        if s.size == c.size and scaled_error(s.reshape(c.shape), c) <= TOLERANCE:
-            raise _CheckFailedError(f"{name} has the right values in shape {s.shape}; expected "
-                                    f"{c.shape}, {name[1:]}'s own shape (keepdims=True?)", stage)
-        hint = hint or " (a sum over the wrong axis?)"
-        raise _CheckFailedError(f"{name} has shape {s.shape}, expected {c.shape}{hint}", stage)
-
-
-def _staged_xhat(spec: NormSpec, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+def _shape_text(grad: str, s: np.ndarray, c: np.ndarray, spec: NormSpec, x: np.ndarray,
+                gamma: np.ndarray, beta: np.ndarray, dout: np.ndarray) -> str:
+    if grad == "dx":
+        return f"dx has shape {s.shape}, expected x's shape {c.shape}"
     nodes = staged_nodes(Node(x), Node(gamma), Node(beta), spec)
-    return nodes["xhat"].data.reshape(spec.x_shape)
+    xhat = nodes["xhat"].data.reshape(spec.x_shape)
+    terms = dout * xhat if grad == "dgamma" else dout
+    for axis in range(terms.ndim):
+        total = terms.sum(axis=axis)
+        if total.shape == s.shape and scaled_error(total, s) <= TOLERANCE:
+            return (f"{grad} has shape {s.shape}, expected {c.shape}: it is the sum over axis "
+                    f"{axis}; {grad} sums over the axes {spec.param_sum_axes} that {grad[1:]} "
+                    f"does not have")
+    return f"{grad} has shape {s.shape}, expected {c.shape} (a sum over the wrong axis?)"
+
+
+def _trace_backward(backward: Callable, forward: Callable, name: str, kind: str, seed: int,
+                    wrong: list[str], result: dict[str, Any]) -> str:
+    """Forward and backward again under the tracer; fill result's line fields; the sentence."""
+    filename = _student_file(backward)
+    if filename is None:
+        return ""
+    spec, x, gamma, beta, dout = _inputs(kind, seed)
+    tracer = LineTracer(filename)
+    try:
+        _, cache = _forward_call(forward, FORWARD_OF[kind], kind, x.copy(), gamma, beta,
+                                 _param(kind), tracer)
+        split = len(tracer.snapshots)
+        raw = _backward_call(backward, name, dout, cache, tracer)
+    except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
+        return ""
+    catalogue = build_catalogue(x, gamma, beta, dout, spec)
+    forward_snapshots, backward_snapshots = tracer.snapshots[:split], tracer.snapshots[split:]
+    outputs = {}
+    for grad, value in zip(GRAD_NAMES, raw):
+        index = _returned_index(tracer, backward, np.asarray(value, np.float64))
+        if index is not None and index >= split:
+            outputs[grad] = index
+    departure, matches = locate_departure(backward_snapshots, outputs, wrong, catalogue,
+                                          origin=forward_snapshots)
+    result["stages"] = stage_records(backward_snapshots, matches, catalogue, departure)
+    result["case"] = _case(kind, spec, x, gamma, beta, dout, catalogue,
+                           dict(zip(GRAD_NAMES, raw)))
+    if departure is None:
+        return ""
+    result.update(line=departure.line, variable=departure.variable, function=departure.function,
+                  variant=departure.variant, stage=departure.stage)
+    return ". " + departure.sentence[0].upper() + departure.sentence[1:]

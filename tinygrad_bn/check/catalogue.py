@@ -1,0 +1,375 @@
+"""The catalogue of correct quantities, and of known wrong ones, for one normalization case.
+
+For inputs x, gamma, beta, dout every value a correct implementation may hold on the way is
+listed: the staged graph's forward stages (mu, xmu, sq, var, var_eps, sqrtvar, ivar, xhat,
+gammax, out), the backward's partial and total gradients per stage (dxhat, divar, dsqrtvar,
+dvar, dsq, both branches into xmu, dxmu1 = dxhat * ivar and dxmu2 = 2 * xmu * dsq, dmu, both
+branches into x, dx1 = dxmu and dx2 = dmu / N, dx, dgamma, dbeta), the closed form's terms
+(sum(dxhat), sum(dxhat * xhat), N * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)) and the
+running statistics. Beside them the known wrong variants: eps outside the square root or
+left out, 1/(N-1), statistics over all axes or the wrong axis, a reshape without a
+transpose, a missing 2, a sign, a dropped branch, only the Jacobian's diagonal, gamma taken
+out of a per-sample sum, reversed momentum.
+
+`match` tells which of them a student's array equals, up to the layouts a student may
+choose: keepdims or not, a transpose (layer norm done on x.T), (N*H*W, C) for spatial
+batch norm, a statistic broadcast to x's shape, and a scalar factor N or 1/N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..norm import NormSpec
+
+__all__ = ["Quantity", "Match", "Catalogue", "build_catalogue", "MATCH_TOLERANCE"]
+
+MATCH_TOLERANCE = 1e-7  # relative (normwise); students' float64 arithmetic is ~1e-15 apart
+
+
+@dataclass
+class Quantity:
+    """One entry. value: in x's layout when `full`, else flattened (a statistic or a
+    parameter-shaped gradient); correct: False for a known wrong variant, whose `meaning`
+    says what is wrong and `stage` names the correct quantity it stands in for."""
+
+    name: str
+    value: np.ndarray
+    formula: str
+    full: bool
+    correct: bool = True
+    partial: bool = False
+    stage: str = ""
+    meaning: str = ""
+    missing: str = ""  # for a dropped branch: the correct partial quantity left out
+
+    def __post_init__(self) -> None:
+        self.stage = self.stage or self.name
+
+
+@dataclass
+class Match:
+    """How a student's array relates to one catalogue entry: `factor` is 1 for equality,
+    N or 1/N for the harmless scalings, anything else for a scaled (wrong) value;
+    `arrangement` True when only the order of the values differs."""
+
+    quantity: Quantity
+    factor: float = 1.0
+    arrangement: bool = False
+    by_count: bool = False  # factor is N or 1/N, a scaling correct code may apply later
+
+    @property
+    def correct(self) -> bool:
+        return self.quantity.correct and not self.arrangement and (
+            self.factor == 1.0 or self.by_count)
+
+
+@dataclass
+class Catalogue:
+    """The entries for one case, and the spec's shapes needed to match layouts."""
+
+    spec: NormSpec
+    quantities: list[Quantity] = field(default_factory=list)
+
+    def correct(self) -> list[Quantity]:
+        return [q for q in self.quantities if q.correct]
+
+    def named(self, name: str) -> Quantity | None:
+        for quantity in self.quantities:
+            if quantity.correct and quantity.name == name:
+                return quantity
+        return None
+
+    def match(self, value: np.ndarray) -> list[Match]:
+        """Every entry `value` equals (correct ones first), up to the harmless layouts;
+        failing that, the correct entries it is a scalar multiple of or a rearrangement of."""
+        value = np.asarray(value, dtype=np.float64)
+        if value.size == 0 or not np.all(np.isfinite(value)):
+            return []
+        forms = _forms(value, self.spec)
+        found: list[Match] = []
+        for quantity in self.quantities:
+            for form in forms[quantity.full]:
+                if form.shape != quantity.value.shape:
+                    continue
+                if _close(form, quantity.value):
+                    found.append(Match(quantity))
+                    break
+                n = self.spec.count
+                if quantity.correct and (_close(form, n * quantity.value)
+                                         or _close(form, quantity.value / n)):
+                    found.append(Match(quantity, factor=n if _close(form, n * quantity.value)
+                                       else 1 / n, by_count=True))
+                    break
+        if found:
+            found.sort(key=lambda m: (not m.quantity.correct, m.quantity.partial))
+            return found
+        for quantity in self.correct():
+            for form in forms[quantity.full]:
+                if form.shape != quantity.value.shape:
+                    continue
+                factor = _factor(form, quantity.value)
+                if factor is not None:
+                    found.append(Match(quantity, factor=factor))
+                    break
+                if quantity.full and _close(np.sort(form.ravel()), np.sort(quantity.value.ravel())):
+                    found.append(Match(quantity, arrangement=True))
+                    break
+        return found
+
+
+def _norm(a: np.ndarray) -> float:
+    return float(np.linalg.norm(a))
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> bool:
+    scale = _norm(b)
+    return scale > 0 and _norm(a - b) <= MATCH_TOLERANCE * scale
+
+
+def _factor(a: np.ndarray, b: np.ndarray) -> float | None:
+    """k when a = k * b (k not within tolerance of 1 or 0), else None."""
+    bb = float(np.vdot(b, b))
+    if bb == 0:
+        return None
+    k = float(np.vdot(a, b)) / bb
+    if abs(k - 1) <= 1e-6 or abs(k) <= 1e-6:
+        return None
+    return k if _norm(a - k * b) <= MATCH_TOLERANCE * abs(k) * _norm(b) else None
+
+
+def _forms(value: np.ndarray, spec: NormSpec) -> dict[bool, list[np.ndarray]]:
+    """The student's array seen in x's layout (full) and flattened (statistics, parameters)."""
+    x_shape = spec.x_shape
+    size = int(np.prod(x_shape))
+    full: list[np.ndarray] = []
+    flat: list[np.ndarray] = [value.ravel()]
+    if value.size == size:
+        full.append(value.reshape(x_shape))
+        if value.ndim == 2 and len(x_shape) == 2:
+            full.append(value.T.reshape(x_shape))
+        if len(x_shape) == 4:
+            n, c, h, w = x_shape
+            if value.ndim == 2 and value.shape == (n * h * w, c):
+                full.append(value.reshape(n, h, w, c).transpose(0, 3, 1, 2))
+            if value.ndim == 2 and value.shape == (c, n * h * w):
+                full.append(value.reshape(c, n, h, w).transpose(1, 0, 2, 3))
+            if value.shape == (n, h, w, c):
+                full.append(value.transpose(0, 3, 1, 2))
+        # A statistic broadcast to x's shape counts as the statistic.
+        for form in list(full):
+            grouped = spec.grouped(form)
+            first = grouped.mean(axis=spec.reduce_axes, keepdims=True)
+            if _norm(grouped - first) <= 1e-12 * max(_norm(grouped), 1e-300):
+                flat.append(first.ravel())
+            first = form.mean(axis=spec.param_sum_axes, keepdims=True)
+            if _norm(form - first) <= 1e-12 * max(_norm(form), 1e-300):
+                flat.append(first.ravel())
+    return {True: full, False: flat}
+
+
+def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np.ndarray,
+                    spec: NormSpec, momentum: float | None = None,
+                    start: dict[str, np.ndarray] | None = None) -> Catalogue:
+    """Every correct quantity and known wrong variant for these inputs (float64).
+    momentum, start: the running statistics' momentum and values before the step."""
+    x, dout = (np.asarray(a, np.float64) for a in (x, dout))
+    g = np.asarray(gamma, np.float64).reshape(spec.param_bshape)
+    b = np.asarray(beta, np.float64).reshape(spec.param_bshape)
+    axes, n, eps, shape = spec.reduce_axes, spec.count, spec.eps, spec.x_shape
+    sum_axes = spec.param_sum_axes
+    cat = Catalogue(spec)
+
+    def full(a: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(a, spec.grouped(x).shape).reshape(shape).copy()
+
+    def add(name: str, value: np.ndarray, formula: str, is_full: bool, **extra: object) -> None:
+        value = np.asarray(value, np.float64)
+        value = full(value) if is_full and value.shape != shape else value.reshape(-1) \
+            if not is_full else value
+        if _norm(value) <= 1e-9 * np.sqrt(value.size) * max(_norm(x) / np.sqrt(x.size), 1.0):
+            return  # (nearly) zero: it would match any small number
+        is_variant = not extra.get("correct", True)
+        for other in cat.quantities:  # a variant equal to its correct stage is no variant
+            if other.full == is_full and other.value.shape == value.shape and \
+                    _close(value, other.value) and (
+                        (is_variant and other.correct and other.name == extra.get("stage"))
+                        or other.correct == (not is_variant) and (
+                            not is_variant or other.stage == extra.get("stage"))):
+                return
+        cat.quantities.append(Quantity(name, value, formula, is_full, **extra))  # type: ignore[arg-type]
+
+    def sum_(a: np.ndarray) -> np.ndarray:
+        return a.sum(axis=axes, keepdims=True)
+
+    xs = spec.grouped(x)
+    grouped_gamma = spec.grouped(np.broadcast_to(g, shape))
+    # forward stages
+    mu = xs.mean(axis=axes, keepdims=True)
+    xmu = xs - mu
+    sq = xmu ** 2
+    var = sq.mean(axis=axes, keepdims=True)
+    var_eps = var + eps
+    sqrtvar = np.sqrt(var_eps)
+    ivar = 1 / sqrtvar
+    xhat = xmu * ivar
+    gammax = g * xhat.reshape(shape)
+    out = gammax + b
+    for name, value, formula, is_full in (
+            ("x", xs, "the input", True), ("mu", mu, "mean(x)", False),
+            ("xmu", xmu, "x - mu", True), ("sq", sq, "xmu**2", True),
+            ("var", var, "mean(sq)", False), ("var_eps", var_eps, "var + eps", False),
+            ("sqrtvar", sqrtvar, "sqrt(var + eps)", False), ("ivar", ivar, "1 / sqrtvar", False),
+            ("xhat", xhat, "xmu * ivar", True), ("gammax", gammax, "gamma * xhat", True),
+            ("out", out, "gammax + beta", True)):
+        add(name, value, formula, is_full)
+    # backward: partial and total gradients, stage by stage
+    dxhat = spec.grouped(dout * g)
+    divar = sum_(dxhat * xmu)
+    dxmu1 = dxhat * ivar
+    dsqrtvar = -divar / sqrtvar ** 2
+    dvar = 0.5 * dsqrtvar / sqrtvar
+    dsq = dvar / n
+    dxmu2 = 2 * xmu * dsq
+    dxmu = dxmu1 + dxmu2
+    dmu = -sum_(dxmu)
+    dx2 = dmu / n
+    dx = dxmu + dx2
+    sum_dxhat, sum_dxhat_xhat = sum_(dxhat), sum_(dxhat * xhat)
+    bracket = n * dxhat - sum_dxhat - xhat * sum_dxhat_xhat
+    dgamma = (dout * xhat.reshape(shape)).sum(axis=sum_axes)
+    dbeta = dout.sum(axis=sum_axes)
+    for name, value, formula, is_full, partial in (
+            ("dbeta", dbeta, "sum(dout) over the batch axes", False, False),
+            ("dgamma", dgamma, "sum(dout * xhat) over the batch axes", False, False),
+            ("dxhat", dxhat, "dout * gamma", True, False),
+            ("divar", divar, "sum(dxhat * xmu)", False, False),
+            ("dxmu1", dxmu1, "dxhat * ivar (the branch through xhat)", True, True),
+            ("dsqrtvar", dsqrtvar, "-divar / sqrtvar**2", False, False),
+            ("dvar", dvar, "-0.5 * sum(dxhat * xmu) * (var + eps)**-1.5", False, False),
+            ("dsq", dsq, "dvar / N", False, False),
+            ("dxmu2", dxmu2, "2 * xmu * dsq (the branch through the variance)", True, True),
+            ("dxmu", dxmu, "dxmu1 + dxmu2", True, False),
+            ("dmu", dmu, "-sum(dxmu)", False, False),
+            ("dx2", dx2, "dmu / N (the branch through mu)", False, True),
+            ("dx", dx, "dxmu + dmu / N", True, False),
+            ("sum_dxhat", sum_dxhat, "sum(dxhat)", False, True),
+            ("sum_dxhat_xhat", sum_dxhat_xhat, "sum(dxhat * xhat)", False, True),
+            ("bracket", bracket, "N * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)", True, True)):
+        add(name, value, formula, is_full, partial=partial)
+    add("dmu1", -sum_dxhat * ivar, "-sum(dxhat) * ivar", False, partial=True)
+
+    def variant(name: str, value: np.ndarray, is_full: bool, stage: str, meaning: str,
+                missing: str = "") -> None:
+        add(name, value, meaning, is_full, correct=False, stage=stage, meaning=meaning,
+            missing=missing)
+
+    # forward variants: the chain from a wrong statistic on
+    def chain(tag: str, mean: np.ndarray, center: np.ndarray, std: np.ndarray, meaning: str,
+              variance: np.ndarray | None = None, reshape_back: bool = True) -> None:
+        if variance is not None:
+            variant(f"var[{tag}]", variance, False, "var", meaning)
+        if mean is not None:
+            variant(f"mu[{tag}]", mean, False, "mu", meaning)
+        variant(f"sqrtvar[{tag}]", std, False, "sqrtvar", meaning)
+        variant(f"ivar[{tag}]", 1 / std, False, "ivar", meaning)
+        variant(f"xmu[{tag}]", center, True, "xmu", meaning)
+        normalized = (center / std).reshape(shape)
+        variant(f"xhat[{tag}]", normalized, True, "xhat", meaning)
+        variant(f"out[{tag}]", g * normalized + b, True, "out", meaning)
+
+    chain("unbiased", None, xmu, np.sqrt(var * n / max(n - 1, 1) + eps),
+          "the unbiased variance 1/(N-1) where normalization uses the biased 1/N",
+          var * n / max(n - 1, 1))
+    chain("eps outside", None, xmu, np.sqrt(var) + eps,
+          "eps added outside the square root; it belongs inside, sqrt(var + eps)")
+    chain("no eps", None, xmu, np.sqrt(var), "eps left out of sqrt(var + eps)")
+    chain("no sqrt", None, xmu, var + eps, "var + eps without the square root")
+    all_mean, all_var = xs.mean(), xs.var()
+    chain("all axes", np.array([all_mean]), xs - all_mean, np.sqrt(all_var + eps) + 0 * mu,
+          "statistics over all of x instead of per feature", np.array([all_var]))
+    if len(shape) == 2:  # the other axis
+        other = 1 - axes[0]
+        om = x.mean(axis=other, keepdims=True)
+        ov = x.var(axis=other, keepdims=True)
+        variant("mu[wrong axis]", om, False, "mu", f"the mean over axis {other}, not {axes[0]}")
+        variant("var[wrong axis]", ov, False, "var", f"the variance over axis {other}, not {axes[0]}")
+        chain("wrong axis", None, x - om, np.sqrt(ov + eps),
+              f"statistics over axis {other}; this normalization reduces axis {axes[0]}")
+    if spec.kind == "spatial batch norm":
+        n_, c, h, w = shape
+        flat = x.reshape(-1, c)  # without the transpose to (N, H, W, C) first
+        fm, fv = flat.mean(axis=0), flat.var(axis=0)
+        meaning = ("x reshaped to (N*H*W, C) without moving C last first (transpose(0, 2, 3, 1)): "
+                   "each column mixes channels")
+        variant("mu[reshape]", fm, False, "mu", meaning)
+        variant("var[reshape]", fv, False, "var", meaning)
+        normalized = ((flat - fm) / np.sqrt(fv + eps))
+        variant("xhat[reshape]", normalized.reshape(shape), True, "xhat", meaning)
+        variant("out[reshape]", (normalized * g.reshape(-1) + b.reshape(-1)).reshape(shape),
+                True, "out", meaning)
+    variant("out[swapped]", b * xhat.reshape(shape) + g, True, "out", "gamma and beta swapped")
+    # running statistics
+    if momentum is not None and start:
+        batch = {"running_mean": mu, "running_var": var}
+        for key, stat in batch.items():
+            before = np.asarray(start[key], np.float64).reshape(stat.shape)
+            add(key, momentum * before + (1 - momentum) * stat,
+                f"momentum * {key} + (1 - momentum) * batch statistic", False)
+            variant(f"{key}[reversed]", (1 - momentum) * before + momentum * stat, False, key,
+                    f"the momentum used the wrong way round: the assignment's convention is "
+                    f"{key} = momentum * {key} + (1 - momentum) * batch statistic")
+        before = np.asarray(start["running_var"], np.float64).reshape(var.shape)
+        variant("running_var[unbiased]", momentum * before + (1 - momentum) * var * n / max(n - 1, 1),
+                False, "running_var", "the unbiased variance 1/(N-1) in the running variance; "
+                "batch norm keeps the biased one (1/N)")
+        variant("running_var[eps]", momentum * before + (1 - momentum) * var_eps, False,
+                "running_var", "var + eps kept as the running variance; keep var itself")
+    # backward variants
+    def dx_from(branch: np.ndarray) -> np.ndarray:
+        return branch - branch.mean(axis=axes, keepdims=True)
+
+    for k, meaning in ((0.0, "the branch through the variance (dxmu2 = 2 * xmu * dsq) left out"),
+                       (0.5, "a missing 2 in d(xmu**2) = 2 * xmu"),
+                       (2.0, "a factor 2 too many in the branch through the variance"),
+                       (-1.0, "the branch through the variance with its sign flipped"),
+                       (n / max(n - 1, 1), "1/(N-1) in the variance's derivative where the "
+                                           "biased variance has 1/N")):
+        missing = "dxmu2" if k == 0 else ""
+        variant(f"dxmu[{k:g}]", dxmu1 + k * dxmu2, True, "dxmu", meaning, missing)
+        variant(f"dx[{k:g}]", dx_from(dxmu1 + k * dxmu2), True, "dx", meaning, missing)
+    variant("dx[no mu]", dxmu, True, "dx", "the branch through mu (dx2 = dmu / N) left out", "dx2")
+    variant("dx[mu sign]", dxmu - dx2, True, "dx", "the branch through mu with its sign flipped")
+    diag = dxhat * ivar * ((1 - 1 / n) - xhat ** 2 / n)
+    variant("dx[diagonal]", diag, True, "dx",
+            "only the diagonal of the Jacobian dxhat_i/dx_i; every x_j moves every xhat_i "
+            "through mu and var")
+    for tag, std, meaning in (("eps outside", np.sqrt(var) + eps,
+                               "sqrt(var) + eps where sqrt(var + eps) belongs"),
+                              ("no eps", np.sqrt(var), "eps left out of sqrt(var + eps)")):
+        normalized = xmu / std
+        variant(f"dxmu1[{tag}]", dxhat / std, True, "dxmu1", meaning)
+        variant(f"dx[{tag}]", (n * dxhat - sum_(dxhat) - normalized * sum_(dxhat * normalized))
+                / (n * std), True, "dx", meaning)
+    # gamma pulled out of a sum that runs along gamma's own axis (layer and group norm)
+    dout_g = spec.grouped(dout)
+    out_sum = grouped_gamma * sum_(dout_g)
+    out_sum_xhat = grouped_gamma * sum_(dout_g * xhat)
+    meaning = ("gamma taken out of a sum over the features, sum(dout * gamma) = gamma * sum(dout), "
+               "but gamma varies along that sum")
+    variant("sum_dxhat[gamma out]", out_sum, True, "sum_dxhat", meaning)
+    variant("sum_dxhat_xhat[gamma out]", out_sum_xhat, True, "sum_dxhat_xhat", meaning)
+    variant("dx[gamma out]", (n * dxhat - out_sum - xhat * out_sum_xhat) * ivar / n, True, "dx",
+            meaning)
+    if len(shape) == 2:
+        other = 1 - axes[0]
+        wrong = (n * dxhat - dxhat.sum(axis=other, keepdims=True)
+                 - xhat * (dxhat * xhat).sum(axis=other, keepdims=True)) * ivar / n
+        variant("dx[wrong axis]", wrong, True, "dx", f"the closed form's sums over axis {other}; "
+                f"they run over axis {axes[0]}")
+    variant("dgamma[no xhat]", dbeta, False, "dgamma", "dgamma = sum(dout): the factor xhat is missing")
+    variant("dgamma[x]", (dout * x).sum(axis=sum_axes), False, "dgamma",
+            "dgamma = sum(dout * x): use the normalized xhat, not x")
+    return cat

@@ -1,0 +1,298 @@
+"""The line where a student's math departs, from their traced intermediates and the catalogue.
+
+Every snapshot (see `trace.py`) is matched against the catalogue (see `catalogue.py`): it is
+*right* when it equals a correct quantity, *wrong* when it equals a known wrong variant or a
+scaled or rearranged correct one, *unknown* otherwise (many correct intermediates are in no
+catalogue: `dxhat * xmu`, `(var + eps)**-1.5`). Among the snapshots a wrong output depends
+on, a value is *poisoned* when it is not right and nothing computed from it is right again.
+The departure is the first poisoned one that matches a known wrong variant; failing that the
+first poisoned one whose variable names a catalogue quantity (`dvar`, `x_hat`, `sample_var`);
+failing that the first poisoned one whose inputs are all right. A departure in a value the
+backward took from the cache is traced back to the forward line that made it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .catalogue import Catalogue, Match, Quantity
+from .trace import Snapshot
+
+__all__ = ["StageMatch", "LineDeparture", "locate_departure", "stage_records", "quantity_for_name"]
+
+
+@dataclass
+class StageMatch:
+    """One catalogue quantity and where the student's code holds it.
+
+    name: the quantity ("xmu", "dxmu1", "dvar", "dx", ...); formula: how it is computed;
+    line, variable, function: the first student line whose value matched it (or, for the
+    departure, the line that should have held it), None when no line did; value: the
+    student's array there (None when unmatched); expected: the correct array (statistics
+    and parameter gradients flattened, the rest in x's layout); matches: whether the
+    student's value equals it; departure: True for the stage of the first departure."""
+
+    name: str
+    formula: str
+    line: int | None
+    variable: str | None
+    function: str | None
+    value: np.ndarray | None
+    expected: np.ndarray
+    matches: bool
+    departure: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: arrays as nested lists."""
+        return {"name": self.name, "formula": self.formula, "line": self.line,
+                "variable": self.variable, "function": self.function,
+                "value": None if self.value is None else np.asarray(self.value).tolist(),
+                "expected": np.asarray(self.expected).tolist(), "matches": self.matches,
+                "departure": self.departure}
+
+
+@dataclass
+class LineDeparture:
+    """Where and how the student's math departs."""
+
+    line: int
+    variable: str
+    function: str
+    stage: str | None          # the catalogue quantity the line should have held
+    expected: np.ndarray | None
+    got: np.ndarray
+    variant: str | None        # what is wrong, when a known variant explains it
+    sentence: str
+    from_cache: bool = False   # the backward took the value from the forward's cache
+
+
+SYNONYMS = {
+    "mu": ("mu", "mean", "samplemean", "xmean", "batchmean", "means", "avg", "mubatch", "mux"),
+    "var": ("var", "variance", "samplevar", "xvar", "sigma2", "sigmasq", "batchvar", "variances",
+            "samplevariance", "sigmasquared"),
+    "var_eps": ("vareps", "varpluseps", "varianceeps", "variancepluseps"),
+    "sqrtvar": ("sqrtvar", "std", "sigma", "stddev", "stdev", "sd", "standardd", "samplestd",
+                "sqrtvareps", "xstd"),
+    "ivar": ("ivar", "invstd", "istd", "invvar", "inverse", "inv", "invsigma", "isqrtvar",
+             "inversestd", "ivarstd", "rstd"),
+    "xhat": ("xhat", "xnorm", "xnormalized", "normalizedx", "xn", "xtilde", "normalized",
+             "normalization", "xnormed", "xhatt", "xbar"),
+    "xmu": ("xmu", "xminusmean", "xc", "xcentered", "xm", "centered", "xsubmean", "xmmu",
+            "xminusmu", "diff", "xdiff"),
+    "sq": ("sq", "xmusq", "sqxmu", "square", "xmu2", "sqr"),
+    "gammax": ("gammax", "gammaxhat", "scaled", "scaledx", "gammatimesxhat"),
+    "out": ("out", "y"),
+    "x": ("x",),
+}
+_BASE = {alias: name for name, aliases in SYNONYMS.items() for alias in aliases}
+GRADIENTS = {"dbeta", "dgamma", "dxhat", "divar", "dsqrtvar", "dvar", "dsq", "dxmu", "dmu", "dx"}
+
+
+def quantity_for_name(variable: str) -> str | None:
+    """The catalogue quantity a variable's name suggests: `sample_var` -> var, `dx_hat` ->
+    dxhat, `dL_dvar` -> dvar, `dxmu1` -> dxmu1; None when it suggests none."""
+    key = re.sub(r"[^a-z0-9]", "", variable.lower())
+    if key in ("dxmu1", "dxmu2", "dx1", "dx2"):
+        return key
+    key = re.sub(r"\d+$", "", key)
+    for prefix in ("dldy", "dl", "dout", "grad"):
+        if key.startswith(prefix + "d") and len(key) > len(prefix) + 1:
+            key = key[len(prefix):]
+            break
+    if key in _BASE:
+        return _BASE[key]
+    if key.startswith("d") and key[1:] in _BASE:
+        name = "d" + _BASE[key[1:]]
+        name = {"dsqrtvar": "dsqrtvar", "dvar_eps": "dvar", "dx": "dx"}.get(name, name)
+        return name if name in GRADIENTS else None
+    if key in ("dbeta", "dgamma"):
+        return key
+    return None
+
+
+def _status(snapshot: Snapshot, matches: list[Match]) -> str:
+    if snapshot.parameter:
+        return "right"  # an argument: the inputs themselves, or a cache judged elsewhere
+    if any(m.correct for m in matches):
+        return "right"
+    if matches:
+        return "wrong"
+    return "unknown"
+
+
+def _short(array: np.ndarray | None) -> str:
+    if array is None:
+        return "?"
+    flat = np.asarray(array, np.float64).ravel()
+    text = ", ".join(f"{v:.5g}" for v in flat[:3])
+    return f"[{text}{', ...' if flat.size > 3 else ''}]"
+
+
+def _variant_text(match: Match, n: int) -> str:
+    q = match.quantity
+    if not q.correct:
+        return q.meaning
+    if match.arrangement:
+        return (f"the right values of {q.name} in another order: a reshape without the transpose "
+                f"that belongs with it?")
+    return f"{q.name} {factor_text(match.factor, n)}"
+
+
+def factor_text(k: float, n: int) -> str:
+    """What a scalar factor k on a correct quantity means; never called with k near 1."""
+    known = ((-1.0, "with its sign flipped"), (2.0, "twice too large (a factor 2 too many)"),
+             (0.5, "half as large: a missing factor 2"), (-0.5, "times -1/2"),
+             (-2.0, "times -2"))
+    for value, text in known:
+        if abs(k - value) <= 1e-6 * abs(value):
+            return text
+    if n > 1 and abs(k - n / (n - 1)) <= 1e-6:
+        return f"times N/(N-1) = {n}/{n - 1}: 1/(N-1) where 1/N belongs"
+    if n > 1 and abs(k - (n - 1) / n) <= 1e-6:
+        return f"times (N-1)/N = {n - 1}/{n}: 1/N where 1/(N-1) was used"
+    return f"times {k:.6g}"
+
+
+def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: list[str],
+                     catalogue: Catalogue, origin: list[Snapshot] | None = None
+                     ) -> tuple[LineDeparture | None, dict[int, list[Match]]]:
+    """The departure among `snapshots`, given the snapshot index of each returned output
+    (e.g. {"dx": 41}) and the names of the outputs that are wrong; origin: the forward's
+    snapshots, where a value taken from the cache is traced back to. Also returns each
+    snapshot's matches (for the per-stage record)."""
+    n = catalogue.spec.count
+    matches = {s.index: catalogue.match(s.value) for s in snapshots}
+    status = {s.index: _status(s, matches[s.index]) for s in snapshots}
+    starts = [outputs[name] for name in wrong if name in outputs]
+    for name in wrong:  # an output judged wrong is wrong, whatever it happens to equal
+        if name in outputs:
+            index = outputs[name]
+            own = catalogue.named(name)
+            if own is None or not any(m.quantity is own and m.correct for m in matches[index]):
+                status[index] = "wrong" if matches[index] else "unknown"
+    if not starts:
+        return None, matches
+    by_index = {s.index: s for s in snapshots}
+    cone: set[int] = set()
+    todo = list(starts)
+    while todo:
+        index = todo.pop()
+        if index in cone or index not in by_index:
+            continue
+        cone.add(index)
+        todo.extend(by_index[index].deps)
+    children: dict[int, list[int]] = {i: [] for i in cone}
+    for index in cone:
+        for dep in by_index[index].deps:
+            if dep in children:
+                children[dep].append(index)
+    healed: dict[int, bool] = {}
+    for index in sorted(cone, reverse=True):  # children come later in execution order
+        healed[index] = any(status[c] == "right" or healed[c] for c in children[index])
+    poisoned = [i for i in sorted(cone) if status[i] != "right" and not healed[i]]
+    if not poisoned:
+        return None, matches
+
+    def named(i: int) -> str | None:
+        name = quantity_for_name(by_index[i].variable)
+        return name if name is not None and catalogue.named(name) is not None else None
+
+    choice = next((i for i in poisoned if status[i] == "wrong"), None)
+    if choice is None:
+        choice = next((i for i in poisoned if named(i)), None)
+    if choice is None:
+        choice = next((i for i in poisoned if all(status[d] == "right" for d in by_index[i].deps
+                                                  if d in cone)), poisoned[0])
+    snapshot = by_index[choice]
+    found = matches[choice]
+    wrong_match = next((m for m in found if not m.correct), None)
+    if snapshot.index in starts:  # an output: prefer the variant of that very output
+        output_name = next(k for k, v in outputs.items() if v == snapshot.index)
+        wrong_match = next((m for m in found if not m.correct and m.quantity.stage == output_name),
+                           wrong_match)
+        if wrong_match is None and found:
+            wrong_match = found[0]
+    dropped = None
+    if wrong_match is not None and wrong_match.quantity.missing:
+        # the branch was computed (a snapshot holds it) but never used: the departure is the
+        # first line after it on the way to the output, where it should have been added
+        part = catalogue.named(wrong_match.quantity.missing)
+        held = next((s for s in snapshots if s.index not in cone and not s.parameter and any(
+            m.quantity is part and m.correct for m in matches[s.index])), None)
+        later = [i for i in sorted(cone) if held is not None and i > held.index]
+        if later:
+            dropped, choice = held, later[0]
+            snapshot = by_index[choice]
+    stage = wrong_match.quantity.stage if wrong_match is not None else named(choice)
+    if snapshot.index in starts and stage is None:
+        stage = next(k for k, v in outputs.items() if v == snapshot.index)
+    expected_q: Quantity | None = catalogue.named(stage) if stage else None
+    variant = None if wrong_match is None else _variant_text(wrong_match, n)
+    if wrong_match is not None and wrong_match.correct and snapshot.index in starts:
+        variant = (f"it equals {wrong_match.quantity.name} = {wrong_match.quantity.formula}, "
+                   f"only a part of {stage}")
+    line, function, from_cache = snapshot.line, snapshot.function, False
+    if origin is not None and not snapshot.deps:  # unpacked from the cache: find its maker
+        maker = next((s for s in origin if s.value.shape == snapshot.value.shape
+                      and np.array_equal(s.value, snapshot.value)), None)
+        if maker is not None:
+            line, function, from_cache = maker.line, maker.function, True
+    departure = LineDeparture(line=line, variable=snapshot.variable, function=function,
+                              stage=stage, expected=None if expected_q is None else expected_q.value,
+                              got=snapshot.value, variant=variant, sentence="",
+                              from_cache=from_cache)
+    departure.sentence = _sentence(departure, expected_q, snapshot)
+    if dropped is not None:
+        output = by_index[starts[0]]
+        departure.stage = wrong_match.quantity.missing
+        departure.sentence = (
+            f"line {snapshot.line}, `{snapshot.variable}`: {dropped.variable} (line "
+            f"{dropped.line}, {wrong_match.quantity.missing} = {part.formula}) is computed but "
+            f"never used from here on; {output.variable} (line {output.line}) matches "
+            f"{wrong_match.quantity.meaning}")
+    return departure, matches
+
+
+def _sentence(d: LineDeparture, expected: Quantity | None, snapshot: Snapshot) -> str:
+    where = f"line {d.line}" + (f" ({d.function}, which makes the cache)" if d.from_cache else "")
+    head = f"{where}, `{d.variable}`: "
+    if expected is not None:
+        head += f"should be {d.stage} = {expected.formula} = {_short(expected.value)}; "
+    else:
+        head += "matches no correct quantity; "
+    got = f"yours is {_short(snapshot.value)}"
+    if d.variant:
+        return head + got + f": it matches {d.variant}"
+    return head + got + ", which matches none of the known slips"
+
+
+def stage_records(snapshots: list[Snapshot], matches: dict[int, list[Match]], catalogue: Catalogue,
+                  departure: LineDeparture | None) -> list[StageMatch]:
+    """For each correct catalogue quantity, the first student line holding it (see StageMatch)."""
+    records = []
+    for quantity in catalogue.correct():
+        hit = next((s for s in snapshots if not s.parameter and any(
+            m.quantity is quantity and m.correct for m in matches.get(s.index, []))), None)
+        if hit is None and quantity.name == "x":
+            hit = next((s for s in snapshots if s.parameter and any(
+                m.quantity is quantity for m in matches.get(s.index, []))), None)
+        records.append(StageMatch(
+            name=quantity.name, formula=quantity.formula,
+            line=None if hit is None else hit.line,
+            variable=None if hit is None else hit.variable,
+            function=None if hit is None else hit.function,
+            value=None if hit is None else hit.value, expected=quantity.value,
+            matches=hit is not None))
+    if departure is not None and departure.stage is not None:
+        for record in records:
+            if record.name == departure.stage:
+                if not record.matches:
+                    record.line, record.variable = departure.line, departure.variable
+                    record.function, record.value = departure.function, departure.got
+                record.departure = True
+                break
+    return records
