@@ -16,6 +16,7 @@ from . import (
 )
 from .check.compare import NormReport, compare_batchnorm, compare_normalization
 from .check.gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
+from .check.explain import explain
 from .check.layers import LayersReport, check_layers
 from .core import ops
 from .core.node import Constant, Node, enable_grad, grad, graph_nodes, is_grad_enabled, no_grad, stages
@@ -67,5 +68,5 @@ __all__ = [
     "layernorm_staged", "layernorm_fused", "spatial_batchnorm_staged", "spatial_batchnorm_fused",
     "groupnorm_staged", "groupnorm_fused", "norm_staged", "norm_fused",
     "numerical_gradient", "rel_error", "scaled_error", "gradcheck", "GradcheckResult",
-    "compare_batchnorm", "compare_normalization", "NormReport", "check_layers", "LayersReport",
+    "compare_batchnorm", "compare_normalization", "NormReport", "check_layers", "LayersReport", "explain",
 ]

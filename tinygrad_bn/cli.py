@@ -152,9 +152,16 @@ def progress_printer(what: str, after: float = 1.0) -> Callable[[int, int], None
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    x, gamma, beta, dout = _data(args)
-    explanation = explain_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
-                                        groups=args.groups)
+    if getattr(args, "load", None) is not None:
+        from .check.explain import explain
+        try:
+            explanation = explain(load=args.load)
+        except (OSError, ValueError) as error:
+            return _usage_error(args, f"--load: cannot read {args.load}: {error}")
+    else:
+        x, gamma, beta, dout = _data(args)
+        explanation = explain_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
+                                            groups=args.groups)
     print(explanation)
     if getattr(args, "values", False):
         print()
@@ -163,6 +170,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    import math
+
     from .check.layers import FUNCTIONS, check_layers
 
     if not args.path.is_file():
@@ -170,14 +179,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     only = None
     if args.only is not None:
         only = [name.strip() for name in args.only.split(",") if name.strip()]
+        if not only:
+            return _usage_error(args, f"--only: expected comma-separated names among "
+                                      f"{', '.join(FUNCTIONS)}, got {args.only!r}")
         unknown = [name for name in only if name not in FUNCTIONS]
         if unknown:
             return _usage_error(args, f"--only: unknown function {', '.join(unknown)} (expected "
                                       f"names among {', '.join(FUNCTIONS)})")
-    if not args.timeout > 0:
-        return _usage_error(args, f"--timeout: expected a number of seconds > 0, got {args.timeout}")
-    report = check_layers(args.path, only=only, seed=args.seed, timeout=args.timeout)
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= 86400):
+        return _usage_error(args, f"--timeout: expected seconds in (0, 86400], got {args.timeout:g}")
+    if not (math.isfinite(args.memory) and 0.1 <= args.memory <= 1024):
+        return _usage_error(args, f"--memory: expected GiB in [0.1, 1024], got {args.memory:g}")
+    mapping = {}
+    for item in args.function:
+        name, _, other = item.partition("=")
+        if name not in FUNCTIONS or not other.isidentifier():
+            return _usage_error(args, f"--function: expected NAME=YOURNAME with NAME among "
+                                      f"{', '.join(FUNCTIONS)}, got {item!r}")
+        mapping[name] = other
+    report = check_layers(args.path, only=only, seed=args.seed, timeout=args.timeout,
+                          memory=int(args.memory * 2**30), functions=mapping)
     print(report)
+    if report.error is not None:
+        return 2
+    if args.save_case is not None:
+        saved = report.save_case(args.save_case)
+        print(f"saved the case of {saved} to {args.save_case}" if saved else
+              "nothing fails: no case saved")
     return 0 if report.ok else 1
 
 
@@ -371,8 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "what it sends to each parent, and the local derivative.")
     _add_data_options(explain, 1)
     explain.add_argument("--values", action="store_true",
-                         help="also print each stage's value and gradient arrays (the numbers "
-                              "to compare with your own prints; small shapes)")
+                         help="also print x, gamma, beta, dout and each stage's value and "
+                              "gradient arrays (the numbers to compare with your own prints)")
+    explain.add_argument("--load", type=pathlib.Path, default=None, metavar="FILE.npz",
+                         help="the case saved by `check --save-case` instead of sample data")
     explain.set_defaults(run=cmd_explain)
 
     check = commands.add_parser(
@@ -386,6 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=parse_seed, default=0, help="random seed (default 0)")
     check.add_argument("--timeout", type=float, default=60.0,
                        help="seconds each function may take (default 60)")
+    check.add_argument("--memory", type=float, default=4.0,
+                       help="GiB of address space each function may use (default 4)")
+    check.add_argument("--function", action="append", default=[], metavar="NAME=YOURNAME",
+                       help="the name a function has in your file, e.g. "
+                            "batchnorm_forward=batchnormForward (repeatable)")
+    check.add_argument("--save-case", type=pathlib.Path, default=None, metavar="FILE.npz",
+                       help="write the first failing function's case (inputs, your outputs, "
+                            "every correct stage) for `explain --values --load`")
     check.set_defaults(run=cmd_check)
 
     render = commands.add_parser(

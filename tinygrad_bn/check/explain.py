@@ -10,8 +10,8 @@ import numpy as np
 from ..core.node import Node, graph_nodes, vjp
 from ..norm import STAGE_NAMES, NormSpec, norm_spec, staged_nodes
 
-__all__ = ["StageRow", "explain_staged", "explain_batchnorm", "explain_normalization",
-           "format_explanation", "format_values"]
+__all__ = ["StageRow", "explain", "explain_staged", "explain_batchnorm", "explain_normalization",
+           "format_explanation", "format_values", "load_case"]
 
 
 @dataclass
@@ -34,6 +34,8 @@ class Explanation:
     spec: NormSpec
     # Each stage's value and gradient, and the leaves' gradients, forward order (for --values).
     values: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+    # The data it was computed on: x, gamma, beta, dout (printed first by --values).
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return format_explanation(self)
@@ -116,18 +118,54 @@ def explain_normalization(kind: str, x: Any, gamma: Any, beta: Any, dout: Any, *
     gamma, beta = Node(np.array(gamma), name="gamma"), Node(np.array(beta), name="beta")
     spec = norm_spec(kind, x.shape, eps=eps, groups=groups, axis=axis)
     dout = np.asarray(dout, dtype=x.dtype)
-    return explain_staged(staged_nodes(x, gamma, beta, spec),
-                          {"x": x, "gamma": gamma, "beta": beta}, spec, dout)
+    explanation = explain_staged(staged_nodes(x, gamma, beta, spec),
+                                 {"x": x, "gamma": gamma, "beta": beta}, spec, dout)
+    explanation.inputs = {"x": x.data, "gamma": gamma.data, "beta": beta.data, "dout": dout}
+    return explanation
+
+
+def load_case(path: Any) -> dict[str, Any]:
+    """A case written by `tinygrad-bn check --save-case` (or `LayersReport.save_case`):
+    kind, eps, groups, function, x, gamma, beta, dout and the student's and correct arrays."""
+    with np.load(path, allow_pickle=False) as data:
+        case = {key: data[key] for key in data.files}
+    missing = [k for k in ("kind", "x", "gamma", "beta", "dout") if k not in case]
+    if missing:
+        raise ValueError(f"load: {path} is not a saved case (it lacks {', '.join(missing)})")
+    return case
+
+
+def explain(x: Any = None, gamma: Any = None, beta: Any = None, dout: Any = None, *,
+            kind: str = "batch", eps: float = 1e-5, groups: int | None = None,
+            load: Any = None) -> Explanation:
+    """The staged backward of normalization `kind`, stage by stage, on x (N, D) or
+    (N, C, H, W), gamma and beta (feature shape) and dout (x's shape); or on the case saved
+    by `check --save-case` when `load` is its path. str() is the table; `format_values`
+    prints x, gamma, beta, dout and then every stage's value and gradient."""
+    if load is not None:
+        case = load_case(load)
+        kind = str(case["kind"])
+        groups = int(case["groups"]) or None if "groups" in case else None
+        eps = float(case["eps"]) if "eps" in case else eps
+        x, gamma, beta, dout = (case[k] for k in ("x", "gamma", "beta", "dout"))
+        if kind == "group":
+            gamma, beta = np.ravel(gamma), np.ravel(beta)
+    if x is None or gamma is None or beta is None or dout is None:
+        raise TypeError("explain: give x, gamma, beta and dout, or load=a saved case")
+    return explain_normalization(kind, x, gamma, beta, dout, eps=eps, groups=groups)
 
 
 MAX_VALUES = 400  # entries per array printed by format_values; larger ones are summarized
 
 
 def format_values(explanation: Explanation) -> str:
-    """Each stage's value and gradient in forward order, then the leaves' gradients: the
-    numbers a student compares with the intermediates of their own code."""
+    """The inputs x, gamma, beta, dout, then each stage's value and gradient in forward
+    order, then the leaves' gradients: the numbers a student compares with the
+    intermediates of their own code."""
     blocks = []
     with np.printoptions(precision=6, suppress=False, linewidth=100, threshold=MAX_VALUES):
+        for name, value in explanation.inputs.items():
+            blocks.append(f"{name} = {_array_text(value)}")
         for name, (value, grad) in explanation.values.items():
             blocks.append(f"{name} = {_array_text(value)}")
             if grad is not None:

@@ -681,7 +681,7 @@ def _trace_forward(forward: Callable, name: str, kind: str, seed: int, result: d
     snapshots = tracer.snapshots
     outputs = {}
     if output == "out":
-        index = _returned_index(tracer, forward, np.asarray(out, np.float64))
+        index = _returned_index(tracer, forward, np.asarray(out, np.float64), "out")
         if index is not None:
             outputs["out"] = index
     else:
@@ -698,11 +698,14 @@ def _trace_forward(forward: Callable, name: str, kind: str, seed: int, result: d
     return f". {departure.sentence[0].upper()}{departure.sentence[1:]}"
 
 
-def _returned_index(tracer: LineTracer, function: Callable, value: np.ndarray) -> int | None:
+def _returned_index(tracer: LineTracer, function: Callable, value: np.ndarray,
+                    name: str | None = None) -> int | None:
     """The snapshot holding what `function` returned (the last one equal to it)."""
     own = getattr(function, "__name__", "")
-    candidates = [tracer.snapshots[i] for i in tracer.returned.get(own, [])] or \
+    candidates = [tracer.snapshots[i] for i in sorted(tracer.returned.get(own, []))] or \
         [s for s in tracer.snapshots if s.function == own]
+    if name is not None:  # the variable named like the output last, so it is tried first
+        candidates.sort(key=lambda s: s.variable == name)
     for layouts in (False, True):
         for snapshot in reversed(candidates):
             if snapshot.value.shape == value.shape and np.array_equal(snapshot.value, value):
@@ -715,7 +718,7 @@ def _returned_index(tracer: LineTracer, function: Callable, value: np.ndarray) -
 
 def _case(kind: str, spec: NormSpec, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
           dout: np.ndarray, catalogue: Any, student: dict[str, Any]) -> dict[str, np.ndarray]:
-    case = {"kind": np.array(kind), "eps": np.array(spec.eps),
+    case = {"kind": kind, "eps": np.array(spec.eps),
             "groups": np.array(GROUPS if kind == "group" else 0), "x": x, "gamma": gamma,
             "beta": beta, "dout": dout}
     for key, value in student.items():
@@ -867,7 +870,7 @@ def _trace_backward(backward: Callable, forward: Callable, name: str, kind: str,
     forward_snapshots, backward_snapshots = tracer.snapshots[:split], tracer.snapshots[split:]
     outputs = {}
     for grad, value in zip(GRAD_NAMES, raw):
-        index = _returned_index(tracer, backward, np.asarray(value, np.float64))
+        index = _returned_index(tracer, backward, np.asarray(value, np.float64), grad)
         if index is not None and index >= split:
             outputs[grad] = index
     departure, matches = locate_departure(backward_snapshots, outputs, wrong, catalogue,

@@ -201,7 +201,15 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
         name = quantity_for_name(by_index[i].variable)
         return name if name is not None and catalogue.named(name) is not None else None
 
-    choice = next((i for i in poisoned if status[i] == "wrong"), None)
+    def root(i: int) -> bool:  # wrong, from inputs that are all right
+        return status[i] == "wrong" and all(status[d] == "right" for d in by_index[i].deps
+                                            if d in cone)
+
+    choice = next((i for i in poisoned if root(i)), None)
+    if choice is None:  # a wrong value a sum happens to hide (the variance branch in dmu)
+        choice = next((i for i in sorted(cone) if root(i)), None)
+    if choice is None:
+        choice = next((i for i in poisoned if status[i] == "wrong"), None)
     if choice is None:
         choice = next((i for i in poisoned if named(i)), None)
     if choice is None:
@@ -210,12 +218,11 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
     snapshot = by_index[choice]
     found = matches[choice]
     wrong_match = next((m for m in found if not m.correct), None)
-    if snapshot.index in starts:  # an output: prefer the variant of that very output
-        output_name = next(k for k, v in outputs.items() if v == snapshot.index)
+    output_name = next((k for k, v in outputs.items() if v == snapshot.index), None)
+    if output_name is not None:  # an output: prefer the variant of that very output
         wrong_match = next((m for m in found if not m.correct and m.quantity.stage == output_name),
-                           wrong_match)
-        if wrong_match is None and found:
-            wrong_match = found[0]
+                           None) or next((m for m in found if m.correct and m.factor == 1.0),
+                                         None) or wrong_match
     dropped = None
     if wrong_match is not None and wrong_match.quantity.missing:
         # the branch was computed (a snapshot holds it) but never used: the departure is the
@@ -228,13 +235,13 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
             dropped, choice = held, later[0]
             snapshot = by_index[choice]
     stage = wrong_match.quantity.stage if wrong_match is not None else named(choice)
-    if snapshot.index in starts and stage is None:
-        stage = next(k for k, v in outputs.items() if v == snapshot.index)
+    if output_name is not None:
+        stage = output_name
     expected_q: Quantity | None = catalogue.named(stage) if stage else None
     variant = None if wrong_match is None else _variant_text(wrong_match, n)
-    if wrong_match is not None and wrong_match.correct and snapshot.index in starts:
-        variant = (f"it equals {wrong_match.quantity.name} = {wrong_match.quantity.formula}, "
-                   f"only a part of {stage}")
+    if wrong_match is not None and wrong_match.correct and output_name is not None:
+        variant = (f"{wrong_match.quantity.name} = {wrong_match.quantity.formula} alone, only "
+                   f"a part of {stage}")
     line, function, from_cache = snapshot.line, snapshot.function, False
     if origin is not None and not snapshot.deps:  # unpacked from the cache: find its maker
         maker = next((s for s in origin if s.value.shape == snapshot.value.shape

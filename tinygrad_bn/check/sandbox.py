@@ -160,7 +160,7 @@ def _write_reply(result: Any, folder: pathlib.Path) -> None:
 
     text = json.dumps(encode(result))
     for index, array in enumerate(arrays):
-        np.save(folder / f"{index}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        np.save(folder / f"{index}.npy", np.array(array, order="C"), allow_pickle=False)
     (folder / "reply.json.part").write_text(text)
     os.replace(folder / "reply.json.part", folder / "reply.json")
 
