@@ -27,37 +27,37 @@ def batchnorm_backward_alt('''
 # name: (base text, [(old, new)], function, status, stage, words the diagnosis must hold)
 PLANTED = {
     "variance path left out": (SEED, [("dx_k1 = dx_1 + dx_2", "dx_k1 = dx_1")],
-                               "batchnorm_backward", "fail", "xhat",
-                               "xhat → ivar → sqrtvar → var_eps → var → sq → xmu left out: "
-                               "the variance's dependence on x is missing"),
+                               "batchnorm_backward", "fail", "dxmu2",
+                               "is computed but never used from here on"),
     "mean path left out": (SEED, [("dx = dx_k1 + dx_k2", "dx = dx_k1")], "batchnorm_backward",
-                           "fail", "xmu", "xmu → mu → x left out: the mean's dependence on x"),
+                           "fail", "dx2", "the branch through mu (dx2 = dmu / N) left out"),
     "direct path left out": (SEED, [("dx = dx_k1 + dx_k2", "dx = np.zeros_like(dout) + dx_k2")],
-                             "batchnorm_backward", "fail", "xmu", "xmu → x left out"),
+                             "batchnorm_backward", "fail", "dx",
+                             "dx2 = dmu / N (the branch through mu) alone"),
     "dx of the wrong shape": (SEED, [("dx = dx_k1 + dx_k2", "dx = dx_k2")], "batchnorm_backward",
-                              "fail", "xmu", "dx has shape (5,), expected x's shape (4, 5)"),
+                              "fail", "dx", "dx has shape (5,), expected x's shape (4, 5)"),
     "1/(N-1) in the variance": (SEED, [("(x - mu) * dvar / len(dout)",
                                         "(x - mu) * dvar / (len(dout) - 1)")],
-                                "batchnorm_backward", "fail", "xhat", "N/(N-1) = 1.333 with N = 4"),
+                                "batchnorm_backward", "fail", "dxmu2", "dxmu2 times N/(N-1) = 4/3"),
     "a missing 2": (SEED, [("dx_2 = 2 * (x - mu)", "dx_2 = (x - mu)")], "batchnorm_backward",
-                    "fail", "xhat", "half too small (the derivative of sq = xmu^2 is 2*xmu)"),
-    "a sign": (SEED, [("dstd = -np.sum(", "dstd = np.sum(")], "batchnorm_backward", "fail", "xhat",
-               "with its sign flipped"),
+                    "fail", "dxmu2", "half as large: a missing factor 2"),
+    "a sign": (SEED, [("dstd = -np.sum(", "dstd = np.sum(")], "batchnorm_backward", "fail", "dsqrtvar",
+               "dsqrtvar with its sign flipped"),
     "dgamma without x_hat": (SEED, [("    dgamma = (dout * x_hat).sum(axis=0)\n\n    dx_hat",
                                      "    dgamma = dout.sum(axis=0)\n\n    dx_hat")],
-                             "batchnorm_backward", "fail", None,
-                             "wrong: dgamma (normwise error"),
+                             "batchnorm_backward", "fail", "dgamma",
+                             "dgamma = sum(dout): the factor xhat is missing"),
     "dbeta over the wrong axis": (SEED, [("    dbeta = dout.sum(axis=0)\n",
                                           "    dbeta = dout.sum(axis=1)\n")],
-                                  "batchnorm_backward", "fail", "out",
+                                  "batchnorm_backward", "fail", "dbeta",
                                   "dbeta has shape (4,), expected (5,): it is the sum over axis 1"),
     "momentum reversed": (SEED, [("running_mean = momentum * running_mean + (1 - momentum) * x_mean",
                                   "running_mean = (1 - momentum) * running_mean + momentum * x_mean")],
-                          "batchnorm_forward", "fail", "out",
+                          "batchnorm_forward", "fail", "running_mean",
                           "running_mean = (1 - momentum) * running_mean + momentum * batch: the "
                           "momentum is used the wrong way round"),
     "unbiased variance": (SEED, [("var = np.var(x, axis=0)", "var = np.var(x, axis=0, ddof=1)")],
-                          "batchnorm_forward", "fail", "var", "the unbiased variance (1/(N-1))"),
+                          "batchnorm_forward", "fail", "var", "the unbiased variance 1/(N-1)"),
     "dout modified in place": (SEED, [("    dx_hat = dout * gamma\n\n    dstd",
                                        "    dout *= gamma\n    dx_hat = dout\n\n    dstd")],
                                "batchnorm_backward", "fail", None, "modifies dout in place"),
@@ -67,7 +67,8 @@ PLANTED = {
                                 "modifies the cache's arrays in place (cache[0])"),
     "endless loop": (SEED, [("def batchnorm_backward(dout, cache):\n",
                              "def batchnorm_backward(dout, cache):\n    while True:\n        pass\n")],
-                     "batchnorm_backward", "error", None, "timed out after 2 s"),
+                     "batchnorm_backward", "error", None,
+                     "timed out after 2 s while running batchnorm_backward"),
     "backward stub": (SEED, [("def batchnorm_backward(dout, cache):", "def unused_backward(dout, cache):"),
                              ("def batchnorm_backward_alt(", STUB_BACKWARD)],
                       "batchnorm_backward", "not implemented", None, "the assignment's stub"),
@@ -78,16 +79,17 @@ PLANTED = {
     "backward of a forward not implemented": (
         SEED, [('    mode = bn_param["mode"]\n',
                 '    raise NotImplementedError\n    mode = bn_param["mode"]\n')],
-        "batchnorm_backward", "error", None,
-        "cannot be checked: batchnorm_forward, whose cache it takes, is not implemented yet"),
+        "batchnorm_backward", "not implemented", None,
+        "not implemented: batchnorm_forward, whose cache it takes, is not implemented yet"),
     "layer norm mean path left out": (COMPLETE, [("(D * dxhat - dxhat.sum(axis=1, keepdims=True)\n",
                                                   "(D * dxhat\n")],
-                                      "layernorm_backward", "fail", "xmu", "xmu → mu → x left out"),
+                                      "layernorm_backward", "fail", "dx",
+                                      "the branch through mu (dx2 = dmu / N) left out"),
     "group norm variance path left out": (
         COMPLETE, [("(count * dxhat - dxhat.sum(axis=(2, 3, 4), keepdims=True)\n"
                     "                         - xg * (dxhat * xg).sum(axis=(2, 3, 4), keepdims=True))",
                     "(count * dxhat - dxhat.sum(axis=(2, 3, 4), keepdims=True))")],
-        "spatial_groupnorm_backward", "fail", "xhat", "the variance's dependence on x is missing"),
+        "spatial_groupnorm_backward", "fail", "dx", "the branch through the variance (dxmu2"),
     "spatial dgamma without keepdims": (
         COMPLETE, [("dgamma = (dout * xhat).sum(axis=(0, 2, 3), keepdims=True)",
                     "dgamma = (dout * xhat).sum(axis=(0, 2, 3))")],
@@ -114,6 +116,23 @@ def test_planted_bug_is_diagnosed(name, tmp_path):
     assert result.stage == stage, str(report)
     assert words in result.diagnosis, str(report)
     assert not report.ok
+    if status == "fail" and name in PLANTED_LINE:
+        # ground truth: the line the replacement put into the file, found by text search
+        text = planted(base, replacements)
+        marker = PLANTED_LINE[name]
+        assert result.line == text[:text.index(marker)].count("\n") + 1, str(report)
+
+
+# The line each planted bug must be reported at (the first line holding this text).
+PLANTED_LINE = {
+    "variance path left out": "dx_k1 = dx_1\n", "mean path left out": "dx = dx_k1\n",
+    "direct path left out": "dx = np.zeros_like", "1/(N-1) in the variance": "dx_2 = 2",
+    "a missing 2": "dx_2 = (x - mu)", "a sign": "dstd = np.sum(",
+    "dgamma without x_hat": "dgamma = dout.sum",
+    "dbeta over the wrong axis": "dbeta = dout.sum(axis=1)",
+    "momentum reversed": "running_mean = (1 - momentum)", "unbiased variance": "ddof=1",
+    "layer norm mean path left out": "(D * dxhat\n",
+}
 
 
 @pytest.mark.parametrize("student", ["seed_fixed.py", "complete.py"])
@@ -161,8 +180,8 @@ def test_cli_exit_codes(tmp_path):
     bad.write_text(planted(SEED, PLANTED["variance path left out"][1]))
     failed = run(bad, "--only", "batchnorm_backward", "--seed", "3")
     assert failed.returncode == 1
-    assert "FAIL" in failed.stdout and "[stage xhat]" in failed.stdout
-    assert run(STUDENTS / "seed_as_written.py").returncode == 1
+    assert "FAIL" in failed.stdout and "[stage dxmu2]" in failed.stdout
+    assert run(STUDENTS / "seed_as_written.py").returncode == 2
     missing = run(tmp_path / "nothing.py")
     assert missing.returncode == 2 and "no such file" in missing.stderr
     unknown = run(STUDENTS / "complete.py", "--only", "softmax")
@@ -189,6 +208,7 @@ def test_the_readme_example_with_two_slips():
     report = tb.check_layers(STUDENTS / "two_slips.py")
     forward, backward, alt = (report.results[name] for name in
                               ("batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt"))
-    assert (forward.status, forward.stage) == ("fail", "out") and "momentum" in forward.diagnosis
-    assert (backward.status, backward.stage) == ("fail", "xhat")
+    assert (forward.status, forward.stage) == ("fail", "running_mean")
+    assert "momentum" in forward.diagnosis and forward.line == 33
+    assert (backward.status, backward.stage, backward.line) == ("fail", "dxmu2", 66)
     assert alt.status == "pass" and not report.ok

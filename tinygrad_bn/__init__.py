@@ -15,8 +15,8 @@ from . import (
                    fast,  # noqa: F401  (registers the fast variants of the core ops)
 )
 from .check.compare import NormReport, compare_batchnorm, compare_normalization
-from .check.gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
 from .check.explain import explain
+from .check.gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
 from .check.layers import LayersReport, check_layers
 from .core import ops
 from .core.node import Constant, Node, enable_grad, grad, graph_nodes, is_grad_enabled, no_grad, stages

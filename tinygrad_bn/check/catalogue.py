@@ -363,6 +363,10 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
     variant("sum_dxhat_xhat[gamma out]", out_sum_xhat, True, "sum_dxhat_xhat", meaning)
     variant("dx[gamma out]", (n * dxhat - out_sum - xhat * out_sum_xhat) * ivar / n, True, "dx",
             meaning)
+    variant("dx[gamma out 1]", (n * dxhat - out_sum - xhat * sum_dxhat_xhat) * ivar / n, True,
+            "dx", meaning)
+    variant("dx[gamma out 2]", (n * dxhat - sum_dxhat - xhat * out_sum_xhat) * ivar / n, True,
+            "dx", meaning)
     if len(shape) == 2:
         other = 1 - axes[0]
         wrong = (n * dxhat - dxhat.sum(axis=other, keepdims=True)

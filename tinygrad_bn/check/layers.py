@@ -460,14 +460,23 @@ def _judge(loader: Callable, name: str, seed: int) -> dict[str, Any]:
     return result
 
 
-def _call(function: Callable, label: str, *args: Any) -> Any:
+def _call(function: Callable, label: str, *args: Any, tracer: LineTracer | None = None) -> Any:
+    """function(*args), under the tracer if given; builtins the student's code replaces are
+    put back afterwards, so the judging that follows uses the real ones."""
+    import builtins
+    namespace = vars(builtins)
+    kept = dict(namespace)
     mark_running(label)
     try:
-        return function(*args)
+        return tracer.run(function, *args) if tracer is not None else function(*args)
     except Exception:
         raise
     except BaseException as error:  # sys.exit, KeyboardInterrupt, ...: the student's
         raise _StudentExitError(_exception_text(error)) from None
+    finally:
+        if namespace != kept:
+            namespace.clear()
+            namespace.update(kept)
 
 
 def _inputs(kind: str, seed: int, dtype: Any = np.float64) -> tuple[Any, ...]:
@@ -485,16 +494,7 @@ def _inputs(kind: str, seed: int, dtype: Any = np.float64) -> tuple[Any, ...]:
 def _forward_call(forward: Callable, label: str, kind: str, x: np.ndarray, gamma: np.ndarray,
                   beta: np.ndarray, param: dict, tracer: LineTracer | None = None) -> tuple[Any, Any]:
     args = (x, gamma, beta, GROUPS, param) if kind == "group" else (x, gamma, beta, param)
-    if tracer is not None:
-        mark_running(label)
-        try:
-            result = tracer.run(forward, *args)
-        except Exception:
-            raise
-        except BaseException as error:
-            raise _StudentExitError(_exception_text(error)) from None
-    else:
-        result = _call(forward, label, *args)
+    result = _call(forward, label, *args, tracer=tracer)
     if result is None or not isinstance(result, (tuple, list)) or len(result) != 2 \
             or result[0] is None:
         raise _StubError("returns no output yet (the assignment's stub)")
@@ -747,16 +747,7 @@ def _arrays_in(value: Any, prefix: str = "cache") -> list[tuple[str, np.ndarray]
 
 def _backward_call(backward: Callable, name: str, dout: np.ndarray, cache: Any,
                    tracer: LineTracer | None = None) -> tuple[Any, Any, Any]:
-    if tracer is not None:
-        mark_running(name)
-        try:
-            result = tracer.run(backward, dout, cache)
-        except Exception:
-            raise
-        except BaseException as error:
-            raise _StudentExitError(_exception_text(error)) from None
-    else:
-        result = _call(backward, name, dout, cache)
+    result = _call(backward, name, dout, cache, tracer=tracer)
     if result is None or not isinstance(result, (tuple, list)) or len(result) != 3 \
             or any(r is None for r in result):
         raise _StubError("returns no gradients yet (the assignment's stub)")

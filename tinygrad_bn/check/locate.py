@@ -248,6 +248,14 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
                       and np.array_equal(s.value, snapshot.value)), None)
         if maker is not None:
             line, function, from_cache = maker.line, maker.function, True
+            # where the forward itself departs on the way to the cached value
+            inner, _ = locate_departure(origin, {"cached": maker.index}, ["cached"], catalogue)
+            if inner is not None and inner.line != line and inner.variant:
+                inner.from_cache = True
+                inner.sentence = _sentence(inner, catalogue.named(inner.stage or ""),
+                                           next(s for s in origin if s.line == inner.line
+                                                and s.variable == inner.variable))
+                return inner, matches
     departure = LineDeparture(line=line, variable=snapshot.variable, function=function,
                               stage=stage, expected=None if expected_q is None else expected_q.value,
                               got=snapshot.value, variant=variant, sentence="",

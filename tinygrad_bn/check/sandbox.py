@@ -14,6 +14,7 @@ the student's code started do not outlive it. The child may use `multiprocessing
 from __future__ import annotations
 
 import builtins
+import faulthandler
 import json
 import os
 import pathlib
@@ -78,6 +79,10 @@ def run_isolated(work: Callable[[], Any], timeout: float, memory: int | None = N
     if pid == 0:  # the child: never returns
         os.close(read_end)
         _child(work, folder, write_end, memory)
+    try:  # also from this side, so the group exists before any kill
+        os.setpgid(pid, pid)
+    except OSError:
+        pass
     os.close(write_end)
     outcome = ChildOutcome()
     try:
@@ -104,11 +109,15 @@ def _child(work: Callable[[], Any], folder: pathlib.Path, output: int, memory: i
     code = 0
     try:
         os.setpgid(0, 0)
+        faulthandler.disable()  # a crash is the student's, reported by its signal
         if memory is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         os.dup2(output, 1)
         os.dup2(output, 2)
         os.close(output)
+        # sys.stdout may be a wrapper of the caller's (a test runner's capture): use fd 1, 2
+        sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stdin = open(os.devnull)  # noqa: SIM115 - the child exits without cleanup
         _RUNNING_FILE[:] = [folder / "running"]
         namespace = vars(builtins)

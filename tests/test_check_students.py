@@ -1,0 +1,255 @@
+"""check_layers on students written here after real ones: habits that must pass, the real
+bug patterns (each must be reported at the line planted), isolation of hostile code."""
+
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import tinygrad_bn as tb
+
+STUDENTS = pathlib.Path(__file__).parent / "students"
+HABITS = (STUDENTS / "habits.py").read_text()
+COMPLETE = (STUDENTS / "complete.py").read_text()
+EXE = pathlib.Path(sys.executable).with_name("tinygrad-bn")
+MAP = {"batchnorm_forward": "batchnormForward"}
+
+
+def write(tmp_path, text):
+    folder = tmp_path / "cs231n"
+    folder.mkdir(exist_ok=True)
+    path = folder / "layers.py"
+    path.write_text(text)
+    return path
+
+
+def reference_layernorm_dx(x, gamma, dout, eps=1e-5):
+    """Ground truth without the project: central differences of sum(dout * layernorm(x))."""
+    def f(z):
+        mu = z.mean(axis=1, keepdims=True)
+        return np.sum(dout * gamma * (z - mu) / np.sqrt(z.var(axis=1, keepdims=True) + eps))
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[index] = 1e-6
+        grad[index] = (f(x + step) - f(x - step)) / 2e-6
+    return grad
+
+
+def test_habits_pass_with_a_warning_and_a_note(tmp_path):
+    report = tb.check_layers(write(tmp_path, HABITS), timeout=10, functions=MAP)
+    assert report.ok, str(report)
+    assert report.notes == ["cs231n.im2col not found: loaded with it stubbed (normalization "
+                            "does not need it)"]
+    assert "float64 output" in report.results["batchnorm_forward"].warnings[0]
+    assert report.results["layernorm_forward"].warnings == []
+
+
+def test_an_unmapped_camel_case_name_is_suggested(tmp_path):
+    report = tb.check_layers(write(tmp_path, HABITS), timeout=10)
+    assert report.missing == {"batchnorm_forward": "batchnormForward"}
+    assert "--function batchnorm_forward=batchnormForward" in str(report)
+
+
+# name: (old, new, function, the text of the planted line, words of the diagnosis)
+REAL_BUGS = {
+    "eps outside the square root": (
+        "x_norm = (x - mean) / np.sqrt(variance + eps)", "x_norm = (x - mean) / (np.sqrt(variance) + eps)",
+        "batchnorm_forward", "x_norm = (x - mean) / (np.sqrt", "eps added outside the square root"),
+    "variance over all axes": (
+        "variance = np.var(x, axis=0, keepdims=True)", "variance = np.var(x)",
+        "batchnorm_forward", "variance = np.var(x)\n", "statistics over all of x"),
+    "momentum reversed": (
+        "running_mean = momentum * running_mean + (1 - momentum) * mean",
+        "running_mean = (1 - momentum) * running_mean + momentum * mean",
+        "batchnorm_forward", "running_mean = (1 - momentum)", "the wrong way round"),
+    "gamma outside the per-sample sum": (
+        "dx = (D * dx_hat - dx_hat.sum(axis=0)",
+        "dx = (D * dx_hat - gamma[:, None] * dout.T.sum(axis=0)",
+        "layernorm_backward", "dx = (D * dx_hat - gamma", "gamma taken out of a sum"),
+    "the Jacobian's diagonal only": (
+        "dx = (N * dx_norm - dx_norm.sum(axis=0) - x_norm * (dx_norm * x_norm).sum(axis=0)) / (\n"
+        "        N * np.sqrt(variance + eps))",
+        "dx = dx_norm / np.sqrt(variance + eps) * ((1 - 1 / N) - x_norm ** 2 / N)",
+        "batchnorm_backward_alt", "dx = dx_norm / np.sqrt", "only the diagonal of the Jacobian"),
+    "closed form with a missing term": (
+        "dx = (N * dx_norm - dx_norm.sum(axis=0) - x_norm * (dx_norm * x_norm).sum(axis=0)) / (",
+        "dx = (N * dx_norm - dx_norm.sum(axis=0)) / (",
+        "batchnorm_backward_alt", "dx = (N * dx_norm - dx_norm.sum(axis=0)) / (",
+        "the branch through the variance"),
+    "unbiased variance in layer norm, forward and backward": (
+        "var = (xc ** 2).mean(axis=0)", "var = (xc ** 2).sum(axis=0) / (xc.shape[0] - 1)",
+        "layernorm_backward", "var = (xc ** 2).sum", "which makes the cache"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL_BUGS))
+def test_real_bug_patterns_are_placed_on_their_line(name, tmp_path):
+    old, new, function, marker, words = REAL_BUGS[name]
+    assert old in HABITS
+    text = HABITS.replace(old, new, 1)
+    report = tb.check_layers(write(tmp_path, text), timeout=10, functions=MAP, only=[function])
+    result = report.results[function]
+    assert result.status == "fail", str(report)
+    assert result.line == text[:text.index(marker)].count("\n") + 1, str(report)
+    assert words in result.diagnosis, str(report)
+    record = result.departure
+    assert record is not None and not record.matches and record.line == result.line
+    assert any(s.matches for s in result.stages)
+    assert result.to_dict()["stages"][0].keys() >= {"name", "line", "variable", "value",
+                                                    "expected", "matches", "departure"}
+
+
+def test_the_ground_truth_agrees_that_the_gamma_bug_is_wrong_and_the_habit_right():
+    rng = np.random.default_rng(0)
+    x, gamma, dout = rng.standard_normal((4, 5)), 1 + rng.standard_normal(5), rng.standard_normal((4, 5))
+    namespace: dict = {}
+    exec(HABITS.replace("from cs231n.im2col import *", ""), namespace)
+    _, cache = namespace["layernorm_forward"](x, gamma, np.zeros(5), {})
+    dx = namespace["layernorm_backward"](dout, cache)[0]
+    assert np.allclose(dx, reference_layernorm_dx(x, gamma, dout), atol=1e-6)
+    old, new = REAL_BUGS["gamma outside the per-sample sum"][:2]
+    exec(HABITS.replace("from cs231n.im2col import *", "").replace(old, new), namespace)
+    dx = namespace["layernorm_backward"](dout, cache)[0]
+    assert not np.allclose(dx, reference_layernorm_dx(x, gamma, dout), atol=1e-3)
+
+
+def test_spatial_reshape_without_transpose_is_placed_on_its_line(tmp_path):
+    text = COMPLETE + '''
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+    N, C, H, W = x.shape
+    flat = x.reshape(N * H * W, C)
+    out, cache = batchnorm_forward(flat, gamma, beta, bn_param)
+    return out.reshape(N, C, H, W), cache
+'''
+    report = tb.check_layers(write(tmp_path, text), timeout=10, only=["spatial_batchnorm_forward"])
+    result = report.results["spatial_batchnorm_forward"]
+    assert result.status == "fail"
+    assert "without moving C last" in result.diagnosis, str(report)
+    assert result.function == "batchnorm_forward" and result.variable == "mu"
+
+
+STUB_FORWARD = '''
+def layernorm_forward(x, gamma, beta, ln_param):
+    out, cache = None, None
+    pass
+    return out, cache
+'''
+
+
+def test_stubs_are_not_implemented_and_so_is_their_backward(tmp_path):
+    text = COMPLETE.replace("def layernorm_forward(", "def unused_forward(") + STUB_FORWARD
+    report = tb.check_layers(write(tmp_path, text), timeout=10,
+                             only=["layernorm_forward", "layernorm_backward"])
+    assert {r.status for r in report.results.values()} == {"not implemented"}, str(report)
+
+
+def test_test_mode_stub_is_a_fail_that_says_so(tmp_path):
+    text = HABITS.replace('''        out[:] = gamma * (x - running_mean.reshape(1, -1)) / np.sqrt(
+            running_var.reshape(1, -1) + eps) + beta''', "        out = None")
+    report = tb.check_layers(write(tmp_path, text), timeout=10, functions=MAP,
+                             only=["batchnorm_forward"])
+    result = report.results["batchnorm_forward"]
+    assert result.status == "fail"
+    assert result.diagnosis.startswith("train right; running statistics right; test mode not "
+                                       "implemented yet"), str(report)
+
+
+def test_dgamma_in_another_shape_fails_and_dx_is_still_judged(tmp_path):
+    text = HABITS.replace("    dgamma = (dout * x_norm).sum(axis=0)\n",
+                          "    dgamma = (dout * x_norm).sum(axis=0, keepdims=True)\n").replace(
+        "dx_norm.sum(axis=0) - x_norm", "dx_norm.sum(axis=0) * 0 - x_norm")
+    report = tb.check_layers(write(tmp_path, text), timeout=10, functions=MAP,
+                             only=["batchnorm_backward_alt"])
+    result = report.results["batchnorm_backward_alt"]
+    assert result.parts == {"dx": "wrong", "dgamma": "wrong shape", "dbeta": "right"}
+    assert "right values in shape (1, 5)" in result.diagnosis and result.line is not None
+
+
+HOSTILE = {
+    "builtins.len replaced": ("import builtins\nbuiltins.len = lambda o: 7\n", "pass"),
+    "sys.exit": ("import sys\nsys.exit(3)\n", "error", "calls sys.exit(3)"),
+    "keyboard interrupt": ("raise KeyboardInterrupt\n", "error", "raised KeyboardInterrupt"),
+    "a segfault": ("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", "error",
+                   "killed by SIGSEGV while running layernorm_forward"),
+    "a sleep": ("import time\ntime.sleep(30)\n", "error",
+                "timed out after 1 s while running layernorm_forward"),
+    "a huge allocation": ("import numpy\nnumpy.ones(2**34)\n", "error", "MemoryError"),
+    "a pool": ("import multiprocessing\nwith multiprocessing.Pool(2) as pool:\n"
+               "    assert pool.map(abs, [-1, -2]) == [1, 2]\n", "pass"),
+    "a flood of prints": ("for _ in range(200000):\n    print('x' * 50)\n", "pass"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_code_is_reported_as_the_students(name, tmp_path):
+    code, status, *words = HOSTILE[name]
+    body = "".join("    " + line + "\n" for line in code.splitlines())
+    text = COMPLETE.replace("def layernorm_forward(x, gamma, beta, ln_param):\n",
+                            "def layernorm_forward(x, gamma, beta, ln_param):\n" + body)
+    timeout = 1 if name == "a sleep" else 20
+    report = tb.check_layers(write(tmp_path, text), timeout=timeout, memory=2**30,
+                             only=["layernorm_forward", "layernorm_backward"])
+    result = report.results["layernorm_forward"]
+    assert result.status == status, str(report)
+    for word in words:
+        assert word in result.diagnosis, str(report)
+    assert len(result.output) < 3000
+    if name == "a flood of prints":
+        assert "bytes in all" in result.output
+
+
+def test_forked_processes_do_not_outlive_the_verdict(tmp_path):
+    marker = tmp_path / "pids"
+    code = (f"import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n"
+            f"        open({str(marker)!r}, 'a').write(str(os.getpid()) + ' ')\n"
+            f"        time.sleep(60)\n        os._exit(0)\ntime.sleep(0.2)\n")
+    body = "".join("    " + line + "\n" for line in code.splitlines())
+    text = COMPLETE.replace("def layernorm_forward(x, gamma, beta, ln_param):\n",
+                            "def layernorm_forward(x, gamma, beta, ln_param):\n" + body)
+    tb.check_layers(write(tmp_path, text), timeout=20, only=["layernorm_forward"])
+    pids = [int(p) for p in marker.read_text().split()]
+    assert pids
+    def alive(pid):
+        try:
+            return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+    deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if alive(p)]
+
+
+def test_the_reply_cannot_run_code_in_the_caller():
+    from tinygrad_bn.check.sandbox import run_isolated
+    outcome = run_isolated(lambda: {"a": np.arange(3.0), "b": [1, "two"], "c": object()}, 10)
+    assert outcome.failure is None
+    assert np.array_equal(outcome.value["a"], [0, 1, 2])
+    assert outcome.value["c"] == {"__unsendable__": "object"}
+
+
+def test_cli_usage_errors_save_case_and_explain_load(tmp_path):
+    def run(*args):
+        return subprocess.run([str(EXE), *map(str, args)], capture_output=True, text=True,
+                              timeout=120)
+    for bad in (["--timeout", "inf"], ["--timeout", "3e6"], ["--only", ","], ["--memory", "0"],
+                ["--function", "batchnorm_forward"]):
+        result = run("check", STUDENTS / "complete.py", *bad)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result
+    case = tmp_path / "case.npz"
+    result = run("check", STUDENTS / "two_slips.py", "--only", "batchnorm_backward",
+                 "--save-case", case, "--timeout", "20")
+    assert result.returncode == 1 and "Line 66, `dx_k1`" in result.stdout
+    shown = run("explain", "--values", "--load", case)
+    assert shown.returncode == 0
+    text = shown.stdout
+    assert text.index("\nx = ") < text.index("\ngamma = ") < text.index("\ndout = ") \
+        < text.index("\nmu = ")
+    saved = np.load(case)
+    assert np.array_equal(saved["x"], tb.explain(load=case).inputs["x"])
+    assert "correct_dxmu2" in saved.files and "student_dx" in saved.files
