@@ -18,11 +18,12 @@ from .check.compare import NormReport, compare_batchnorm, compare_normalization
 from .check.gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
 from .check.layers import LayersReport, check_layers
 from .core import ops
-from .core.node import Constant, Node, enable_grad, grad, graph_nodes, is_grad_enabled, no_grad, stages
-from .core.ops import (
+from .core.dual import unbroadcast, where
+from .core.functional import (
                    add,
                    div,
                    exp,
+                   identity,
                    log,
                    matmul,
                    mean,
@@ -36,9 +37,8 @@ from .core.ops import (
                    sum,
                    tanh,
                    transpose,
-                   unbroadcast,
-                   where,
 )
+from .core.node import Constant, Node, enable_grad, grad, graph_nodes, is_grad_enabled, no_grad, stages
 from .norm import (
                    STAGE_NAMES,
                    batchnorm_fused,
@@ -60,7 +60,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Node", "Constant", "grad", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages",
     "ops", "fast", "nn", "loss", "optim", "cs231n",
-    "add", "sub", "mul", "div", "pow", "neg", "sqrt", "exp", "log", "relu", "tanh", "sum",
+    "add", "sub", "mul", "div", "pow", "neg", "identity", "sqrt", "exp", "log", "relu", "tanh", "sum",
     "mean", "reshape", "transpose", "matmul", "unbroadcast", "where",
     "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES", "BatchNorm", "Module",
     "LayerNorm", "GroupNorm", "Linear", "ReLU", "Sequential",
