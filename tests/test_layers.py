@@ -195,7 +195,7 @@ def test_the_backward_loop_is_the_cores_and_calls_the_declared_step():
     from tinygrad_bn.core import node
 
     source = inspect.getsource(node._totals)
-    assert "vjp(node, total, create_graph)" in source
+    assert "step = vjp" in source and "step(node, total, create_graph)" in source
     assert node._totals.__module__ == "tinygrad_bn.core.node"
     assert not hasattr(node._totals, "seam")  # the loop itself is not replaceable
 
@@ -242,3 +242,35 @@ def test_importing_the_library_leaves_malloc_and_threads_alone():
     after_import, after_configure = result.stdout.split("\n")[:2]
     assert after_import == "True 1"  # malloc untouched, no thread started
     assert after_configure == "False"  # the one explicit call: large blocks stay in the heap
+
+
+# --- the order of the layers, said the same way everywhere ---------------------------
+def _ranked(groups: list[list[str]]) -> None:
+    ranks = [{RANK[name] for name in group} for group in groups]
+    assert all(len(r) == 1 for r in ranks), groups  # a group holds peers
+    flat = [r.pop() for r in ranks]
+    assert flat == sorted(set(RANK.values())), groups  # every layer once, lowest first
+
+
+def test_the_package_docstring_lists_the_layers_in_order():
+    import re
+
+    import tinygrad_bn
+
+    text = " ".join(tinygrad_bn.__doc__.split())
+    chain = text[text.index("Layers"):].split(":", 1)[1].split(".")[0]
+    groups = [[re.match(r"\s*(\w+)", name).group(1) for name in part.split(",")]
+              for part in re.sub(r"\([^)]*\)", "", chain).split("<")]
+    _ranked(groups)
+
+
+def test_the_architecture_page_draws_the_layers_in_order():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text[text.index("## Layers"):].split("```")[1]
+    groups = []
+    for line in block.strip().splitlines()[::-1]:  # drawn top first
+        if line.startswith(" "):
+            continue  # a continuation of the line above
+        groups.append([word for word in line.replace("|", " ").split()
+                       if word in RANK and not word.startswith("tinygrad_bn")])
+    _ranked([group for group in groups if group])

@@ -34,9 +34,13 @@ NO_PARAMS: dict[str, Any] = {}  # the params of ops without any (shared: never w
 # Creation numbers: a node's parents are always created before it (see Node.backward).
 _creation_order = itertools.count()
 _creation_number = operator.attrgetter("_seq")
+_value_of = operator.attrgetter("data")
+_requires_grad_of = operator.attrgetter("requires_grad")
 class _Freed(dict):
     """The params of a node that backward(free_graph=True) let go of its graph; the root's
     remembers the leaves that pass reached, so that zero_grad can still clear them."""
+
+    used = False  # set by the first backward(free_graph=True): until then none is looked for
 
     def __init__(self, leaves: tuple[Node, ...] = ()) -> None:
         super().__init__()
@@ -218,14 +222,19 @@ class Node:
                 "inside no_grad()), so there is nothing to differentiate"
             )
         store = _GradStore(seed)
-        keep_every_grad = not free_graph
-        leaves = []
-        for node, total in _totals(self, seed, free_graph=free_graph):
-            if keep_every_grad or node._op is None or node is self:
+        if not free_graph:
+            for node, total in _totals(self, seed):
                 store.keep(node, total)
+            return
+        _Freed.used = True
+        leaves = []
+        for node, total in _totals(self, seed, free_graph=True):
             if node._op is None:
                 leaves.append(node)
-        if free_graph and self._op is not None:
+                store.keep(node, total)
+            elif node is self:
+                store.keep(node, total)
+        if self._op is not None:
             self._params = _Freed(tuple(leaves))  # zero_grad can still find them
 
     def _seed(self, grad: Any) -> Any:
@@ -250,7 +259,7 @@ class Node:
 
     def _collect(self) -> list[Node]:
         order = _reachable(self, requires_grad_only=True)
-        if any(isinstance(node._params, _Freed) for node in order):
+        if _Freed.used and any(isinstance(node._params, _Freed) for node in order):
             raise ValueError(
                 "backward: this graph was already freed by backward(free_graph=True); "
                 "build it again to backpropagate a second time"
@@ -388,14 +397,12 @@ class Node:
 
 def apply(op: type[Op], parents: tuple[Node, ...], **params: Any) -> Node:
     """Run `op` on the parents' values and record the result as a node of the graph."""
-    out = op.forward(*[parent.data for parent in parents], **params)
+    out = op.forward(*map(_value_of, parents), **params)
     if type(out) is np.ndarray and out.ndim == 0:  # 0-d values are kept as numpy scalars
         out = out[()]
     if not grad_mode.enabled:  # inside no_grad(): a leaf that remembers nothing
         return Node._result(out, None, (), NO_PARAMS, False)
-    requires_grad = False
-    for parent in parents:
-        requires_grad = requires_grad or parent.requires_grad
+    requires_grad = any(map(_requires_grad_of, parents))
     return Node._result(out, op, parents, params or NO_PARAMS, requires_grad)
 
 
@@ -522,6 +529,7 @@ def _totals(root: Node, seed: Any, *, create_graph: bool = False, free_graph: bo
     order = root._collect()                      # 1. collect (checks before any change)
     order.sort(key=_creation_number)             # 2. order (popping also lets go of a node)
     pending: dict[Node, Any] = {root: seed}      # 3. seed
+    step = vjp                                   # (one node's step; a name looked up once)
     while order:                                 # 4. loop
         node = order.pop()
         total = pending.pop(node, None)
@@ -532,7 +540,7 @@ def _totals(root: Node, seed: Any, *, create_graph: bool = False, free_graph: bo
         yield node, total
         if node._op is None:
             continue
-        for parent, parent_grad in zip(node.parents, vjp(node, total, create_graph)):
+        for parent, parent_grad in zip(node.parents, step(node, total, create_graph)):
             if parent_grad is not None and parent.requires_grad:
                 previous = pending.get(parent)
                 # A fresh sum, never `+=`: the arrays may be shared with other gradients.

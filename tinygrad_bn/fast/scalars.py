@@ -45,11 +45,18 @@ SCALAR_VJPS = {
 }
 
 
-def _is_scalar_step(node: Node, upstream: Any, create_graph: bool = False) -> bool:
-    return (not create_graph and type(upstream) is not np.ndarray
-            and type(node.data) is not np.ndarray and node.op_def in SCALAR_VJPS)
+def _first_order(node: Node, upstream: Any, create_graph: bool = False) -> bool:
+    return not create_graph
 
 
-@fast_variant(core_node, "vjp", when=_is_scalar_step)
+textbook_vjp = core_node.vjp.seam.textbook
+
+
+@fast_variant(core_node, "vjp", when=_first_order)
 def scalar_vjp(node: Node, upstream: Any, create_graph: bool = False) -> tuple[Any, ...]:
-    return SCALAR_VJPS[node.op_def](upstream, node)
+    """The scalar rule of the node's op where its value and gradient are numpy scalars;
+    elsewhere the textbook step itself."""
+    rule = SCALAR_VJPS.get(node.op_def) if type(upstream) is not np.ndarray else None
+    if rule is None or type(node.data) is np.ndarray:
+        return textbook_vjp(node, upstream)
+    return rule(upstream, node)
