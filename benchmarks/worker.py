@@ -159,6 +159,10 @@ class TorchSide:
 
 
 def main() -> None:
+    if "--torch" not in sys.argv:
+        import tinygrad_bn as tb
+
+        tb.fast.configure()  # as the command line does: large temporaries reuse freed memory
     side = TorchSide() if "--torch" in sys.argv else NumpySide()
     for line in sys.stdin:
         request = json.loads(line)

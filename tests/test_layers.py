@@ -3,6 +3,8 @@
 import ast
 import pathlib
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Where each module lives: the longest matching prefix names its layer.
@@ -100,3 +102,175 @@ def test_the_check_catches_upward_and_sideways_imports(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         assert len(violations([path], tmp_path)) == 1, relative
+
+
+# --- the seams: where the fast layer may stand in ------------------------------------
+def test_fast_variants_stand_in_only_at_seams_the_core_declares():
+    import tinygrad_bn as tb
+    from tinygrad_bn.core.seams import SEAMS
+    from tinygrad_bn.fast.registry import fast_variant
+
+    assert {f"{s.textbook.__module__}.{s.name}" for s in SEAMS.values()} == set(SEAMS)
+    for variant in tb.fast.VARIANTS:  # each on a declared seam, which lists it
+        seam = next(s for s in SEAMS.values() if variant.textbook is s.textbook)
+        assert (variant.when, variant.fast) in seam.stand_ins
+        assert seam.where.startswith("Seam:")
+    with pytest.raises(TypeError, match=r"Add\.backward: not a seam the core declares"):
+        fast_variant(tb.ops.Add, "backward", when=lambda *args: True)
+    with pytest.raises(TypeError, match=r"_totals: not a seam the core declares"):
+        fast_variant(tb.core.node, "_totals", when=lambda *args: True)
+
+
+def test_a_seam_says_where_its_stand_ins_live():
+    from tinygrad_bn.core.seams import seam
+
+    def undocumented(x):
+        return x
+
+    with pytest.raises(ValueError, match="in a line starting with 'Seam:'"):
+        seam(undocumented)
+
+
+def test_a_stand_in_runs_only_where_its_condition_holds():
+    import numpy as np
+
+    from tinygrad_bn.core.seams import seam, textbook_only
+
+    def textbook(x):
+        """Seam: this test's stand-in."""
+        return "textbook"
+
+    dispatch = seam(textbook)
+    dispatch.seam.add(lambda x: "fast", when=lambda x: x.size > 2)
+    assert dispatch(np.zeros(3)) == "fast"
+    assert dispatch(np.zeros(2)) == "textbook"
+    assert dispatch(np.float64(5.0)) == "textbook"  # arrays only: a numpy scalar never
+    with textbook_only():
+        assert dispatch(np.zeros(3)) == "textbook"
+    from tinygrad_bn.core.seams import SEAMS
+    del SEAMS[f"{textbook.__module__}.{textbook.__qualname__}"]
+
+
+def _private_core_names() -> set[str]:
+    import inspect
+
+    import tinygrad_bn.core as core
+
+    names = set()
+    for path in (ROOT / "tinygrad_bn" / "core").glob("*.py"):
+        module = __import__(f"tinygrad_bn.core.{path.stem}", fromlist=["_"]) \
+            if path.stem != "__init__" else core
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and value.__module__ == module.__name__:
+                names |= {n for n in vars(value) if n.startswith("_") and not n.startswith("__")}
+                names |= {n for n in getattr(value, "__slots__", ()) if n.startswith("_")
+                          and not n.startswith("__")}
+            if name.startswith("_") and not name.startswith("__"):
+                names.add(name)
+    return names
+
+
+def test_the_fast_layer_uses_no_private_core_name():
+    private = _private_core_names()
+    assert {"_op", "_params", "_seq", "_collect", "_totals", "_FREED"} <= private
+    problems = []
+    for path in sorted((ROOT / "tinygrad_bn" / "fast").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        own = {n.name for n in ast.walk(tree)
+               if isinstance(n, (ast.FunctionDef, ast.ClassDef))} | \
+              {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign)
+               for t in n.targets if isinstance(t, ast.Name)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and "core" in node.module:
+                problems += [f"{path.name} imports {a.name}" for a in node.names
+                             if a.name.startswith("_")]
+            elif isinstance(node, ast.Attribute) and node.attr in private - own:
+                problems.append(f"{path.name}:{node.lineno} uses .{node.attr}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_backward_loop_is_the_cores_and_calls_the_declared_step():
+    import inspect
+
+    from tinygrad_bn.core import node
+
+    source = inspect.getsource(node._totals)
+    assert "step = vjp" in source and "step(node, total, create_graph)" in source
+    assert node._totals.__module__ == "tinygrad_bn.core.node"
+    assert not hasattr(node._totals, "seam")  # the loop itself is not replaceable
+
+
+# --- importing the library changes nothing in the host process ------------------------
+PROBE = """
+import ctypes, ctypes.util, threading
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def mapped_on_its_own(size=64 << 20):
+    # glibc serves a block above its mmap threshold (at most 32 MiB by default) with pages
+    # of its own: hblkhd counts them. mallopt's M_MMAP_THRESHOLD is what changes that.
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(size)
+    grew = libc.mallinfo2().hblkhd - before
+    libc.free(block)
+    return grew >= size
+
+import tinygrad_bn as tb
+print(mapped_on_its_own(), threading.active_count())
+tb.fast.configure()
+print(mapped_on_its_own())
+"""
+
+
+def test_importing_the_library_leaves_malloc_and_threads_alone():
+    import platform
+    import subprocess
+    import sys
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("the probe reads glibc's mallinfo2")
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                            timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    after_import, after_configure = result.stdout.split("\n")[:2]
+    assert after_import == "True 1"  # malloc untouched, no thread started
+    assert after_configure == "False"  # the one explicit call: large blocks stay in the heap
+
+
+# --- the order of the layers, said the same way everywhere ---------------------------
+def _ranked(groups: list[list[str]]) -> None:
+    ranks = [{RANK[name] for name in group} for group in groups]
+    assert all(len(r) == 1 for r in ranks), groups  # a group holds peers
+    flat = [r.pop() for r in ranks]
+    assert flat == sorted(set(RANK.values())), groups  # every layer once, lowest first
+
+
+def test_the_package_docstring_lists_the_layers_in_order():
+    import re
+
+    import tinygrad_bn
+
+    text = " ".join(tinygrad_bn.__doc__.split())
+    chain = text[text.index("Layers"):].split(":", 1)[1].split(".")[0]
+    groups = [[re.match(r"\s*(\w+)", name).group(1) for name in part.split(",")]
+              for part in re.sub(r"\([^)]*\)", "", chain).split("<")]
+    _ranked(groups)
+
+
+def test_the_architecture_page_draws_the_layers_in_order():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text[text.index("## Layers"):].split("```")[1]
+    groups = []
+    for line in block.strip().splitlines()[::-1]:  # drawn top first
+        if line.startswith(" "):
+            continue  # a continuation of the line above
+        groups.append([word for word in line.replace("|", " ").split()
+                       if word in RANK and not word.startswith("tinygrad_bn")])
+    _ranked([group for group in groups if group])

@@ -187,3 +187,48 @@ def test_python_number_constants_are_shared_and_keep_their_sign():
     assert a.parents[1] is b.parents[1] and not a.parents[1].requires_grad
     assert np.signbit((x * -0.0).parents[1].data) and not np.signbit((x * 0.0).parents[1].data)
     assert (tb.Node(np.ones(2, np.float32)) * 0.5).parents[1].dtype == np.float32
+
+
+def test_the_core_tests_run_with_and_without_the_fast_layer(engine_path):
+    # conftest.py runs this file twice; the second time the textbook alone answers.
+    assert tb.fast.is_enabled() is (engine_path == "with_fast_layer")
+    x = tb.Node(1.5)
+    ((x * x + 1.0) / x).backward()
+    assert x.grad == pytest.approx(1 - 1 / 1.5**2, rel=1e-15)
+
+
+def test_scalar_graphs_take_the_scalar_step_only_with_the_fast_layer(engine_path, monkeypatch):
+    from tinygrad_bn.core import node as core_node
+    from tinygrad_bn.fast import scalars
+
+    calls = []
+    rules = dict(scalars.SCALAR_VJPS)
+    monkeypatch.setitem(scalars.SCALAR_VJPS, tb.ops.Mul,
+                        lambda g, n: calls.append(n) or rules[tb.ops.Mul](g, n))
+    x = tb.Node(2.0)
+    (x * 3.0).backward()
+    assert x.grad == 3.0
+    assert len(calls) == (1 if engine_path == "with_fast_layer" else 0)
+    # The loop that ran is the core's: the per-node step is its one declared seam.
+    assert core_node.vjp.seam.name == "vjp"
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_grad_returns_each_inputs_dtype(create_graph):
+    x = tb.Node(np.array([1.0, 2.0], dtype=np.float32), name="x")
+    w = tb.Node(np.array([0.5, -1.5]), name="w")  # float64
+    out = (x * w).sum()
+    dx, dw = tb.grad(out, [x, w], create_graph=create_graph)
+    if create_graph:
+        dx, dw = dx.data, dw.data
+    assert dx.dtype == np.float32 and dw.dtype == np.float64
+    out.backward()
+    assert x.grad.dtype == dx.dtype
+    np.testing.assert_array_equal(dx, x.grad)
+    np.testing.assert_array_equal(dw, [1.0, 2.0])
+
+
+def test_grad_of_a_float32_scalar_is_float32():
+    x = tb.Node(np.float32(2.0))
+    (dx,) = tb.grad(x * np.float64(3.0), [x])
+    assert type(dx) is np.float32 and dx == 3.0

@@ -6,8 +6,9 @@
     out.backward(np.random.randn(200, 50))      # x.grad, and every stage node's .grad
     print(tb.compare_batchnorm(x.data, np.ones(50), np.zeros(50)))
 
-Layers (each imports only the ones below it): core (Node, ops) < fast (registers faster
-variants of core ops) < norm < check, train < cs231n < cli; `viz` sits on top.
+Layers (each imports only the ones below it): core (Node, ops) < norm < fast (faster
+variants at the seams core and norm declare) < check, train < cs231n < viz < top (this
+package's __init__ and the command line).
 """
 
 from . import (
@@ -19,11 +20,12 @@ from .check.explain import explain
 from .check.gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
 from .check.layers import LayersReport, check_layers
 from .core import ops
-from .core.node import Constant, Node, enable_grad, grad, graph_nodes, is_grad_enabled, no_grad, stages
-from .core.ops import (
+from .core.dual import unbroadcast, where
+from .core.functional import (
                    add,
                    div,
                    exp,
+                   identity,
                    log,
                    matmul,
                    mean,
@@ -37,9 +39,8 @@ from .core.ops import (
                    sum,
                    tanh,
                    transpose,
-                   unbroadcast,
-                   where,
 )
+from .core.node import Constant, Node, enable_grad, grad, graph_nodes, is_grad_enabled, no_grad, stages
 from .norm import (
                    STAGE_NAMES,
                    batchnorm_fused,
@@ -61,7 +62,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Node", "Constant", "grad", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages",
     "ops", "fast", "nn", "loss", "optim", "cs231n",
-    "add", "sub", "mul", "div", "pow", "neg", "sqrt", "exp", "log", "relu", "tanh", "sum",
+    "add", "sub", "mul", "div", "pow", "neg", "identity", "sqrt", "exp", "log", "relu", "tanh", "sum",
     "mean", "reshape", "transpose", "matmul", "unbroadcast", "where",
     "batchnorm_staged", "batchnorm_fused", "STAGE_NAMES", "BatchNorm", "Module",
     "LayerNorm", "GroupNorm", "Linear", "ReLU", "Sequential",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, fast
 from .check.compare import compare_normalization
 from .check.explain import explain_normalization, format_values
 from .norm import NORMS, norm_spec
@@ -482,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
+    fast.configure()  # a program's choice, not the library's: large temporaries reuse memory
     try:
         return args.run(args)
     except BrokenPipeError:

@@ -11,29 +11,36 @@ from __future__ import annotations
 
 import itertools
 import operator
-import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .seams import seam
+from .switch import Switch
+
 if TYPE_CHECKING:
     from .ops import Op
 
-__all__ = ["Node", "Constant", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes",
-           "stages", "as_float_array", "vjp", "grad", "trace_backward"]
+__all__ = ["Node", "Constant", "apply", "value", "no_grad", "enable_grad", "is_grad_enabled",
+           "grad_mode", "graph_nodes", "stages", "as_float_array", "FLOAT_DTYPES", "NO_PARAMS",
+           "vjp", "grad", "trace_backward"]
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes a Node may hold
 NO_PARAMS: dict[str, Any] = {}  # the params of ops without any (shared: never written to)
 # Creation numbers: a node's parents are always created before it (see Node.backward).
 _creation_order = itertools.count()
 _creation_number = operator.attrgetter("_seq")
+_value_of = operator.attrgetter("data")
+_requires_grad_of = operator.attrgetter("requires_grad")
 class _Freed(dict):
     """The params of a node that backward(free_graph=True) let go of its graph; the root's
     remembers the leaves that pass reached, so that zero_grad can still clear them."""
+
+    used = False  # set by the first backward(free_graph=True): until then none is looked for
 
     def __init__(self, leaves: tuple[Node, ...] = ()) -> None:
         super().__init__()
@@ -46,39 +53,24 @@ _FREED = _Freed()
 _assigned: weakref.WeakKeyDictionary[Node, int] = weakref.WeakKeyDictionary()
 
 
-class _GradMode(threading.local):
-    # Thread-local, as in PyTorch: a no_grad block in one thread leaves others recording.
-    enabled = True
-
-
-_grad_mode = _GradMode()
+# Whether ops record a graph (per thread, as in PyTorch: a no_grad block in one thread
+# leaves the others recording).
+grad_mode = Switch(True)
 
 
 def is_grad_enabled() -> bool:
     """True unless inside a `no_grad()` block (of this thread)."""
-    return _grad_mode.enabled
+    return grad_mode.enabled
 
 
-@contextmanager
-def no_grad() -> Iterator[None]:
+def no_grad() -> AbstractContextManager[None]:
     """Context in which ops record no graph: results are constant leaves."""
-    previous = _grad_mode.enabled
-    _grad_mode.enabled = False
-    try:
-        yield
-    finally:
-        _grad_mode.enabled = previous
+    return grad_mode.set_to(False)
 
 
-@contextmanager
-def enable_grad() -> Iterator[None]:
+def enable_grad() -> AbstractContextManager[None]:
     """Context that re-enables graph recording inside a `no_grad()` block."""
-    previous = _grad_mode.enabled
-    _grad_mode.enabled = True
-    try:
-        yield
-    finally:
-        _grad_mode.enabled = previous
+    return grad_mode.set_to(True)
 
 
 def as_float_array(value: Any, argname: str = "data") -> np.ndarray:
@@ -89,7 +81,7 @@ def as_float_array(value: Any, argname: str = "data") -> np.ndarray:
     """
     array = np.asarray(value)
     dtype = array.dtype
-    if dtype in _FLOAT_DTYPES:
+    if dtype in FLOAT_DTYPES:
         return array
     if dtype.kind in "iu":
         return array.astype(np.float64)
@@ -230,14 +222,19 @@ class Node:
                 "inside no_grad()), so there is nothing to differentiate"
             )
         store = _GradStore(seed)
-        keep_every_grad = not free_graph
-        leaves = []
-        for node, total in _totals(self, seed, free_graph=free_graph):
-            if keep_every_grad or node._op is None or node is self:
+        if not free_graph:
+            for node, total in _totals(self, seed):
                 store.keep(node, total)
+            return
+        _Freed.used = True
+        leaves = []
+        for node, total in _totals(self, seed, free_graph=True):
             if node._op is None:
                 leaves.append(node)
-        if free_graph and self._op is not None:
+                store.keep(node, total)
+            elif node is self:
+                store.keep(node, total)
+        if self._op is not None:
             self._params = _Freed(tuple(leaves))  # zero_grad can still find them
 
     def _seed(self, grad: Any) -> Any:
@@ -262,7 +259,7 @@ class Node:
 
     def _collect(self) -> list[Node]:
         order = _reachable(self, requires_grad_only=True)
-        if any(isinstance(node._params, _Freed) for node in order):
+        if _Freed.used and any(isinstance(node._params, _Freed) for node in order):
             raise ValueError(
                 "backward: this graph was already freed by backward(free_graph=True); "
                 "build it again to backpropagate a second time"
@@ -303,99 +300,115 @@ class Node:
 
     # --- operators (the ops themselves live in ops.py) ------------------------------
     def __add__(self, other: Any) -> Node:
-        return _ops.add(self, other)
+        return _functional.add(self, other)
 
     def __radd__(self, other: Any) -> Node:
-        return _ops.add(other, self)
+        return _functional.add(other, self)
 
     def __sub__(self, other: Any) -> Node:
-        return _ops.sub(self, other)
+        return _functional.sub(self, other)
 
     def __rsub__(self, other: Any) -> Node:
-        return _ops.sub(other, self)
+        return _functional.sub(other, self)
 
     def __mul__(self, other: Any) -> Node:
-        return _ops.mul(self, other)
+        return _functional.mul(self, other)
 
     def __rmul__(self, other: Any) -> Node:
-        return _ops.mul(other, self)
+        return _functional.mul(other, self)
 
     def __truediv__(self, other: Any) -> Node:
-        return _ops.div(self, other)
+        return _functional.div(self, other)
 
     def __rtruediv__(self, other: Any) -> Node:
-        return _ops.div(other, self)
+        return _functional.div(other, self)
 
     def __pow__(self, other: Any) -> Node:
-        return _ops.pow(self, other)
+        return _functional.pow(self, other)
 
     def __rpow__(self, other: Any) -> Node:
-        return _ops.pow(other, self)
+        return _functional.pow(other, self)
 
     def __matmul__(self, other: Any) -> Node:
-        return _ops.matmul(self, other)
+        return _functional.matmul(self, other)
 
     def __rmatmul__(self, other: Any) -> Node:
-        return _ops.matmul(other, self)
+        return _functional.matmul(other, self)
 
     def __neg__(self) -> Node:
-        return _ops.neg(self)
+        return _functional.neg(self)
 
     # Comparisons give boolean arrays, as masks (they have no gradient). `==` stays
     # identity: nodes are dictionary keys.
     def __gt__(self, other: Any) -> np.ndarray:
-        return self.data > _ops.value(other)
+        return self.data > value(other)
 
     def __ge__(self, other: Any) -> np.ndarray:
-        return self.data >= _ops.value(other)
+        return self.data >= value(other)
 
     def __lt__(self, other: Any) -> np.ndarray:
-        return self.data < _ops.value(other)
+        return self.data < value(other)
 
     def __le__(self, other: Any) -> np.ndarray:
-        return self.data <= _ops.value(other)
+        return self.data <= value(other)
 
     # numpy must defer to the reflected operators above instead of broadcasting a Node
     # into an object array (`np.ones(3) * node` should give a Node).
     __array_ufunc__ = None
 
     def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Node:
-        return _ops.sum(self, axis=axis, keepdims=keepdims)
+        return _functional.sum(self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Node:
-        return _ops.mean(self, axis=axis, keepdims=keepdims)
+        return _functional.mean(self, axis=axis, keepdims=keepdims)
 
     def sqrt(self) -> Node:
-        return _ops.sqrt(self)
+        return _functional.sqrt(self)
 
     def exp(self) -> Node:
-        return _ops.exp(self)
+        return _functional.exp(self)
 
     def log(self) -> Node:
-        return _ops.log(self)
+        return _functional.log(self)
 
     def relu(self) -> Node:
-        return _ops.relu(self)
+        return _functional.relu(self)
 
     def tanh(self) -> Node:
-        return _ops.tanh(self)
+        return _functional.tanh(self)
 
     def reshape(self, *shape: Any) -> Node:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return _ops.reshape(self, shape)
+        return _functional.reshape(self, shape)
 
     def transpose(self, *axes: Any) -> Node:
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
-        return _ops.transpose(self, axes or None)
+        return _functional.transpose(self, axes or None)
 
     def astype(self, dtype: Any) -> Node:
-        return _ops.astype(self, dtype)
+        return _functional.astype(self, dtype)
 
     @property
     def T(self) -> Node:  # noqa: N802 - numpy's name
-        return _ops.transpose(self, None)
+        return _functional.transpose(self, None)
+
+
+def apply(op: type[Op], parents: tuple[Node, ...], **params: Any) -> Node:
+    """Run `op` on the parents' values and record the result as a node of the graph."""
+    out = op.forward(*map(_value_of, parents), **params)
+    if type(out) is np.ndarray and out.ndim == 0:  # 0-d values are kept as numpy scalars
+        out = out[()]
+    if not grad_mode.enabled:  # inside no_grad(): a leaf that remembers nothing
+        return Node._result(out, None, (), NO_PARAMS, False)
+    requires_grad = any(map(_requires_grad_of, parents))
+    return Node._result(out, op, parents, params or NO_PARAMS, requires_grad)
+
+
+def value(x: Any) -> Any:
+    """The numpy value of a Node; anything else as it is."""
+    return x.data if isinstance(x, Node) else x
 
 
 class Constant(Node):
@@ -508,13 +521,15 @@ def _totals(root: Node, seed: Any, *, create_graph: bool = False, free_graph: bo
     The backward pass in four steps: collect the nodes that need a gradient, order them
     (creation numbers: popping the newest first is a topological order), seed the root, and
     loop: once a node's total is known (every consumer has added its part), yield it, then
-    run the node's VJP and add what it sends into each parent's pending total. With
+    take what the node sends back to each parent (`vjp`, the one step of the loop a faster
+    variant may stand in for) and add it into that parent's pending total. With
     create_graph the VJPs run on the Nodes themselves, so every total is a Node whose graph
     is the backward computation (named "d" + the node's name), differentiable again.
     """
     order = root._collect()                      # 1. collect (checks before any change)
     order.sort(key=_creation_number)             # 2. order (popping also lets go of a node)
     pending: dict[Node, Any] = {root: seed}      # 3. seed
+    step = vjp                                   # (one node's step; a name looked up once)
     while order:                                 # 4. loop
         node = order.pop()
         total = pending.pop(node, None)
@@ -525,12 +540,7 @@ def _totals(root: Node, seed: Any, *, create_graph: bool = False, free_graph: bo
         yield node, total
         if node._op is None:
             continue
-        if create_graph:
-            parent_grads = node._op.backward(total, *node.parents, node, **node._params)
-        else:
-            inputs = [parent.data for parent in node.parents]
-            parent_grads = node._op.backward(total, *inputs, node.data, **node._params)
-        for parent, parent_grad in zip(node.parents, parent_grads):
+        for parent, parent_grad in zip(node.parents, step(node, total, create_graph)):
             if parent_grad is not None and parent.requires_grad:
                 previous = pending.get(parent)
                 # A fresh sum, never `+=`: the arrays may be shared with other gradients.
@@ -570,7 +580,7 @@ def _named_gradient(gradient: Node, name: str) -> Node:
         return gradient
     if gradient.name is None and gradient._op is not None:
         return gradient.named(name)
-    return _ops.identity(gradient).named(name)
+    return _functional.identity(gradient).named(name)
 
 
 def grad(output: Node, inputs: Any, upstream: Any = None, create_graph: bool = False
@@ -579,7 +589,7 @@ def grad(output: Node, inputs: Any, upstream: Any = None, create_graph: bool = F
 
     output: a Node; upstream: an array (or Node) of output's shape, which may be omitted only
     for a one-element output (it is then 1). Returns one gradient per input, of the input's
-    shape: arrays, or with create_graph=True Nodes whose graph is the backward computation
+    shape and dtype: arrays, or with create_graph=True Nodes whose graph is the backward computation
     (differentiable again, to any order; the total gradient of a named node is named "d" +
     its name). An input the output does not depend on gets zeros (every input does when
     the output depends on none, e.g. the second derivative of a linear function). No node's
@@ -603,8 +613,16 @@ def grad(output: Node, inputs: Any, upstream: Any = None, create_graph: bool = F
                 if output.requires_grad else ():
             if node in wanted:
                 found[node] = total
-    return tuple(found[node] if node in found else _zeros_like(node, create_graph)
-                 for node in inputs)
+    return tuple(_in_dtype_of(node, found[node]) if node in found
+                 else _zeros_like(node, create_graph) for node in inputs)
+
+
+def _in_dtype_of(node: Node, gradient: Any) -> Any:
+    # A gradient has its input's dtype, as `.grad` does: a float32 input that met a float64
+    # operand gets a float32 gradient (a Node gradient through a `cast` node).
+    if isinstance(gradient, Node):
+        return gradient if gradient.dtype == node.dtype else gradient.astype(node.dtype)
+    return _like(gradient, node.data)
 
 
 def _zeros_like(node: Node, as_node: bool) -> Any:
@@ -613,8 +631,16 @@ def _zeros_like(node: Node, as_node: bool) -> Any:
     return Node(zeros, requires_grad=False) if as_node else zeros
 
 
-def vjp(node: Node, upstream: Any) -> tuple[Any, ...]:
-    """What `node`'s op sends back to each parent for `upstream` (d loss / d node)."""
+@seam(arrays_only=False)
+def vjp(node: Node, upstream: Any, create_graph: bool = False) -> tuple[Any, ...]:
+    """What `node`'s op sends back to each parent for `upstream` (d loss / d node): one
+    gradient per parent, of the parent's shape (None: none). With create_graph the op's VJP
+    runs on the Nodes themselves and the gradients are Nodes.
+
+    Seam: fast/scalars.py may stand in (per-op rules for nodes whose values are numpy scalars).
+    """
+    if create_graph:
+        return node._op.backward(upstream, *node.parents, node, **node._params)
     inputs = [parent.data for parent in node.parents]
     return node._op.backward(upstream, *inputs, node.data, **node._params)
 
@@ -643,4 +669,6 @@ def stages(root: Node) -> dict[str, Node]:
     return {node.name: node for node in graph_nodes(root) if node.name is not None}
 
 
-from . import ops as _ops  # noqa: E402  (ops needs Node defined; Node's operators need ops)
+# Node's operators call the functional API, whose ops record Nodes: imported last, once
+# Node exists (the one import of this file from below itself).
+from . import functional as _functional  # noqa: E402

@@ -17,24 +17,18 @@ for the gradient tests: "real", "positive", "nonzero" or "kinked_at_zero".
 
 from __future__ import annotations
 
-import builtins
-import functools
 import math
-import numbers
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .node import NO_PARAMS, Constant, Node, _grad_mode
+from .dual import broadcast_to, exp_of, log_of, unbroadcast, where
+from .node import apply, value
+from .seams import seam
 
-__all__ = [
-    "Op", "REGISTRY", "apply", "unbroadcast", "broadcast_to", "where", "value", "log_of", "exp_of",
-    "normalize_axis", "normalize_axis_order",
-    "add", "sub", "mul", "div", "pow", "neg", "identity", "sqrt", "exp", "log", "relu", "tanh",
-    "sum", "mean", "reshape", "transpose", "matmul", "astype",
-]
-
-Axis = int | tuple[int, ...] | None
+# The helpers VJPs are written with are part of this page's vocabulary, so they are listed too.
+__all__ = ["Op", "REGISTRY", "register", "apply", "value", "unbroadcast", "broadcast_to", "where",
+           "log_of", "exp_of"]
 REGISTRY: dict[str, type[Op]] = {}
 
 
@@ -64,70 +58,6 @@ def register(op: type[Op]) -> type[Op]:
     """Class decorator: list a primitive op so that the op test suite checks its VJP."""
     REGISTRY[op.__name__] = op
     return op
-
-
-def apply(op: type[Op], parents: tuple[Node, ...], **params: Any) -> Node:
-    """Run `op` on the parents' values and record the result as a node of the graph."""
-    out = op.forward(*[parent.data for parent in parents], **params)
-    if type(out) is np.ndarray and out.ndim == 0:  # 0-d values are kept as numpy scalars
-        out = out[()]
-    if not _grad_mode.enabled:  # inside no_grad(): a leaf that remembers nothing
-        return Node._result(out, None, (), NO_PARAMS, False)
-    requires_grad = False
-    for parent in parents:
-        requires_grad = requires_grad or parent.requires_grad
-    return Node._result(out, op, parents, params or NO_PARAMS, requires_grad)
-
-
-# --- helpers that work on arrays and on Nodes alike -----------------------------------
-def value(x: Any) -> Any:
-    """The numpy value of a Node; anything else as it is."""
-    return x.data if isinstance(x, Node) else x
-
-
-def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
-    """Sum `grad` over the axes that broadcasting added or stretched, back to `shape`.
-
-    (N, D) -> (D,) sums over axis 0; (N, D) -> (1, D) too, keeping the axis.
-    """
-    if grad.shape == shape:
-        return grad
-    added = grad.ndim - len(shape)
-    if added:
-        grad = grad.sum(axis=tuple(range(added)))
-    stretched = tuple(i for i, size in enumerate(shape) if size == 1 and grad.shape[i] != 1)
-    if stretched:
-        grad = grad.sum(axis=stretched, keepdims=True)
-    return grad
-
-
-def broadcast_to(x: Any, shape: tuple[int, ...]) -> Any:
-    """numpy's broadcast_to for arrays (a read-only view); the `broadcast_to` op for Nodes."""
-    if isinstance(x, Node):
-        return apply(BroadcastTo, (x,), shape=tuple(shape))
-    return np.broadcast_to(x, shape)
-
-
-def where(condition: Any, a: Any, b: Any) -> Any:
-    """a where condition holds, else b (numpy's where; the `where` op when a or b is a Node).
-
-    Unlike `condition * a`, an infinite or NaN `a` where the condition fails gives b, not NaN.
-    """
-    condition = np.asarray(value(condition), dtype=bool)
-    if isinstance(a, Node) or isinstance(b, Node):
-        return apply(Where, _pair(a, b), condition=condition)
-    out = np.where(condition, a, b)
-    return out[()] if out.ndim == 0 else out
-
-
-def log_of(x: Any) -> Any:
-    """The natural logarithm of an array (numpy's) or of a Node (the log op)."""
-    return x.log() if isinstance(x, Node) else np.log(x)
-
-
-def exp_of(x: Any) -> Any:
-    """e**x of an array (numpy's) or of a Node (the exp op)."""
-    return x.exp() if isinstance(x, Node) else np.exp(x)
 
 
 def _expand(upstream: Any, shape: tuple[int, ...], axes: tuple[int, ...], keepdims: bool) -> Any:
@@ -179,7 +109,9 @@ class Mul(Op):
         return a * b
 
     @staticmethod
+    @seam
     def backward(upstream, a, b, out):
+        """Seam: fast/ops.py may stand in (einsum-summed products for large broadcast operands)."""
         return unbroadcast(upstream * b, a.shape), unbroadcast(upstream * a, b.shape)
 
 
@@ -238,7 +170,9 @@ class PowConst(Op):
         return base**p
 
     @staticmethod
+    @seam
     def backward(upstream, base, out, *, p):
+        """Seam: fast/ops.py may stand in (a large square's gradient in one temporary)."""
         if p == 0:  # x^0 is the constant 1: no gradient, even at x = 0 where 0^-1 is inf
             return (where(True, 0.0, upstream),)
         return (upstream * (p * base ** (p - 1)),)
@@ -507,191 +441,3 @@ class Transpose(Op):
     @staticmethod
     def backward(upstream, a, out, *, axes):
         return (upstream.transpose(tuple(np.argsort(axes).tolist())),)
-
-
-# --- argument checks ------------------------------------------------------------------
-def normalize_axis(axis: Axis, ndim: int, argname: str = "axis") -> tuple[int, ...]:
-    """Turn None/int/tuple into a sorted tuple of non-negative axes, or raise naming `argname`."""
-    if type(axis) is list:
-        axis = tuple(axis)
-    try:
-        # The type is part of the key: True == 1 and hash alike, but only one is valid.
-        return _normalize_axis(axis, ndim, argname, type(axis))
-    except TypeError as error:
-        if "unhashable" not in str(error):
-            raise
-        raise TypeError(f"{argname}: expected int or tuple of ints, got {axis!r}") from None
-
-
-@functools.lru_cache(maxsize=512)
-def _normalize_axis(axis: Axis, ndim: int, argname: str, _type: type) -> tuple[int, ...]:
-    # Cached: every reduction of every forward pass asks the same few questions.
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, numbers.Integral) and not isinstance(axis, bool) else axis
-    if not isinstance(axes, tuple):
-        raise TypeError(f"{argname}: expected int or tuple of ints, got {axis!r}")
-    result = []
-    for a in axes:
-        if not isinstance(a, numbers.Integral) or isinstance(a, bool):
-            raise TypeError(f"{argname}: expected int or tuple of ints, got {axis!r}")
-        if not -ndim <= a < ndim:
-            raise ValueError(f"{argname}: expected values in [{-ndim}, {ndim}) for an input "
-                             f"with {ndim} dimensions, got {axis!r}")
-        result.append(int(a) % ndim)
-    if len(set(result)) != len(result):
-        raise ValueError(f"{argname}: repeated axis in {axis!r}")
-    return tuple(sorted(result))
-
-
-def normalize_axis_order(axes: Any, ndim: int) -> tuple[int, ...]:
-    """Validate a permutation of range(ndim) (negative axes allowed), naming `axes`."""
-    problem = f"axes: expected a permutation of 0..{ndim - 1} (negative allowed), got {axes!r}"
-    if not isinstance(axes, tuple) or len(axes) != ndim:
-        raise ValueError(problem)
-    order = []
-    for a in axes:
-        if not isinstance(a, numbers.Integral) or isinstance(a, bool):
-            raise TypeError(f"axes: expected ints, got {axes!r}")
-        if not -ndim <= a < ndim:
-            raise ValueError(problem)
-        order.append(int(a) % ndim)
-    if len(set(order)) != ndim:
-        raise ValueError(problem)
-    return tuple(order)
-
-
-# --- operands -------------------------------------------------------------------------
-_number_constants: dict[tuple[Any, ...], Constant] = {}
-
-
-def _constant(number: Any, dtype: np.dtype) -> Node:
-    # A Python number takes the other operand's dtype, so `x32 * 2.0` stays float32. A
-    # Constant is immutable, so one per number and dtype serves every use.
-    kind = type(number)
-    if kind is float or kind is int:
-        key = (number, kind, dtype) if number else (number, kind, dtype, math.copysign(1, number))
-        node = _number_constants.get(key)  # (0.0 and -0.0 are equal keys: the sign tells them apart)
-        if node is None:
-            node = Constant(np.asarray(number, dtype=dtype))
-            if len(_number_constants) < 1024:
-                _number_constants[key] = node
-        return node
-    return _node(number)
-
-
-def _node(a: Any) -> Node:
-    return a if isinstance(a, Node) else Node(a, requires_grad=False)
-
-
-def _pair(a: Any, b: Any) -> tuple[Node, Node]:
-    if isinstance(a, Node):
-        return a, b if isinstance(b, Node) else _constant(b, a.dtype)
-    if isinstance(b, Node):
-        return _constant(a, b.dtype), b
-    return _node(a), _node(b)
-
-
-# --- the functional API (what Node's operators call) ----------------------------------
-def add(a: Any, b: Any) -> Node:
-    """a + b with numpy broadcasting; gradients reduced back to each input's shape."""
-    return apply(Add, _pair(a, b))
-
-
-def sub(a: Any, b: Any) -> Node:
-    """a - b with broadcasting."""
-    return apply(Sub, _pair(a, b))
-
-
-def mul(a: Any, b: Any) -> Node:
-    """a * b with broadcasting."""
-    return apply(Mul, _pair(a, b))
-
-
-def div(a: Any, b: Any) -> Node:
-    """a / b with broadcasting."""
-    return apply(Div, _pair(a, b))
-
-
-def pow(base: Any, exponent: Any) -> Node:  # noqa: A001 - mirrors the operator's name
-    """base ** exponent; a number exponent is a constant, a Node exponent gets a gradient."""
-    if isinstance(exponent, numbers.Real) and not isinstance(exponent, (bool, np.ndarray)):
-        return apply(PowConst, (_node(base),), p=float(exponent))
-    return apply(Pow, _pair(base, exponent))
-
-
-def identity(a: Any) -> Node:
-    """a itself, as a node of its own."""
-    return apply(Identity, (_node(a),))
-
-
-def neg(a: Any) -> Node:
-    """-a."""
-    return apply(Neg, (_node(a),))
-
-
-def sqrt(a: Any) -> Node:
-    """Elementwise square root."""
-    return apply(Sqrt, (_node(a),))
-
-
-def exp(a: Any) -> Node:
-    """Elementwise e**a."""
-    return apply(Exp, (_node(a),))
-
-
-def log(a: Any) -> Node:
-    """Elementwise natural logarithm."""
-    return apply(Log, (_node(a),))
-
-
-def relu(a: Any) -> Node:
-    """max(a, 0); its derivative at 0 is taken as 0."""
-    return apply(Relu, (_node(a),))
-
-
-def tanh(a: Any) -> Node:
-    """Elementwise hyperbolic tangent."""
-    return apply(Tanh, (_node(a),))
-
-
-def sum(a: Any, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
-    """Sum over `axis` (None: all axes); (N, D) -> (D,) for axis=0."""
-    a = _node(a)
-    return apply(Sum, (a,), axis=normalize_axis(axis, a.ndim), keepdims=bool(keepdims))
-
-
-def mean(a: Any, axis: Axis = None, keepdims: bool = False) -> Node:
-    """Mean over `axis` (None: all axes); (N, D) -> (1, D) for axis=0, keepdims=True."""
-    a = _node(a)
-    return apply(Mean, (a,), axis=normalize_axis(axis, a.ndim), keepdims=bool(keepdims))
-
-
-def reshape(a: Any, shape: tuple[int, ...]) -> Node:
-    """numpy reshape (one -1 allowed); raises ValueError naming `shape` when it does not fit."""
-    try:
-        return apply(Reshape, (_node(a),), shape=tuple(builtins.int(s) for s in shape))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"reshape: shape {tuple(shape)} does not fit an input of shape "
-                         f"{np.shape(value(a))} ({error})") from None
-
-
-def astype(a: Any, dtype: Any) -> Node:
-    """a in dtype float32 or float64 (a node of its own even when the dtype is the same)."""
-    a = _node(a)
-    target = np.dtype(dtype)
-    if target not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype: expected float32 or float64, got {target}")
-    return apply(Cast, (a,), dtype=target)
-
-
-def transpose(a: Any, axes: tuple[int, ...] | None = None) -> Node:
-    """Permute axes; None reverses them. (N, D) -> (D, N)."""
-    a = _node(a)
-    order = tuple(range(a.ndim))[::-1] if axes is None else normalize_axis_order(axes, a.ndim)
-    return apply(Transpose, (a,), axes=order)
-
-
-def matmul(a: Any, b: Any) -> Node:
-    """a @ b with numpy's matmul rules (1-D operands, batch broadcasting)."""
-    return apply(MatMul, _pair(a, b))

@@ -9,17 +9,18 @@ ones there, so the next step reuses pages that are already mapped. Measured here
 4096x1024 float64, forward+backward: staged 59 -> 33 ms, fused 12.0 -> 9.6 ms.
 
 The price is the process's footprint: it keeps up to `keep_bytes` of freed memory (by
-default 1 GiB, and never more than its own peak) instead of returning it to the system;
-`release()` returns it now, `configure(0)` goes back to glibc's own small thresholds.
-TINYGRAD_BN_MALLOC=0 in the environment skips the tuning at import. Other C libraries
-(musl, macOS, Windows) are left alone: `configure` then returns False.
+default 1 GiB, and never more than its own peak) instead of returning it to the system.
+That is a decision for the program, not for a library it imports: `import tinygrad_bn`
+leaves malloc alone; the command line and the benchmarks call `configure()`, a library user
+calls `tb.fast.configure()` once (a training script, say). `release()` returns the kept
+memory now, `configure(0)` goes back to glibc's own thresholds. Other C libraries (musl,
+macOS, Windows) are left alone: `configure` then returns False.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import platform
 
 __all__ = ["configure", "release", "DEFAULT_KEEP_BYTES"]
@@ -41,7 +42,9 @@ def _libc() -> ctypes.CDLL | None:
 def configure(keep_bytes: int = DEFAULT_KEEP_BYTES) -> bool:
     """Let malloc keep up to `keep_bytes` of freed memory for reuse (0: glibc's defaults).
 
-    Returns True when the C library took the setting.
+    Large temporaries then reuse pages already mapped instead of faulting in fresh ones
+    (forward+backward of a large staged graph: about 1.8x faster here). Affects the whole
+    process; nothing calls it on import. Returns True when the C library took the setting.
     """
     if isinstance(keep_bytes, bool) or not isinstance(keep_bytes, int) or keep_bytes < 0:
         raise ValueError(f"keep_bytes: expected an int >= 0, got {keep_bytes!r}")
@@ -57,7 +60,3 @@ def release() -> bool:
     """Return the freed memory malloc keeps to the system now (glibc's malloc_trim)."""
     libc = _libc()
     return bool(libc.malloc_trim(0)) if libc is not None else False
-
-
-if os.environ.get("TINYGRAD_BN_MALLOC", "1") != "0":
-    configure()

@@ -1,24 +1,24 @@
-"""How a fast variant takes the place of a core function without the core knowing.
+"""How a fast variant stands in for a core function: only at the seams the core declares.
 
-`fast_variant(owner, attribute, when)` replaces `owner.attribute` (an op's forward or
-backward, or any function a core class or module exposes) by a dispatcher: the fast
-variant runs where its first argument is a numpy array (never on Nodes or numpy scalars)
-and `when(*args)` says it pays, the textbook function everywhere else.
+The core marks the few functions a faster variant may stand in for with `@seam`
+(`core/seams.py`; each says so in its docstring). `fast_variant(owner, attribute, when)`
+adds the decorated function to the table of the seam `owner.attribute`; the seam runs it
+for the calls where `when(*args)` holds (for most seams: only where the first argument is
+a numpy array, never on Nodes), the textbook function everywhere else. Anything that is
+not a declared seam is refused, and nothing is replaced in place.
 Every installed variant is listed in VARIANTS with both functions, which is what the
 equivalence tests run against each other; `disabled()` runs the textbook core alone.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from ..core.seams import SEAMS, Seam, stand_ins_enabled, textbook_only
 
 __all__ = ["Variant", "VARIANTS", "fast_variant", "disabled", "is_enabled"]
 
@@ -41,54 +41,40 @@ class Variant:
 VARIANTS: list[Variant] = []
 
 
-class _Switch(threading.local):
-    enabled = True
-
-
-_switch = _Switch()
-
-
 def is_enabled() -> bool:
     """Whether fast variants run (in this thread)."""
-    return _switch.enabled
+    return stand_ins_enabled.enabled
 
 
-@contextmanager
-def disabled() -> Iterator[None]:
+def disabled() -> AbstractContextManager[None]:
     """Run the textbook core alone inside this block (in this thread)."""
-    previous = _switch.enabled
-    _switch.enabled = False
+    return textbook_only()
+
+
+def declared_seam(owner: Any, attribute: str) -> Seam:
+    """The seam `owner.attribute`, or a TypeError naming it when the core declares none there."""
     try:
-        yield
-    finally:
-        _switch.enabled = previous
+        current = inspect.getattr_static(owner, attribute)
+    except AttributeError:
+        current = None
+    function = current.__func__ if isinstance(current, staticmethod) else current
+    record = getattr(function, "seam", None)
+    if not isinstance(record, Seam):
+        name = f"{getattr(owner, '__name__', owner)}.{attribute}"
+        raise TypeError(f"{name}: not a seam the core declares; a fast variant may stand in only "
+                        f"for one of {', '.join(sorted(s.name for s in SEAMS.values()))}")
+    return record
 
 
-def fast_variant(owner: Any, attribute: str, when: Callable[..., bool], arrays_only: bool = True
+def fast_variant(owner: Any, attribute: str, when: Callable[..., bool]
                  ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: install the decorated function as `owner.attribute` where `when` holds
-    (and, unless arrays_only=False, where the first argument is a numpy array)."""
+    """Decorator: let the decorated function stand in for the seam `owner.attribute` where
+    `when` holds (same arguments as the textbook function). Returns the function unchanged."""
+    record = declared_seam(owner, attribute)
 
     def install(fast: Callable[..., Any]) -> Callable[..., Any]:
-        current = inspect.getattr_static(owner, attribute)
-        is_static = isinstance(current, staticmethod)
-        textbook = current.__func__ if is_static else current
-
-        if arrays_only:
-            @functools.wraps(textbook)
-            def dispatch(*args: Any, **kwargs: Any) -> Any:
-                if type(args[0]) is np.ndarray and _switch.enabled and when(*args, **kwargs):
-                    return fast(*args, **kwargs)
-                return textbook(*args, **kwargs)
-        else:
-            @functools.wraps(textbook)
-            def dispatch(*args: Any, **kwargs: Any) -> Any:
-                if _switch.enabled and when(*args, **kwargs):
-                    return fast(*args, **kwargs)
-                return textbook(*args, **kwargs)
-
-        setattr(owner, attribute, staticmethod(dispatch) if is_static else dispatch)
-        VARIANTS.append(Variant(owner, attribute, textbook, fast, when))
+        record.add(fast, when)
+        VARIANTS.append(Variant(owner, attribute, record.textbook, fast, when))
         return fast
 
     return install

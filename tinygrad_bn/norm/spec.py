@@ -14,8 +14,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.axes import normalize_axis
 from ..core.node import Node
-from ..core.ops import normalize_axis
 
 __all__ = ["NormSpec", "KINDS", "check_eps", "as_node", "batchnorm_spec", "layernorm_spec",
            "spatial_batchnorm_spec", "groupnorm_spec", "norm_spec"]
