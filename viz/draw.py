@@ -154,7 +154,8 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
           max_nodes: int = 300, stop: Callable[[Node], bool] | None = None,
           ids: dict[int, str] | None = None, copies: dict[int, list[str]] | None = None,
           parents_of: Callable[[Node], tuple[Node, ...]] = _parents,
-          aliases: dict[int, list[str]] | None = None) -> tuple[int, int, int]:
+          aliases: dict[int, list[str]] | None = None, leaf_data: bool = True
+          ) -> tuple[int, int, int]:
     """Add the graph of `roots` to `digraph` (ids `prefix`0, 1, ...); returns (nodes, edges,
     total). A node `stop` accepts is drawn as an input: its own graph is not walked. ids:
     filled with each drawn node's DOT id, by id() of the Node; copies: filled with the DOT ids
@@ -186,8 +187,10 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
         if id(node) in per_use:
             continue  # drawn once per use, beside the node that uses it (below)
         role = "input" if stop(node) else kind(node, id(node) in outputs)
+        full = leaf_data or not node.is_leaf
         attrs = {**STYLE[role], "class": "titled",
-                 "label": node_label(node, role, show_data, show_grad, aliases.get(id(node)))}
+                 "label": node_label(node, role, show_data and full, show_grad and full,
+                                     aliases.get(id(node)))}
         cluster = clustered.get(id(node))
         if cluster is None:
             digraph.node(ident[id(node)], **attrs)
@@ -398,8 +401,11 @@ def _check_from(gradient: Node, index: int, stop: Callable[[Node], bool], forwar
     if stop(gradient):
         raise ValueError(f"{where}, got a Node made before the output")
     # (A Constant is shared by every graph that uses its number: it belongs to none.)
+    # A backward pass makes no leaf that requires grad (its seed does not): such a leaf, or a
+    # forward value outside output's graph, belongs to another graph.
     strangers = [n for n in _walk([gradient], stop)
-                 if stop(n) and id(n) not in forward and not isinstance(n, Constant)]
+                 if (stop(n) or (n.is_leaf and n.requires_grad)) and id(n) not in forward
+                 and not isinstance(n, Constant)]
     if strangers:
         label = repr(strangers[0].name) if strangers[0].name else f"a {strangers[0].shape} node"
         raise ValueError(f"{where}, got one that reads {label}, which is not in the output's "
@@ -453,8 +459,9 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
         sub = graphviz.Digraph(name=f"cluster_{variant}")
         title = "staged: primitive ops" if variant == "staged" else "fused: one op, closed-form VJP"
         sub.attr(label=title, style="rounded", color="gray50")
+        # The fused side's x, gamma and beta are the staged side's values: said once.
         made = build(sub, [out], prefix=f"{variant}_", show_data=show_data, show_grad=show_grad,
-                     backward=backward, max_nodes=300, ids=ids)
+                     backward=backward, max_nodes=300, ids=ids, leaf_data=variant == "staged")
         counts = [c + m for c, m in zip(counts, made)]
         digraph.subgraph(sub)
         if variant == "staged":
