@@ -3,9 +3,12 @@
     python -m benchmarks.render [--timeout SECONDS]
 
 Cases: a 40-step recurrence h = tanh(0.9 h + 0.1 x_t) (every step uses the same two
-numbers), a 200-op chain with one shared constant, and a 20,000-node chain cut to
-max_nodes. Each is drawn and rendered to SVG with the system `dot` (when installed) and
-the embedded WebAssembly Graphviz, timed once each (drawing and layout together).
+numbers), a 200-op chain with one shared constant, 290-op chains y = y * w + 0.5 sharing
+one leaf w that is not a Constant (a parameter; a requires_grad=False Node), and a
+20,000-node chain cut to max_nodes. Each is drawn and rendered to SVG with the system `dot`
+(when installed) and the embedded WebAssembly Graphviz, timed once each (drawing and layout
+together). A shared leaf is drawn once per use: before that, each 290-op chain with one
+shared non-Constant leaf took longer than 30 s to lay out (both renderers), 0.3-0.4 s after.
 """
 
 from __future__ import annotations
@@ -35,8 +38,20 @@ def chain(ops: int) -> tb.Node:
     return y
 
 
-CASES = {"40-step recurrence": (recurrence, 300), "200-op chain, shared constant":
-         (lambda: chain(200), 300), "20,000-node chain, cut to 300": (lambda: chain(20_000), 300)}
+def shared_leaf_chain(ops: int, requires_grad: bool) -> tb.Node:
+    w = tb.Node(1.0001, name="w", requires_grad=requires_grad)
+    y = tb.Node(1.0, name="x")
+    for _ in range(ops // 2):
+        y = y * w + 0.5
+    return y
+
+
+CASES = {"40-step recurrence": (recurrence, 300),
+         "200-op chain, shared constant": (lambda: chain(200), 300),
+         "290-op chain, shared parameter": (lambda: shared_leaf_chain(290, True), 300),
+         "290-op chain, shared requires_grad=False node":
+             (lambda: shared_leaf_chain(290, False), 300),
+         "20,000-node chain, cut to 300": (lambda: chain(20_000), 300)}
 
 
 def main() -> None:

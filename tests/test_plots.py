@@ -17,6 +17,16 @@ def test_experiment_plots(tmp_path, capsys):
         # matplotlib draws lines, ticks and glyphs as paths: these plots have about a hundred
         # or more, an empty figure one.
         assert sum(1 for e in svg.iter() if e.tag.endswith("path")) > 50
+        # matplotlib writes each text as a comment before its glyphs: one panel per
+        # normalization, a legend beside them (outside every panel).
+        words = (tmp_path / f"{stem}.svg").read_text()
+        for variant in ("none", "batch", "layer"):
+            assert words.count(f"<!-- normalization: {variant} -->") == 1, (stem, variant)
+        assert "<!-- curves -->" in words
+        axes = [g for g in svg.iter() if (g.get("id") or "").startswith("axes_")]
+        assert len(axes) == (6 if stem == "init_statistics" else 3)
+    # The quick experiment's unnormalized run at init scale 1 diverges: marked, with where.
+    assert "<!-- diverged at step " in (tmp_path / "training_loss.svg").read_text()
 
 
 def test_experiment_without_matplotlib_says_how_to_get_the_plots(tmp_path):

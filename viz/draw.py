@@ -12,7 +12,7 @@ import graphviz
 import numpy as np
 
 from tinygrad_bn.check.compare import COLUMNS, compare_normalization
-from tinygrad_bn.core.node import Constant, Node, vjp
+from tinygrad_bn.core.node import Constant, Node, graph_nodes, vjp
 from tinygrad_bn.norm import STAGE_NAMES, as_node, norm_fused, norm_staged
 
 from .backend import FORMATS, render_source
@@ -30,6 +30,7 @@ STYLE = {
 }
 # Nodes that belong to one staged normalization besides the nine stages themselves.
 STAGE_HELPERS = {"xg", "xhat_c", "gamma_b", "beta_b", "eps", "1"}
+MAX_SHARED_USES = 3  # a leaf used more often than this is drawn once per use
 
 
 class Graph:
@@ -47,6 +48,7 @@ class Graph:
         self.total_nodes = total_nodes    # nodes in the whole Node graph
         self.timeout: float | None = None  # seconds the layout may take (None: by size)
         self.ids: dict[int, str] = {}      # DOT id of each drawn Node, by id() of the Node
+        self.copies: dict[int, list[str]] = {}  # DOT ids of a node drawn once per use
         self._svg: str | None = None
 
     @property
@@ -67,8 +69,14 @@ class Graph:
     def _repr_svg_(self) -> str:
         return self.svg()
 
+    def _repr_html_(self) -> str:
+        # A wide graph scrolls inside the output cell instead of being cut at its right edge.
+        svg = self.svg()
+        return ('<div style="overflow:auto; max-width:100%; max-height:90vh">'
+                + svg[svg.index("<svg"):] + "</div>")
+
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"image/svg+xml": self.svg()}
+        return {"image/svg+xml": self.svg(), "text/html": self._repr_html_()}
 
     def render(self, path: str | pathlib.Path, format: str | None = None) -> pathlib.Path:  # noqa: A002
         return render(self, path, format)
@@ -90,8 +98,12 @@ def bold_titles(svg: str) -> str:
     return _TITLED_NODE.sub(r'\1 font-weight="bold"', svg)
 
 
-def _walk(roots: list[Node], stop: Callable[[Node], bool], limit: int | None = None
-          ) -> list[Node]:
+def _parents(node: Node) -> tuple[Node, ...]:
+    return node.parents
+
+
+def _walk(roots: list[Node], stop: Callable[[Node], bool], limit: int | None = None,
+          parents_of: Callable[[Node], tuple[Node, ...]] = _parents) -> list[Node]:
     """The nodes the roots depend on, breadth-first from the roots (closest first), not
     walking past a node `stop` accepts; at most `limit` of them."""
     seen = {id(root) for root in roots}
@@ -101,7 +113,7 @@ def _walk(roots: list[Node], stop: Callable[[Node], bool], limit: int | None = N
         node = queue.popleft()
         if stop(node):
             continue
-        for parent in node.parents:
+        for parent in parents_of(node):
             if id(parent) not in seen and (limit is None or len(found) < limit):
                 seen.add(id(parent))
                 found.append(parent)
@@ -140,14 +152,20 @@ def _edge_gradients(node: Node) -> list[np.ndarray | None]:
 def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
           show_data: bool = True, show_grad: bool = True, backward: bool = False,
           max_nodes: int = 300, stop: Callable[[Node], bool] | None = None,
-          ids: dict[int, str] | None = None) -> tuple[int, int, int]:
+          ids: dict[int, str] | None = None, copies: dict[int, list[str]] | None = None,
+          parents_of: Callable[[Node], tuple[Node, ...]] = _parents,
+          aliases: dict[int, list[str]] | None = None, leaf_data: bool = True
+          ) -> tuple[int, int, int]:
     """Add the graph of `roots` to `digraph` (ids `prefix`0, 1, ...); returns (nodes, edges,
     total). A node `stop` accepts is drawn as an input: its own graph is not walked. ids:
-    filled with each drawn node's DOT id, by id() of the Node."""
+    filled with each drawn node's DOT id, by id() of the Node; copies: filled with the DOT ids
+    of the copies of a node drawn once per use. parents_of: a node's parents as drawn (a
+    drawing may skip nodes); aliases: other names of a node, shown in its title."""
     stop = stop or (lambda node: False)
-    every = sorted(_walk(roots, stop), key=lambda node: node.creation_number)
+    aliases = aliases or {}
+    every = sorted(_walk(roots, stop, parents_of=parents_of), key=lambda node: node.creation_number)
     total = len(every)
-    kept = every if total <= max_nodes else _walk(roots, stop, max_nodes)
+    kept = every if total <= max_nodes else _walk(roots, stop, max_nodes, parents_of)
     # Stable ids: the position in topological order, not id() (which changes run to run).
     order = {id(n): i for i, n in enumerate(every)}
     ident = {id(n): f"{prefix}{order[id(n)]}" for n in kept}
@@ -158,13 +176,21 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
     for number, members in enumerate(_stage_clusters(kept)):
         for member in members:
             clustered[id(member)] = f"cluster_{prefix}_norm{number}"
+    # A leaf (or, in a drawn backward pass, a forward value read) that many nodes use is
+    # drawn once per use, beside each user: as one node it would be a hub that every edge
+    # runs to, and the layout time of a hub grows much faster than its edge count.
+    uses = Counter(id(p) for n in kept if not stop(n) for p in parents_of(n))
+    per_use = {id(n) for n in kept if id(n) not in outputs and (
+        isinstance(n, Constant) or ((n.is_leaf or stop(n)) and uses[id(n)] > MAX_SHARED_USES))}
     subgraphs: dict[str, graphviz.Digraph] = {}
     for node in kept:
-        if isinstance(node, Constant) and id(node) not in outputs:
+        if id(node) in per_use:
             continue  # drawn once per use, beside the node that uses it (below)
         role = "input" if stop(node) else kind(node, id(node) in outputs)
-        attrs = {**STYLE[role], "label": node_label(node, role, show_data, show_grad),
-                 "class": "titled"}
+        full = leaf_data or not node.is_leaf
+        attrs = {**STYLE[role], "class": "titled",
+                 "label": node_label(node, role, show_data and full, show_grad and full,
+                                     aliases.get(id(node)))}
         cluster = clustered.get(id(node))
         if cluster is None:
             digraph.node(ident[id(node)], **attrs)
@@ -183,24 +209,25 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
         if stop(node):
             continue
         grads = _edge_gradients(node) if backward else []
-        for index, parent in enumerate(node.parents):
+        for index, parent in enumerate(parents_of(node)):
             if id(parent) not in ident:
                 continue
             edges += 1
             source = ident[id(parent)]
-            if isinstance(parent, Constant):
-                # A number may be shared by every step of a graph: one small copy per use
-                # keeps it from becoming a hub that every step's edge runs to.
+            if id(parent) in per_use:
                 source = f"{ident[id(node)]}_c{index}"
-                digraph.node(source, **STYLE["constant"], **{"class": "titled"},
-                             label=node_label(parent, "constant", show_data, show_grad))
+                if copies is not None:
+                    copies.setdefault(id(parent), []).append(source)
+                role = "input" if stop(parent) else kind(parent, False)
+                digraph.node(source, **STYLE[role], **{"class": "titled"},
+                             label=node_label(parent, role, show_data, show_grad))
             # The shape is said where it changes along the edge (broadcast, reduction): an
             # edge between nodes of one shape needs no label.
             label = shape_text(parent.shape) if parent.shape != node.shape else ""
             digraph.edge(source, ident[id(node)], label=label)
             if backward and grads[index] is not None and parent.requires_grad:
                 norm = float(np.linalg.norm(grads[index]))
-                digraph.edge(ident[id(node)], ident[id(parent)], label=f"|grad| {norm:.3g}",
+                digraph.edge(ident[id(node)], source, label=f"|grad| {norm:.3g}",
                              style="dashed", color="firebrick", fontcolor="firebrick",
                              constraint="false")
     if total > len(kept):
@@ -212,7 +239,7 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
         digraph.node(summary, label=join_lines([escape(text)]), shape="note", style="filled",
                      fillcolor="lightyellow")
         for node in kept:
-            if not stop(node) and any(id(p) not in ident for p in node.parents):
+            if not stop(node) and any(id(p) not in ident for p in parents_of(node)):
                 digraph.edge(summary, ident[id(node)], style="dotted")
     return len(kept), edges, total
 
@@ -221,17 +248,17 @@ def _new_digraph(rankdir: str) -> graphviz.Digraph:
     if rankdir not in ("LR", "TB", "RL", "BT"):
         raise ValueError(f"rankdir: expected 'LR', 'TB', 'RL' or 'BT', got {rankdir!r}")
     digraph = graphviz.Digraph(format="svg")
-    digraph.attr(rankdir=rankdir, fontname="Helvetica", nodesep="0.2", ranksep="0.35")
+    digraph.attr(rankdir=rankdir, fontname="Helvetica", nodesep="0.15", ranksep="0.3")
     # A wider margin than Graphviz's default: the embedded renderer estimates text widths
     # (it has no font files), and viewers' fonts run a little wider than its estimate.
-    digraph.attr("node", fontname="Helvetica", fontsize="10", margin="0.25,0.06")
+    digraph.attr("node", fontname="Helvetica", fontsize="10", margin="0.14,0.05")
     digraph.attr("edge", fontname="Helvetica", fontsize="9")
     return digraph
 
 
 def draw(root: Node, *, show_data: bool = True, show_grad: bool = True, rankdir: str = "TB",
          max_nodes: int = 300, backward: bool = False, legend: bool = True,
-         timeout: float | None = None) -> Graph:
+         timeout: float | None = None, params: Any = None) -> Graph:
     """Draw the graph that produced `root`.
 
     Leaves that require grad (inputs, parameters) are blue, constants grey and dashed (one
@@ -242,7 +269,9 @@ def draw(root: Node, *, show_data: bool = True, show_grad: bool = True, rankdir:
     of the gradient each sends. A graph larger than max_nodes is cut to the max_nodes nodes
     nearest the output plus a note with the counts. rankdir: "TB" (top to bottom, the
     default: legible in a page or notebook column) or "LR", "BT", "RL". timeout: seconds
-    the layout may take when rendered (default a few per 100 nodes).
+    the layout may take when rendered (default a few per 100 nodes). params: a module (its
+    `named_parameters()`) or a dict {name: Node}, as torchviz's `make_dot`: each parameter's
+    node is titled with its path ("layers.0.W") besides its own name.
     """
     if not isinstance(root, Node):
         raise TypeError(f"root: expected a tinygrad_bn Node, got {type(root).__name__}")
@@ -250,13 +279,33 @@ def draw(root: Node, *, show_data: bool = True, show_grad: bool = True, rankdir:
         raise ValueError(f"max_nodes: expected a positive number, got {max_nodes!r}")
     digraph = _new_digraph(rankdir)
     ids: dict[int, str] = {}
+    copies: dict[int, list[str]] = {}
+    names = _parameter_names(params)
     nodes, edges, total = build(digraph, [root], show_data=show_data, show_grad=show_grad,
-                                backward=backward, max_nodes=max_nodes, ids=ids)
+                                backward=backward, max_nodes=max_nodes, ids=ids, copies=copies,
+                                aliases=names)
     if legend:
         add_legend(digraph, backward=backward, below=ids.get(id(root)))
     graph = Graph(digraph, nodes, edges, total)
-    graph.ids = ids
+    graph.ids, graph.copies = ids, copies
     return _with_timeout(graph, timeout)
+
+
+def _parameter_names(params: Any) -> dict[int, list[str]]:
+    """{id(node): [path]} from a module or a {name: Node} mapping (None: no names)."""
+    if params is None:
+        return {}
+    if hasattr(params, "named_parameters"):
+        params = dict(params.named_parameters())
+    if not hasattr(params, "items"):
+        raise TypeError(f"params: expected a module or a dict of name -> Node, got "
+                        f"{type(params).__name__}")
+    names: dict[int, list[str]] = {}
+    for name, node in params.items():
+        if not isinstance(node, Node):
+            raise TypeError(f"params[{name!r}]: expected a Node, got {type(node).__name__}")
+        names.setdefault(id(node), []).append(str(name))
+    return names
 
 
 def _with_timeout(graph: Graph, timeout: float | None) -> Graph:
@@ -275,7 +324,8 @@ def add_legend(digraph: graphviz.Digraph, *, backward: bool = False, forward_inp
     """A small key to the colours (and the red backward edges): one row, under node `below`."""
     key = graphviz.Digraph(name="cluster_legend")
     key.attr(label="key", fontsize="9", style="rounded", color="gray70", margin="4")
-    entries = list(LEGEND) + ([("forward value read", "input")] if forward_inputs else [])
+    # A drawn backward pass has no leaf that requires grad: its inputs are forward values.
+    entries = ([("forward value read", "input"), *LEGEND[1:]] if forward_inputs else list(LEGEND))
     names = []
     for index, (text, role) in enumerate(entries):
         names.append(f"legend{index}")
@@ -302,7 +352,10 @@ def draw_backward(gradients: Sequence[Node], output: Node, *, show_data: bool = 
     gradients: the Nodes it returned (dx, dgamma, ...), drawn as outputs. Every node of their
     graphs is drawn down to the forward pass: the forward values the backward reads (xmu,
     ivar, ...) appear as inputs, with their values, and their own graph is not drawn. The
-    total gradient of a named forward node is named "d" + its name.
+    total gradient of a named forward node is named "d" + its name; a node that only
+    passes a gradient on (an identity naming it, `x ** 1`) is not drawn, and the node that
+    makes the value carries both names ("dvar_eps = dvar"). Raises ValueError for a gradient
+    that is not from `output`'s graph.
     """
     roots = list(gradients)
     for index, node in enumerate(roots):
@@ -313,13 +366,69 @@ def draw_backward(gradients: Sequence[Node], output: Node, *, show_data: bool = 
         raise TypeError(f"output: expected the Node that was differentiated, got "
                         f"{type(output).__name__}")
     forward_end = output.creation_number  # the backward's nodes are all newer than output
+    forward = {id(n) for n in graph_nodes(output)}
+
+    def stop(node: Node) -> bool:
+        return node.creation_number <= forward_end
+
+    for index, node in enumerate(roots):
+        _check_from(node, index, stop, forward, output)
+    through, aliases = _fillers(roots, stop)
+
+    def parents_of(node: Node) -> tuple[Node, ...]:
+        return tuple(through.get(id(p), p) for p in node.parents)
+
     digraph = _new_digraph(rankdir)
+    ids: dict[int, str] = {}
     nodes, edges, total = build(digraph, roots, show_data=show_data, show_grad=False,
-                                max_nodes=max_nodes,
-                                stop=lambda n: n.creation_number <= forward_end)
-    if legend:
-        add_legend(digraph, forward_inputs=True)  # (several outputs: no single node to hang under)
-    return _with_timeout(Graph(digraph, nodes, edges, total), timeout)
+                                max_nodes=max_nodes, stop=stop, parents_of=parents_of,
+                                aliases=aliases, ids=ids)
+    if legend:  # under the gradient made last (the deepest one), not in the top row
+        last = max(roots, key=lambda n: n.creation_number) if roots else None
+        add_legend(digraph, forward_inputs=True, below=ids.get(id(last)) if last else None)
+    graph = Graph(digraph, nodes, edges, total)
+    graph.ids = ids
+    return _with_timeout(graph, timeout)
+
+
+def _check_from(gradient: Node, index: int, stop: Callable[[Node], bool], forward: set[int],
+                output: Node) -> None:
+    """Raise unless `gradient` may be a backward pass of `output`: made after it, and reading
+    no forward value outside output's graph (one that reads none depends on the upstream
+    alone, as dbeta = sum(dout))."""
+    where = (f"gradients[{index}]: expected a gradient of this output (from tb.grad(output, "
+             f"..., create_graph=True))")
+    if stop(gradient):
+        raise ValueError(f"{where}, got a Node made before the output")
+    # (A Constant is shared by every graph that uses its number: it belongs to none.)
+    # A backward pass makes no leaf that requires grad (its seed does not): such a leaf, or a
+    # forward value outside output's graph, belongs to another graph.
+    strangers = [n for n in _walk([gradient], stop)
+                 if (stop(n) or (n.is_leaf and n.requires_grad)) and id(n) not in forward
+                 and not isinstance(n, Constant)]
+    if strangers:
+        label = repr(strangers[0].name) if strangers[0].name else f"a {strangers[0].shape} node"
+        raise ValueError(f"{where}, got one that reads {label}, which is not in the output's "
+                         f"graph")
+
+
+def _fillers(roots: list[Node], stop: Callable[[Node], bool]
+             ) -> tuple[dict[int, Node], dict[int, list[str]]]:
+    """Backward nodes that only pass a value on (an `identity` naming a gradient that is
+    another's, `x ** 1`): each mapped to the node it passes on, whose title takes its name."""
+    through: dict[int, Node] = {}
+    aliases: dict[int, list[str]] = {}
+    keep = {id(root) for root in roots}
+    for node in sorted(_walk(roots, stop), key=lambda n: n.creation_number):
+        filler = node.op == "identity" or (node.op == "pow" and node.params.get("p") == 1)
+        if stop(node) or not filler or id(node) in keep:
+            continue
+        source = node.parents[0]
+        source = through.get(id(source), source)
+        through[id(node)] = source
+        if node.name:
+            aliases.setdefault(id(source), []).extend([*aliases.pop(id(node), []), node.name])
+    return through, aliases
 
 
 def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: str = "batch",
@@ -350,10 +459,13 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
         sub = graphviz.Digraph(name=f"cluster_{variant}")
         title = "staged: primitive ops" if variant == "staged" else "fused: one op, closed-form VJP"
         sub.attr(label=title, style="rounded", color="gray50")
+        # The fused side's x, gamma and beta are the staged side's values: said once.
         made = build(sub, [out], prefix=f"{variant}_", show_data=show_data, show_grad=show_grad,
-                     backward=backward, max_nodes=300, ids=ids)
+                     backward=backward, max_nodes=300, ids=ids, leaf_data=variant == "staged")
         counts = [c + m for c, m in zip(counts, made)]
         digraph.subgraph(sub)
+        if variant == "staged":
+            staged_out = ids[id(out)]
     # The fused op's three inputs one above the other (invisible edges), not side by side:
     # the picture stays narrow enough to read in a page column.
     digraph.edge(ids[id(xn)], ids[id(gn)], style="invis")
@@ -362,17 +474,18 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
     report = compare_normalization(norm, x_data, gamma_data, beta_data, dout, eps=eps,
                                    groups=groups, axis=axis, seed=seed)
     lines = [f"compare: {report.kind}, {report.dtype}", "normwise relative error",
-             f"{'':<7}" + "".join(f"{column:>16}" for column in COLUMNS)]
+             f"{'':<7}" + "".join(f"{column:>15}" for column in COLUMNS)]
     for name, row in report.errors.items():
-        lines.append(f"{name:<7}" + "".join(f"{row[column]:>16.2e}" for column in COLUMNS))
+        lines.append(f"{name:<7}" + "".join(f"{row[column]:>15.2e}" for column in COLUMNS))
     lines.append(f"tolerance {report.tolerances['pair']:.0e} staged~fused, "
                  f"{report.tolerances['numeric']:.0e} vs numeric")
     lines.append("verdict: " + ("ok" if report.ok else "FAILED"))
-    # Under the fused graph (short), not beside both: the picture stays narrow, and no edge
-    # runs across the box.
+    # Under both graphs, not beside them: the picture stays narrow, and no edge runs
+    # across the box.
     digraph.node("verdict", label=join_lines(lines), shape="box", style="filled",
                  fillcolor="lightyellow", fontname="Courier", **{"class": "titled"})
     digraph.edge(fused_out, "verdict", style="invis")
+    digraph.edge(staged_out, "verdict", style="invis")
     if legend:
         add_legend(digraph, backward=backward, below="verdict")
     return _with_timeout(Graph(digraph, counts[0], counts[1], counts[2]), timeout)

@@ -38,9 +38,14 @@ def summarize(array: np.ndarray) -> list[str]:
         return [fmt(float(array.reshape(-1)[0]))]
     if array.size <= 4:
         return ["[" + ", ".join(fmt(float(v)) for v in array.reshape(-1)) + "]"]
+    # Statistics to four digits (what a glance takes in), one per line: nodes stay narrow.
     with np.errstate(all="ignore"):
-        return [f"mean {fmt(float(np.mean(array)))}  std {fmt(float(np.std(array)))}",
-                f"range [{fmt(float(np.min(array)))}, {fmt(float(np.max(array)))}]"]
+        return [f"mean {short(float(np.mean(array)))}", f"std {short(float(np.std(array)))}",
+                f"range [{short(float(np.min(array)))}, {short(float(np.max(array)))}]"]
+
+
+def short(value: float) -> str:
+    return f"{value:.4g}"
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
@@ -71,13 +76,21 @@ def op_text(node: Node) -> str:
     return node.op or ""
 
 
-def node_label(node: Node, role: str, show_data: bool, show_grad: bool) -> str:
-    """Title (name and op; drawn bold in SVG), shape and dtype, value and gradient summaries."""
+def node_label(node: Node, role: str, show_data: bool, show_grad: bool,
+               aliases: list[str] | None = None) -> str:
+    """Title (name and op; drawn bold in SVG), shape and dtype, value and gradient summaries.
+
+    The title's word matches the key's colour: "input" (blue: a leaf that requires grad),
+    "constant" (grey), "forward ..." (yellow: a forward value a drawn backward pass reads).
+    aliases: other names of the same value ("dvar_eps = dvar").
+    """
     if role == "input":
-        what = f"forward {op_text(node)}" if node.op else "input"
+        what = f"forward {op_text(node)}" if node.op else "forward value"
     else:
         what = op_text(node) if node.op else ("input" if role == "parameter" else "constant")
-    title = f"{escape(node.name, MAX_NAME)}: {what}" if node.name else what
+    names = [node.name] if node.name else []
+    names += [alias for alias in aliases or [] if alias not in names]
+    title = (" = ".join(escape(name, MAX_NAME) for name in names) + f": {what}") if names else what
     lines = [title, f"{shape_text(node.shape)} {node.dtype}"]
     if show_data:
         first, *rest = summarize(node.data)

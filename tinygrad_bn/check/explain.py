@@ -9,6 +9,7 @@ import numpy as np
 
 from ..core.node import Node, graph_nodes, vjp
 from ..norm import STAGE_NAMES, NormSpec, norm_spec, staged_nodes
+from .parts import backward_steps, branch_lines, broadcast_lines
 
 __all__ = ["StageRow", "explain", "explain_staged", "explain_batchnorm", "explain_normalization",
            "format_explanation", "format_values", "load_case"]
@@ -36,6 +37,8 @@ class Explanation:
     values: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
     # The data it was computed on: x, gamma, beta, dout (printed first by --values).
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    # Gradients that are sums of branch parts, and parts summed over broadcast axes (parts.py).
+    assembly: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return format_explanation(self)
@@ -62,6 +65,9 @@ def explain_staged(nodes: dict[str, Node], leaves: dict[str, Node], spec: NormSp
                    dout: np.ndarray) -> Explanation:
     """Backpropagate `dout` through a staged graph and describe each stage, last stage first."""
     out = nodes["out"]
+    walk = backward_steps(out, dout)  # before backward: the parts, from the same VJPs
+    assembly = ["branches that add up:", *branch_lines(walk), "sums over broadcast axes:",
+                *broadcast_lines(walk)]
     out.backward(dout)
     rows = []
     # The ten stages, and the reshape nodes group norm (and (C,) parameters of 4-D input)
@@ -95,6 +101,7 @@ def explain_staged(nodes: dict[str, Node], leaves: dict[str, Node], spec: NormSp
     values.update({f"d{name}": (leaf.grad, None) for name, leaf in leaves.items()
                    if leaf.grad is not None})
     return Explanation(
+        assembly=assembly,
         values=values,
         rows=rows,
         leaves={name: float(np.linalg.norm(leaf.grad)) for name, leaf in leaves.items()
@@ -215,6 +222,8 @@ def format_explanation(explanation: Explanation) -> str:
         lines.append("  ".join(cell.rjust(width) if i == 3 else cell.ljust(width)
                                for i, (cell, width) in enumerate(zip(cells[:5], widths)))
                      + "  " + cells[5])
+    lines.append("")
+    lines.extend("  " + line if line.startswith("d") else line for line in explanation.assembly)
     lines.append("")
     lines.append("leaf gradients: " + ", ".join(f"|d{name}| = {norm:.3e}"
                                                for name, norm in explanation.leaves.items()))

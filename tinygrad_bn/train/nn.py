@@ -390,6 +390,8 @@ class Sequential(Module):
             if not isinstance(layer, Module):
                 raise TypeError(f"layers[{i}]: expected a Module, got {type(layer).__name__}")
         self.layers = list(layers)
+        for name, parameter in self.named_parameters():  # "layers.0.W", as drawings show it
+            parameter.name = name
 
     def forward(self, x: Any) -> Node:
         for layer in self.layers:

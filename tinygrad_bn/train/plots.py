@@ -1,22 +1,22 @@
 """Pictures of the experiment, drawn with matplotlib (an optional extra: `.[plot]`).
 
-Two figures tell the vanishing/exploding story the tables tell in numbers: the spread of
-each hidden layer's activations and gradients at initialization (log scale, one line per
-init scale and normalization), and the training loss over the steps with and without
-normalization.
+Two figures tell the vanishing/exploding story the tables tell in numbers, as small
+multiples (one panel per normalization, one colour per init scale, shared axes): the spread
+of each hidden layer's activations and gradients at initialization (log scale), and the
+training loss over the steps, a diverged run marked where it leaves the view.
 """
 
 from __future__ import annotations
 
 import math
 import pathlib
+from typing import Any
 
 from .experiment import VARIANTS, ExperimentResult
 
 __all__ = ["plot_experiment", "PLOT_HINT"]
 
 PLOT_HINT = "the plots need matplotlib: pip install -e \".[plot]\" (or pip install matplotlib)"
-STYLES = {"none": "-", "batch": "--", "layer": ":"}
 
 
 def plot_experiment(result: ExperimentResult, folder: str | pathlib.Path) -> list[pathlib.Path]:
@@ -30,48 +30,69 @@ def plot_experiment(result: ExperimentResult, folder: str | pathlib.Path) -> lis
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     scales = result.config.scales
-    colors = [f"C{i}" for i in range(len(scales))]
+    colors = {scale: f"C{i}" for i, scale in enumerate(scales)}
     layers = range(1, result.config.depth + 1)
+    # Small multiples: one panel per normalization, one colour per init scale, the same axes
+    # in every panel, so that a column reads as "what this normalization does".
+    columns = len(VARIANTS)
 
-    figure = Figure(figsize=(11, 4.5), layout="constrained")
-    for axes, attribute, title in zip(
-            figure.subplots(1, 2),
-            ("activation_std", "gradient_std"),
-            ("activation std per hidden layer", "std of d(loss)/d(activation) per layer")):
-        for scale, color in zip(scales, colors):
-            for variant in VARIANTS:
-                run = result.runs[(scale, variant)]
+    figure = Figure(figsize=(3.6 * columns + 1.6, 6.2), layout="constrained")
+    grid = figure.subplots(2, columns, sharex=True, sharey="row", squeeze=False)
+    for row, (attribute, what) in enumerate((("activation_std", "activation std"),
+                                             ("gradient_std", "std of d(loss)/d(activation)"))):
+        for column, variant in enumerate(VARIANTS):
+            axes = grid[row][column]
+            for scale in scales:
                 values = [v if v > 0 and math.isfinite(v) else float("nan")
-                          for v in getattr(run, attribute)]
-                axes.plot(layers, values, STYLES.get(variant, "-"), color=color, marker="o",
-                          markersize=3, label=f"{variant}, scale {scale:.2g}")
-        axes.set_yscale("log")
-        axes.set_xlabel("hidden layer")
-        axes.set_title(f"{title}, at initialization")
-        axes.grid(True, which="major", alpha=0.3)
-    figure.axes[0].legend(fontsize=7, ncol=2)
+                          for v in getattr(result.runs[(scale, variant)], attribute)]
+                axes.plot(layers, values, "-", color=colors[scale], marker="o", markersize=3,
+                          label=f"init scale {scale:.2g}")
+            axes.set_yscale("log")
+            axes.grid(True, which="major", alpha=0.3)
+            if row == 0:
+                axes.set_title(f"normalization: {variant}")
+            else:
+                axes.set_xlabel("hidden layer")
+            if column == 0:
+                axes.set_ylabel(what)
+    figure.suptitle("each hidden layer at initialization, one panel per normalization")
+    _legend_outside(figure, grid[0][0])
     written = _save(figure, FigureCanvasAgg, folder / "init_statistics")
 
-    figure = Figure(figsize=(11, 4.5), layout="constrained")
-    axes = figure.subplots()
-    for scale, color in zip(scales, colors):
-        for variant in VARIANTS:
-            losses = _smoothed([v if math.isfinite(v) else float("nan")
-                                for v in result.runs[(scale, variant)].losses])
-            axes.plot(range(1, len(losses) + 1), losses, STYLES.get(variant, "-"), color=color,
-                      label=f"{variant}, scale {scale:.2g}")
-    axes.set_yscale("log")
-    # A diverging run (loss to 1e200, then nan) would flatten every other curve: the view
-    # stops at 10, and such a run leaves through the top.
+    figure = Figure(figsize=(3.6 * columns + 1.6, 3.8), layout="constrained")
+    grid = figure.subplots(1, columns, sharey=True, squeeze=False)[0]
     finite = [v for run in result.runs.values() for v in run.losses if math.isfinite(v) and v > 0]
-    axes.set_ylim(min(finite, default=1e-3) / 2, 10)
-    axes.set_xlabel("training step")
-    axes.set_ylabel(f"training loss (mean of {SMOOTHING} batches)")
-    axes.set_title("training loss: no normalization (solid), batch norm (dashed), layer norm "
-                   "(dotted); a diverging run leaves through the top")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7, ncol=3)
+    top = 10.0
+    for axes, variant in zip(grid, VARIANTS):
+        for scale in scales:
+            raw = result.runs[(scale, variant)].losses
+            diverged = next((i for i, v in enumerate(raw) if not math.isfinite(v) or v > top), None)
+            losses = _smoothed([v if math.isfinite(v) else float("nan") for v in raw])
+            steps = range(1, len(losses) + 1)
+            label = f"init scale {scale:.2g}"
+            axes.plot(steps, losses, "-", color=colors[scale], label=label)
+            if diverged is not None:
+                # A diverged run leaves the view: a cross where it does, and its name says so.
+                axes.plot([diverged + 1], [top], "x", color=colors[scale], markersize=9,
+                          markeredgewidth=2, clip_on=False)
+                axes.annotate(f"diverged at step {diverged + 1}", (diverged + 1, top),
+                              textcoords="offset points", xytext=(4, -12), fontsize=7,
+                              color=colors[scale])
+        axes.set_yscale("log")
+        axes.set_ylim(min(finite, default=1e-3) / 2, top)
+        axes.set_title(f"normalization: {variant}")
+        axes.set_xlabel("training step")
+        axes.grid(True, alpha=0.3)
+    grid[0].set_ylabel(f"training loss (mean of {SMOOTHING} batches)")
+    figure.suptitle("training loss, one panel per normalization; x: the run diverged there")
+    _legend_outside(figure, grid[0])
     return written + _save(figure, FigureCanvasAgg, folder / "training_loss")
+
+
+def _legend_outside(figure: Any, axes: Any) -> None:
+    # One legend for all panels, right of them: it never covers a curve.
+    handles, labels = axes.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right center", fontsize=8, title="curves")
 
 
 SMOOTHING = 10  # batches per point of a loss curve: single batches are too noisy to read
