@@ -355,3 +355,34 @@ def test_the_ground_truth_agrees_each_layout_slip_is_wrong(name):
         _, cache = namespace["layernorm_forward"](x, gamma, np.zeros(5), {})
         dx = namespace[function](dout, cache)[0]
         assert not np.allclose(dx, reference_layernorm_dx(x, gamma, dout), atol=1e-3)
+
+
+def test_gamma_indexed_as_if_it_were_one_dimensional_is_placed_on_its_line(tmp_path):
+    planted = "    out = gamma[np.newaxis, :, np.newaxis, np.newaxis] * xhat + beta\n"
+    text = COMPLETE.replace("    out = gamma * xhat + beta\n    return out, (xhat, gamma, ivar, G)",
+                            planted + "    return out, (xhat, gamma, ivar, G)")
+    assert planted in text
+    # ground truth: with gamma as the assignment passes it, (1, C, 1, 1), out gains axes
+    namespace: dict = {}
+    exec(text, namespace)
+    x = np.random.default_rng(0).standard_normal((2, 6, 3, 4))
+    out, _ = namespace["spatial_groupnorm_forward"](x, np.ones((1, 6, 1, 1)),
+                                                    np.zeros((1, 6, 1, 1)), 3, {})
+    assert out.shape != x.shape
+    report = tb.check_layers(write(tmp_path, text), timeout=10,
+                             only=["spatial_groupnorm_forward"])
+    result = report.results["spatial_groupnorm_forward"]
+    assert result.status == "fail"
+    assert result.line == text[:text.index(planted)].count("\n") + 1, str(report)
+    assert "gamma and beta come in shape (1, 6, 1, 1)" in result.diagnosis
+
+
+def test_a_gradient_kept_with_keepdims_names_its_line(tmp_path):
+    planted = "    dbeta = dout.sum(axis=0, keepdims=True)\n"
+    text = HABITS.replace("    dbeta = dout.sum(axis=0)\n", planted, 1)
+    report = tb.check_layers(write(tmp_path, text), timeout=10, functions=MAP,
+                             only=["batchnorm_backward_alt"])
+    result = report.results["batchnorm_backward_alt"]
+    assert result.parts["dbeta"] == "wrong shape" and result.parts["dx"] == "right"
+    assert result.line == text[:text.index(planted)].count("\n") + 1, str(report)
+    assert f"Line {result.line} makes dbeta" in result.diagnosis

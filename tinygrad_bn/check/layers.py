@@ -586,7 +586,9 @@ def _judge_forward(forward: Callable, name: str, kind: str, seed: int,
         _check_unmodified((x, gamma, beta), originals, ("x", "gamma", "beta"))
         out = _array(out, "out")
         if out.shape != x.shape:
-            raise _CheckFailedError(f"out has shape {out.shape}, expected x's shape {x.shape}", "out")
+            raise _CheckFailedError(f"out has shape {out.shape}, expected x's shape {x.shape}"
+                                    + _shape_line(forward, name, kind, seed + round_, result),
+                                    "out")
         error = scaled_error(out, _staged_out(spec, x, gamma, beta))
         if not error <= TOLERANCE:
             parts["train"] = "wrong"
@@ -712,6 +714,63 @@ def _test_mode(forward: Callable, name: str, kind: str, spec: NormSpec, x: np.nd
         if got.size != start[key].size or not np.array_equal(got.reshape(-1), start[key]):
             return "wrong", f"test mode changes {key}: only train mode updates it"
     return "right", ""
+
+
+def _shape_line(forward: Callable, name: str, kind: str, seed: int, result: dict[str, Any]) -> str:
+    """For an output in the wrong shape: the first line of the forward that makes an array
+    with more axes than x, or else the line of the returned out."""
+    filename = _student_file(forward)
+    if filename is None:
+        return ""
+    spec, x, gamma, beta, _ = _inputs(kind, seed)
+    tracer = LineTracer(filename)
+    try:
+        out, _ = _forward_call(forward, name, kind, x, gamma, beta, _param(kind), tracer)
+    except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
+        return ""
+    axes = max(x.ndim, spec.grouped(x).ndim)  # group norm's (N, G, C // G, H, W) is fine
+    first = next((s for s in tracer.snapshots if not s.parameter and s.value.ndim > axes), None)
+    if first is None:
+        index = _returned_index(tracer, forward, np.asarray(out, np.float64), "out")
+        first = None if index is None else tracer.snapshots[index]
+    if first is None:
+        return ""
+    result.update(line=first.line, variable=first.variable, function=first.function)
+    hint = ""
+    if "gamma" in tracer.reads(first.line) or "beta" in tracer.reads(first.line):
+        hint = (f"; gamma and beta come in shape {gamma.shape}: index or expand them as if "
+                f"they were {(gamma.size,)} and they gain axes")
+    return (f". Line {first.line}, `{first.variable}` makes shape {first.value.shape}"
+            f"{' (more axes than x)' if first.value.ndim > axes else ''}{hint}")
+
+
+def _grad_line(backward: Callable, forward: Callable, name: str, kind: str, seed: int,
+               grads: list[str], result: dict[str, Any]) -> str:
+    """For gradients with the right values in another shape: the lines that make them."""
+    filename = _student_file(backward)
+    if filename is None:
+        return ""
+    spec, x, gamma, beta, dout = _inputs(kind, seed)
+    tracer = LineTracer(filename)
+    try:
+        _, cache = _forward_call(forward, FORWARD_OF[kind], kind, x.copy(), gamma, beta,
+                                 _param(kind))
+        raw = _backward_call(backward, name, dout, cache, tracer)
+    except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
+        return ""
+    texts = []
+    for grad, value in zip(GRAD_NAMES, raw):
+        if grad not in grads:
+            continue
+        index = _returned_index(tracer, backward, np.asarray(value, np.float64), grad)
+        if index is None:
+            continue
+        snapshot = tracer.snapshots[index]
+        if result.get("line") is None:
+            result.update(line=snapshot.line, variable=snapshot.variable,
+                          function=snapshot.function)
+        texts.append(f"line {snapshot.line} makes {grad} (`{snapshot.variable}`)")
+    return ". " + "; ".join(texts).capitalize()[0] + "; ".join(texts)[1:] if texts else ""
 
 
 def _trace_test(forward: Callable, name: str, kind: str, spec: NormSpec, x: np.ndarray,
@@ -880,6 +939,9 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
             next(g for g, v in verdicts.items() if v != "right")]
         wrong_values = [g for g, v in verdicts.items() if v == "wrong"]
         sentence = ""
+        shaped = [g for g, v in verdicts.items() if v == "wrong shape"]
+        if shaped and not wrong_values:
+            sentence = _grad_line(backward, forward, name, kind, seed + round_, shaped, result)
         if wrong_values:
             sentence = _trace_backward(backward, forward, name, kind, seed + round_, wrong_values,
                                        result)
