@@ -18,6 +18,7 @@ batch norm, a statistic broadcast to x's shape, and a scalar factor N or 1/N.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,6 +142,13 @@ def _factor(a: np.ndarray, b: np.ndarray) -> float | None:
     return k if _norm(a - k * b) <= MATCH_TOLERANCE * abs(k) * _norm(b) else None
 
 
+def _merges(shape: tuple[int, ...], moved: tuple[int, ...]) -> bool:
+    """Whether `shape` is `moved` with some neighbouring axes merged (size-1 axes aside)."""
+    def bounds(dims: tuple[int, ...]) -> set[int]:
+        return set(np.cumprod([d for d in dims if d != 1]).tolist())
+    return bool(shape) and bounds(shape) <= bounds(moved)
+
+
 def _forms(value: np.ndarray, spec: NormSpec) -> dict[bool, list[np.ndarray]]:
     """The student's array seen in x's layout (full) and flattened (statistics, parameters)."""
     x_shape = spec.x_shape
@@ -152,13 +160,14 @@ def _forms(value: np.ndarray, spec: NormSpec) -> dict[bool, list[np.ndarray]]:
         if value.ndim == 2 and len(x_shape) == 2:
             full.append(value.T.reshape(x_shape))
         if len(x_shape) == 4:
-            n, c, h, w = x_shape
-            if value.ndim == 2 and value.shape == (n * h * w, c):
-                full.append(value.reshape(n, h, w, c).transpose(0, 3, 1, 2))
-            if value.ndim == 2 and value.shape == (c, n * h * w):
-                full.append(value.reshape(c, n, h, w).transpose(1, 0, 2, 3))
-            if value.shape == (n, h, w, c):
-                full.append(value.transpose(0, 3, 1, 2))
+            # any order of x's axes, neighbours possibly merged: (N*H*W, C), (C, N*H*W),
+            # (C, N, H*W), (N, H, W, C), ...
+            for perm in itertools.permutations(range(4)):
+                if perm == (0, 1, 2, 3):
+                    continue
+                moved = tuple(x_shape[p] for p in perm)
+                if _merges(value.shape, moved):
+                    full.append(value.reshape(moved).transpose(np.argsort(perm)))
         # A statistic broadcast to x's shape counts as the statistic.
         for form in list(full):
             grouped = spec.grouped(form)
