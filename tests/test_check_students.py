@@ -253,3 +253,136 @@ def test_cli_usage_errors_save_case_and_explain_load(tmp_path):
     saved = np.load(case)
     assert np.array_equal(saved["x"], tb.explain(load=case).inputs["x"])
     assert "correct_dxmu2" in saved.files and "student_dx" in saved.files
+
+
+LAYOUTS = (STUDENTS / "layouts.py").read_text()
+
+
+def reference_spatial(x, gamma, beta, running_mean, running_var, momentum, eps=1e-5):
+    """Ground truth without the project: train out, running statistics after the step,
+    test out with the statistics given."""
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    shape = (1, -1, 1, 1)
+    train = gamma.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(
+        var.reshape(shape) + eps) + beta.reshape(shape)
+    test = gamma.reshape(shape) * (x - running_mean.reshape(shape)) / np.sqrt(
+        running_var.reshape(shape) + eps) + beta.reshape(shape)
+    return (train, momentum * running_mean + (1 - momentum) * mean,
+            momentum * running_var + (1 - momentum) * var, test)
+
+
+def test_the_layouts_student_is_right_by_the_ground_truth():
+    rng = np.random.default_rng(3)
+    x, gamma, beta = rng.standard_normal((3, 2, 4, 5)), 1 + rng.random(2), rng.standard_normal(2)
+    namespace: dict = {}
+    exec(LAYOUTS, namespace)
+    param = {"mode": "train", "momentum": 0.6}
+    out, _ = namespace["spatial_batchnorm_forward"](x, gamma, beta, param)
+    train, mean, var, _ = reference_spatial(x, gamma, beta, np.zeros(2), np.zeros(2), 0.6)
+    assert np.allclose(out, train) and param["running_mean"].shape == (1, 2, 1, 1)
+    assert np.allclose(param["running_mean"].ravel(), mean)
+    assert np.allclose(param["running_var"].ravel(), var)
+    param["mode"] = "test"
+    out, _ = namespace["spatial_batchnorm_forward"](x, gamma, beta, param)
+    assert np.allclose(out, reference_spatial(x, gamma, beta, mean, var, 0.6)[3])
+    x2, g2, dout = rng.standard_normal((4, 5)), 1 + rng.random(5), rng.standard_normal((4, 5))
+    _, cache = namespace["layernorm_forward"](x2, g2, np.zeros(5), {})
+    dx = namespace["layernorm_backward"](dout, cache)[0]
+    assert np.allclose(dx, reference_layernorm_dx(x2, g2, dout), atol=1e-6)
+
+
+def test_running_statistics_kept_in_the_students_own_layout_pass(tmp_path):
+    report = tb.check_layers(write(tmp_path, LAYOUTS), timeout=10)
+    assert report.ok, str(report)
+
+
+# name: (old, new, function, the text of the planted line, words of the diagnosis)
+LAYOUT_BUGS = {
+    "test mode with eps outside the square root": (
+        "out = g * (x - running_mean) / np.sqrt(running_var + eps) + b",
+        "out = g * (x - running_mean) / (np.sqrt(running_var) + eps) + b",
+        "spatial_batchnorm_forward", "out = g * (x - running_mean) / (np.sqrt",
+        "eps added outside the square root"),
+    "test mode without gamma and beta": (
+        "out = g * (x - running_mean) / np.sqrt(running_var + eps) + b",
+        "out = (x - running_mean) / np.sqrt(running_var + eps)",
+        "spatial_batchnorm_forward", "out = (x - running_mean) / np.sqrt",
+        "gamma and beta left out"),
+    "a wrong power in a transposed dx turned back later": (
+        "centre / spread ** 3 / D", "centre / spread ** 2 / D",
+        "layernorm_backward", "dx_T = (", "dx wrong"),
+    "x where the centred x belongs": (
+        "(g_t * centre).sum(axis=0) * centre", "(g_t * cols).sum(axis=0) * cols",
+        "layernorm_backward", "dx_T = (", "x where the centred x - mu belongs"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_BUGS))
+def test_slips_in_chosen_layouts_are_placed_on_their_line(name, tmp_path):
+    old, new, function, marker, words = LAYOUT_BUGS[name]
+    assert old in LAYOUTS
+    text = LAYOUTS.replace(old, new, 1)
+    if "cols" in new:  # the raw input travels in the cache
+        text = text.replace("return out, (centre, spread, gamma, x_hat)",
+                            "return out, (centre, spread, gamma, x_hat, cols)").replace(
+            "centre, spread, gamma, x_hat = cache", "centre, spread, gamma, x_hat, cols = cache")
+    report = tb.check_layers(write(tmp_path, text), timeout=10, only=[function])
+    result = report.results[function]
+    assert result.status == "fail", str(report)
+    assert result.line == text[:text.index(marker)].count("\n") + 1, str(report)
+    assert words in result.diagnosis, str(report)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT_BUGS))
+def test_the_ground_truth_agrees_each_layout_slip_is_wrong(name):
+    old, new, function, _, _ = LAYOUT_BUGS[name]
+    text = LAYOUTS.replace(old, new, 1)
+    text = text.replace("return out, (centre, spread, gamma, x_hat)",
+                        "return out, (centre, spread, gamma, x_hat, cols)").replace(
+        "centre, spread, gamma, x_hat = cache", "centre, spread, gamma, x_hat, cols = cache")
+    namespace: dict = {}
+    exec(text, namespace)
+    rng = np.random.default_rng(5)
+    if function == "spatial_batchnorm_forward":
+        x, gamma, beta = rng.standard_normal((3, 2, 4, 5)), 1 + rng.random(2), rng.standard_normal(2)
+        mean, var = rng.standard_normal(2), rng.uniform(1e-4, 2e-4, 2)  # eps matters here
+        param = {"mode": "test", "running_mean": mean.reshape(1, 2, 1, 1),
+                 "running_var": var.reshape(1, 2, 1, 1)}
+        out, _ = namespace[function](x, gamma, beta, param)
+        assert not np.allclose(out, reference_spatial(x, gamma, beta, mean, var, 0.9)[3])
+    else:
+        x, gamma, dout = 3 + rng.standard_normal((4, 5)), 1 + rng.random(5), rng.standard_normal((4, 5))
+        _, cache = namespace["layernorm_forward"](x, gamma, np.zeros(5), {})
+        dx = namespace[function](dout, cache)[0]
+        assert not np.allclose(dx, reference_layernorm_dx(x, gamma, dout), atol=1e-3)
+
+
+def test_gamma_indexed_as_if_it_were_one_dimensional_is_placed_on_its_line(tmp_path):
+    planted = "    out = gamma[np.newaxis, :, np.newaxis, np.newaxis] * xhat + beta\n"
+    text = COMPLETE.replace("    out = gamma * xhat + beta\n    return out, (xhat, gamma, ivar, G)",
+                            planted + "    return out, (xhat, gamma, ivar, G)")
+    assert planted in text
+    # ground truth: with gamma as the assignment passes it, (1, C, 1, 1), out gains axes
+    namespace: dict = {}
+    exec(text, namespace)
+    x = np.random.default_rng(0).standard_normal((2, 6, 3, 4))
+    out, _ = namespace["spatial_groupnorm_forward"](x, np.ones((1, 6, 1, 1)),
+                                                    np.zeros((1, 6, 1, 1)), 3, {})
+    assert out.shape != x.shape
+    report = tb.check_layers(write(tmp_path, text), timeout=10,
+                             only=["spatial_groupnorm_forward"])
+    result = report.results["spatial_groupnorm_forward"]
+    assert result.status == "fail"
+    assert result.line == text[:text.index(planted)].count("\n") + 1, str(report)
+    assert "gamma and beta come in shape (1, 6, 1, 1)" in result.diagnosis
+
+
+def test_a_gradient_kept_with_keepdims_names_its_line(tmp_path):
+    planted = "    dbeta = dout.sum(axis=0, keepdims=True)\n"
+    text = HABITS.replace("    dbeta = dout.sum(axis=0)\n", planted, 1)
+    report = tb.check_layers(write(tmp_path, text), timeout=10, functions=MAP,
+                             only=["batchnorm_backward_alt"])
+    result = report.results["batchnorm_backward_alt"]
+    assert result.parts["dbeta"] == "wrong shape" and result.parts["dx"] == "right"
+    assert result.line == text[:text.index(planted)].count("\n") + 1, str(report)
+    assert f"Line {result.line} makes dbeta" in result.diagnosis

@@ -18,13 +18,15 @@ batch norm, a statistic broadcast to x's shape, and a scalar factor N or 1/N.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..norm import NormSpec
 
-__all__ = ["Quantity", "Match", "Catalogue", "build_catalogue", "MATCH_TOLERANCE"]
+__all__ = ["Quantity", "Match", "Catalogue", "build_catalogue", "build_test_catalogue",
+           "MATCH_TOLERANCE"]
 
 MATCH_TOLERANCE = 1e-7  # relative (normwise); students' float64 arithmetic is ~1e-15 apart
 
@@ -140,6 +142,13 @@ def _factor(a: np.ndarray, b: np.ndarray) -> float | None:
     return k if _norm(a - k * b) <= MATCH_TOLERANCE * abs(k) * _norm(b) else None
 
 
+def _merges(shape: tuple[int, ...], moved: tuple[int, ...]) -> bool:
+    """Whether `shape` is `moved` with some neighbouring axes merged (size-1 axes aside)."""
+    def bounds(dims: tuple[int, ...]) -> set[int]:
+        return set(np.cumprod([d for d in dims if d != 1]).tolist())
+    return bool(shape) and bounds(shape) <= bounds(moved)
+
+
 def _forms(value: np.ndarray, spec: NormSpec) -> dict[bool, list[np.ndarray]]:
     """The student's array seen in x's layout (full) and flattened (statistics, parameters)."""
     x_shape = spec.x_shape
@@ -151,13 +160,14 @@ def _forms(value: np.ndarray, spec: NormSpec) -> dict[bool, list[np.ndarray]]:
         if value.ndim == 2 and len(x_shape) == 2:
             full.append(value.T.reshape(x_shape))
         if len(x_shape) == 4:
-            n, c, h, w = x_shape
-            if value.ndim == 2 and value.shape == (n * h * w, c):
-                full.append(value.reshape(n, h, w, c).transpose(0, 3, 1, 2))
-            if value.ndim == 2 and value.shape == (c, n * h * w):
-                full.append(value.reshape(c, n, h, w).transpose(1, 0, 2, 3))
-            if value.shape == (n, h, w, c):
-                full.append(value.transpose(0, 3, 1, 2))
+            # any order of x's axes, neighbours possibly merged: (N*H*W, C), (C, N*H*W),
+            # (C, N, H*W), (N, H, W, C), ...
+            for perm in itertools.permutations(range(4)):
+                if perm == (0, 1, 2, 3):
+                    continue
+                moved = tuple(x_shape[p] for p in perm)
+                if _merges(value.shape, moved):
+                    full.append(value.reshape(moved).transpose(np.argsort(perm)))
         # A statistic broadcast to x's shape counts as the statistic.
         for form in list(full):
             grouped = spec.grouped(form)
@@ -373,7 +383,68 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
                  - xhat * (dxhat * xhat).sum(axis=other, keepdims=True)) * ivar / n
         variant("dx[wrong axis]", wrong, True, "dx", f"the closed form's sums over axis {other}; "
                 f"they run over axis {axes[0]}")
+    # x where the centred xmu = x - mu belongs, in the variance's branch
+    meaning = "x where the centred x - mu belongs, in the branch through the variance"
+    raw = dxhat * ivar - ivar ** 3 * sum_(dxhat * xs) * xs / n - sum_dxhat * ivar / n
+    variant("dx[x for xmu]", raw, True, "dx", meaning)
+    variant("dx[x for xmu, staged]", dx_from(dxhat * ivar - ivar ** 3 * sum_(dxhat * xs) * xs / n),
+            True, "dx", meaning)
     variant("dgamma[no xhat]", dbeta, False, "dgamma", "dgamma = sum(dout): the factor xhat is missing")
     variant("dgamma[x]", (dout * x).sum(axis=sum_axes), False, "dgamma",
             "dgamma = sum(dout * x): use the normalized xhat, not x")
+    return cat
+
+
+def build_test_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                         running_mean: np.ndarray, running_var: np.ndarray,
+                         spec: NormSpec) -> Catalogue:
+    """The correct quantities of test mode (normalizing with the running statistics) and
+    its known slips: eps outside the square root or left out, no square root, the batch's
+    own statistics, gamma and beta left out."""
+    x = np.asarray(x, np.float64)
+    shape, eps = spec.x_shape, spec.eps
+    bshape = spec.param_bshape
+    g = np.asarray(gamma, np.float64).reshape(bshape)
+    b = np.asarray(beta, np.float64).reshape(bshape)
+    rm = np.asarray(running_mean, np.float64).reshape(bshape)
+    rv = np.asarray(running_var, np.float64).reshape(bshape)
+    cat = Catalogue(spec)
+
+    def add(name: str, value: np.ndarray, formula: str, is_full: bool, stage: str = "",
+            meaning: str = "") -> None:
+        value = np.broadcast_to(value, shape).copy() if is_full else np.ravel(value)
+        cat.quantities.append(Quantity(name, value, formula, is_full, correct=not meaning,
+                                       stage=stage, meaning=meaning))
+
+    xmu = x - rm
+    sqrtvar = np.sqrt(rv + eps)
+    xhat = xmu / sqrtvar
+    for name, value, formula, is_full in (
+            ("x", x, "the input", True), ("mu", rm, "running_mean", False),
+            ("xmu", xmu, "x - running_mean", True), ("var", rv, "running_var", False),
+            ("var_eps", rv + eps, "running_var + eps", False),
+            ("sqrtvar", sqrtvar, "sqrt(running_var + eps)", False),
+            ("ivar", 1 / sqrtvar, "1 / sqrt(running_var + eps)", False),
+            ("xhat", xhat, "(x - running_mean) / sqrt(running_var + eps)", True),
+            ("gammax", g * xhat, "gamma * xhat", True),
+            ("out", g * xhat + b, "gamma * (x - running_mean) / sqrt(running_var + eps) + beta",
+             True)):
+        add(name, value, formula, is_full)
+    for tag, std, meaning in (
+            ("eps outside", np.sqrt(rv) + eps,
+             "eps added outside the square root; it belongs inside, sqrt(running_var + eps)"),
+            ("no eps", np.sqrt(rv), "eps left out of sqrt(running_var + eps)"),
+            ("no sqrt", rv + eps, "running_var + eps without the square root")):
+        add(f"sqrtvar[{tag}]", std, meaning, False, "sqrtvar", meaning)
+        add(f"xhat[{tag}]", xmu / std, meaning, True, "xhat", meaning)
+        add(f"out[{tag}]", g * xmu / std + b, meaning, True, "out", meaning)
+    axes = spec.reduce_axes
+    batch = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+    meaning = "the batch's own statistics; test mode normalizes with running_mean and running_var"
+    add("xhat[batch]", batch, meaning, True, "xhat", meaning)
+    add("out[batch]", g * batch + b, meaning, True, "out", meaning)
+    add("out[no gamma beta]", xhat, "gamma and beta left out: test mode scales and shifts "
+        "like train mode", True, "out", "gamma and beta left out: test mode scales and shifts "
+        "like train mode")
+    add("out[no beta]", g * xhat, "beta left out", True, "out", "beta left out")
     return cat

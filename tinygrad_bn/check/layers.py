@@ -41,7 +41,7 @@ import numpy as np
 
 from ..core.node import Node
 from ..norm import NormSpec, norm_spec, staged_nodes
-from .catalogue import build_catalogue
+from .catalogue import build_catalogue, build_test_catalogue
 from .diagnose import describe_departure, find_departure, staged_gradients
 from .gradcheck import scaled_error
 from .locate import StageMatch, locate_departure, stage_records
@@ -507,6 +507,36 @@ def _param(kind: str, mode: str = "train", **extra: Any) -> dict:
     return {"eps": EPS, **extra}
 
 
+def _seeded(kind: str, start: dict[str, np.ndarray], layout: tuple[int, ...] | None,
+            mode: str = "train") -> dict:
+    """bn_param holding running statistics `start`, in the layout the student's own train
+    step stores them in ((D,), (1, D), (1, C, 1, 1), ...), so that a layout the student
+    chose comes back to their code as they would have it."""
+    def shaped(value: np.ndarray) -> np.ndarray:
+        value = value.copy()
+        return value.reshape(layout) if layout is not None else value
+    return _param(kind, mode, **{k: shaped(v) for k, v in start.items()})
+
+
+def _running_layout(forward: Callable, name: str, kind: str, spec: NormSpec, seed: int
+                    ) -> tuple[tuple[int, ...] | None, int | None]:
+    """(shape, size) of the running_mean the forward's first train step stores (given
+    bn_param without running statistics, as the assignment's first call does); the shape
+    only when it holds one value per feature; (None, None) when it stores none."""
+    if kind not in ("batch", "spatial"):
+        return None, None
+    _, x, gamma, beta, _ = _inputs(kind, seed)
+    param = _param(kind)
+    try:
+        _forward_call(forward, name, kind, x, gamma, beta, param)
+    except Exception:  # noqa: BLE001 - judged by the calls that follow
+        return None, None
+    value = param.get("running_mean")
+    if not isinstance(value, np.ndarray):
+        return None, None
+    return (tuple(value.shape) if value.size == spec.param_shape[0] else None), value.size
+
+
 def _start(kind: str, spec: NormSpec, seed: int) -> dict[str, np.ndarray]:
     if kind not in ("batch", "spatial"):
         return {}
@@ -541,45 +571,60 @@ def _judge_forward(forward: Callable, name: str, kind: str, seed: int,
     parts: dict[str, str] = {}
     problems: list[tuple[str, str | None]] = []
     train_wrong = False
+    layout, held = _running_layout(forward, name, kind, _inputs(kind, seed)[0], seed)
+    features = _inputs(kind, seed)[0].param_shape[0]
     for round_ in range(3):
         spec, x, gamma, beta, _ = _inputs(kind, seed + round_)
         originals = [a.copy() for a in (x, gamma, beta)]
         start = _start(kind, spec, seed + round_)
-        param = _param(kind, **{k: v.copy() for k, v in start.items()})
+        if held is not None and held != features:
+            # its running statistics hold another number of values than one per feature:
+            # the train output is judged as the assignment's first call gets it
+            start = {}
+        param = _seeded(kind, start, layout)
         out, _ = _forward_call(forward, name, kind, x, gamma, beta, param)
         _check_unmodified((x, gamma, beta), originals, ("x", "gamma", "beta"))
         out = _array(out, "out")
         if out.shape != x.shape:
-            raise _CheckFailedError(f"out has shape {out.shape}, expected x's shape {x.shape}", "out")
+            raise _CheckFailedError(f"out has shape {out.shape}, expected x's shape {x.shape}"
+                                    + _shape_line(forward, name, kind, seed + round_, result),
+                                    "out")
         error = scaled_error(out, _staged_out(spec, x, gamma, beta))
         if not error <= TOLERANCE:
             parts["train"] = "wrong"
             train_wrong = True
-            message = _trace_forward(forward, name, kind, seed + round_, result, "out")
+            message = _trace_forward(forward, name, kind, seed + round_, result, "out", layout,
+                                     seeded=bool(start))
             problems.append((f"train-mode out differs from the staged graph's (normwise error "
                              f"{error:.2g}){message}", result.get("stage")))
             break
         parts["train"] = "right"
+        if kind in ("batch", "spatial") and not start:
+            parts["running statistics"] = "wrong"
+            problems.append((f"running_mean holds {held} values after a train step; expected "
+                             f"{features}, one per feature", "out"))
+            break
         if kind in ("batch", "spatial"):
             text = _running_statistics(param, start, spec, x)
             if text is not None:
                 parts["running statistics"] = "wrong"
                 where = _trace_forward(forward, name, kind, seed + round_, result,
                                        "running_mean" if "running_mean" in text.split(" ")[0]
-                                       else "running_var")
+                                       else "running_var", layout)
                 problems.append((text + where, "out"))
                 break
             parts["running statistics"] = "right"
-    if kind in ("batch", "spatial") and not train_wrong:
+    foreign = held is not None and held != features  # running statistics in no known layout
+    if kind in ("batch", "spatial") and not train_wrong and not foreign:
         spec, x, gamma, beta, _ = _inputs(kind, seed)
         parts["test"], text = _test_mode(forward, name, kind, spec, x, gamma, beta,
-                                         _start(kind, spec, seed))
+                                         _start(kind, spec, seed), layout, result)
         if text:
             problems.append((text, "out" if parts["test"] == "wrong" else None))
     if not train_wrong:
         spec, x, gamma, beta, _ = _inputs(kind, seed, np.float32)
         out, _ = _forward_call(forward, name, kind, x, gamma, beta,
-                               _param(kind, **_start(kind, spec, seed)))
+                               _seeded(kind, {} if foreign else _start(kind, spec, seed), layout))
         dtype = np.asarray(out).dtype
         parts["dtype"] = "kept" if dtype == np.float32 else str(dtype)
         if dtype != np.float32:
@@ -638,24 +683,32 @@ def _running_statistics(param: dict, start: dict, spec: NormSpec, x: np.ndarray)
 
 
 def _test_mode(forward: Callable, name: str, kind: str, spec: NormSpec, x: np.ndarray,
-               gamma: np.ndarray, beta: np.ndarray, start: dict) -> tuple[str, str]:
+               gamma: np.ndarray, beta: np.ndarray, start: dict,
+               layout: tuple[int, ...] | None = None,
+               result: dict[str, Any] | None = None) -> tuple[str, str]:
     """(verdict, sentence) for test mode: "right", "not implemented" or "wrong"."""
-    param = _param(kind, "test", **{k: v.copy() for k, v in start.items()})
+    param = _seeded(kind, start, layout, "test")
     try:
         out, _ = _forward_call(forward, name, kind, x, gamma, beta, param)
     except (_StubError, NotImplementedError):
         return "not implemented", "test mode not implemented yet (it returns no output)"
+    except _StudentExitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the student's test mode raised: a wrong part
+        return "wrong", f"test mode {_exception_text(error)}"
     shape = spec.param_bshape
     expected = gamma.reshape(shape) * (x - start["running_mean"].reshape(shape)) / np.sqrt(
         start["running_var"].reshape(shape) + EPS) + beta.reshape(shape)
     out = _array(out, "test-mode out")
     if out.shape != expected.shape or not scaled_error(out, expected) <= TOLERANCE:
+        where = "" if result is None else _trace_test(forward, name, kind, spec, x, gamma, beta,
+                                                      start, layout, result)
         if out.shape == expected.shape and scaled_error(out, _staged_out(spec, x, gamma, beta)) \
                 <= TOLERANCE:
             return "wrong", ("test mode normalizes with the batch's own statistics; it should use "
-                             "running_mean and running_var")
+                             "running_mean and running_var" + where)
         return "wrong", ("test-mode out is not gamma * (x - running_mean) / sqrt(running_var + "
-                         "eps) + beta")
+                         "eps) + beta" + where)
     for key in ("running_mean", "running_var"):
         got = np.asarray(param.get(key), dtype=np.float64)
         if got.size != start[key].size or not np.array_equal(got.reshape(-1), start[key]):
@@ -663,16 +716,100 @@ def _test_mode(forward: Callable, name: str, kind: str, spec: NormSpec, x: np.nd
     return "right", ""
 
 
+def _shape_line(forward: Callable, name: str, kind: str, seed: int, result: dict[str, Any]) -> str:
+    """For an output in the wrong shape: the first line of the forward that makes an array
+    with more axes than x, or else the line of the returned out."""
+    filename = _student_file(forward)
+    if filename is None:
+        return ""
+    spec, x, gamma, beta, _ = _inputs(kind, seed)
+    tracer = LineTracer(filename)
+    try:
+        out, _ = _forward_call(forward, name, kind, x, gamma, beta, _param(kind), tracer)
+    except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
+        return ""
+    axes = max(x.ndim, spec.grouped(x).ndim)  # group norm's (N, G, C // G, H, W) is fine
+    first = next((s for s in tracer.snapshots if not s.parameter and s.value.ndim > axes), None)
+    if first is None:
+        index = _returned_index(tracer, forward, np.asarray(out, np.float64), "out")
+        first = None if index is None else tracer.snapshots[index]
+    if first is None:
+        return ""
+    result.update(line=first.line, variable=first.variable, function=first.function)
+    hint = ""
+    if "gamma" in tracer.reads(first.line) or "beta" in tracer.reads(first.line):
+        hint = (f"; gamma and beta come in shape {gamma.shape}: index or expand them as if "
+                f"they were {(gamma.size,)} and they gain axes")
+    return (f". Line {first.line}, `{first.variable}` makes shape {first.value.shape}"
+            f"{' (more axes than x)' if first.value.ndim > axes else ''}{hint}")
+
+
+def _grad_line(backward: Callable, forward: Callable, name: str, kind: str, seed: int,
+               grads: list[str], result: dict[str, Any]) -> str:
+    """For gradients with the right values in another shape: the lines that make them."""
+    filename = _student_file(backward)
+    if filename is None:
+        return ""
+    spec, x, gamma, beta, dout = _inputs(kind, seed)
+    tracer = LineTracer(filename)
+    try:
+        _, cache = _forward_call(forward, FORWARD_OF[kind], kind, x.copy(), gamma, beta,
+                                 _param(kind))
+        raw = _backward_call(backward, name, dout, cache, tracer)
+    except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
+        return ""
+    texts = []
+    for grad, value in zip(GRAD_NAMES, raw):
+        if grad not in grads:
+            continue
+        index = _returned_index(tracer, backward, np.asarray(value, np.float64), grad)
+        if index is None:
+            continue
+        snapshot = tracer.snapshots[index]
+        if result.get("line") is None:
+            result.update(line=snapshot.line, variable=snapshot.variable,
+                          function=snapshot.function)
+        texts.append(f"line {snapshot.line} makes {grad} (`{snapshot.variable}`)")
+    return ". " + "; ".join(texts).capitalize()[0] + "; ".join(texts)[1:] if texts else ""
+
+
+def _trace_test(forward: Callable, name: str, kind: str, spec: NormSpec, x: np.ndarray,
+                gamma: np.ndarray, beta: np.ndarray, start: dict,
+                layout: tuple[int, ...] | None, result: dict[str, Any]) -> str:
+    """Test mode again under the tracer; fill result's line fields; the sentence."""
+    filename = _student_file(forward)
+    if filename is None:
+        return ""
+    tracer = LineTracer(filename)
+    try:
+        out, _ = _forward_call(forward, name, kind, x, gamma, beta,
+                               _seeded(kind, start, layout, "test"), tracer)
+    except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
+        return ""
+    catalogue = build_test_catalogue(x, gamma, beta, start["running_mean"],
+                                     start["running_var"], spec)
+    index = _returned_index(tracer, forward, np.asarray(out, np.float64), "out")
+    if index is None:
+        return ""
+    departure, matches = locate_departure(tracer.snapshots, {"out": index}, ["out"], catalogue)
+    if departure is None:
+        return ""
+    result.update(line=departure.line, variable=departure.variable, function=departure.function,
+                  variant=departure.variant, stage=departure.stage)
+    return f". In test mode, {departure.sentence}"
+
+
 def _trace_forward(forward: Callable, name: str, kind: str, seed: int, result: dict[str, Any],
-                   output: str) -> str:
+                   output: str, layout: tuple[int, ...] | None = None,
+                   seeded: bool = True) -> str:
     """Run the forward again under the tracer; fill result's line fields; the sentence."""
     filename = _student_file(forward)
     if filename is None:
         return ""
     spec, x, gamma, beta, dout = _inputs(kind, seed)
-    start = _start(kind, spec, seed)
+    start = _start(kind, spec, seed) if seeded else {}
     tracer = LineTracer(filename)
-    param = _param(kind, **{k: v.copy() for k, v in start.items()})
+    param = _seeded(kind, start, layout)
     try:
         out, _ = _forward_call(forward, name, kind, x, gamma, beta, param, tracer)
     except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
@@ -802,6 +939,9 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
             next(g for g, v in verdicts.items() if v != "right")]
         wrong_values = [g for g, v in verdicts.items() if v == "wrong"]
         sentence = ""
+        shaped = [g for g, v in verdicts.items() if v == "wrong shape"]
+        if shaped and not wrong_values:
+            sentence = _grad_line(backward, forward, name, kind, seed + round_, shaped, result)
         if wrong_values:
             sentence = _trace_backward(backward, forward, name, kind, seed + round_, wrong_values,
                                        result)

@@ -95,6 +95,8 @@ GRADIENTS = {"dbeta", "dgamma", "dxhat", "divar", "dsqrtvar", "dvar", "dsq", "dx
 def quantity_for_name(variable: str) -> str | None:
     """The catalogue quantity a variable's name suggests: `sample_var` -> var, `dx_hat` ->
     dxhat, `dL_dvar` -> dvar, `dxmu1` -> dxmu1; None when it suggests none."""
+    variable = re.sub(r"_(t|trans|transposed|transpose|flat|reshaped|r|2d|4d)$", "",
+                      variable, flags=re.IGNORECASE)
     key = re.sub(r"[^a-z0-9]", "", variable.lower())
     if key in ("dxmu1", "dxmu2", "dx1", "dx2"):
         return key
@@ -215,6 +217,7 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
     if choice is None:
         choice = next((i for i in poisoned if all(status[d] == "right" for d in by_index[i].deps
                                                   if d in cone)), poisoned[0])
+    choice = _origin_of_copy(choice, by_index, cone, status)
     snapshot = by_index[choice]
     found = matches[choice]
     wrong_match = next((m for m in found if not m.correct), None)
@@ -270,6 +273,28 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
             f"never used from here on; {output.variable} (line {output.line}) matches "
             f"{wrong_match.quantity.meaning}")
     return departure, matches
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same numbers in another layout (a transpose, a reshape, keepdims)."""
+    return a.size == b.size and a.size > 0 and np.array_equal(np.sort(a, axis=None),
+                                                              np.sort(b, axis=None))
+
+
+def _origin_of_copy(choice: int, by_index: dict[int, Snapshot], cone: set[int],
+                    status: dict[int, str]) -> int:
+    """A line that only turns a wrong value around (`dx = dx_T.T`, a reshape back) is not
+    where the math departs: follow it back to the line that computed the value."""
+    seen = {choice}
+    while True:
+        snapshot = by_index[choice]
+        source = next((d for d in snapshot.deps if d in cone and d not in seen
+                       and status[d] != "right" and not by_index[d].parameter
+                       and _same_values(by_index[d].value, snapshot.value)), None)
+        if source is None:
+            return choice
+        seen.add(source)
+        choice = source
 
 
 def _sentence(d: LineDeparture, expected: Quantity | None, snapshot: Snapshot) -> str:
