@@ -80,3 +80,31 @@ def test_train_under_no_grad_still_updates_statistics():
         out = bn(np.array([[0.0, 2.0], [2.0, 4.0]]))
     assert out.parents == ()
     np.testing.assert_allclose(bn.running_mean, [0.1, 0.3])
+
+
+def _trained_batchnorm():
+    bn = tb.BatchNorm(3)
+    bn(np.random.default_rng(7).standard_normal((6, 3)))
+    return bn
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("running_var", np.array([1.0, -0.5, 1.0]),
+     r"state\['running_var'\]: expected variances >= 0, got -0.5 at index \(1,\)"),
+    ("running_mean", np.array([0.0, np.nan, 0.0]),
+     r"state\['running_mean'\]: expected finite values in float64, got nan at index \(1,\)"),
+    ("gamma", np.array([1.0, 1.0, np.inf]),
+     r"state\['gamma'\]: expected finite values in float64, got inf at index \(2,\)"),
+    ("beta", [0.0, 0.0, 0.0], r"state\['beta'\]: expected a numpy array, got list"),
+    ("gamma", tb.Node(np.ones(3)), r"state\['gamma'\]: expected a numpy array, got Node"),
+    ("running_var", np.ones(3, dtype=np.int64),
+     r"state\['running_var'\]: expected a float32 or float64 array, got int64"),
+])
+def test_load_state_dict_rejects_bad_values_and_changes_nothing(key, value, message):
+    bn = _trained_batchnorm()
+    before = bn.state_dict()
+    state = dict(before, **{key: value})
+    with pytest.raises(ValueError, match=message):
+        bn.load_state_dict(state)
+    for name, array in bn.state_dict().items():
+        np.testing.assert_array_equal(array, before[name])
