@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tinygrad_bn.core.node import Node, trace_backward, vjp
+from tinygrad_bn.train.files import write_atomic
 
 from .draw import draw
 
@@ -74,10 +75,7 @@ def stepper(root: Node, path: str | pathlib.Path, *, upstream: Any = None,
     page = PAGE.replace("$TITLE", html.escape(f"Backward pass of {root.name or root.op}"))
     page = page.replace("$SVG", _svg_body(graph.svg()))
     page = page.replace("$STEPS", json.dumps(steps).replace("</", "<\\/"))
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_atomic(pathlib.Path(path), page)  # whole or not at all
 
 
 def _svg_body(svg: str) -> str:
