@@ -129,6 +129,14 @@ def _runtime_error(args: argparse.Namespace, message: str) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from .check.compare import compare_cost, format_bytes
+
+    if args.shape is not None:  # before a single array is drawn
+        _, too_large, smaller = compare_cost(args.shape, args.norm)
+        if too_large is not None:
+            estimate = format_bytes(compare_cost(smaller, args.norm)[0])
+            return _usage_error(args, f"--shape: {too_large}; try --shape "
+                                      f"{','.join(map(str, smaller))} (about {estimate})")
     x, gamma, beta, dout = _data(args)
     report = compare_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
                                    groups=args.groups, progress=progress_printer("numeric check"))
