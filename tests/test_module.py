@@ -108,3 +108,27 @@ def test_load_state_dict_rejects_bad_values_and_changes_nothing(key, value, mess
         bn.load_state_dict(state)
     for name, array in bn.state_dict().items():
         np.testing.assert_array_equal(array, before[name])
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 2, 5)])
+def test_running_variance_conventions_against_torch(unbiased, shape):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    bn = tb.BatchNorm(3, momentum=0.9, unbiased_running_var=unbiased)
+    reference = (torch.nn.BatchNorm1d if len(shape) == 2 else torch.nn.BatchNorm2d)(
+        3, momentum=0.1, dtype=torch.float64)  # torch's momentum weighs the new value
+    biased_mean_var = np.ones(3)
+    for _ in range(3):
+        x = rng.standard_normal(shape) * 2 + 1
+        bn(x)
+        reference(torch.from_numpy(x))
+        axes = (0,) if len(shape) == 2 else (0, 2, 3)
+        biased_mean_var = 0.9 * biased_mean_var + 0.1 * x.var(axis=axes)
+    np.testing.assert_allclose(bn.running_mean, reference.running_mean.numpy(), rtol=1e-12)
+    if unbiased:  # torch's convention
+        np.testing.assert_allclose(bn.running_var, reference.running_var.numpy(), rtol=1e-12)
+    else:  # the CS231n convention: the biased batch variance
+        np.testing.assert_allclose(bn.running_var, biased_mean_var, rtol=1e-12)
+        assert not np.allclose(bn.running_var, reference.running_var.numpy(), rtol=1e-3)
+    assert ("unbiased_running_var=True" in repr(bn)) == unbiased

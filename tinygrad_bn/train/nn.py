@@ -266,13 +266,18 @@ class BatchNorm(Module):
     fused=False the staged graph of primitives. dtype: of the parameters and running
     statistics; None (the default) takes the first input's. The output always has the
     input's dtype. Training needs more than one value per channel.
+
+    running_var averages the biased batch variance (divided by the count m, as the
+    normalization itself uses: the CS231n convention). unbiased_running_var=True averages
+    m/(m-1) times it instead, PyTorch's convention (then set momentum to 1 - torch's).
     """
 
     BUFFERS = ("running_mean", "running_var")
     NONNEGATIVE = ("running_var",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.9,
-                 fused: bool = True, dtype: Any = None) -> None:
+                 fused: bool = True, dtype: Any = None, unbiased_running_var: bool = False
+                 ) -> None:
         num_features = check_positive_int(num_features, "num_features")
         self.dtype_given = dtype is not None
         dtype = check_dtype(np.float64 if dtype is None else dtype)
@@ -280,6 +285,7 @@ class BatchNorm(Module):
         self.eps = check_eps(eps)
         self.momentum = check_momentum(momentum)
         self.fused = bool(fused)
+        self.unbiased_running_var = bool(unbiased_running_var)
         self.gamma = Node(np.ones(num_features, dtype), name="gamma")
         self.beta = Node(np.zeros(num_features, dtype), name="beta")
         # Ones, not zeros, for the variance: an untrained model in eval mode is the identity.
@@ -311,6 +317,8 @@ class BatchNorm(Module):
             nodes = staged_nodes(x, *_params_like(self, x), spec)
             out, mean, var = nodes["out"], nodes["mu"].data, nodes["var"].data
         # Only after the forward succeeded: a failing call must not move the statistics.
+        if self.unbiased_running_var:
+            var = var * (spec.count / (spec.count - 1))
         keep = self.momentum
         self.running_mean = (keep * self.running_mean
                              + (1 - keep) * mean.reshape(self.num_features)).astype(
@@ -332,7 +340,8 @@ class BatchNorm(Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}, "
-                f"fused={self.fused}")
+                f"fused={self.fused}"
+                + (", unbiased_running_var=True" if self.unbiased_running_var else ""))
 
 
 class _StatelessNorm(Module):
