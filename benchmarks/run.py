@@ -304,6 +304,8 @@ def machine_description() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tinygrad_bn.train.files import check_writable, describe_os_error, write_atomic
+
     parser = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.split("\n")[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="fewer cases and rounds (< 1 min)")
@@ -314,6 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=pathlib.Path, default=None,
                         help="also write the report, with the machine and command, to this file")
     args = parser.parse_args(argv)
+    if args.markdown is not None:
+        try:  # before the run, not after it
+            check_writable(args.markdown)
+        except OSError as error:
+            parser.error(f"--markdown: cannot write {args.markdown}: {describe_os_error(error)}")
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     settings = settings_for(mode)
     if args.rounds is not None:
@@ -338,7 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         header = (f"# Benchmark results\n\nMachine: {machine_description()}.\n\n"
                   f"Command: `{command}` (the same as `tinygrad-bn bench`"
                   f"{' --' + mode if mode != 'full' else ''}).\n\n")
-        args.markdown.write_text(header + text + "\n")
+        try:
+            write_atomic(args.markdown, header + text + "\n")  # whole or not at all
+        except OSError as error:
+            print(f"benchmarks.run: --markdown: cannot write {args.markdown}: "
+                  f"{describe_os_error(error)}", file=sys.stderr)
+            return 1
         print(f"wrote {args.markdown}")
     return 0
 

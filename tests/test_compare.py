@@ -1,8 +1,10 @@
 """compare never cries wolf: correct code passes on the smallest batches, wrong code fails."""
 
 import pathlib
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -72,3 +74,38 @@ def test_large_shapes_are_sampled_with_progress():
     assert result.returncode == 0, result.stderr
     assert "dx at 100 of 50000 coordinates" in result.stdout and "(sampled)" in result.stdout
     assert "numeric check: 300 of 300 coordinates" in result.stderr
+
+
+def _compare_cli(*args):
+    exe = pathlib.Path(sys.executable).with_name("tinygrad-bn")
+    return subprocess.run([str(exe), "compare", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("shape", ["100000,1000", "100000,100000", "3000,1000", "2,4000000"])
+def test_too_large_a_compare_is_refused_at_once_with_its_estimate(shape):
+    start = time.perf_counter()
+    result = _compare_cli("--shape", shape)
+    assert time.perf_counter() - start < 30
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if "--shape" in line]
+    assert re.search(r"--shape: x \(.*\) has [\d.e+]+ values; compare needs about [\d.]+ [MGT]B "
+                     r"and [\d,]+ forward passes over all of them .*try --shape \d+,\d+ "
+                     r"\(about [\d.]+ [MGT]B\)", line), line
+    suggested = tuple(int(s) for s in re.search(r"try --shape (\d+),(\d+)", line).groups())
+    assert tb.check.compare.compare_cost(suggested)[1] is None  # the suggestion is accepted
+
+
+def test_a_compare_too_large_is_refused_by_the_library_too():
+    with pytest.raises(ValueError, match=r"x: x \(3000, 1000\) has 3e\+06 values"):
+        tb.compare_batchnorm(np.ones((3000, 1000)), np.ones(1000), np.zeros(1000))
+
+
+def test_one_value_per_statistic_is_explained_in_words():
+    result = _compare_cli("--shape", "1,5")
+    assert result.returncode == 0, result.stderr
+    assert "raised to" not in result.stdout and "times smaller" not in result.stdout
+    assert ("one value per statistic (x (1, 5) reduced over axes (0,)): x - mean is 0, so the "
+            "output is beta and dx is exactly zero") in result.stdout
+    report = tb.compare_normalization("layer", *sample_batch((3, 1), "float64", 0, norm="layer"))
+    assert report.ok and "dx" not in report.raised and "dx is exactly zero" in str(report)

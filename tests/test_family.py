@@ -200,7 +200,7 @@ def test_short_training_run_lowers_the_loss(make_optimizer):
 
 
 def test_optimizer_arguments_are_checked():
-    with pytest.raises(ValueError, match="lr: expected a number > 0, got 0"):
+    with pytest.raises(ValueError, match="lr: expected a finite number > 0, got 0"):
         SGD([tb.Node(1.0)], lr=0)
     with pytest.raises(ValueError, match=r"beta1: expected a number in \[0, 1\), got 1.0"):
         Adam([tb.Node(1.0)], beta1=1.0)

@@ -80,3 +80,55 @@ def test_train_under_no_grad_still_updates_statistics():
         out = bn(np.array([[0.0, 2.0], [2.0, 4.0]]))
     assert out.parents == ()
     np.testing.assert_allclose(bn.running_mean, [0.1, 0.3])
+
+
+def _trained_batchnorm():
+    bn = tb.BatchNorm(3)
+    bn(np.random.default_rng(7).standard_normal((6, 3)))
+    return bn
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("running_var", np.array([1.0, -0.5, 1.0]),
+     r"state\['running_var'\]: expected variances >= 0, got -0.5 at index \(1,\)"),
+    ("running_mean", np.array([0.0, np.nan, 0.0]),
+     r"state\['running_mean'\]: expected finite values in float64, got nan at index \(1,\)"),
+    ("gamma", np.array([1.0, 1.0, np.inf]),
+     r"state\['gamma'\]: expected finite values in float64, got inf at index \(2,\)"),
+    ("beta", [0.0, 0.0, 0.0], r"state\['beta'\]: expected a numpy array, got list"),
+    ("gamma", tb.Node(np.ones(3)), r"state\['gamma'\]: expected a numpy array, got Node"),
+    ("running_var", np.ones(3, dtype=np.int64),
+     r"state\['running_var'\]: expected a float32 or float64 array, got int64"),
+])
+def test_load_state_dict_rejects_bad_values_and_changes_nothing(key, value, message):
+    bn = _trained_batchnorm()
+    before = bn.state_dict()
+    state = dict(before, **{key: value})
+    with pytest.raises(ValueError, match=message):
+        bn.load_state_dict(state)
+    for name, array in bn.state_dict().items():
+        np.testing.assert_array_equal(array, before[name])
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 2, 5)])
+def test_running_variance_conventions_against_torch(unbiased, shape):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    bn = tb.BatchNorm(3, momentum=0.9, unbiased_running_var=unbiased)
+    reference = (torch.nn.BatchNorm1d if len(shape) == 2 else torch.nn.BatchNorm2d)(
+        3, momentum=0.1, dtype=torch.float64)  # torch's momentum weighs the new value
+    biased_mean_var = np.ones(3)
+    for _ in range(3):
+        x = rng.standard_normal(shape) * 2 + 1
+        bn(x)
+        reference(torch.from_numpy(x))
+        axes = (0,) if len(shape) == 2 else (0, 2, 3)
+        biased_mean_var = 0.9 * biased_mean_var + 0.1 * x.var(axis=axes)
+    np.testing.assert_allclose(bn.running_mean, reference.running_mean.numpy(), rtol=1e-12)
+    if unbiased:  # torch's convention
+        np.testing.assert_allclose(bn.running_var, reference.running_var.numpy(), rtol=1e-12)
+    else:  # the CS231n convention: the biased batch variance
+        np.testing.assert_allclose(bn.running_var, biased_mean_var, rtol=1e-12)
+        assert not np.allclose(bn.running_var, reference.running_var.numpy(), rtol=1e-3)
+    assert ("unbiased_running_var=True" in repr(bn)) == unbiased

@@ -21,6 +21,7 @@ from . import __version__, fast
 from .check.compare import compare_normalization
 from .check.explain import explain_normalization, format_values
 from .norm import NORMS, norm_spec
+from .train.files import check_writable, check_writable_folder, describe_os_error
 
 __all__ = ["main", "build_parser", "sample_batch"]
 
@@ -128,6 +129,14 @@ def _runtime_error(args: argparse.Namespace, message: str) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from .check.compare import compare_cost, format_bytes
+
+    if args.shape is not None:  # before a single array is drawn
+        _, too_large, smaller = compare_cost(args.shape, args.norm)
+        if too_large is not None:
+            estimate = format_bytes(compare_cost(smaller, args.norm)[0])
+            return _usage_error(args, f"--shape: {too_large}; try --shape "
+                                      f"{','.join(map(str, smaller))} (about {estimate})")
     x, gamma, beta, dout = _data(args)
     report = compare_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
                                    groups=args.groups, progress=progress_printer("numeric check"))
@@ -266,6 +275,10 @@ def cmd_render(args: argparse.Namespace) -> int:
             return _usage_error(args, f"--out: the suffix {path.suffix!r} disagrees with "
                                       f"--format {fmt}; change one of them")
         fmt = fmt or suffix or "svg"
+    try:  # before drawing: layout may take seconds
+        check_writable(path)
+    except OSError as error:
+        return _runtime_error(args, f"--out: cannot write {path}: {describe_os_error(error)}")
     if fmt == "html":
         if args.graph not in ("staged", "fused"):
             return _usage_error(args, "--format html: the stepper walks the staged or fused "
@@ -274,7 +287,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         try:
             written = write_stepper(args, args.graph, path)
         except OSError as error:
-            return _runtime_error(args, f"--out: cannot write {path}: {error.strerror or error}")
+            return _runtime_error(args, f"--out: cannot write {path}: {describe_os_error(error)}")
         print(f"wrote {written} (backward-pass stepper, {time.perf_counter() - start:.2f} s)")
         return 0
     start = time.perf_counter()
@@ -283,7 +296,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     except viz.RenderError as error:
         return _runtime_error(args, str(error))
     except OSError as error:
-        return _runtime_error(args, f"--out: cannot write {path}: {error.strerror or error}")
+        return _runtime_error(args, f"--out: cannot write {path}: {describe_os_error(error)}")
     backend = "text only" if written.suffix == ".dot" else f"{viz.backend_name()} Graphviz"
     print(f"wrote {written} ({backend}, {time.perf_counter() - start:.2f} s)")
     return 0
@@ -292,29 +305,37 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from .train.experiment import ExperimentConfig, format_result, run_experiment
 
+    if args.plot is not None:  # before the run, not after it
+        try:
+            check_writable_folder(args.plot)
+        except OSError as error:
+            return _usage_error(args, f"--plot: cannot write to {args.plot}: "
+                                      f"{describe_os_error(error)}")
     config = ExperimentConfig.quick() if args.quick else ExperimentConfig()
     config = dataclasses.replace(config, seed=args.seed)
     result = run_experiment(config)
     print(format_result(result))
     if args.plot is not None:
-        write_plots(result, args.plot)
+        return write_plots(args, result, args.plot, "--plot")
     return 0
 
 
-def write_plots(result: object, folder: pathlib.Path) -> None:
-    """Draw the experiment's plots into `folder`, or say how to get matplotlib."""
+def write_plots(args: argparse.Namespace, result: object, folder: pathlib.Path,
+                option: str) -> int:
+    """Draw the experiment's plots into `folder` (or say how to get matplotlib); the exit
+    code: 1, with one line naming `option`, when they cannot be written."""
     from .train.plots import plot_experiment
 
     try:
         written = plot_experiment(result, folder)
     except ImportError as error:
         print(f"no plots drawn: {error}")
-        return
+        return 0
     except OSError as error:
-        print(f"no plots drawn: --plot: cannot write to {folder}: {error.strerror or error}",
-              file=sys.stderr)
-        return
+        return _runtime_error(args, f"{option}: cannot write to {folder}: "
+                                    f"{describe_os_error(error)}")
     print("plots: " + ", ".join(str(path) for path in written))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -330,20 +351,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     argv = ["--quick"] if args.quick else ["--smoke"] if args.smoke else []
     if args.markdown is not None:
+        try:  # before the run, not after it
+            check_writable(args.markdown)
+        except OSError as error:
+            return _usage_error(args, f"--markdown: cannot write {args.markdown}: "
+                                      f"{describe_os_error(error)}")
         argv += ["--markdown", str(args.markdown)]
     return bench_main(argv)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import viz
+
     folder = args.out_dir  # checked first: no work is done for nothing
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".tinygrad-bn-write-test"
-        probe.write_text("")
-        probe.unlink()
+        check_writable_folder(folder)
     except OSError as error:
         return _usage_error(args, f"--out-dir: cannot write graphs to {folder}: "
-                                  f"{error.strerror or error}")
+                                  f"{describe_os_error(error)}")
     status = 0
     for dtype in ("float64", "float32"):
         print(f"== staged vs fused vs numeric, {dtype} ==")
@@ -356,19 +381,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     folder = args.out_dir
     print(f"== graphs (values, shapes and gradients on every node) written to {folder}/ ==")
     drawing = _namespace(command="render", shape=args.shape, seed=args.seed, shape_slot=1)
-    for kind in GRAPHS:
-        written = write_graph(drawing, kind, folder / f"{kind}.svg", None,
-                              backward=kind == "staged")
-        print(f"  {written}")
-    steps = write_stepper(drawing, "staged", folder / "backward_steps.html")
+    target = folder
+    try:
+        for kind in GRAPHS:
+            target = folder / f"{kind}.svg"
+            written = write_graph(drawing, kind, target, None, backward=kind == "staged")
+            print(f"  {written}")
+        target = folder / "backward_steps.html"
+        steps = write_stepper(drawing, "staged", target)
+    except OSError as error:
+        return _runtime_error(args, f"--out-dir: cannot write {target}: "
+                                    f"{describe_os_error(error)}")
+    except viz.RenderError as error:
+        return _runtime_error(args, str(error))
     print(f"  {steps}  (open it in a browser: the backward pass step by step)")
     print()
     print("== why normalize: the experiment, quick version, plotted ==")
     from .train.experiment import ExperimentConfig, run_experiment
 
-    write_plots(run_experiment(dataclasses.replace(ExperimentConfig.quick(), seed=args.seed)),
-                folder)
-    return status
+    result = run_experiment(dataclasses.replace(ExperimentConfig.quick(), seed=args.seed))
+    return status | write_plots(args, result, folder, "--out-dir")
 
 
 def _namespace(**overrides: object) -> argparse.Namespace:

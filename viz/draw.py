@@ -14,6 +14,7 @@ import numpy as np
 from tinygrad_bn.check.compare import COLUMNS, compare_normalization
 from tinygrad_bn.core.node import Constant, Node, graph_nodes, vjp
 from tinygrad_bn.norm import STAGE_NAMES, as_node, norm_fused, norm_staged
+from tinygrad_bn.train.files import write_atomic
 
 from .backend import FORMATS, render_source
 from .labels import escape, join_lines, kind, node_label, shape_text
@@ -513,6 +514,4 @@ def render(graph_or_node: Graph | Node, path: str | pathlib.Path,
             )
     data = graph.svg().encode("utf-8") if format == "svg" else render_source(
         graph.source, format, timeout=graph.timeout, nodes=graph.node_count)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
+    return write_atomic(path, data)  # whole or not at all

@@ -32,6 +32,7 @@ import numpy as np
 
 from tinygrad_bn.check.parts import backward_steps, broadcast_note
 from tinygrad_bn.core.node import Node
+from tinygrad_bn.train.files import write_atomic
 
 from .code import send_line, sum_line
 from .draw import draw
@@ -235,12 +236,7 @@ def stepper(root: Node, path: str | pathlib.Path, *, upstream: Any = None,
         "SVG": _svg_body(graph.svg()),
         "DATA": page_json(data),
     })
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(page, encoding="utf-8")
-    temporary.replace(path)  # a full page or none: never a truncated one
-    return path
+    return write_atomic(pathlib.Path(path), page)  # whole or not at all
 
 
 def _svg_body(svg: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,8 @@ from ..norm import (
 )
 from .gradcheck import EXTENDED, reference_gradient, scaled_error
 
-__all__ = ["NormReport", "compare_batchnorm", "compare_normalization", "compare_norm", "TOLERANCES"]
+__all__ = ["NormReport", "compare_batchnorm", "compare_normalization", "compare_norm", "TOLERANCES",
+           "compare_cost", "format_bytes"]
 
 # (staged vs fused, either vs numeric, forward relative to the output's scale). A gradient
 # off by a relative r shows as r/2 in the normwise measure, so float32's 3e-5 fails a
@@ -35,6 +38,89 @@ TOLERANCES = {
 GRAD_NAMES = ("dx", "dgamma", "dbeta")
 NUMERIC_COORDINATES = 100  # above this many entries an input is checked at sampled coordinates
 COLUMNS = ("staged~fused", "staged~numeric", "fused~numeric")
+
+# What a comparison costs. Peak memory measured with x (2000, 1000) float64: 209 bytes per
+# value of x (the staged graph's ten stages and their gradients, the fused op, the numeric
+# check's extended-precision forward passes); float32 needs less.
+MEMORY_PER_VALUE = 216
+# The numeric check runs six forward passes over all of x per checked coordinate (three
+# steps, plus and minus); measured at about 50 ns per value and pass in extended precision.
+# Above this many values x passes it would run for minutes.
+MAX_VALUE_PASSES = 2e9
+PASSES_PER_COORDINATE = 6
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 8 << 30
+
+
+def format_bytes(count: float) -> str:
+    """1.5e9 -> '1.5 GB' (MB at least)."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count / 1e6:.2g} MB"
+
+
+def _cost(shape: tuple[int, ...], kind: str) -> tuple[int, float, int]:
+    values = math.prod(shape)
+    params = math.prod(shape[1:]) if kind.startswith("layer") else shape[1]
+    passes = PASSES_PER_COORDINATE * (min(values, NUMERIC_COORDINATES)
+                                      + 2 * min(params, NUMERIC_COORDINATES))
+    return values, float(values) * MEMORY_PER_VALUE, passes
+
+
+def _one_two_five_below(n: int) -> int:
+    # The largest of 1, 2, 5, 10, 20, 50, ... not above n: a suggestion a person would type.
+    best = 1
+    for power in range(len(str(n)) + 1):
+        for lead in (1, 2, 5):
+            if lead * 10 ** power <= n:
+                best = max(best, lead * 10 ** power)
+    return best
+
+
+def compare_cost(shape: tuple[int, ...], kind: str = "batch",
+                 memory: int | None = None) -> tuple[float, str | None, tuple[int, ...]]:
+    """What comparing a normalization of x with this shape costs, before any array exists.
+
+    Returns (estimated peak bytes, why it is too large or None, a shape that fits: the
+    batch, then the last axis, cut to a round number). memory: the bytes it may use (half
+    of what is available now when None).
+    """
+    shape = tuple(int(s) for s in shape)
+    limit = _available_memory() // 2 if memory is None else memory
+    values, estimate, passes = _cost(shape, kind)
+
+    def fits(candidate: tuple[int, ...]) -> bool:
+        n, need, p = _cost(candidate, kind)
+        return need <= limit and n * p <= MAX_VALUE_PASSES
+
+    if fits(shape):
+        return estimate, None, shape
+    suggestion = list(shape)
+    for axis, smallest in ((0, min(2, shape[0])), (len(shape) - 1, 1)):
+        while not fits(tuple(suggestion)) and suggestion[axis] > smallest:
+            suggestion[axis] = max(smallest, _one_two_five_below(suggestion[axis] - 1))
+    over = []
+    if estimate > limit:
+        over.append(f"half the memory available now is {format_bytes(limit)}")
+    if values * passes > MAX_VALUE_PASSES:
+        over.append(f"more than {MAX_VALUE_PASSES:.0e} values x passes would take many minutes")
+    reason = (f"x {shape} has {values:.3g} values; compare needs about {format_bytes(estimate)} "
+              f"and {passes:,} forward passes over all of them in its numeric check "
+              f"({'; '.join(over)})")
+    return estimate, reason, tuple(suggestion)
 
 
 @dataclass
@@ -57,6 +143,8 @@ class NormReport:
     tolerances: dict[str, float]
     errors: dict[str, dict[str, float]] = field(default_factory=dict)
     numeric_note: str = ""
+    # Said in words where a case is degenerate (one value per statistic).
+    note: str = ""
     # Per gradient, the tolerances actually applied where the case demands more than
     # `tolerances` (see `raised_tolerances`), with the reason.
     raised: dict[str, tuple[float, float, str]] = field(default_factory=dict)
@@ -97,7 +185,8 @@ class NormReport:
             lines.append(f"| {grad} | " + " | ".join(f"{row[c]:.3e}" for c in COLUMNS)
                          + f" | {limits} |")
         failed = self.failures()
-        lines += ["", f"{self.metric}. " + (self.numeric_note.replace("numeric   ", "Numeric: ")
+        lines += ["", *([f"Note: {self.note}.", ""] if self.note else []),
+                  f"{self.metric}. " + (self.numeric_note.replace("numeric   ", "Numeric: ")
                                             + ". " if self.numeric_note else "")
                   + ("**verdict: ok**" if not failed else "**FAILED**: " + "; ".join(failed))]
         return "\n".join(lines)
@@ -108,6 +197,7 @@ class NormReport:
             f"eps {self.eps:g}",
             f"forward   max |staged - fused| = {self.forward_max_abs_diff:.3e}",
             *([self.numeric_note] if self.numeric_note else []),
+            *([f"note      {self.note}"] if self.note else []),
             f"error     {self.metric}",
             f"{'grad':<9} " + " ".join(f"{c:>15}" for c in COLUMNS),
         ]
@@ -134,6 +224,9 @@ def compare_norm(spec: NormSpec, fused_op: type[FusedNorm], x: Any, gamma: Any, 
     the normwise relative error (`scaled_error`).
     """
     x = as_float_array(x, "x")
+    _, too_large, smaller = compare_cost(x.shape, spec.kind)
+    if too_large is not None:
+        raise ValueError(f"x: {too_large}; try a smaller batch, e.g. shape {smaller}")
     gamma = as_float_array(gamma, "gamma")
     beta = as_float_array(beta, "beta")
     dtype = x.dtype
@@ -175,6 +268,13 @@ def compare_norm(spec: NormSpec, fused_op: type[FusedNorm], x: Any, gamma: Any, 
     )
     report.numeric_note = note
     growth = conditioning(spec, x, gamma, dout)
+    if spec.count == 1:
+        # Not a gradient that vanishes by cancellation (as `conditioning` would read it):
+        # x - mean is exactly 0, in every implementation, so dx is exactly 0 too.
+        growth["dx"] = 1.0
+        report.note = (f"one value per statistic (x {x.shape} reduced over axes "
+                       f"{spec.reduce_axes}): x - mean is 0, so the output is beta and dx is "
+                       f"exactly zero")
     for i, grad in enumerate(GRAD_NAMES, start=1):
         at = coordinates[i - 1]
         reference = numeric[i - 1].reshape(-1)[at]

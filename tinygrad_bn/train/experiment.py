@@ -8,6 +8,8 @@ data set is generated here, deterministically (no downloads).
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -39,6 +41,25 @@ class ExperimentConfig:
     lr: float = 0.05
     momentum: float = 0.9
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "samples", "features", "classes", "steps", "batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.classes < 2:
+            raise ValueError(f"classes: expected at least 2, got {self.classes!r}")
+        for name, values in (("scales", self.scales), ("lr", (self.lr,))):
+            for value in values:
+                if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                        or not (math.isfinite(value) and value > 0)):
+                    raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+        if not self.scales:
+            raise ValueError("scales: expected at least one init scale, got none")
+        momentum = self.momentum
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) \
+                or not 0 <= momentum < 1:
+            raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
 
     @classmethod
     def quick(cls) -> ExperimentConfig:

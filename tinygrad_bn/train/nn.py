@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -66,6 +67,7 @@ class Module:
 
     training: bool = True
     BUFFERS: tuple[str, ...] = ()
+    NONNEGATIVE: tuple[str, ...] = ()  # buffers that must be >= 0 (variances)
 
     def named_parameters(self, prefix: str = "") -> list[tuple[str, Node]]:
         """(name, parameter) pairs in a stable order, each parameter once (weight tying)."""
@@ -112,31 +114,59 @@ class Module:
                 if not isinstance(value, Node) or value.requires_grad}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Set every parameter and buffer from `state` (as `state_dict` returns it), exactly.
+        """Set every parameter and buffer from `state` (as `state_dict` returns it).
 
-        Raises KeyError naming missing or unexpected names, ValueError for a shape or dtype
-        mismatch; nothing is changed unless everything fits.
+        Every entry must be a float32 or float64 numpy array of the right shape with finite
+        values (variances, such as BatchNorm's running_var, also >= 0); nothing is changed
+        unless everything fits (KeyError names missing or unexpected names, ValueError the
+        entry that does not fit).
+
+        dtype rule, per module (a Linear, a BatchNorm, ...): a module whose dtype is still
+        open (made without `dtype=` and not yet given an input) takes the state's dtype, so
+        values load bit for bit and the module then keeps that dtype (as if made with it);
+        a module whose dtype is fixed (given, or set by its first input or an earlier load)
+        keeps it and the values are converted to it: exact from float32 to float64, rounded
+        from float64 to float32 (as PyTorch's copy into a parameter does). All arrays of one
+        module in `state` must share one dtype.
         """
-        own = dict(self._named_members(""))
-        own = {name: value for name, value in own.items()
+        own = {name: value for name, value in self._named_members("")
                if not isinstance(value, Node) or value.requires_grad}
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise KeyError(f"state: missing {missing or 'nothing'}, unexpected "
                            f"{unexpected or 'nothing'}")
-        arrays = {}
-        for name, target in own.items():
-            array = np.asarray(state[name])
-            current = target.data if isinstance(target, Node) else target
-            if array.shape != np.shape(current) or array.dtype != np.asarray(current).dtype:
-                raise ValueError(f"state[{name!r}]: expected shape {np.shape(current)} and dtype "
-                                 f"{np.asarray(current).dtype}, got shape {array.shape} and "
-                                 f"dtype {array.dtype}")
-            arrays[name] = array.copy()
+        owners: dict[int, tuple[Any, list[str]]] = {}
+        for name in own:
+            module = self._owner_of(name)[0]
+            owners.setdefault(id(module), (module, []))[1].append(name)
+        arrays: dict[str, np.ndarray] = {}
+        adopting: list[tuple[Any, np.dtype]] = []
+        for module, names in owners.values():
+            dtypes = {name: _checked_entry(name, state[name]).dtype for name in names}
+            if getattr(module, "dtype_given", True):
+                targets = {name: _array_dtype(own[name]) for name in names}
+            else:
+                first = names[0]
+                for name in names[1:]:
+                    if dtypes[name] != dtypes[first]:
+                        raise ValueError(
+                            f"state: the arrays of one module share one dtype; got "
+                            f"{dtypes[first]} ({_short(first)!r}) and {dtypes[name]} "
+                            f"({_short(name)!r})")
+                targets = dict.fromkeys(names, dtypes[first])
+                adopting.append((module, dtypes[first]))
+            for name in names:
+                arrays[name] = _converted_entry(name, state[name], np.shape(_data_of(own[name])),
+                                                targets[name],
+                                                name.rpartition(".")[2] in module.NONNEGATIVE)
+        for module, dtype in adopting:  # only now that every entry fits
+            module.dtype_given = True
+            for parameter in module.parameters():
+                parameter.data = parameter.data.astype(dtype)
         for name, array in arrays.items():
             target = own[name]
             if isinstance(target, Node):
-                target.assign(array)
+                target.assign(array)  # recorded: a graph built from the old value refuses
             else:
                 module, _, attribute = self._owner_of(name)
                 setattr(module, attribute, array)
@@ -178,6 +208,43 @@ class Module:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
+def _data_of(value: Any) -> Any:
+    return value.data if isinstance(value, Node) else value
+
+
+def _array_dtype(value: Any) -> np.dtype:
+    return np.asarray(_data_of(value)).dtype
+
+
+def _short(name: str) -> str:
+    return name.rpartition(".")[2]
+
+
+def _checked_entry(name: str, value: Any) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise ValueError(f"state[{name!r}]: expected a numpy array, got {type(value).__name__}")
+    if value.dtype not in (np.float32, np.float64):
+        raise ValueError(f"state[{name!r}]: expected a float32 or float64 array, got "
+                         f"{value.dtype}")
+    return value
+
+
+def _converted_entry(name: str, value: np.ndarray, shape: tuple[int, ...], dtype: np.dtype,
+                     nonnegative: bool) -> np.ndarray:
+    """A copy of state[name] in `dtype`, checked: shape, finite, >= 0 for variances."""
+    if value.shape != shape:
+        raise ValueError(f"state[{name!r}]: expected shape {shape}, got shape {value.shape}")
+    with np.errstate(over="ignore"):
+        array = value.astype(dtype)  # always a copy: later changes to `state` do not leak in
+    for bad, expected in ((~np.isfinite(array), f"finite values in {dtype}"),
+                          (array < 0 if nonnegative else None, "variances >= 0")):
+        if bad is not None and bad.any():
+            index = tuple(int(k) for k in np.argwhere(bad)[0])
+            raise ValueError(f"state[{name!r}]: expected {expected}, got {float(value[index])!r} at "
+                             f"index {index}")
+    return array
+
+
 def _follow_dtype(module: Any, x: Node) -> None:
     # Parameters and running statistics made without a dtype take that of the first input.
     if module.dtype_given or module.parameters()[0].dtype == x.dtype:
@@ -199,12 +266,18 @@ class BatchNorm(Module):
     fused=False the staged graph of primitives. dtype: of the parameters and running
     statistics; None (the default) takes the first input's. The output always has the
     input's dtype. Training needs more than one value per channel.
+
+    running_var averages the biased batch variance (divided by the count m, as the
+    normalization itself uses: the CS231n convention). unbiased_running_var=True averages
+    m/(m-1) times it instead, PyTorch's convention (then set momentum to 1 - torch's).
     """
 
     BUFFERS = ("running_mean", "running_var")
+    NONNEGATIVE = ("running_var",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.9,
-                 fused: bool = True, dtype: Any = None) -> None:
+                 fused: bool = True, dtype: Any = None, unbiased_running_var: bool = False
+                 ) -> None:
         num_features = check_positive_int(num_features, "num_features")
         self.dtype_given = dtype is not None
         dtype = check_dtype(np.float64 if dtype is None else dtype)
@@ -212,6 +285,7 @@ class BatchNorm(Module):
         self.eps = check_eps(eps)
         self.momentum = check_momentum(momentum)
         self.fused = bool(fused)
+        self.unbiased_running_var = bool(unbiased_running_var)
         self.gamma = Node(np.ones(num_features, dtype), name="gamma")
         self.beta = Node(np.zeros(num_features, dtype), name="beta")
         # Ones, not zeros, for the variance: an untrained model in eval mode is the identity.
@@ -243,6 +317,8 @@ class BatchNorm(Module):
             nodes = staged_nodes(x, *_params_like(self, x), spec)
             out, mean, var = nodes["out"], nodes["mu"].data, nodes["var"].data
         # Only after the forward succeeded: a failing call must not move the statistics.
+        if self.unbiased_running_var:
+            var = var * (spec.count / (spec.count - 1))
         keep = self.momentum
         self.running_mean = (keep * self.running_mean
                              + (1 - keep) * mean.reshape(self.num_features)).astype(
@@ -264,7 +340,8 @@ class BatchNorm(Module):
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}, "
-                f"fused={self.fused}")
+                f"fused={self.fused}"
+                + (", unbiased_running_var=True" if self.unbiased_running_var else ""))
 
 
 class _StatelessNorm(Module):
@@ -355,8 +432,9 @@ class Linear(Module):
         self.out_features = check_positive_int(out_features, "out_features")
         if weight_scale is None:
             weight_scale = float(np.sqrt(2.0 / in_features))
-        if not (isinstance(weight_scale, numbers.Real) and weight_scale > 0):
-            raise ValueError(f"weight_scale: expected a number > 0, got {weight_scale!r}")
+        if (isinstance(weight_scale, bool) or not isinstance(weight_scale, numbers.Real)
+                or not (math.isfinite(weight_scale) and weight_scale > 0)):
+            raise ValueError(f"weight_scale: expected a finite number > 0, got {weight_scale!r}")
         self.dtype_given = dtype is not None
         dtype = check_dtype(np.float64 if dtype is None else dtype)
         rng = rng if rng is not None else np.random.default_rng()

@@ -8,11 +8,13 @@ training loss over the steps, a diverged run marked where it leaves the view.
 
 from __future__ import annotations
 
+import io
 import math
 import pathlib
 from typing import Any
 
 from .experiment import VARIANTS, ExperimentResult
+from .files import check_writable_folder, write_atomic
 
 __all__ = ["plot_experiment", "PLOT_HINT"]
 
@@ -28,7 +30,7 @@ def plot_experiment(result: ExperimentResult, folder: str | pathlib.Path) -> lis
     except ImportError as error:
         raise ImportError(f"{PLOT_HINT} ({error})") from None
     folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(folder)
     scales = result.config.scales
     colors = {scale: f"C{i}" for i, scale in enumerate(scales)}
     layers = range(1, result.config.depth + 1)
@@ -107,5 +109,8 @@ def _save(figure: object, canvas_type: type, stem: pathlib.Path) -> list[pathlib
     canvas_type(figure)  # attaches an Agg canvas: no pyplot, no global state
     paths = [stem.with_suffix(".svg"), stem.with_suffix(".png")]
     for path in paths:
-        figure.savefig(path, dpi=110)
+        # Drawn in memory, then written whole (a full disk leaves no cut-off picture).
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=path.suffix[1:], dpi=110)
+        write_atomic(path, buffer.getvalue())
     return paths
