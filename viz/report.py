@@ -45,7 +45,7 @@ from .stepper import (
     steps_of,
 )
 
-__all__ = ["check_report_page", "student_record", "chosen_function", "ReportCase"]
+__all__ = ["check_report_page", "student_record", "chosen_function", "report_case", "ReportCase"]
 
 
 @dataclass
