@@ -218,6 +218,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         except OSError as error:
             return _runtime_error(args, f"--html: cannot write {args.html}: {error.strerror}")
         print(f"wrote {args.html}: {shown} step by step beside the staged backward pass")
+    elif args.html is not None:
+        print(f"no page written to {args.html}: no function was checked")
     return 0 if report.ok else 1
 
 
