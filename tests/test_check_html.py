@@ -275,3 +275,17 @@ def test_the_page_is_replaced_whole(tmp_path, planted_page):
         "</html>\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
     assert [s["name"] for s in page_data(target)["steps"]][-3:] == ["beta", "gamma", "x"]
+
+
+def test_a_dropped_branch_departs_where_the_checker_says(tmp_path):
+    """dxmu2 is computed right and never used: the departure is the line that should have
+    added it (as the text report says), the line computing it stays green."""
+    path = STUDENTS / "two_slips.py"
+    report = tb.check_layers(path, only=["batchnorm_forward", "batchnorm_backward"])
+    result = report.results["batchnorm_backward"]
+    dropped, added = planted_line(path, "dx_2 = 2 * (x - mu)"), planted_line(path, "dx_k1 = dx_1")
+    assert (result.stage, result.line) == ("dxmu2", added)
+    page = viz.check_report_page(report, tmp_path / "dropped.html")
+    rows = [r for r in page_data(page)["student"]["stages"] if r["name"] == "dxmu2"]
+    assert [(r["line"], r["matches"]) for r in rows] == [(added, False), (dropped, True)]
+    assert rows[0]["code"] == "dx_k1 = dx_1"

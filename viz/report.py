@@ -160,18 +160,25 @@ def report_case(report: LayersReport, name: str, *, seed: int = 0, timeout: floa
     return ReportCase(kind=kind, **_checker_inputs(kind, seed), stages=[], traced=why)
 
 
-def student_record(stages: list[StageMatch], file: str, source: list[str]) -> StudentRecord:
+def student_record(stages: list[StageMatch], file: str, source: list[str],
+                   line: int | None = None, variable: str | None = None) -> StudentRecord:
     """The stepper's record of a student's traced code from the checker's per-stage record.
 
     Kept: each quantity a line of the student's file held (green) and the first departure
     (with the line that should have held it). A quantity no line held is left out: in code
-    written another way (a closed form) it is not wrong, only absent."""
-    kept = [s for s in stages if s.matches or s.departure]
+    written another way (a closed form) it is not wrong, only absent. line, variable: where
+    the checker reports the departure; when that is not the line holding the departed
+    quantity (a branch computed right but never used), the departure is shown there first."""
+    rows = []
+    for s in stages:
+        if s.departure and s.matches and line is not None and line != s.line:
+            rows.append(StudentStage(name=s.name, expected=s.expected, matches=False,
+                                     line=line, variable=variable, value=None))
+        if s.matches or s.departure:
+            rows.append(StudentStage(name=s.name, expected=s.expected, matches=bool(s.matches),
+                                     line=s.line, variable=s.variable, value=s.value))
     departure = next((s.name for s in stages if s.departure), None)
-    return StudentRecord(
-        stages=[StudentStage(name=s.name, expected=s.expected, matches=bool(s.matches),
-                             line=s.line, variable=s.variable, value=s.value) for s in kept],
-        departure=departure, file=file, source=source)
+    return StudentRecord(stages=rows, departure=departure, file=file, source=source)
 
 
 def _verdicts(report: LayersReport, shown: str, case: ReportCase) -> dict[str, Any]:
@@ -212,7 +219,9 @@ def check_report_page(report: LayersReport, path: str | os.PathLike, *,
     out = norm_staged(case.kind, x, gamma, beta, eps=case.eps, groups=case.groups)
     graph = draw(out, show_grad=False)
     steps = [step for step in steps_of(out, case.dout, graph.ids, graph.copies) if step["ids"]]
-    record = student_record(case.stages, report.source, lines) if case.stages else None
+    result = report.results[name]
+    record = (student_record(case.stages, report.source, lines, result.line, result.variable)
+              if case.stages else None)
     data = {"steps": steps, "student": None if record is None else _student_data(record),
             "report": _verdicts(report, name, case)}
     page = fill_template(REPORT_PAGE, {
