@@ -215,6 +215,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         saved = report.save_case(args.save_case)
         print(f"saved the case of {saved} to {args.save_case}" if saved else
               "nothing fails: no case saved")
+    if args.html is not None and report.results:
+        import viz
+        from viz.report import chosen_function
+
+        shown = chosen_function(report)
+        try:
+            viz.check_report_page(report, args.html, function=shown, seed=args.seed,
+                                  timeout=args.timeout, memory=int(args.memory * 2**30),
+                                  functions=mapping)
+        except OSError as error:
+            return _runtime_error(args, f"--html: cannot write {args.html}: {error.strerror}")
+        print(f"wrote {args.html}: {shown} step by step beside the staged backward pass")
+    elif args.html is not None:
+        print(f"no page written to {args.html}: no function was checked")
     return 0 if report.ok else 1
 
 
@@ -456,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--save-case", type=pathlib.Path, default=None, metavar="FILE.npz",
                        help="write the first failing function's case (inputs, your outputs, "
                             "every correct stage) for `explain --values --load`")
+    check.add_argument("--html", type=pathlib.Path, default=None, metavar="FILE.html",
+                       help="write a page stepping through the first failing backward (the "
+                            "one --only names) with your variables beside the right values")
     check.set_defaults(run=cmd_check)
 
     render = commands.add_parser(

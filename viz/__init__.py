@@ -6,11 +6,13 @@
     viz.draw_comparison(x, gamma, beta)   # staged and fused side by side, with verdicts
     viz.draw_backward(tb.grad(out, [x], dout, create_graph=True), out)   # the backward pass
     viz.stepper(loss, "steps.html")       # the backward pass step by step, in a browser
+    viz.check_report_page(tb.check_layers("layers.py"), "report.html")   # a student's beside it
 """
 
 from .backend import FORMATS, RenderError, backend_name, render_source
 from .draw import Graph, draw, draw_backward, draw_comparison, render
+from .report import check_report_page
 from .stepper import stepper
 
-__all__ = ["Graph", "draw", "draw_backward", "draw_comparison", "stepper", "render",
-           "render_source", "backend_name", "RenderError", "FORMATS"]
+__all__ = ["Graph", "draw", "draw_backward", "draw_comparison", "stepper", "check_report_page",
+           "render", "render_source", "backend_name", "RenderError", "FORMATS"]
