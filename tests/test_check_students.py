@@ -181,8 +181,7 @@ HOSTILE = {
     "a sleep": ("import time\ntime.sleep(30)\n", "error",
                 "timed out after 1 s while running layernorm_forward"),
     "a huge allocation": ("import numpy\nnumpy.ones(2**34)\n", "error", "MemoryError"),
-    # close() and join() rather than `with` (terminate()): the standard library's Pool
-    # teardown by terminate() can hang on a busy machine, which would read as a timeout
+    # the orderly close() and join(), so that no worker is killed mid-task by terminate()
     "a pool": ("import multiprocessing\npool = multiprocessing.Pool(2)\n"
                "assert pool.map(abs, [-1, -2]) == [1, 2]\npool.close()\npool.join()\n", "pass"),
     "a flood of prints": ("for _ in range(200000):\n    print('x' * 50)\n", "pass"),
@@ -195,7 +194,9 @@ def test_hostile_code_is_reported_as_the_students(name, tmp_path):
     body = "".join("    " + line + "\n" for line in code.splitlines())
     text = COMPLETE.replace("def layernorm_forward(x, gamma, beta, ln_param):\n",
                             "def layernorm_forward(x, gamma, beta, ln_param):\n" + body)
-    timeout = 1 if name == "a sleep" else 20
+    # each judged call forks two workers: on a machine shared with other work that takes
+    # seconds, so the pool gets a wider limit (what is asserted is the same: it passes)
+    timeout = {"a sleep": 1, "a pool": 90}.get(name, 20)
     report = tb.check_layers(write(tmp_path, text), timeout=timeout, memory=2**30,
                              only=["layernorm_forward", "layernorm_backward"])
     result = report.results["layernorm_forward"]
@@ -393,7 +394,7 @@ def test_a_gradient_kept_with_keepdims_names_its_line(tmp_path):
 
 
 # --- loops over channels and groups, handing each slice to a 2-D helper ------------------
-LOOPS = COMPLETE + "\n\n" + (STUDENTS / "loops.py").read_text().split("import numpy as np\n", 1)[1]
+LOOPS = COMPLETE + "\n\n" + (STUDENTS / "loops.py").read_text().split("# the 2-D helpers\n", 1)[1]
 
 
 def loops_namespace():

@@ -9,6 +9,8 @@ with two slips in its two sums."""
 
 import numpy as np
 
+from complete import batchnorm_forward, layernorm_backward, layernorm_forward  # the 2-D helpers
+
 
 def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
     N, C, H, W = x.shape
