@@ -46,6 +46,9 @@ class Quantity:
     stage: str = ""
     meaning: str = ""
     missing: str = ""  # for a dropped branch: the correct partial quantity left out
+    given: bool = False  # an input (gamma, beta, dout): right to hold, no stage of its own
+    source: np.ndarray | None = field(default=None, repr=False)  # the misshapen input it
+    # comes from (x.reshape(-1, C)): the line that makes it is where the departure is
 
     def __post_init__(self) -> None:
         self.stage = self.stage or self.name
@@ -61,6 +64,7 @@ class Match:
     factor: float = 1.0
     arrangement: bool = False
     by_count: bool = False  # factor is N or 1/N, a scaling correct code may apply later
+    part: bool = False  # only some of the quantity's values (a slice a loop fills, a group)
 
     @property
     def correct(self) -> bool:
@@ -74,9 +78,14 @@ class Catalogue:
 
     spec: NormSpec
     quantities: list[Quantity] = field(default_factory=list)
+    _index: _PartIndex | None = field(default=None, repr=False)
 
     def correct(self) -> list[Quantity]:
         return [q for q in self.quantities if q.correct]
+
+    def stages(self) -> list[Quantity]:
+        """The correct quantities that are stages of the computation (not the given inputs)."""
+        return [q for q in self.quantities if q.correct and not q.given]
 
     def named(self, name: str) -> Quantity | None:
         for quantity in self.quantities:
@@ -119,7 +128,51 @@ class Catalogue:
                 if quantity.full and _close(np.sort(form.ravel()), np.sort(quantity.value.ravel())):
                     found.append(Match(quantity, arrangement=True))
                     break
+        return found or self._parts(value)
+
+    def _parts(self, value: np.ndarray) -> list[Match]:
+        """The entries whose values include every nonzero value of `value`: a slice of a
+        quantity (x[:, c], one group), or an array a loop is still filling (zeros elsewhere)."""
+        values = value.ravel()
+        filled = values[values != 0]
+        if filled.size == 0 or (filled.size == 1 and abs(filled[0] - round(filled[0], 6)) < 1e-12):
+            return []  # nothing yet, or a round constant (1.0, 0.5, N) that matches by chance
+        if self._index is None:
+            self._index = _PartIndex(self.quantities)
+        found = []
+        for quantity, ordered, tolerance in self._index.holding(filled[0]):
+            if filled.size >= ordered.size and values.size == filled.size:
+                continue  # as many values as the whole: not a part (matched above or not)
+            place = np.clip(np.searchsorted(ordered, filled), 1, max(ordered.size - 1, 1))
+            nearest = np.abs(ordered[place - 1] - filled)
+            if ordered.size > 1:
+                nearest = np.minimum(nearest, np.abs(ordered[np.minimum(place, ordered.size - 1)]
+                                                     - filled))
+            if np.all(nearest <= tolerance):
+                found.append(Match(quantity, part=True))
+        found.sort(key=lambda m: (not m.quantity.correct, m.quantity.partial, m.quantity.given))
         return found
+
+
+class _PartIndex:
+    """Every entry's values in one sorted array, to find the few entries holding a value."""
+
+    def __init__(self, quantities: list[Quantity]) -> None:
+        self.entries = [(q, np.sort(q.value.ravel()),
+                         MATCH_TOLERANCE * _norm(q.value) / np.sqrt(q.value.size))
+                        for q in quantities]
+        values = np.concatenate([e[1] for e in self.entries]) if self.entries else np.zeros(0)
+        owners = np.concatenate([np.full(e[1].size, i) for i, e in enumerate(self.entries)]) \
+            if self.entries else np.zeros(0, int)
+        order = np.argsort(values, kind="stable")
+        self.values, self.owners = values[order], owners[order]
+        self.widest = max((e[2] for e in self.entries), default=0.0)
+
+    def holding(self, value: float) -> list[tuple[Quantity, np.ndarray, float]]:
+        lo, hi = np.searchsorted(self.values, [value - self.widest, value + self.widest])
+        owners = sorted(set(self.owners[lo:hi].tolist()))
+        return [self.entries[i] for i in owners
+                if np.min(np.abs(self.entries[i][1] - value)) <= self.entries[i][2]]
 
 
 def _norm(a: np.ndarray) -> float:
@@ -235,6 +288,8 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
             ("xhat", xhat, "xmu * ivar", True), ("gammax", gammax, "gamma * xhat", True),
             ("out", out, "gammax + beta", True)):
         add(name, value, formula, is_full)
+    for name, value, is_full in (("gamma", g, False), ("beta", b, False), ("dout", dout, True)):
+        add(name, value, f"the input {name}", is_full, given=True)
     # backward: partial and total gradients, stage by stage
     dxhat = spec.grouped(dout * g)
     divar = sum_(dxhat * xmu)
@@ -272,9 +327,9 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
     add("dmu1", -sum_dxhat * ivar, "-sum(dxhat) * ivar", False, partial=True)
 
     def variant(name: str, value: np.ndarray, is_full: bool, stage: str, meaning: str,
-                missing: str = "") -> None:
+                missing: str = "", source: np.ndarray | None = None) -> None:
         add(name, value, meaning, is_full, correct=False, stage=stage, meaning=meaning,
-            missing=missing)
+            missing=missing, source=source)
 
     # forward variants: the chain from a wrong statistic on
     def chain(tag: str, mean: np.ndarray, center: np.ndarray, std: np.ndarray, meaning: str,
@@ -300,6 +355,25 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
     all_mean, all_var = xs.mean(), xs.var()
     chain("all axes", np.array([all_mean]), xs - all_mean, np.sqrt(all_var + eps) + 0 * mu,
           "statistics over all of x instead of per feature", np.array([all_var]))
+    # statistics over only some of the axes normalization averages over (a loop over the
+    # channels or the groups handing each slice to a 2-D helper that reduces one axis of it)
+    names = _axis_names(spec)
+    for size in range(1, len(axes)):
+        for some in itertools.combinations(axes, size):
+            meaning = (f"statistics over {_listed([names[a] for a in some])} only; "
+                       f"{spec.kind} averages over {_listed([names[a] for a in axes])}")
+            sub_mean = xs.mean(axis=some, keepdims=True)
+            sub_var = xs.var(axis=some, keepdims=True)
+            tag = "axes " + ",".join(map(str, some))
+            chain(tag, sub_mean, xs - sub_mean, np.sqrt(sub_var + eps), meaning, sub_var)
+            sub_ivar = 1 / np.sqrt(sub_var + eps)
+            sub_xhat = (xs - sub_mean) * sub_ivar
+            count = int(np.prod([xs.shape[a] for a in some]))
+            sub_dx = (count * dxhat - dxhat.sum(axis=some, keepdims=True) - sub_xhat * (
+                dxhat * sub_xhat).sum(axis=some, keepdims=True)) * sub_ivar / count
+            variant(f"dx[{tag}]", sub_dx, True, "dx", meaning)
+            variant(f"dgamma[{tag}]", (dout * sub_xhat.reshape(shape)).sum(axis=sum_axes),
+                    False, "dgamma", meaning)
     if len(shape) == 2:  # the other axis
         other = 1 - axes[0]
         om = x.mean(axis=other, keepdims=True)
@@ -314,12 +388,12 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
         fm, fv = flat.mean(axis=0), flat.var(axis=0)
         meaning = ("x reshaped to (N*H*W, C) without moving C last first (transpose(0, 2, 3, 1)): "
                    "each column mixes channels")
-        variant("mu[reshape]", fm, False, "mu", meaning)
-        variant("var[reshape]", fv, False, "var", meaning)
+        variant("mu[reshape]", fm, False, "mu", meaning, source=flat)
+        variant("var[reshape]", fv, False, "var", meaning, source=flat)
         normalized = ((flat - fm) / np.sqrt(fv + eps))
-        variant("xhat[reshape]", normalized.reshape(shape), True, "xhat", meaning)
+        variant("xhat[reshape]", normalized.reshape(shape), True, "xhat", meaning, source=flat)
         variant("out[reshape]", (normalized * g.reshape(-1) + b.reshape(-1)).reshape(shape),
-                True, "out", meaning)
+                True, "out", meaning, source=flat)
     variant("out[swapped]", b * xhat.reshape(shape) + g, True, "out", "gamma and beta swapped")
     # running statistics
     if momentum is not None and start:
@@ -383,6 +457,19 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
                  - xhat * (dxhat * xhat).sum(axis=other, keepdims=True)) * ivar / n
         variant("dx[wrong axis]", wrong, True, "dx", f"the closed form's sums over axis {other}; "
                 f"they run over axis {axes[0]}")
+    if len(shape) == 2:  # two slips at once in the closed form's two sums
+        other = 1 - axes[0]
+        first = (("", sum_dxhat), ("gamma taken out of sum(dout * gamma)", out_sum),
+                 (f"sum(dxhat) over axis {other}", dxhat.sum(axis=other, keepdims=True)))
+        second = (("", sum_dxhat_xhat),
+                  ("gamma taken out of sum(dout * gamma * xhat)", out_sum_xhat),
+                  (f"sum(dxhat * xhat) over axis {other}",
+                   (dxhat * xhat).sum(axis=other, keepdims=True)))
+        for (slip_a, term_a), (slip_b, term_b) in itertools.product(first, second):
+            if slip_a and slip_b:
+                variant(f"dx[{slip_a}; {slip_b}]", (n * dxhat - term_a - xhat * term_b) * ivar / n,
+                        True, "dx", f"two slips at once in the closed form: {slip_a} and "
+                        f"{slip_b} (the sums run over axis {axes[0]}, gamma varies along it)")
     # x where the centred xmu = x - mu belongs, in the variance's branch
     meaning = "x where the centred x - mu belongs, in the branch through the variance"
     raw = dxhat * ivar - ivar ** 3 * sum_(dxhat * xs) * xs / n - sum_dxhat * ivar / n
@@ -393,6 +480,19 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
     variant("dgamma[x]", (dout * x).sum(axis=sum_axes), False, "dgamma",
             "dgamma = sum(dout * x): use the normalized xhat, not x")
     return cat
+
+
+def _axis_names(spec: NormSpec) -> dict[int, str]:
+    """What each axis of the grouped x is called, for the sentences."""
+    if spec.kind == "group norm":
+        return {0: "N", 1: "the groups", 2: "the group's channels", 3: "H", 4: "W"}
+    if len(spec.x_shape) == 4:
+        return {0: "N", 1: "C", 2: "H", 3: "W"}
+    return {0: "N (axis 0)", 1: "D (axis 1)"}
+
+
+def _listed(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def build_test_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,

@@ -773,6 +773,44 @@ def _grad_line(backward: Callable, forward: Callable, name: str, kind: str, seed
     return ". " + "; ".join(texts).capitalize()[0] + "; ".join(texts)[1:] if texts else ""
 
 
+def _assigned_text(function: Callable, places: list[int], result: dict[str, Any]) -> str:
+    """For returned values that are no arrays of the right size (`dx = 0` left from the
+    template): the line that last assigns each, read from the function's source."""
+    import ast
+    import inspect
+    import textwrap
+    try:
+        lines, first = inspect.getsourcelines(function)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError):
+        return ""
+    body = tree.body[0] if tree.body else None
+    returns = [n for n in ast.walk(body) if isinstance(n, ast.Return) and isinstance(
+        n.value, (ast.Tuple, ast.List))] if body is not None else []
+    if not returns:
+        return ""
+    last = max(returns, key=lambda n: n.lineno)
+    texts = []
+    for place in places:
+        if place >= len(last.value.elts) or not isinstance(last.value.elts[place], ast.Name):
+            continue
+        name = last.value.elts[place].id
+        assigned = [n for n in ast.walk(body) if isinstance(n, (ast.Assign, ast.AugAssign,
+                                                                ast.AnnAssign))
+                    and n.lineno < last.lineno and any(
+                        isinstance(t, ast.Name) and t.id == name for target in (
+                            n.targets if isinstance(n, ast.Assign) else [n.target])
+                        for t in ast.walk(target))]
+        if not assigned:
+            continue
+        line = max(a.lineno for a in assigned) + first - 1
+        if result.get("line") is None:
+            result.update(line=line, variable=name, function=function.__name__)
+        texts.append(f"line {line} last assigns {GRAD_NAMES[place]} (`{name}`), the value "
+                     f"returned")
+    return (". " + "; ".join(texts)[0].upper() + "; ".join(texts)[1:]) if texts else ""
+
+
 def _trace_test(forward: Callable, name: str, kind: str, spec: NormSpec, x: np.ndarray,
                 gamma: np.ndarray, beta: np.ndarray, start: dict,
                 layout: tuple[int, ...] | None, result: dict[str, Any]) -> str:
@@ -917,6 +955,7 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
         correct = (correct[0], correct[1].reshape(gamma.shape), correct[2].reshape(beta.shape))
         verdicts: dict[str, str] = {}
         texts: list[str] = []
+        misshapen: list[str] = []  # another number of values than the gradient has
         for grad, s, c in zip(GRAD_NAMES, student, correct):
             if s.shape == c.shape:
                 error = scaled_error(s, c)
@@ -932,6 +971,7 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
                 continue
             verdicts[grad] = "wrong"
             texts.append(_shape_text(grad, s, c, spec, x, gamma, beta, dout))
+            misshapen.append(grad)
         result["parts"] = verdicts
         if all(v == "right" for v in verdicts.values()):
             continue
@@ -953,6 +993,8 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
                     sentence = " " + describe_departure(departure)
         right = [g for g, v in verdicts.items() if v == "right"]
         text = "; ".join(texts) + (f"; {' and '.join(right)} right" if right else "")
+        if not sentence and misshapen:
+            sentence = _assigned_text(backward, [GRAD_NAMES.index(g) for g in misshapen], result)
         if not sentence and wrong_values:
             sentence = (". No line of yours matches a known slip: compare your intermediates "
                         "with `tinygrad-bn explain --values --load` on the saved case")
@@ -991,21 +1033,30 @@ def _trace_backward(backward: Callable, forward: Callable, name: str, kind: str,
     spec, x, gamma, beta, dout = _inputs(kind, seed)
     tracer = LineTracer(filename)
     try:
-        _, cache = _forward_call(forward, FORWARD_OF[kind], kind, x.copy(), gamma, beta,
-                                 _param(kind), tracer)
+        out, cache = _forward_call(forward, FORWARD_OF[kind], kind, x.copy(), gamma, beta,
+                                   _param(kind), tracer)
         split = len(tracer.snapshots)
         raw = _backward_call(backward, name, dout, cache, tracer)
     except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
         return ""
     catalogue = build_catalogue(x, gamma, beta, dout, spec)
     forward_snapshots, backward_snapshots = tracer.snapshots[:split], tracer.snapshots[split:]
+    origin_out = None  # the forward's output, when it is wrong: a departure to inherit
+    try:
+        out = np.asarray(out, np.float64)
+        if out.shape == x.shape and not scaled_error(out, _staged_out(spec, x, gamma, beta)) \
+                <= TOLERANCE:
+            origin_out = _returned_index(tracer, forward, out, "out")
+            origin_out = origin_out if origin_out is not None and origin_out < split else None
+    except (TypeError, ValueError):
+        pass
     outputs = {}
     for grad, value in zip(GRAD_NAMES, raw):
         index = _returned_index(tracer, backward, np.asarray(value, np.float64), grad)
         if index is not None and index >= split:
             outputs[grad] = index
     departure, matches = locate_departure(backward_snapshots, outputs, wrong, catalogue,
-                                          origin=forward_snapshots)
+                                          origin=forward_snapshots, origin_out=origin_out)
     result["stages"] = stage_records(backward_snapshots, matches, catalogue, departure)
     result["case"] = _case(kind, spec, x, gamma, beta, dout, catalogue,
                            dict(zip(GRAD_NAMES, raw)))

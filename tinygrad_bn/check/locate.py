@@ -68,6 +68,7 @@ class LineDeparture:
     variant: str | None        # what is wrong, when a known variant explains it
     sentence: str
     from_cache: bool = False   # the backward took the value from the forward's cache
+    part: bool = False         # the line holds only some of the quantity's values (a slice)
 
 
 SYNONYMS = {
@@ -119,6 +120,8 @@ def quantity_for_name(variable: str) -> str | None:
 def _status(snapshot: Snapshot, matches: list[Match]) -> str:
     if snapshot.parameter:
         return "right"  # an argument: the inputs themselves, or a cache judged elsewhere
+    if not np.any(snapshot.value):
+        return "blank"  # an allocation (np.zeros) a later line fills: nothing computed yet
     if any(m.correct for m in matches):
         return "right"
     if matches:
@@ -160,11 +163,13 @@ def factor_text(k: float, n: int) -> str:
 
 
 def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: list[str],
-                     catalogue: Catalogue, origin: list[Snapshot] | None = None
+                     catalogue: Catalogue, origin: list[Snapshot] | None = None,
+                     origin_out: int | None = None
                      ) -> tuple[LineDeparture | None, dict[int, list[Match]]]:
     """The departure among `snapshots`, given the snapshot index of each returned output
     (e.g. {"dx": 41}) and the names of the outputs that are wrong; origin: the forward's
-    snapshots, where a value taken from the cache is traced back to. Also returns each
+    snapshots, where a value taken from the cache is traced back to; origin_out: the index
+    among them of the forward's output when that output is wrong. Also returns each
     snapshot's matches (for the per-stage record)."""
     n = catalogue.spec.count
     matches = {s.index: catalogue.match(s.value) for s in snapshots}
@@ -195,27 +200,36 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
     healed: dict[int, bool] = {}
     for index in sorted(cone, reverse=True):  # children come later in execution order
         healed[index] = any(status[c] == "right" or healed[c] for c in children[index])
-    poisoned = [i for i in sorted(cone) if status[i] != "right" and not healed[i]]
+    poisoned = [i for i in sorted(cone) if status[i] not in ("right", "blank") and not healed[i]]
     if not poisoned:
         return None, matches
+    # The departure is a line of the function being judged: where it hands a helper of
+    # the student's wrong arguments, or stores what the helper returned, not inside it.
+    top = by_index[starts[0]].function
+    if any(by_index[i].function == top for i in poisoned):
+        poisoned = [i for i in poisoned if by_index[i].function == top]
+
+    def fine(d: int) -> bool:  # an input of a line that is not to blame for it
+        return status[d] in ("right", "blank") or (
+            by_index[d].function != top and by_index[poisoned[0]].function == top)
 
     def named(i: int) -> str | None:
         name = quantity_for_name(by_index[i].variable)
         return name if name is not None and catalogue.named(name) is not None else None
 
     def root(i: int) -> bool:  # wrong, from inputs that are all right
-        return status[i] == "wrong" and all(status[d] == "right" for d in by_index[i].deps
-                                            if d in cone)
+        return status[i] == "wrong" and all(fine(d) for d in by_index[i].deps if d in cone)
 
     choice = next((i for i in poisoned if root(i)), None)
     if choice is None:  # a wrong value a sum happens to hide (the variance branch in dmu)
-        choice = next((i for i in sorted(cone) if root(i)), None)
+        choice = next((i for i in sorted(cone) if root(i) and by_index[i].function
+                       == by_index[poisoned[0]].function), None)
     if choice is None:
         choice = next((i for i in poisoned if status[i] == "wrong"), None)
     if choice is None:
         choice = next((i for i in poisoned if named(i)), None)
     if choice is None:
-        choice = next((i for i in poisoned if all(status[d] == "right" for d in by_index[i].deps
+        choice = next((i for i in poisoned if all(fine(d) for d in by_index[i].deps
                                                   if d in cone)), poisoned[0])
     choice = _origin_of_copy(choice, by_index, cone, status)
     snapshot = by_index[choice]
@@ -237,6 +251,24 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
         if later:
             dropped, choice = held, later[0]
             snapshot = by_index[choice]
+    if wrong_match is not None and wrong_match.quantity.source is not None:
+        # made from a misshapen input (x.reshape(-1, C) without its transpose): the line
+        # of the judged function that shapes it is where the math departs
+        source = wrong_match.quantity.source
+        shaped = next((i for i in sorted(cone) if i < choice and by_index[i].function == top
+                       and by_index[i].value.shape == source.shape
+                       and np.array_equal(by_index[i].value, source)), None)
+        if shaped is not None:
+            made = by_index[choice]
+            choice, snapshot = shaped, by_index[shaped]
+            departure = LineDeparture(
+                line=snapshot.line, variable=snapshot.variable, function=snapshot.function,
+                stage="x", expected=None, got=snapshot.value, variant=wrong_match.quantity.meaning,
+                sentence=(f"line {snapshot.line}, `{snapshot.variable}`: shape "
+                          f"{snapshot.value.shape} made from x without the transpose that "
+                          f"belongs with it; {made.variable} (line {made.line}) then matches "
+                          f"{wrong_match.quantity.meaning}"))
+            return departure, matches
     stage = wrong_match.quantity.stage if wrong_match is not None else named(choice)
     if output_name is not None:
         stage = output_name
@@ -246,6 +278,21 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
         variant = (f"{wrong_match.quantity.name} = {wrong_match.quantity.formula} alone, only "
                    f"a part of {stage}")
     line, function, from_cache = snapshot.line, snapshot.function, False
+    if origin is not None and origin_out is not None:
+        # the forward's own output is wrong and the backward uses a wrong value from its
+        # cache: the departure is the forward's (the backward may well be right for it)
+        cached = [i for i in sorted(cone) if not by_index[i].deps and not by_index[i].parameter
+                  and status[i] not in ("right", "blank")
+                  and any(o.value.shape == by_index[i].value.shape
+                          and np.array_equal(o.value, by_index[i].value) for o in origin)]
+        if cached:
+            inner, _ = locate_departure(origin, {"out": origin_out}, ["out"], catalogue)
+            if inner is not None:
+                inner.from_cache = True
+                head = f"line {inner.line}"
+                inner.sentence = (f"{head} ({inner.function}, which makes the cache)"
+                                  + inner.sentence[len(head):])
+                return inner, matches
     if origin is not None and not snapshot.deps:  # unpacked from the cache: find its maker
         maker = next((s for s in origin if s.value.shape == snapshot.value.shape
                       and np.array_equal(s.value, snapshot.value)), None)
@@ -257,13 +304,14 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
                 inner.from_cache = True
                 inner.sentence = _sentence(inner, catalogue.named(inner.stage or ""),
                                            next(s for s in origin if s.line == inner.line
-                                                and s.variable == inner.variable))
+                                                and s.variable == inner.variable), catalogue)
                 return inner, matches
     departure = LineDeparture(line=line, variable=snapshot.variable, function=function,
                               stage=stage, expected=None if expected_q is None else expected_q.value,
                               got=snapshot.value, variant=variant, sentence="",
                               from_cache=from_cache)
-    departure.sentence = _sentence(departure, expected_q, snapshot)
+    departure.part = any(m.part for m in found)
+    departure.sentence = _sentence(departure, expected_q, snapshot, catalogue)
     if dropped is not None:
         output = by_index[starts[0]]
         departure.stage = wrong_match.quantity.missing
@@ -289,7 +337,8 @@ def _origin_of_copy(choice: int, by_index: dict[int, Snapshot], cone: set[int],
     while True:
         snapshot = by_index[choice]
         source = next((d for d in snapshot.deps if d in cone and d not in seen
-                       and status[d] != "right" and not by_index[d].parameter
+                       and status[d] not in ("right", "blank") and not by_index[d].parameter
+                       and by_index[d].function == snapshot.function
                        and _same_values(by_index[d].value, snapshot.value)), None)
         if source is None:
             return choice
@@ -297,24 +346,50 @@ def _origin_of_copy(choice: int, by_index: dict[int, Snapshot], cone: set[int],
         choice = source
 
 
-def _sentence(d: LineDeparture, expected: Quantity | None, snapshot: Snapshot) -> str:
+def _sentence(d: LineDeparture, expected: Quantity | None, snapshot: Snapshot,
+              catalogue: Catalogue | None = None) -> str:
     where = f"line {d.line}" + (f" ({d.function}, which makes the cache)" if d.from_cache else "")
     head = f"{where}, `{d.variable}`: "
     if expected is not None:
         head += f"should be {d.stage} = {expected.formula} = {_short(expected.value)}; "
     else:
         head += "matches no correct quantity; "
-    got = f"yours is {_short(snapshot.value)}"
+    value = snapshot.value
+    if d.part and expected is not None:
+        filled = int(np.count_nonzero(value))
+        got = (f"yours is a slice of {filled} values" if value.size == filled else
+               f"yours has {filled} of {value.size} values filled so far")
+        got += f", {_short(value[value != 0])}"
+    else:
+        got = f"yours is {_short(_in_layout(value, expected, catalogue))}"
+        if value.shape != getattr(expected, "value", value).shape and expected is not None \
+                and expected.full and value.size == expected.value.size:
+            got += f" (in x's layout; your array has shape {value.shape})"
     if d.variant:
-        return head + got + f": it matches {d.variant}"
+        return head + got + f": {'they are part of' if d.part else 'it matches'} {d.variant}"
     return head + got + ", which matches none of the known slips"
+
+
+def _in_layout(value: np.ndarray, expected: Quantity | None,
+               catalogue: Catalogue | None) -> np.ndarray:
+    """The student's array seen in x's layout (the one of its readings nearest the expected
+    value), so that it reads beside the expected one; as it is when it has another size."""
+    if expected is None or catalogue is None or not expected.full or \
+            value.size != expected.value.size or value.shape == expected.value.shape:
+        return value
+    from .catalogue import _forms
+    forms = [f for f in _forms(np.asarray(value, np.float64), catalogue.spec)[True]
+             if f.shape == expected.value.shape]
+    if not forms:
+        return value
+    return min(forms, key=lambda f: float(np.linalg.norm(f - expected.value)))
 
 
 def stage_records(snapshots: list[Snapshot], matches: dict[int, list[Match]], catalogue: Catalogue,
                   departure: LineDeparture | None) -> list[StageMatch]:
     """For each correct catalogue quantity, the first student line holding it (see StageMatch)."""
     records = []
-    for quantity in catalogue.correct():
+    for quantity in catalogue.stages():
         hit = next((s for s in snapshots if not s.parameter and any(
             m.quantity is quantity and m.correct for m in matches.get(s.index, []))), None)
         if hit is None and quantity.name == "x":
