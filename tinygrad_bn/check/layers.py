@@ -225,7 +225,7 @@ def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 
         if not path.is_file():
             raise FileNotFoundError(f"source: no such file {str(path)!r}")
         label = str(path)
-        loader = _load_path(path.resolve(), mapping)
+        loader = student_loader(path.resolve(), mapping)
     elif isinstance(source, types.ModuleType):
         label = getattr(source, "__file__", None) or source.__name__
         loader = _from_namespace(vars(source), mapping)
@@ -296,8 +296,12 @@ class _StubModule(types.ModuleType):
         return unavailable
 
 
-def _load_path(path: pathlib.Path, mapping: dict[str, str]
-               ) -> Callable[[], tuple[dict[str, Callable], list[str], dict[str, str]]]:
+def student_loader(path: pathlib.Path, mapping: dict[str, str]
+                   ) -> Callable[[], tuple[dict[str, Callable], list[str], dict[str, str]]]:
+    """A loader (run in the sandbox's child) of the student's file at `path`: it puts the
+    folder above `cs231n/` on the path, stubs missing course modules, applies `mapping`
+    (checked name -> the student's name) and returns (functions, notes, suggestions of names
+    for functions not found)."""
     def load() -> tuple[dict[str, Callable], list[str], dict[str, str]]:
         for folder in reversed(_assignment_root(path)):
             if folder not in sys.path:
@@ -479,7 +483,8 @@ def _call(function: Callable, label: str, *args: Any, tracer: LineTracer | None 
             namespace.update(kept)
 
 
-def _inputs(kind: str, seed: int, dtype: Any = np.float64) -> tuple[Any, ...]:
+def case_inputs(kind: str, seed: int, dtype: Any = np.float64) -> tuple[Any, ...]:
+    """The inputs the checker judges normalization `kind` on: (spec, x, gamma, beta, dout)."""
     rng = np.random.default_rng(seed)
     shape = SHAPES[kind]
     spec = norm_spec(kind, shape, eps=EPS, groups=GROUPS if kind == "group" else None)
@@ -525,7 +530,7 @@ def _running_layout(forward: Callable, name: str, kind: str, spec: NormSpec, see
     only when it holds one value per feature; (None, None) when it stores none."""
     if kind not in ("batch", "spatial"):
         return None, None
-    _, x, gamma, beta, _ = _inputs(kind, seed)
+    _, x, gamma, beta, _ = case_inputs(kind, seed)
     param = _param(kind)
     try:
         _forward_call(forward, name, kind, x, gamma, beta, param)
@@ -571,10 +576,10 @@ def _judge_forward(forward: Callable, name: str, kind: str, seed: int,
     parts: dict[str, str] = {}
     problems: list[tuple[str, str | None]] = []
     train_wrong = False
-    layout, held = _running_layout(forward, name, kind, _inputs(kind, seed)[0], seed)
-    features = _inputs(kind, seed)[0].param_shape[0]
+    layout, held = _running_layout(forward, name, kind, case_inputs(kind, seed)[0], seed)
+    features = case_inputs(kind, seed)[0].param_shape[0]
     for round_ in range(3):
-        spec, x, gamma, beta, _ = _inputs(kind, seed + round_)
+        spec, x, gamma, beta, _ = case_inputs(kind, seed + round_)
         originals = [a.copy() for a in (x, gamma, beta)]
         start = _start(kind, spec, seed + round_)
         if held is not None and held != features:
@@ -616,13 +621,13 @@ def _judge_forward(forward: Callable, name: str, kind: str, seed: int,
             parts["running statistics"] = "right"
     foreign = held is not None and held != features  # running statistics in no known layout
     if kind in ("batch", "spatial") and not train_wrong and not foreign:
-        spec, x, gamma, beta, _ = _inputs(kind, seed)
+        spec, x, gamma, beta, _ = case_inputs(kind, seed)
         parts["test"], text = _test_mode(forward, name, kind, spec, x, gamma, beta,
                                          _start(kind, spec, seed), layout, result)
         if text:
             problems.append((text, "out" if parts["test"] == "wrong" else None))
     if not train_wrong:
-        spec, x, gamma, beta, _ = _inputs(kind, seed, np.float32)
+        spec, x, gamma, beta, _ = case_inputs(kind, seed, np.float32)
         out, _ = _forward_call(forward, name, kind, x, gamma, beta,
                                _seeded(kind, {} if foreign else _start(kind, spec, seed), layout))
         dtype = np.asarray(out).dtype
@@ -722,7 +727,7 @@ def _shape_line(forward: Callable, name: str, kind: str, seed: int, result: dict
     filename = _student_file(forward)
     if filename is None:
         return ""
-    spec, x, gamma, beta, _ = _inputs(kind, seed)
+    spec, x, gamma, beta, _ = case_inputs(kind, seed)
     tracer = LineTracer(filename)
     try:
         out, _ = _forward_call(forward, name, kind, x, gamma, beta, _param(kind), tracer)
@@ -750,7 +755,7 @@ def _grad_line(backward: Callable, forward: Callable, name: str, kind: str, seed
     filename = _student_file(backward)
     if filename is None:
         return ""
-    spec, x, gamma, beta, dout = _inputs(kind, seed)
+    spec, x, gamma, beta, dout = case_inputs(kind, seed)
     tracer = LineTracer(filename)
     try:
         _, cache = _forward_call(forward, FORWARD_OF[kind], kind, x.copy(), gamma, beta,
@@ -844,7 +849,7 @@ def _trace_forward(forward: Callable, name: str, kind: str, seed: int, result: d
     filename = _student_file(forward)
     if filename is None:
         return ""
-    spec, x, gamma, beta, dout = _inputs(kind, seed)
+    spec, x, gamma, beta, dout = case_inputs(kind, seed)
     start = _start(kind, spec, seed) if seeded else {}
     tracer = LineTracer(filename)
     param = _seeded(kind, start, layout)
@@ -933,7 +938,7 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
                     result: dict[str, Any]) -> None:
     forward_name = FORWARD_OF[kind]
     for round_ in range(3):
-        spec, x, gamma, beta, dout = _inputs(kind, seed + round_)
+        spec, x, gamma, beta, dout = case_inputs(kind, seed + round_)
         try:
             _, cache = _forward_call(forward, forward_name, kind, x.copy(), gamma, beta,
                                      _param(kind))
@@ -983,7 +988,7 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
         if shaped and not wrong_values:
             sentence = _grad_line(backward, forward, name, kind, seed + round_, shaped, result)
         if wrong_values:
-            sentence = _trace_backward(backward, forward, name, kind, seed + round_, wrong_values,
+            sentence = trace_student_backward(backward, forward, name, kind, seed + round_, wrong_values,
                                        result)
             if not sentence and all(s.shape == c.shape for s, c in zip(student, correct)):
                 flat = (student[0], student[1].reshape(-1), student[2].reshape(-1))
@@ -1024,13 +1029,13 @@ def _shape_text(grad: str, s: np.ndarray, c: np.ndarray, spec: NormSpec, x: np.n
     return f"{grad} has shape {s.shape}, expected {c.shape} (a sum over the wrong axis?)"
 
 
-def _trace_backward(backward: Callable, forward: Callable, name: str, kind: str, seed: int,
-                    wrong: list[str], result: dict[str, Any]) -> str:
+def trace_student_backward(backward: Callable, forward: Callable, name: str, kind: str,
+                           seed: int, wrong: list[str], result: dict[str, Any]) -> str:
     """Forward and backward again under the tracer; fill result's line fields; the sentence."""
     filename = _student_file(backward)
     if filename is None:
         return ""
-    spec, x, gamma, beta, dout = _inputs(kind, seed)
+    spec, x, gamma, beta, dout = case_inputs(kind, seed)
     tracer = LineTracer(filename)
     try:
         out, cache = _forward_call(forward, FORWARD_OF[kind], kind, x.copy(), gamma, beta,
