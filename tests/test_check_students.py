@@ -508,3 +508,24 @@ def test_two_slips_at_once_in_a_closed_form_are_named(tmp_path):
     assert (result.status, result.line) == ("fail", planted), str(report)
     assert "two slips at once" in result.diagnosis and "over axis 0" in result.diagnosis
     assert "gamma taken out of sum(dout * gamma * xhat)" in result.diagnosis
+
+
+def test_the_memory_limit_counts_from_what_the_caller_already_maps(tmp_path):
+    # A caller that maps a lot (a notebook that imported torch) must not leave the student's
+    # code without room: 3 GiB reserved here, never touched, and a 1 GiB budget on top.
+    reserved = np.empty(3 * 2**30 // 8)
+    code, status = HOSTILE["a pool"][:2]
+    body = "".join("    " + line + "\n" for line in code.splitlines())
+    text = COMPLETE.replace("def layernorm_forward(x, gamma, beta, ln_param):\n",
+                            "def layernorm_forward(x, gamma, beta, ln_param):\n" + body)
+    report = tb.check_layers(write(tmp_path, text), timeout=90, memory=2**30,
+                             only=["layernorm_forward"])
+    assert report.results["layernorm_forward"].status == "pass", str(report)
+    # The budget still binds what the student allocates beyond it.
+    huge = COMPLETE.replace("def layernorm_forward(x, gamma, beta, ln_param):\n",
+                            "def layernorm_forward(x, gamma, beta, ln_param):\n"
+                            "    import numpy\n    numpy.ones(2**28)\n")
+    report = tb.check_layers(write(tmp_path, huge), timeout=30, memory=2**30,
+                             only=["layernorm_forward"])
+    assert "MemoryError" in report.results["layernorm_forward"].diagnosis, str(report)
+    del reserved

@@ -153,3 +153,13 @@ def test_cached_argument_checks_still_reject_lookalikes():
         tb.batchnorm_fused(x, np.ones(3), np.zeros(3), axis=True)
     with pytest.raises(TypeError, match="axis: expected int or tuple of ints"):
         tb.Node(x).sum(axis=[[0]])
+
+
+@pytest.mark.parametrize("kind, shape, groups", [("batch", (4, 3), None), ("spatial", (2, 3, 2, 2), None),
+                                                 ("layer", (4, 3), None), ("group", (2, 4, 2, 2), 2)])
+def test_a_spec_names_its_kind_in_the_word_norm_spec_takes(kind, shape, groups):
+    spec = tb.norm.norm_spec(kind, shape, groups=groups)
+    assert spec.kind == kind
+    assert tb.norm.norm_spec(spec.kind, shape, groups=groups) == spec
+    assert spec.title == {"batch": "batch norm", "spatial": "spatial batch norm",
+                          "layer": "layer norm", "group": "group norm"}[kind]

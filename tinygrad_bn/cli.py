@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=60.0,
                        help="seconds each function may take (default 60)")
     check.add_argument("--memory", type=float, default=4.0,
-                       help="GiB of address space each function may use (default 4)")
+                       help="GiB of address space each function may add to what the checker maps "
+                            "(default 4)")
     check.add_argument("--function", action="append", default=[], metavar="NAME=YOURNAME",
                        help="the name a function has in your file, e.g. "
                             "batchnorm_forward=batchnormForward (repeatable)")

@@ -13,7 +13,7 @@ import numpy as np
 
 from tinygrad_bn.check.compare import COLUMNS, compare_normalization
 from tinygrad_bn.core.node import Constant, Node, graph_nodes, vjp
-from tinygrad_bn.norm import STAGE_NAMES, as_node, norm_fused, norm_staged
+from tinygrad_bn.norm import STAGE_NAMES, TITLES, as_node, norm_fused, norm_staged
 from tinygrad_bn.train.files import write_atomic
 
 from .backend import FORMATS, render_source
@@ -474,7 +474,7 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
     fused_out = ids[id(out)]
     report = compare_normalization(norm, x_data, gamma_data, beta_data, dout, eps=eps,
                                    groups=groups, axis=axis, seed=seed)
-    lines = [f"compare: {report.kind}, {report.dtype}", "normwise relative error",
+    lines = [f"compare: {TITLES[report.kind]}, {report.dtype}", "normwise relative error",
              f"{'':<7}" + "".join(f"{column:>15}" for column in COLUMNS)]
     for name, row in report.errors.items():
         lines.append(f"{name:<7}" + "".join(f"{row[column]:>15.2e}" for column in COLUMNS))

@@ -382,7 +382,7 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
         variant("var[wrong axis]", ov, False, "var", f"the variance over axis {other}, not {axes[0]}")
         chain("wrong axis", None, x - om, np.sqrt(ov + eps),
               f"statistics over axis {other}; this normalization reduces axis {axes[0]}")
-    if spec.kind == "spatial batch norm":
+    if spec.kind == "spatial":
         n_, c, h, w = shape
         flat = x.reshape(-1, c)  # without the transpose to (N, H, W, C) first
         fm, fv = flat.mean(axis=0), flat.var(axis=0)
@@ -484,7 +484,7 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
 
 def _axis_names(spec: NormSpec) -> dict[int, str]:
     """What each axis of the grouped x is called, for the sentences."""
-    if spec.kind == "group norm":
+    if spec.kind == "group":
         return {0: "N", 1: "the groups", 2: "the group's channels", 3: "H", 4: "W"}
     if len(spec.x_shape) == 4:
         return {0: "N", 1: "C", 2: "H", 3: "W"}

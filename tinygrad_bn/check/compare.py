@@ -13,6 +13,7 @@ import numpy as np
 from ..core.node import Node, as_float_array
 from ..norm import (
     NORMS,
+    TITLES,
     FusedBatchNorm,
     FusedNorm,
     NormSpec,
@@ -74,7 +75,7 @@ def format_bytes(count: float) -> str:
 
 def _cost(shape: tuple[int, ...], kind: str) -> tuple[int, float, int]:
     values = math.prod(shape)
-    params = math.prod(shape[1:]) if kind.startswith("layer") else shape[1]
+    params = math.prod(shape[1:]) if kind == "layer" else shape[1]
     passes = PASSES_PER_COORDINATE * (min(values, NUMERIC_COORDINATES)
                                       + 2 * min(params, NUMERIC_COORDINATES))
     return values, float(values) * MEMORY_PER_VALUE, passes
@@ -132,7 +133,7 @@ class NormReport:
     or is NaN.
     """
 
-    kind: str
+    kind: str  # batch, spatial, layer or group (TITLES has the words)
     shape: tuple[int, ...]
     dtype: str
     reduce_axes: tuple[int, ...]
@@ -175,7 +176,7 @@ class NormReport:
 
     def _repr_markdown_(self) -> str:
         """The report as a Markdown table (how Jupyter shows it)."""
-        lines = [f"**{self.kind}**: x {self.shape} {self.dtype}, reduced over axes "
+        lines = [f"**{TITLES[self.kind]}**: x {self.shape} {self.dtype}, reduced over axes "
                  f"{self.reduce_axes}, eps {self.eps:g}; forward max \\|staged - fused\\| = "
                  f"{self.forward_max_abs_diff:.3e}", "",
                  "| grad | " + " | ".join(COLUMNS) + " | tolerance |",
@@ -193,7 +194,7 @@ class NormReport:
 
     def __str__(self) -> str:
         lines = [
-            f"{self.kind}: x {self.shape} {self.dtype}, reduced over axes {self.reduce_axes}, "
+            f"{TITLES[self.kind]}: x {self.shape} {self.dtype}, reduced over axes {self.reduce_axes}, "
             f"eps {self.eps:g}",
             f"forward   max |staged - fused| = {self.forward_max_abs_diff:.3e}",
             *([self.numeric_note] if self.numeric_note else []),

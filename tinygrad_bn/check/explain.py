@@ -192,9 +192,9 @@ def _array_text(array: np.ndarray) -> str:
 def _statistic_axes(spec: NormSpec) -> str:
     """What each statistic averages over, in words and axes."""
     axes = spec.reduce_axes
-    words = {"batch norm": "the batch", "spatial batch norm": "the batch and spatial axes",
-             "layer norm": "each sample's features",
-             "group norm": "each sample's group of channels"}.get(spec.kind, "the reduced axes")
+    words = {"batch": "the batch", "spatial": "the batch and spatial axes",
+             "layer": "each sample's features",
+             "group": "each sample's group of channels"}.get(spec.kind, "the reduced axes")
     where = f"axis {axes[0]}" if len(axes) == 1 else f"axes {axes}"
     shape = f" of x viewed as {spec.grouped_shape}" if spec.grouped_shape else ""
     return f"{words} ({where}{shape})"
@@ -204,7 +204,7 @@ def format_explanation(explanation: Explanation) -> str:
     """The trace as a table: one row per stage in backward order."""
     spec = explanation.spec
     lines = [
-        f"Backward pass of the staged {spec.kind}, x {spec.x_shape}"
+        f"Backward pass of the staged {spec.title}, x {spec.x_shape}"
         + (f" viewed as {spec.grouped_shape}" if spec.grouped_shape else "")
         + f", reduced over axes {spec.reduce_axes}, N = {spec.count} values per statistic.",
         "Each row: the gradient arriving at the stage, the local derivative, and the norm "

@@ -213,7 +213,8 @@ def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 
     dict of functions) against the staged graphs.
 
     only: the names to check (default all the source defines); timeout: seconds each
-    function may take; memory: bytes of address space each may use (None: no limit);
+    function may take; memory: bytes of address space each may add to what the calling process
+    maps (None: no limit);
     functions: assignment name -> the name it has in the source
     ({"batchnorm_forward": "batchnormForward"})."""
     mapping = dict(functions or {})

@@ -69,7 +69,9 @@ def mark_running(name: str) -> None:
 
 
 def run_isolated(work: Callable[[], Any], timeout: float, memory: int | None = None) -> ChildOutcome:
-    """work() in a forked child with `timeout` seconds and `memory` bytes of address space."""
+    """work() in a forked child with `timeout` seconds and `memory` bytes of address space
+    beyond what the caller's process already maps (a notebook that imported torch maps
+    gigabytes the student's code never touches)."""
     folder = pathlib.Path(tempfile.mkdtemp(prefix="tinygrad-bn-check-"))
     read_end, write_end = os.pipe()
     sys.stdout.flush()
@@ -105,13 +107,23 @@ def run_isolated(work: Callable[[], Any], timeout: float, memory: int | None = N
     return outcome
 
 
+def _address_space() -> int:
+    """Bytes of address space this process maps now (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _child(work: Callable[[], Any], folder: pathlib.Path, output: int, memory: int | None) -> None:
     code = 0
     try:
         os.setpgid(0, 0)
         faulthandler.disable()  # a crash is the student's, reported by its signal
         if memory is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+            limit = _address_space() + memory
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         os.dup2(output, 1)
         os.dup2(output, 2)
         os.close(output)

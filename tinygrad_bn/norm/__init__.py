@@ -32,6 +32,7 @@ from .fused import (
 from .prepare import broadcastable
 from .spec import (
     KINDS,
+    TITLES,
     NormSpec,
     as_node,
     batchnorm_spec,
@@ -44,7 +45,7 @@ from .spec import (
 from .staged import STAGE_NAMES, staged_nodes
 
 __all__ = [
-    "STAGE_NAMES", "staged_nodes", "NormSpec", "KINDS", "NORMS", "as_node", "check_eps",
+    "STAGE_NAMES", "staged_nodes", "NormSpec", "KINDS", "TITLES", "NORMS", "as_node", "check_eps",
     "batchnorm_spec", "layernorm_spec", "spatial_batchnorm_spec", "groupnorm_spec", "norm_spec",
     "FusedNorm", "FusedBatchNorm", "FusedLayerNorm", "FusedGroupNorm", "fused_node",
     "statistics", "normalize", "closed_form_backward", "broadcastable",

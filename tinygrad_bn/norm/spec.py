@@ -17,10 +17,13 @@ from typing import Any
 from ..core.axes import normalize_axis
 from ..core.node import Node
 
-__all__ = ["NormSpec", "KINDS", "check_eps", "as_node", "batchnorm_spec", "layernorm_spec",
+__all__ = ["NormSpec", "KINDS", "TITLES", "check_eps", "as_node", "batchnorm_spec", "layernorm_spec",
            "spatial_batchnorm_spec", "groupnorm_spec", "norm_spec"]
 
 KINDS = ("batch", "spatial", "layer", "group")
+# What each kind is called in sentences and pictures.
+TITLES = {"batch": "batch norm", "spatial": "spatial batch norm", "layer": "layer norm",
+          "group": "group norm"}
 
 
 def check_eps(eps: Any) -> float:
@@ -41,13 +44,18 @@ class NormSpec:
     grouped_shape: for group norm, the shape x is viewed as while normalizing; else None.
     """
 
-    kind: str
+    kind: str  # one of KINDS, the word norm_spec takes
     x_shape: tuple[int, ...]
     reduce_axes: tuple[int, ...]
     param_shape: tuple[int, ...]
     param_bshape: tuple[int, ...]
     eps: float
     grouped_shape: tuple[int, ...] | None = None
+
+    @property
+    def title(self) -> str:
+        """The kind in words: "batch norm", "spatial batch norm", "layer norm", "group norm"."""
+        return TITLES[self.kind]
 
     @property
     def count(self) -> int:
@@ -69,7 +77,7 @@ class NormSpec:
         for argname, param in (("gamma", gamma), ("beta", beta)):
             if param.shape not in (self.param_shape, self.param_bshape):
                 raise ValueError(
-                    f"{argname}: expected shape {self.param_shape} (the {self.kind} feature "
+                    f"{argname}: expected shape {self.param_shape} (the {self.title} feature "
                     f"axes of x with shape {self.x_shape}), got shape {param.shape}"
                 )
 
@@ -130,7 +138,7 @@ def _batchnorm_spec(x_shape: tuple[int, ...], axis: Any, eps: Any, *_types: type
         raise ValueError(f"axis: expected at least one axis to normalize over, got {axis!r}")
     kept = tuple(a for a in range(ndim) if a not in reduce_axes)
     spec = NormSpec(
-        kind="batch norm",
+        kind="batch",
         x_shape=tuple(x_shape),
         reduce_axes=reduce_axes,
         param_shape=tuple(x_shape[a] for a in kept),
@@ -151,7 +159,7 @@ def layernorm_spec(x_shape: tuple[int, ...], eps: Any = 1e-5) -> NormSpec:
     """Layer norm: each sample over all its feature axes; gamma/beta have x.shape[1:]."""
     _check_rank(x_shape, "(N, D) or (N, D1, D2, ...)", len(x_shape) >= 2)
     spec = NormSpec(
-        kind="layer norm",
+        kind="layer",
         x_shape=tuple(x_shape),
         reduce_axes=tuple(range(1, len(x_shape))),
         param_shape=tuple(x_shape[1:]),
@@ -166,7 +174,7 @@ def spatial_batchnorm_spec(x_shape: tuple[int, ...], eps: Any = 1e-5) -> NormSpe
     """Spatial batch norm: (N, C, H, W) over (0, 2, 3); gamma/beta of shape (C,)."""
     _check_rank(x_shape, "(N, C, H, W)", len(x_shape) == 4)
     spec = batchnorm_spec(x_shape, (0, 2, 3), eps)
-    return NormSpec(**{**spec.__dict__, "kind": "spatial batch norm"})
+    return NormSpec(**{**spec.__dict__, "kind": "spatial"})
 
 
 def groupnorm_spec(x_shape: tuple[int, ...], groups: Any, eps: Any = 1e-5) -> NormSpec:
@@ -179,7 +187,7 @@ def groupnorm_spec(x_shape: tuple[int, ...], groups: Any, eps: Any = 1e-5) -> No
     if c % groups:
         raise ValueError(f"G: expected a divisor of the channel count C={c}, got {groups}")
     spec = NormSpec(
-        kind="group norm",
+        kind="group",
         x_shape=tuple(x_shape),
         reduce_axes=(2, 3, 4),
         param_shape=(c,),
