@@ -399,11 +399,11 @@ print("numba after use:", "numba" in sys.modules, len(registered) >= 1)
 @pytest.mark.parametrize("setting, compiled", [("0", False), ("", True)])
 def test_compiled_passes_follow_the_environment_at_first_use(setting, compiled):
     pytest.importorskip("numba")
-    code = """
+    code = f"""
 import os, numpy as np, tinygrad_bn as tb
-os.environ["TINYGRAD_BN_NUMBA"] = %r  # read at the first use, not at import
+os.environ["TINYGRAD_BN_NUMBA"] = {setting!r}  # read at the first use, not at import
 print("compiled:", tb.fast.numba_enabled())
-""" % setting
+"""
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"compiled: {compiled}" in result.stdout
