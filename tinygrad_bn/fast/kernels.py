@@ -256,13 +256,17 @@ def combine_moments(s1: np.ndarray, s2: np.ndarray, shift: np.ndarray, count: in
                     dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, bool]:
     """mean and variance from the sums of d = x - shift and of d^2; and whether the shift was
     so far from the mean that a pass about the mean itself is needed for every digit."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        m1 = s1 / count
-        e2 = s2 / count
+    m1 = s1 / count
+    e2 = s2 / count
+    if np.isfinite(e2).all():
         square = m1 * m1
-        # A mean of squares that overflowed is the textbook's inf variance (not inf - inf).
-        var = np.where(np.isinf(e2), e2, np.maximum(e2 - square, 0.0))
-        again = bool(np.any(square > FAR_SHIFT[np.dtype(dtype)] * var))
+        var = np.maximum(e2 - square, 0.0)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            square = m1 * m1
+            # A mean of squares that overflowed is the textbook's inf variance (not inf - inf).
+            var = np.where(np.isinf(e2), e2, np.maximum(e2 - square, 0.0))
+    again = bool((square > FAR_SHIFT[np.dtype(dtype)] * var).any())
     return shift + m1, var, again
 
 

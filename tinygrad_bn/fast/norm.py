@@ -16,6 +16,7 @@ in code, and wins over the environment.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -32,6 +33,7 @@ from .registry import fast_variant
 __all__ = ["use_numba", "numba_enabled", "COMPILED_MIN_ELEMENTS"]
 
 COMPILED_MIN_ELEMENTS = 1 << 12  # below this a compiled pass's launch costs more than it saves
+PARALLEL_MIN_ELEMENTS = 1 << 17  # below this waking a second thread costs more than it saves
 
 
 class _Backend:
@@ -114,20 +116,29 @@ def _is_array(x: Any, *args: Any, **params: Any) -> bool:
 def _route(x: np.ndarray, spec: NormSpec) -> tuple[str, Any, ModuleType | None]:
     """("columns" | "rows" | "blocked" | "lean", layout, compiled module)."""
     compiled = _compiled()
-    if compiled is not None:
+    path, layout = _plan(x.shape, x.strides, x.dtype, spec, compiled is not None)
+    return path, layout, compiled if path in ("columns", "rows") else None
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype, spec: NormSpec,
+          compiled: bool) -> tuple[str, Any]:
+    # Decided by shape, strides and dtype alone: cached (a training loop asks every step).
+    x = np.lib.stride_tricks.as_strided(np.empty(1, dtype), shape, strides)
+    if compiled:
         if spec.grouped_shape is None:
             layout = kernels.layout_for(x, spec.reduce_axes, COMPILED_MIN_ELEMENTS)
             if layout is not None:
-                return "columns", layout, compiled
+                return "columns", layout
         rows = kernels.row_layout_for(x, spec, COMPILED_MIN_ELEMENTS)
         if rows is not None:
-            return "rows", rows, compiled
-        return "lean", None, None
+            return "rows", rows
+        return "lean", None
     if spec.grouped_shape is None:
         layout = kernels.layout_for(x, spec.reduce_axes)
         if layout is not None:
-            return "blocked", layout, None
-    return "lean", None, None
+            return "blocked", layout
+    return "lean", None
 
 
 def _kept(values: np.ndarray, spec: NormSpec) -> np.ndarray:
@@ -141,7 +152,7 @@ def fast_statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarr
     path, layout, compiled = _route(x, spec)
     if path == "lean":
         return lean.statistics(x, spec)
-    threads = kernels.num_threads()
+    threads = _threads_for(x)
     if path == "columns":
         mean, var = compiled.column_statistics(x, layout, threads)
     elif path == "rows":
@@ -159,11 +170,11 @@ def fast_forward(x, gamma, beta, *, spec, mean, var):
     mean, var = _flat64(mean), _flat64(var)
     if path == "rows":
         return compiled.row_normalize_of(x, _per(gamma, layout), _per(beta, layout), mean, var,
-                                         spec.eps, layout, kernels.num_threads())
+                                         spec.eps, layout, _threads_for(x))
     gamma, beta = _flat64(gamma), _flat64(beta)
     if path == "columns":
         return compiled.column_normalize(x, gamma, beta, mean, var, spec.eps, layout,
-                                         kernels.num_threads())
+                                         _threads_for(x))
     return kernels.normalize(x, gamma, beta, mean, var, spec.eps, layout)
 
 
@@ -175,16 +186,20 @@ def fast_backward(upstream, x, gamma, beta, out, *, spec, mean, var):
     elif path == "rows":
         dx, dgamma, dbeta = compiled.row_backward_of(upstream, x, _per(gamma, layout),
                                                      _flat64(mean), _flat64(var), spec.eps,
-                                                     layout, kernels.num_threads())
+                                                     layout, _threads_for(x))
     elif path == "columns":
         dx, dgamma, dbeta = compiled.column_backward(upstream, x, _flat64(gamma), _flat64(mean),
                                                      _flat64(var), spec.eps, layout,
-                                                     kernels.num_threads())
+                                                     _threads_for(x))
     else:
         dx, dgamma, dbeta = kernels.backward(upstream, x, _flat64(gamma), _flat64(mean),
                                              _flat64(var), spec.eps, layout)
     dtype = x.dtype
     return dx, dgamma.astype(dtype).reshape(gamma.shape), dbeta.astype(dtype).reshape(beta.shape)
+
+
+def _threads_for(x: np.ndarray) -> int:
+    return kernels.num_threads() if x.size >= PARALLEL_MIN_ELEMENTS else 1
 
 
 def _flat64(values: np.ndarray) -> np.ndarray:

@@ -283,10 +283,20 @@ def row_backward(dy, x, mean, inv_std, gamma, dx):  # pragma: no cover - compile
     return dgamma, dbeta
 
 
+class _ThreadCount(threading.local):
+    current = 0  # numba's thread count is per calling thread: what this one last set
+
+
+_thread_count = _ThreadCount()
+
+
 def run(kernel: Any, threads: int, *args: Any) -> Any:
     """Call one compiled pass with `threads` threads, one caller at a time."""
+    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
     with _lock:
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        if _thread_count.current != threads:
+            numba.set_num_threads(threads)
+            _thread_count.current = threads
         return kernel(*args)
 
 
