@@ -284,7 +284,7 @@ def report(results: Results, settings: Settings, mode: str) -> Report:
     if not results.torch:
         lines += ["", "(PyTorch is not installed in this environment: its column is left out.)"]
     if flags:
-        lines += ["", "Flagged (!), not compared below:"]
+        lines += ["", "Flagged (!): a figure to distrust (its ratios below carry the mark too):"]
         lines += [f"- {case.name}, {IMPL_TITLES[impl]}: {why}" for (case, impl), why in
                   flags.items()]
     lines += [
@@ -345,9 +345,8 @@ def _fraction(case: Case, by_impl: dict, impl: str, stream: float) -> str:
 def _versus(case: Case, by_impl: dict, impl: str, peer: str, flags: dict) -> str:
     if impl not in by_impl or peer not in by_impl:
         return "n/a"
-    if (case, peer) in flags:
-        return "flagged"
-    return f"{min(by_impl[peer]) / min(by_impl[impl]):.2f}x"
+    ratio = f"{min(by_impl[peer]) / min(by_impl[impl]):.2f}x"
+    return ratio + " (!)" if (case, peer) in flags or (case, impl) in flags else ratio
 
 
 def _us(values: list[float]) -> str:

@@ -305,28 +305,33 @@ def step(seed):
     node = tb.Node(x * (1 + seed))
     out = tb.batchnorm_fused(node, np.ones(64), np.zeros(64))
     out.backward(x)
-    return float(out.data.std()), float(np.abs(node.grad).sum())
+    layer = tb.Node(x * (1 + seed))
+    layer_out = tb.layernorm_fused(layer, np.ones(64), np.zeros(64))
+    layer_out.backward(x)
+    return (float(out.data.std()), float(np.abs(node.grad).sum()),
+            float(np.abs(layer.grad).sum()))
 expected = [step(seed) for seed in range(4)]  # the parent uses the threads (and numba) first
 with multiprocessing.get_context("fork").Pool(2) as pool:
     print("same results:", np.allclose(pool.map(step, range(4)), expected, rtol=1e-12))
 """
 
 
-@pytest.mark.parametrize("setup", ["", "tb.fast.use_numba()"])
+@pytest.mark.parametrize("setup", ["tb.fast.use_numba(False)", "", "tb.fast.use_numba()"])
 def test_fork_after_the_threaded_kernel(setup):
-    if setup:
+    if setup != "tb.fast.use_numba(False)":  # the default: compiled where numba is installed
         pytest.importorskip("numba")
     result = run_python(FORK_SCRIPT.format(setup=setup), timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "same results: True" in result.stdout
 
 
-@pytest.mark.parametrize("layer", ["default", "workqueue"])
-def test_numba_from_several_python_threads(layer):
-    pytest.importorskip("numba")
+@pytest.mark.parametrize("layer", ["numpy", "default", "workqueue"])
+def test_kernels_from_several_python_threads(layer):
+    if layer != "numpy":
+        pytest.importorskip("numba")
     code = """
 import threading, numpy as np, tinygrad_bn as tb
-tb.fast.use_numba()
+tb.fast.use_numba(%s)
 x = np.random.default_rng(0).standard_normal((4096, 64))
 expected = tb.batchnorm_fused(x, np.ones(64), np.zeros(64)).data
 failures = []
@@ -340,7 +345,8 @@ threads = [threading.Thread(target=work) for _ in range(4)]
 [t.start() for t in threads]; [t.join() for t in threads]
 print("failures", len(failures))
 """
-    result = run_python(code, env={} if layer == "default" else {"NUMBA_THREADING_LAYER": layer})
+    code = code % (layer != "numpy")
+    result = run_python(code, env={"NUMBA_THREADING_LAYER": layer} if layer == "workqueue" else {})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "failures 0" in result.stdout
 
