@@ -248,33 +248,32 @@ def row_backward(dy, x, mean, inv_std, gamma, dx):  # pragma: no cover - compile
             m, q = mean[r], inv_std[r]
             sum_g = 0.0
             sum_gx = 0.0
-            if inner == 1:  # layer norm: gamma per value, one loop over the row
+            if inner == 1:  # layer norm: gamma per value; the row's sums, then its dx
+                for c in range(channels):
+                    gd = gamma[g, c] * np.float64(dy[i, g, c, 0])
+                    sum_g += gd
+                    sum_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
+                mean_g, mean_gx = sum_g / count, sum_gx / count
+                db, dgm = dbeta[ch, g], dgamma[ch, g]
                 for c in range(channels):
                     d = np.float64(dy[i, g, c, 0])
                     xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                    dbeta[ch, g, c] += d
-                    dgamma[ch, g, c] += d * xhat
-                    sum_g += gamma[g, c] * d
-                    sum_gx += gamma[g, c] * d * xhat
-            else:
-                for c in range(channels):
-                    t_dy = 0.0
-                    t_dyx = 0.0
-                    for s in range(inner):
-                        d = np.float64(dy[i, g, c, s])
-                        t_dy += d
-                        t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
-                    dbeta[ch, g, c] += t_dy
-                    dgamma[ch, g, c] += t_dyx
-                    sum_g += gamma[g, c] * t_dy
-                    sum_gx += gamma[g, c] * t_dyx
-            mean_g, mean_gx = sum_g / count, sum_gx / count
-            if inner == 1:
-                for c in range(channels):
-                    xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                    dx[i, g, c, 0] = q * (gamma[g, c] * np.float64(dy[i, g, c, 0]) - mean_g
-                                          - xhat * mean_gx)
+                    db[c] += d
+                    dgm[c] += d * xhat
+                    dx[i, g, c, 0] = q * (gamma[g, c] * d - mean_g - xhat * mean_gx)
                 continue
+            for c in range(channels):
+                t_dy = 0.0
+                t_dyx = 0.0
+                for s in range(inner):
+                    d = np.float64(dy[i, g, c, s])
+                    t_dy += d
+                    t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
+                dbeta[ch, g, c] += t_dy
+                dgamma[ch, g, c] += t_dyx
+                sum_g += gamma[g, c] * t_dy
+                sum_gx += gamma[g, c] * t_dyx
+            mean_g, mean_gx = sum_g / count, sum_gx / count
             for c in range(channels):
                 gam = gamma[g, c]
                 for s in range(inner):
