@@ -48,6 +48,7 @@ __all__ = ["fork_safe", "column_statistics", "column_normalize", "column_backwar
            "row_statistics_of", "row_normalize_of", "row_backward_of", "CHUNKS"]
 
 CHUNKS = 64  # partial sums per statistic: enough to keep every thread busy, fixed for determinism
+CHUNK_ELEMENTS = 1 << 13  # at least this many elements per chunk: small inputs take few chunks
 _FASTMATH = {"reassoc", "nsz", "contract"}  # SIMD sums; never assumes finite values
 _lock = threading.Lock()
 
@@ -88,7 +89,7 @@ def _compile(**options: Any) -> Callable[[Callable[..., Any]], Any]:
 @_compile(fastmath=_FASTMATH)
 def col_sums2(x, shift):  # pragma: no cover - compiled
     rows, features = x.shape
-    chunks = min(rows, CHUNKS)
+    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     s1 = np.zeros((chunks, features))
     s2 = np.zeros((chunks, features))
     for c in prange(chunks):
@@ -103,7 +104,7 @@ def col_sums2(x, shift):  # pragma: no cover - compiled
 @_compile(fastmath=_FASTMATH)
 def col_sums3(x, shift):  # pragma: no cover - compiled
     rows, features, inner = x.shape
-    chunks = min(rows, CHUNKS)
+    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     s1 = np.zeros((chunks, features))
     s2 = np.zeros((chunks, features))
     for c in prange(chunks):
@@ -142,7 +143,7 @@ def col_normalize3(x, mean, scale, beta, out):  # pragma: no cover - compiled
 @_compile(fastmath=_FASTMATH)
 def col_grad_sums2(dy, x, mean, inv_std):  # pragma: no cover - compiled
     rows, features = x.shape
-    chunks = min(rows, CHUNKS)
+    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     s_dy = np.zeros((chunks, features))
     s_dy_xhat = np.zeros((chunks, features))
     for c in prange(chunks):
@@ -157,7 +158,7 @@ def col_grad_sums2(dy, x, mean, inv_std):  # pragma: no cover - compiled
 @_compile(fastmath=_FASTMATH)
 def col_grad_sums3(dy, x, mean, inv_std):  # pragma: no cover - compiled
     rows, features, inner = x.shape
-    chunks = min(rows, CHUNKS)
+    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     s_dy = np.zeros((chunks, features))
     s_dy_xhat = np.zeros((chunks, features))
     for c in prange(chunks):
@@ -239,7 +240,7 @@ def row_backward(dy, x, mean, inv_std, gamma, dx):  # pragma: no cover - compile
     n, groups, channels, inner = x.shape
     rows = n * groups
     count = channels * inner
-    chunks = min(rows, CHUNKS)
+    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     dgamma = np.zeros((chunks, groups, channels))
     dbeta = np.zeros((chunks, groups, channels))
     for ch in prange(chunks):
