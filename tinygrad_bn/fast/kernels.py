@@ -130,15 +130,35 @@ def _run_parallel(work: Callable[[Any], Any], parts: list) -> list[Any]:
             pool.executor.shutdown(wait=False)
 
 
-def _scratch_block(shape: tuple[int, ...]) -> np.ndarray:
-    """A per-thread float64 block-sized temporary, kept between calls (a fresh half-megabyte
-    array would be fresh pages, faulted in on every pass)."""
+def _scratch_block(shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
+    """A per-thread float64 block-sized temporary (two slots), kept between calls (a fresh
+    half-megabyte array would be fresh pages, faulted in on every pass)."""
     size = math.prod(shape)
-    cached = getattr(_scratch, "buffer", None)
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = [None, None]
+    cached = buffers[slot]
     if cached is None or cached.size < size:
-        cached = np.empty(size, np.float64)
-        _scratch.buffer = cached
+        cached = buffers[slot] = np.empty(size, np.float64)
     return cached[:size].reshape(shape)
+
+
+def _as_float64(block: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    # float32 data converted once into the scratch block (exact), so every later numpy call
+    # runs its same-type loop instead of casting on the fly; float64 data is used as it is.
+    if block.dtype == np.float64:
+        return block
+    np.copyto(buffer, block)
+    return buffer
+
+
+def _centred(block: np.ndarray, centre: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    """block - centre in float64, into buffer."""
+    return np.subtract(_as_float64(block, buffer), centre, out=buffer)
+
+
+def _store(values: np.ndarray, target: np.ndarray) -> None:
+    np.copyto(target, values, casting="same_kind")  # rounded once to x's dtype
 
 
 @dataclass(frozen=True)
@@ -283,7 +303,7 @@ def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
             buffer = _scratch_block((run[0][1] - run[0][0], *layout.view[1:]))
             partial = []
             for start, stop in run:
-                d = np.subtract(xv[start:stop], shift_b, out=buffer[: stop - start])
+                d = _centred(xv[start:stop], shift_b, buffer[: stop - start])
                 partial.append(np.stack([d.sum(axis=axes),
                                          np.einsum(layout.subscripts, d, d)]))
             return partial
@@ -309,9 +329,12 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
     def run(spans: list[tuple[int, int]]) -> None:
         buffer = _scratch_block((spans[0][1] - spans[0][0], *layout.view[1:]))
         for start, stop in spans:
-            t = np.subtract(xv[start:stop], mean_b, out=buffer[: stop - start])
+            t = _centred(xv[start:stop], mean_b, buffer[: stop - start])
             np.multiply(t, scale, out=t)
-            np.add(t, beta_b, out=ov[start:stop])
+            if ov.dtype == np.float64:
+                np.add(t, beta_b, out=ov[start:stop])
+            else:
+                _store(np.add(t, beta_b, out=t), ov[start:stop])
 
     with np.errstate(invalid="ignore", over="ignore"):
         _run_parallel(run, _parts(_spans(layout)))
@@ -325,40 +348,45 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     xv, dyv = x.reshape(layout.view), upstream.reshape(layout.view)
     axes, pview, count = layout.axes, layout.param_view, layout.count
     inv_std = 1.0 / np.sqrt(var + eps)
-    mean_b, inv_std_b = mean.reshape(pview), inv_std.reshape(pview)
+    mean_b = mean.reshape(pview)
     spans = _spans(layout)
 
-    def xhat_of(start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
-        t = np.subtract(xv[start:stop], mean_b, out=buffer[: stop - start])
-        return np.multiply(t, inv_std_b, out=t)
-
     def sums(run: list[tuple[int, int]]) -> list[np.ndarray]:
-        buffer = _scratch_block((run[0][1] - run[0][0], *layout.view[1:]))
+        rows = run[0][1] - run[0][0]
+        centred, dy64 = _scratch_block((rows, *layout.view[1:])), _scratch_block(
+            (rows, *layout.view[1:]), 1)
         partial = []
         for start, stop in run:
-            dy = dyv[start:stop]
-            xhat = xhat_of(start, stop, buffer)
-            partial.append(np.stack([dy.sum(axis=axes, dtype=np.float64),
-                                     np.einsum(layout.subscripts, dy, xhat)]))
+            dy = _as_float64(dyv[start:stop], dy64[: stop - start])
+            d = _centred(xv[start:stop], mean_b, centred[: stop - start])
+            partial.append(np.stack([dy.sum(axis=axes), np.einsum(layout.subscripts, dy, d)]))
         return partial
 
     with np.errstate(invalid="ignore", over="ignore"):
         total = _in_order(_run_parallel(sums, _parts(spans)))
-    dbeta, dgamma = total[0], total[1]
+        dbeta = total[0]
+        # sum(dy * xhat) = inv_std * sum(dy * (x - mean)): exact, unless the products
+        # overflowed (|x| near the dtype's range), where the textbook's inv_std is 0.
+        dgamma = np.where(inv_std == 0, 0.0, total[1] * inv_std)
     scale = (gamma * inv_std).reshape(pview)
-    minus_mean_dy = (-dbeta / count).reshape(pview)
-    minus_mean_dy_xhat = (-dgamma / count).reshape(pview)
+    mean_dy = (dbeta / count).reshape(pview)
+    slope = (inv_std * dgamma / count).reshape(pview)  # xhat * mean(dy * xhat) = (x - mean) * slope
     dx = np.empty(x.shape, x.dtype)
     dxv = dx.reshape(layout.view)
 
     def combine(run: list[tuple[int, int]]) -> None:
-        buffer = _scratch_block((run[0][1] - run[0][0], *layout.view[1:]))
+        rows = run[0][1] - run[0][0]
+        centred, dy64 = _scratch_block((rows, *layout.view[1:])), _scratch_block(
+            (rows, *layout.view[1:]), 1)
         for start, stop in run:
-            t = xhat_of(start, stop, buffer)
-            np.multiply(t, minus_mean_dy_xhat, out=t)
-            np.add(t, dyv[start:stop], out=t)
-            np.add(t, minus_mean_dy, out=t)
-            np.multiply(t, scale, out=dxv[start:stop])
+            t = _centred(xv[start:stop], mean_b, centred[: stop - start])
+            np.multiply(t, slope, out=t)
+            np.subtract(_as_float64(dyv[start:stop], dy64[: stop - start]), t, out=t)
+            np.subtract(t, mean_dy, out=t)
+            if dxv.dtype == np.float64:
+                np.multiply(t, scale, out=dxv[start:stop])
+            else:
+                _store(np.multiply(t, scale, out=t), dxv[start:stop])
 
     with np.errstate(invalid="ignore", over="ignore"):
         _run_parallel(combine, _parts(spans))
