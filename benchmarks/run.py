@@ -284,7 +284,8 @@ def report(results: Results, settings: Settings, mode: str) -> Report:
     if not results.torch:
         lines += ["", "(PyTorch is not installed in this environment: its column is left out.)"]
     if flags:
-        lines += ["", "Flagged (!): a figure to distrust (its ratios below carry the mark too):"]
+        lines += ["", "Flagged (!): a figure to distrust (its ratios below carry the mark too, "
+                  "or are left out when the figure is implausible):"]
         lines += [f"- {case.name}, {IMPL_TITLES[impl]}: {why}" for (case, impl), why in
                   flags.items()]
     lines += [
@@ -345,8 +346,11 @@ def _fraction(case: Case, by_impl: dict, impl: str, stream: float) -> str:
 def _versus(case: Case, by_impl: dict, impl: str, peer: str, flags: dict) -> str:
     if impl not in by_impl or peer not in by_impl:
         return "n/a"
+    why = [flags.get((case, name), "") for name in (impl, peer)]
+    if any(reason.startswith("implausible") for reason in why):
+        return "n/a (!)"  # a time that cannot be right is not divided by anything
     ratio = f"{min(by_impl[peer]) / min(by_impl[impl]):.2f}x"
-    return ratio + " (!)" if (case, peer) in flags or (case, impl) in flags else ratio
+    return ratio + " (!)" if any(why) else ratio
 
 
 def _us(values: list[float]) -> str:

@@ -55,3 +55,15 @@ def test_a_peer_with_implausible_or_unstable_times_is_flagged():
     assert "unstable" in flag(small, "torch", unstable, stream_gbps=40.0)
     steady = {**numpy_peers, "torch": [4e-5, 4.2e-5, 4.1e-5, 9e-5]}
     assert flag(small, "torch", steady, stream_gbps=40.0) is None
+
+
+def test_an_implausible_peer_is_never_divided_into_a_speed_up():
+    from benchmarks.run import _versus
+
+    case = Case("layer", (64, 256), "float32")
+    by_impl = {"engine_fused": [1.5e-4], "torch": [0.02]}
+    flags = {(case, "torch"): "implausible: over 20x the slowest numpy peer"}
+    assert _versus(case, by_impl, "engine_fused", "torch", flags) == "n/a (!)"
+    flags = {(case, "torch"): "unstable: median 3.0x its minimum"}
+    assert _versus(case, by_impl, "engine_fused", "torch", flags) == "133.33x (!)"
+    assert _versus(case, by_impl, "engine_fused", "torch", {}) == "133.33x"
