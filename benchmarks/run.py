@@ -2,10 +2,13 @@
 
     python -m benchmarks.run [--quick | --smoke] [--rounds R] [--markdown PATH]
 
-Batch norm forward+backward is timed in two worker processes that alternate round by
-round: one holds the engine and the plain-numpy baselines and never imports torch, the
-other holds PyTorch (when installed). Each figure is the median over all rounds. Peak
-memory is measured in a fresh process per variant.
+Forward+backward of the whole normalization family (batch, spatial batch, layer and group
+norm) is timed in two fresh worker processes that alternate round by round: one holds the
+engine (its numpy passes and its numba-compiled ones) and the plain-numpy baselines and
+never imports torch, the other holds PyTorch (when installed). Every figure is given as its
+spread over all repetitions (min, median, max); ratios are of minima. A peer whose times
+spread too far, or whose time is implausible for the bytes it must move, is flagged
+instead of compared. Peak memory is measured in a fresh process per variant.
 """
 
 from __future__ import annotations
@@ -22,19 +25,58 @@ import time
 from dataclasses import dataclass, field
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-NUMPY_IMPLS = ("engine_fused", "engine_staged", "numpy_formulas", "numpy_staged")
-IMPL_TITLES = {"engine_fused": "engine fused", "engine_fused_numba": "engine fused, numba",
-               "engine_staged": "engine staged",
-               "numpy_formulas": "numpy formulas", "numpy_staged": "numpy staged",
-               "torch": "torch F.batch_norm"}
-FULL_CASES = [((64, 256), "float64"), ((64, 256), "float32"),
-              ((1024, 1024), "float64"), ((1024, 1024), "float32"),
-              ((4096, 1024), "float64"), ((4096, 1024), "float32"),
-              ((16384, 512), "float64"), ((16384, 512), "float32"),
-              ((32, 64, 32, 32), "float32")]
-QUICK_CASES = [((64, 256), "float64"), ((1024, 1024), "float32"), ((4096, 1024), "float64"),
-               ((4096, 1024), "float32")]
-SMOKE_CASES = [((16, 8), "float64"), ((64, 32), "float32"), ((4, 3, 4, 4), "float32")]
+IMPL_TITLES = {"engine_fused": "engine fused (numpy)", "engine_fused_numba": "engine fused (numba)",
+               "engine_staged": "engine staged", "numpy_formulas": "numpy formulas",
+               "numpy_staged": "numpy staged", "torch": "torch"}
+TORCH_FUNCTIONS = {"batch": "F.batch_norm", "spatial": "F.batch_norm", "layer": "F.layer_norm",
+                   "group": "F.group_norm"}
+BATCH_KINDS = ("batch", "spatial")  # the plain-numpy baselines are the assignment's batch norm
+UNSTABLE_SPREAD = 2.0  # median / min of a peer's repetitions above which it is not compared
+IMPLAUSIBLE_SLOWDOWN = 20.0  # a peer this many times slower than the slowest numpy peer (and > 1 ms)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One normalization to time: kind, x's shape, dtype, and the group count for group norm."""
+
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    groups: int | None = None
+
+    @property
+    def name(self) -> str:
+        groups = f" G={self.groups}" if self.groups else ""
+        return f"{self.kind} {'x'.join(map(str, self.shape))}{groups} {self.dtype}"
+
+    @property
+    def size(self) -> int:
+        size = 1
+        for s in self.shape:
+            size *= s
+        return size
+
+    @property
+    def itemsize(self) -> int:
+        return 8 if self.dtype == "float64" else 4
+
+
+FULL_CASES = [Case("batch", (64, 256), "float64"), Case("batch", (64, 256), "float32"),
+              Case("batch", (1024, 1024), "float32"),
+              Case("batch", (4096, 1024), "float64"), Case("batch", (4096, 1024), "float32"),
+              Case("batch", (8192, 512), "float64"), Case("batch", (8192, 512), "float32"),
+              Case("spatial", (32, 64, 32, 32), "float64"),
+              Case("spatial", (32, 64, 32, 32), "float32"),
+              Case("layer", (64, 256), "float32"),
+              Case("layer", (4096, 1024), "float64"), Case("layer", (4096, 1024), "float32"),
+              Case("group", (32, 64, 32, 32), "float64", 8),
+              Case("group", (32, 64, 32, 32), "float32", 8)]
+QUICK_CASES = [Case("batch", (64, 256), "float64"), Case("batch", (4096, 1024), "float64"),
+               Case("batch", (4096, 1024), "float32"), Case("spatial", (32, 64, 32, 32), "float32"),
+               Case("layer", (4096, 1024), "float32"), Case("group", (32, 64, 32, 32), "float32", 8)]
+SMOKE_CASES = [Case("batch", (16, 8), "float64"), Case("batch", (64, 32), "float32"),
+               Case("spatial", (4, 3, 4, 4), "float32"), Case("layer", (8, 16), "float32"),
+               Case("group", (2, 4, 4, 4), "float64", 2)]
 
 
 @dataclass
@@ -101,10 +143,14 @@ class Results:
     seconds: float = 0.0
 
 
+def _impls(case: Case, use_numba: bool) -> list[str]:
+    impls = ["engine_fused"] + (["engine_fused_numba"] if use_numba else []) + ["engine_staged"]
+    return impls + (["numpy_formulas", "numpy_staged"] if case.kind in BATCH_KINDS else [])
+
+
 def measure(settings: Settings, use_torch: bool, use_numba: bool, progress=print) -> Results:
     start = time.perf_counter()
     results = Results(torch=use_torch, numba=use_numba)
-    impls = NUMPY_IMPLS + (("engine_fused_numba",) if use_numba else ())
     numpy_side = Worker(torch=False)
     torch_side = Worker(torch=True) if use_torch else None
     try:
@@ -112,20 +158,20 @@ def measure(settings: Settings, use_torch: bool, use_numba: bool, progress=print
         warm = set()
         for round_number in range(settings.rounds):
             progress(f"  round {round_number + 1}/{settings.rounds}")
-            for shape, dtype in settings.cases:
-                case = (shape, dtype)
-                sides = [(impl, numpy_side) for impl in impls]
+            for case in settings.cases:
+                sides = [(impl, numpy_side) for impl in _impls(case, use_numba)]
                 if torch_side is not None:
                     sides.append(("torch", torch_side))
                 # Alternate the order each round so no implementation always runs first.
                 if round_number % 2:
                     sides.reverse()
+                request = {"kind": case.kind, "shape": case.shape, "dtype": case.dtype,
+                           "groups": case.groups}
                 for impl, side in sides:
-                    if (case, impl) not in warm:
-                        side.ask(cmd="bn", impl=impl, shape=shape, dtype=dtype, reps=1)
+                    if (case, impl) not in warm:  # the first call compiles, allocates, warms
+                        side.ask(cmd="bn", impl=impl, reps=1, **request)
                         warm.add((case, impl))
-                    answer = side.ask(cmd="bn", impl=impl, shape=shape, dtype=dtype,
-                                      reps=_reps(settings, case))
+                    answer = side.ask(cmd="bn", impl=impl, reps=_reps(settings, case), **request)
                     if answer.get("torch_loaded"):
                         raise RuntimeError("torch was imported into the numpy process")
                     results.times.setdefault(case, {}).setdefault(impl, []).extend(
@@ -154,31 +200,38 @@ def measure(settings: Settings, use_torch: bool, use_numba: bool, progress=print
     return results
 
 
-def _reps(settings: Settings, case) -> int:
+def _reps(settings: Settings, case: Case) -> int:
     # Small cases take well under a millisecond: more repetitions per round, so that the
-    # first repetition after another implementation (caches cold) does not set the median.
-    return max(settings.reps, min(30, (1 << 21) // _size(case)))
+    # first repetition after another implementation (caches cold) does not set the figure.
+    return max(settings.reps, min(30, (1 << 21) // case.size))
 
 
 def _median(values) -> float:
     return statistics.median(values)
 
 
-def _case_name(case) -> str:
-    shape, dtype = case
-    return f"{'x'.join(map(str, shape))} {dtype}"
+def min_bytes(case: Case) -> int:
+    """The least memory traffic of forward+backward: x and dout read, out and dx written."""
+    return 4 * case.size * case.itemsize
 
 
-def _size(case) -> int:
-    shape, _ = case
-    size = 1
-    for s in shape:
-        size *= s
-    return size
+def flag(case: Case, impl: str, by_impl: dict, stream_gbps: float) -> str | None:
+    """Why a peer's time is not to be compared (None when it can be)."""
+    times = by_impl[impl]
+    fastest = min(times)
+    if fastest <= 0 or min_bytes(case) / fastest / 1e9 > 2 * stream_gbps:
+        return "implausible: faster than memory allows"
+    numpy_peers = [min(by_impl[i]) for i in ("numpy_formulas", "numpy_staged", "engine_staged")
+                   if i in by_impl and i != impl]
+    if numpy_peers and fastest > max(IMPLAUSIBLE_SLOWDOWN * max(numpy_peers), 1e-3):
+        return f"implausible: over {IMPLAUSIBLE_SLOWDOWN:.0f}x the slowest numpy peer"
+    if len(times) >= 3 and _median(times) > UNSTABLE_SPREAD * fastest:
+        return f"unstable: median {_median(times) / fastest:.1f}x its minimum"
+    return None
 
 
-def _itemsize(dtype: str) -> int:
-    return 8 if dtype == "float64" else 4
+def _spread(times: list[float]) -> str:
+    return f"{min(times) * 1e3:.3g} / {_median(times) * 1e3:.3g} / {max(times) * 1e3:.3g}"
 
 
 class Report(str):
@@ -189,90 +242,90 @@ class Report(str):
 
 
 INTRODUCTION = (
-    "What is measured: one forward and backward pass of batch norm in training mode (the "
-    "output and the gradients of x, gamma and beta) for several batch shapes. Compared: "
-    "this engine's fused op (one node, closed-form backward) and staged graph (ten primitive "
-    "ops); the same two computations written directly in numpy (the CS231n formulas, and "
-    "the nine-step chain); the engine with its optional numba-compiled passes; and "
-    "PyTorch's `F.batch_norm` on the CPU in a process of its own. Rounds alternate between "
-    "the processes and each figure is a median. Then: the cost per op of small graphs of "
-    "scalars, and the peak memory of one step."
+    "What is measured: one forward and backward pass of each normalization in training mode "
+    "(the output and the gradients of x, gamma and beta): batch norm of (N, D), spatial batch "
+    "norm and group norm of (N, C, H, W), layer norm of (N, D). Compared: this engine's fused "
+    "op (one node, closed-form backward) on its numpy passes and on its numba-compiled passes "
+    "(the default where numba is installed), its staged graph (primitive ops); for batch norm "
+    "the same two computations written directly in numpy (the CS231n formulas, and the "
+    "nine-step chain); and PyTorch's `F.batch_norm`, `F.layer_norm`, `F.group_norm` on the "
+    "CPU in a fresh process of its own. Rounds alternate between the processes. Then: the "
+    "cost per op of small graphs of scalars, and the peak memory of one step."
 )
 
 
 def report(results: Results, settings: Settings, mode: str) -> Report:
     """The tables as Markdown text."""
-    impls = (list(NUMPY_IMPLS) + (["engine_fused_numba"] if results.numba else [])
+    impls = (["engine_fused"] + (["engine_fused_numba"] if results.numba else [])
+             + ["engine_staged", "numpy_formulas", "numpy_staged"]
              + (["torch"] if results.torch else []))
     stream = max(results.bandwidth.values())
+    flags = {}
     lines = [
         INTRODUCTION,
         "",
-        f"Batch norm forward+backward, training mode: median ms over {settings.rounds} "
+        f"Forward+backward, training mode: min / median / max ms over {settings.rounds} "
         f"interleaved rounds of {settings.reps} repetitions (up to 30 for the small cases)",
         "",
         "| case | " + " | ".join(IMPL_TITLES[i] for i in impls) + " |",
         "|---|" + "---:|" * len(impls),
     ]
     for case, by_impl in results.times.items():
-        cells = [f"{_median(by_impl[i]) * 1e3:.2f}" if i in by_impl else "n/a" for i in impls]
-        lines.append(f"| {_case_name(case)} | " + " | ".join(cells) + " |")
+        cells = []
+        for impl in impls:
+            if impl not in by_impl:
+                cells.append("n/a")
+                continue
+            why = flag(case, impl, by_impl, stream)
+            if why is not None:
+                flags[(case, impl)] = why
+            cells.append(_spread(by_impl[impl]) + (" (!)" if why else ""))
+        lines.append(f"| {case.name} | " + " | ".join(cells) + " |")
     if not results.torch:
-        lines.append("")
-        lines.append("(PyTorch is not installed in this environment: its column is left out.)")
-    if results.numba:
-        lines.append("")
-        lines.append("The numba column is the optional compiled accelerator "
-                     "(`tinygrad_bn.fast.use_numba()`); the other engine columns are the "
-                     "default, pure-numpy engine.")
+        lines += ["", "(PyTorch is not installed in this environment: its column is left out.)"]
+    if flags:
+        lines += ["", "Flagged (!): a figure to distrust (its ratios below carry the mark too, "
+                  "or are left out when the figure is implausible):"]
+        lines += [f"- {case.name}, {IMPL_TITLES[impl]}: {why}" for (case, impl), why in
+                  flags.items()]
     lines += [
         "",
         f"Streaming bandwidth measured in this run (copy, bytes read + written): "
         f"{results.bandwidth['one']:.1f} GB/s on one core, {results.bandwidth['two']:.1f} GB/s "
-        f"on two; the fraction below is of the larger, {stream:.1f} GB/s.",
+        f"on two; the fractions below are of the larger, {stream:.1f} GB/s. Bytes moved: the "
+        f"least forward+backward can move (x and dout read, out and dx written). Ratios are of "
+        f"minimum times.",
         "",
-        "| case | fused GB/s | fused % of stream | fused vs torch | fused vs numpy formulas "
-        "| staged vs numpy staged | numba fused: GB/s, vs torch |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| case | fused (numpy) % of copy bandwidth | fused (numba) % of copy bandwidth "
+        "| fused (numpy) vs torch | fused (numba) vs torch | staged vs numpy staged |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for case, by_impl in results.times.items():
-        (shape, dtype) = case
-        fused = _median(by_impl["engine_fused"])
-        bytes_moved = 4 * _size(case) * _itemsize(dtype)
-        gbps = bytes_moved / fused / 1e9
-        vs_formulas = _median(by_impl["numpy_formulas"]) / fused
-        vs_staged = _median(by_impl["numpy_staged"]) / _median(by_impl["engine_staged"])
-        torch_cell = f"{_median(by_impl['torch']) / fused:.2f}x" if "torch" in by_impl else "n/a"
-        numba_cell = "n/a"
-        if "engine_fused_numba" in by_impl:
-            compiled = _median(by_impl["engine_fused_numba"])
-            numba_cell = (f"{bytes_moved / compiled / 1e9:.1f} GB/s "
-                          f"({bytes_moved / compiled / 1e9 / stream:.0%})")
-            if "torch" in by_impl:
-                numba_cell += f", {_median(by_impl['torch']) / compiled:.2f}x"
-        lines.append(f"| {_case_name(case)} | {gbps:.1f} | {gbps / stream:.0%} | {torch_cell} | "
-                     f"{vs_formulas:.2f}x | {vs_staged:.2f}x | {numba_cell} |")
+        lines.append(f"| {case.name} | {_fraction(case, by_impl, 'engine_fused', stream)} "
+                     f"| {_fraction(case, by_impl, 'engine_fused_numba', stream)} "
+                     f"| {_versus(case, by_impl, 'engine_fused', 'torch', flags)} "
+                     f"| {_versus(case, by_impl, 'engine_fused_numba', 'torch', flags)} "
+                     f"| {_versus(case, by_impl, 'engine_staged', 'numpy_staged', flags)} |")
     lines += ["", "Ratios are speed-ups: the peer's time divided by the engine's (above 1: the "
               "engine is faster).", ""]
 
     lines += [
-        f"Scalar graphs, build + backward, Python's garbage collector on: median µs per op "
-        f"({settings.scalar_ops} ops)",
+        f"Scalar graphs, build + backward, Python's garbage collector on: min / median / max "
+        f"µs per op ({settings.scalar_ops} ops)",
         "",
         "| graph | engine | closure engine (micrograd style) | torch 0-d tensors | engine vs closure |",
         "|---|---:|---:|---:|---:|",
     ]
     for kind, by_impl in results.scalar.items():
-        engine = _median(by_impl["engine"])
-        closure = _median(by_impl["closure"])
-        torch_cell = f"{_median(by_impl['torch']):.2f}" if "torch" in by_impl else "n/a"
-        lines.append(f"| {kind} | {engine:.2f} | {closure:.2f} | {torch_cell} | "
-                     f"{engine / closure:.2f} |")
+        engine, closure = by_impl["engine"], by_impl["closure"]
+        torch_cell = _us(by_impl["torch"]) if "torch" in by_impl else "n/a"
+        lines.append(f"| {kind} | {_us(engine)} | {_us(closure)} | {torch_cell} | "
+                     f"{min(engine) / min(closure):.2f} |")
     memory_shape = "x".join(map(str, settings.memory_shape))
     lines += [
         "",
-        f"Peak memory of one forward+backward at {memory_shape} float64 above the inputs, "
-        f"in arrays of x's size (fresh process each)",
+        f"Peak memory of one batch-norm forward+backward at {memory_shape} float64 above the "
+        f"inputs, in arrays of x's size (fresh process each)",
         "",
         "| variant | peak |",
         "|---|---:|",
@@ -282,6 +335,26 @@ def report(results: Results, settings: Settings, mode: str) -> Report:
         lines.append(f"| {title} | {results.memory[variant]:.2f} |")
     lines += ["", f"Mode {mode}; measured in {results.seconds:.0f} s."]
     return Report("\n".join(lines))
+
+
+def _fraction(case: Case, by_impl: dict, impl: str, stream: float) -> str:
+    if impl not in by_impl:
+        return "n/a"
+    return f"{min_bytes(case) / min(by_impl[impl]) / 1e9 / stream:.0%}"
+
+
+def _versus(case: Case, by_impl: dict, impl: str, peer: str, flags: dict) -> str:
+    if impl not in by_impl or peer not in by_impl:
+        return "n/a"
+    why = [flags.get((case, name), "") for name in (impl, peer)]
+    if any(reason.startswith("implausible") for reason in why):
+        return "n/a (!)"  # a time that cannot be right is not divided by anything
+    ratio = f"{min(by_impl[peer]) / min(by_impl[impl]):.2f}x"
+    return ratio + " (!)" if any(why) else ratio
+
+
+def _us(values: list[float]) -> str:
+    return f"{min(values):.2f} / {_median(values):.2f} / {max(values):.2f}"
 
 
 def machine_description() -> str:
@@ -329,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.rounds = args.rounds
     use_torch = not args.no_torch and importable("torch")
     use_numba = not args.no_numba and importable("numba")
-    print(f"benchmark ({mode}): {len(settings.cases)} batch-norm cases, {settings.rounds} rounds, "
+    print(f"benchmark ({mode}): {len(settings.cases)} normalization cases, {settings.rounds} rounds, "
           f"torch {'on' if use_torch else 'not installed' if not args.no_torch else 'off'}, "
           f"numba {'on' if use_numba else 'not installed' if not args.no_numba else 'off'}",
           flush=True)

@@ -16,12 +16,12 @@ import numpy as np
 from benchmarks import baselines
 
 
-def _inputs(shape, dtype, cache={}):  # noqa: B006 - a deliberate per-process cache
-    key = (tuple(shape), dtype)
+def _inputs(kind, shape, dtype, cache={}):  # noqa: B006 - a deliberate per-process cache
+    key = (kind, tuple(shape), dtype)
     if key not in cache:
         cache.clear()  # keep one case's arrays alive at a time
         rng = np.random.default_rng(0)
-        features = shape[1]
+        features = tuple(shape[1:]) if kind == "layer" else (shape[1],)
         cache[key] = (rng.standard_normal(shape).astype(dtype),
                       (1 + 0.1 * rng.standard_normal(features)).astype(dtype),
                       (0.1 * rng.standard_normal(features)).astype(dtype),
@@ -56,16 +56,18 @@ class NumpySide:
         self.tb = tb
         self.nodes = {}
 
-    def bn(self, impl, shape, dtype, reps):
-        x, gamma, beta, dout = _inputs(shape, dtype)
+    def bn(self, impl, kind, shape, dtype, groups, reps):
+        x, gamma, beta, dout = _inputs(kind, shape, dtype)
         if impl.startswith("engine"):
             tb = self.tb
-            fn = tb.batchnorm_staged if impl == "engine_staged" else tb.batchnorm_fused
+            staged = impl == "engine_staged"
+            # engine_fused: the numpy passes; engine_fused_numba: the compiled ones.
             tb.fast.use_numba(impl == "engine_fused_numba")
             nodes = (tb.Node(x, name="x"), tb.Node(gamma, name="gamma"), tb.Node(beta, name="beta"))
+            norm = tb.norm_staged if staged else tb.norm_fused
 
             def step():
-                out = fn(*nodes)
+                out = norm(kind, *nodes, groups=groups)
                 out.backward(dout)
                 return out
 
@@ -90,7 +92,6 @@ class NumpySide:
             result = step()  # the previous step's result is dropped only after this one
             times.append(time.perf_counter() - start)
         del result
-        self.tb.fast.use_numba(False)
         return {"times": times}
 
     def scalar(self, impl, kind, ops, reps):
@@ -132,19 +133,28 @@ class TorchSide:
         torch.set_num_threads(2)
         self.torch = torch
 
-    def bn(self, impl, shape, dtype, reps):
+    def bn(self, impl, kind, shape, dtype, groups, reps):
         torch = self.torch
         import torch.nn.functional as F  # noqa: N812
 
-        x, gamma, beta, dout = (torch.from_numpy(a.copy()) for a in _inputs(shape, dtype))
+        x, gamma, beta, dout = (torch.from_numpy(a.copy()) for a in _inputs(kind, shape, dtype))
         x.requires_grad_(True)
         gamma.requires_grad_(True)
         beta.requires_grad_(True)
+        eps = baselines.EPS
+
+        def forward():
+            if kind == "layer":
+                return F.layer_norm(x, tuple(shape[1:]), gamma, beta, eps=eps)
+            if kind == "group":
+                return F.group_norm(x, groups, gamma, beta, eps=eps)
+            return F.batch_norm(x, None, None, gamma, beta, training=True, eps=eps)
+
         times = []
         for _ in range(reps):
             x.grad = gamma.grad = beta.grad = None
             start = time.perf_counter()
-            out = F.batch_norm(x, None, None, gamma, beta, training=True, eps=baselines.EPS)
+            out = forward()
             out.backward(dout)
             times.append(time.perf_counter() - start)
         return {"times": times}

@@ -2,25 +2,28 @@
 
 Used where x is C-contiguous, large, and reduced over its leading axes and possibly its
 trailing ones (batch norm of (N, D) over 0, of (N, C, H, W) over (0, 2, 3)). x is viewed
-as (A, K) or (A, K, B), with the statistics over A (and B) for each feature k.
+as (A, K) or (A, K, B), with the statistics over A (and B) for each feature k. Also the
+shared pieces of the compiled passes (`numba_kernels.py`): the layouts, the shift and the
+combination of the shifted sums.
 
 Why it is fast: every pass walks x in blocks of about half a megabyte, so the few numpy
-calls per block run on data in cache; the statistics take one pass (sum and sum of
-squares) instead of two; nothing of x's size is allocated besides the result; the blocks
-are split between threads (numpy releases the GIL).
+calls per block run on data in cache; the statistics take one pass (the sums of x - shift
+and of its square) instead of two; nothing of x's size is allocated besides the result;
+the blocks are split between threads (numpy releases the GIL).
 
-Why it equals the closed form. With xmu = x - mean, a = gamma * inv_std, the reference is
-    dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)),   xhat = xmu * inv_std.
-Since xhat * mean(dy * xhat) = xmu * inv_std^2 * sum(dy * xmu) / N, this is
-    dx = a * (dy + k * xmu + c),   k = -inv_std^2 * sum(dy * xmu) / N,   c = -sum(dy) / N,
-one multiply-add chain per element once the two per-feature sums are known; and
-    sum(dy * xmu) = sum(dy * x) - mean * sum(dy),   dgamma = inv_std * sum(dy * xmu).
-Likewise var = E[(x - s)^2] - (mean - s)^2 for any shift s, and out = x * scale + offset
-with scale = gamma * inv_std, offset = beta - mean * scale.
-
-Why it stays exact: those expanded forms lose precision in proportion to |mean| / std.
-The first block estimates that ratio; data far from zero takes the shifted forms instead
-(x - shift before squaring, x - mean before scaling), at one more numpy call per block.
+Why it is exact (at least as the textbook, on every input the textbook handles):
+- every block is worked in float64 (float32 data is converted into a float64 scratch block
+  as it is centred), and results are rounded once to x's dtype;
+- the statistics are sums of d = x - shift with the shift the mean of a few leading rows,
+  combined as mean = shift + mean(d), var = mean(d^2) - mean(d)^2. That cancels only when
+  the shift is far from the mean (|mean(d)| above the spread): then a second pass about
+  the mean itself follows (`combine_moments`);
+- the backward works with xhat = (x - mean) * inv_std,
+      dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)),
+  the textbook's closed form for batch norm (gamma is constant along the reduced axes), so
+  a variance that overflows to inf gives the textbook's inv_std = 0 and dx = 0, not inf * 0;
+- each block's sums are kept apart and added in block order, so the result does not
+  depend on the thread count.
 """
 
 from __future__ import annotations
@@ -35,30 +38,56 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Layout", "layout_for", "statistics", "normalize", "backward", "set_num_threads",
-           "num_threads", "MIN_ELEMENTS"]
+__all__ = ["Layout", "RowLayout", "layout_for", "row_layout_for", "statistics", "normalize",
+           "backward", "set_num_threads", "num_threads", "MIN_ELEMENTS", "lead_shift",
+           "combine_moments"]
 
 MIN_ELEMENTS = 1 << 16      # below this the closed form in plain numpy is as fast
-BLOCK_BYTES = 1 << 19       # about 0.5 MB per block: in L2 with room for a temporary
-# |mean| / std up to which the unshifted one-pass forms are used. float32 sums carry more
-# rounding than float64 ones, so it takes the shifted forms sooner.
-FAST_RATIO = {np.dtype(np.float64): 8.0, np.dtype(np.float32): 0.5}
+BLOCK_BYTES = 1 << 19       # about 0.5 MB per block (float64): in L2 with room for a temporary
+LEAD_ROWS = 16              # rows whose mean is the shift of the one-pass statistics
+# (mean(d) / spread)^2 above which the shifted one-pass variance has lost digits that matter
+# (its relative error is about eps64 * (1 + ratio)): float64 results need every digit,
+# float32 ones are rounded to 2^-24 and can afford 2^20 times more.
+FAR_SHIFT = {np.dtype(np.float64): 1.0, np.dtype(np.float32): float(1 << 20)}
 
 _threads = max(1, min(2, os.cpu_count() or 1))
-_executor: ThreadPoolExecutor | None = None
-_executor_pid: int | None = None
-_executor_lock = threading.Lock()
+_lock = threading.Lock()
 _scratch = threading.local()
 
 
+class _Pool:
+    """A thread pool and how many calls are using it: retired pools close when unused."""
+
+    def __init__(self, threads: int) -> None:
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="tinygrad_bn")
+        self.pid = os.getpid()
+        self.users = 0
+        self.retired = False
+
+
+_pool: _Pool | None = None
+_fork_handler_registered = False
+
+
 def set_num_threads(count: int) -> None:
-    """How many threads the blocked passes use (default: 2, or 1 on a one-core machine)."""
-    global _threads
+    """How many threads the fused normalizations' passes use (default: 2, or 1 on one core).
+
+    Safe while other threads run normalizations: a call that already started finishes on
+    the threads it started with; the next one uses the new count.
+    """
+    global _threads, _pool
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count: expected a positive int, got {count!r}")
-    with _executor_lock:
+    with _lock:
         _threads = count
-        _drop_executor()
+        retiring, _pool = _pool, None
+        if retiring is not None:
+            retiring.retired = True
+            idle = retiring.users == 0 and retiring.pid == os.getpid()
+        else:
+            idle = False
+    if idle:
+        retiring.executor.shutdown(wait=False)
 
 
 def num_threads() -> int:
@@ -66,44 +95,70 @@ def num_threads() -> int:
     return _threads
 
 
-def _drop_executor() -> None:
-    global _executor, _executor_pid
-    if _executor is not None and _executor_pid == os.getpid():
-        _executor.shutdown(wait=True)
-    _executor, _executor_pid = None, None
+def _forget_pool_in_child() -> None:
+    # A forked child inherits the pool object but none of its threads: start afresh.
+    global _pool, _lock
+    _pool = None
+    _lock = threading.Lock()  # it may have been held by a parent's thread at the fork
 
 
-def _forget_executor_in_child() -> None:
-    # A forked child inherits the executor object but none of its threads: start afresh.
-    global _executor, _executor_pid
-    _executor, _executor_pid = None, None
+def register_fork_handler() -> None:
+    """Registered by the first parallel pass, not at import (importing changes nothing)."""
+    global _fork_handler_registered
+    if not _fork_handler_registered and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_forget_pool_in_child)
+    _fork_handler_registered = True
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_executor_in_child)
-
-
-def _run_parallel(work: Callable[[list[tuple[int, int]]], Any], parts: list) -> list[Any]:
-    global _executor, _executor_pid
+def _run_parallel(work: Callable[[Any], Any], parts: list) -> list[Any]:
+    global _pool
     if len(parts) == 1:
         return [work(parts[0])]
-    with _executor_lock:
-        if _executor is None or _executor_pid != os.getpid():
-            _executor = ThreadPoolExecutor(_threads, thread_name_prefix="tinygrad_bn")
-            _executor_pid = os.getpid()
-        executor = _executor
-    return list(executor.map(work, parts))
+    with _lock:
+        register_fork_handler()
+        if _pool is None or _pool.pid != os.getpid():
+            _pool = _Pool(_threads)
+        pool = _pool
+        pool.users += 1
+    try:
+        return list(pool.executor.map(work, parts))
+    finally:
+        with _lock:
+            pool.users -= 1
+            close = pool.retired and pool.users == 0
+        if close:
+            pool.executor.shutdown(wait=False)
 
 
-def _scratch_block(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """A per-thread block-sized temporary, kept between calls (a fresh half-megabyte array
-    would be fresh pages, faulted in on every pass)."""
+def _scratch_block(shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
+    """A per-thread float64 block-sized temporary (two slots), kept between calls (a fresh
+    half-megabyte array would be fresh pages, faulted in on every pass)."""
     size = math.prod(shape)
-    cached = getattr(_scratch, "buffer", None)
-    if cached is None or cached.dtype != dtype or cached.size < size:
-        cached = np.empty(size, dtype)
-        _scratch.buffer = cached
+    buffers = getattr(_scratch, "buffers", None)
+    if buffers is None:
+        buffers = _scratch.buffers = [None, None]
+    cached = buffers[slot]
+    if cached is None or cached.size < size:
+        cached = buffers[slot] = np.empty(size, np.float64)
     return cached[:size].reshape(shape)
+
+
+def _as_float64(block: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    # float32 data converted once into the scratch block (exact), so every later numpy call
+    # runs its same-type loop instead of casting on the fly; float64 data is used as it is.
+    if block.dtype == np.float64:
+        return block
+    np.copyto(buffer, block)
+    return buffer
+
+
+def _centred(block: np.ndarray, centre: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    """block - centre in float64, into buffer."""
+    return np.subtract(_as_float64(block, buffer), centre, out=buffer)
+
+
+def _store(values: np.ndarray, target: np.ndarray) -> None:
+    np.copyto(target, values, casting="same_kind")  # rounded once to x's dtype
 
 
 @dataclass(frozen=True)
@@ -136,9 +191,10 @@ class Layout:
         return "ak,ak->k" if self.B == 1 else "akb,akb->k"
 
 
-def layout_for(x: Any, reduce_axes: tuple[int, ...]) -> Layout | None:
+def layout_for(x: Any, reduce_axes: tuple[int, ...], min_elements: int = MIN_ELEMENTS
+               ) -> Layout | None:
     """The blocked layout for x, or None when the plain closed form should be used."""
-    if type(x) is not np.ndarray or x.size < MIN_ELEMENTS or not x.flags.c_contiguous \
+    if type(x) is not np.ndarray or x.size < min_elements or not x.flags.c_contiguous \
             or 0 not in reduce_axes:
         return None
     ndim = x.ndim
@@ -155,157 +211,183 @@ def layout_for(x: Any, reduce_axes: tuple[int, ...]) -> Layout | None:
     return layout if layout.A > 1 else None
 
 
-def _parts(layout: Layout, itemsize: int) -> list[list[tuple[int, int]]]:
-    """Row blocks [start, stop) over A, dealt into one contiguous, non-empty run per thread."""
-    rows = max(1, BLOCK_BYTES // (layout.K * layout.B * itemsize))
-    spans = [(s, min(s + rows, layout.A)) for s in range(0, layout.A, rows)]
+@dataclass(frozen=True)
+class RowLayout:
+    """x viewed as (N, G, C, S): statistics per row (n, g) over its C * S values, gamma and
+    beta per (g, c). Layer norm of (N, D...) is (N, 1, D1*D2*..., 1); group norm of
+    (N, C, H, W) with G groups is (N, G, C/G, H*W)."""
+
+    N: int  # noqa: N815 - the design's names
+    G: int  # noqa: N815
+    C: int  # noqa: N815
+    S: int  # noqa: N815
+
+    @property
+    def view(self) -> tuple[int, int, int, int]:
+        return (self.N, self.G, self.C, self.S)
+
+    @property
+    def flat(self) -> tuple[int, int]:
+        return (self.N * self.G, self.C * self.S)
+
+    @property
+    def param_view(self) -> tuple[int, int]:
+        return (self.G, self.C)
+
+
+def row_layout_for(x: Any, spec: Any, min_elements: int) -> RowLayout | None:
+    """The row layout for a layer or group norm of a C-contiguous x, else None."""
+    if type(x) is not np.ndarray or x.size < min_elements or not x.flags.c_contiguous:
+        return None
+    if spec.grouped_shape is not None:
+        n, groups, channels, h, w = spec.grouped_shape
+        if spec.reduce_axes != (2, 3, 4):
+            return None
+        return RowLayout(n, groups, channels, h * w)
+    if spec.reduce_axes != tuple(range(1, x.ndim)) or spec.param_bshape[1:] != x.shape[1:]:
+        return None
+    return RowLayout(x.shape[0], 1, math.prod(x.shape[1:]), 1)
+
+
+def _spans(layout: Layout) -> list[tuple[int, int]]:
+    """Row blocks [start, stop) over A, fixed by the layout alone (not the thread count)."""
+    rows = max(1, BLOCK_BYTES // (layout.K * layout.B * 8))
+    return [(s, min(s + rows, layout.A)) for s in range(0, layout.A, rows)]
+
+
+def _parts(spans: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """The blocks dealt into one contiguous, non-empty run per thread, in order."""
     threads = min(_threads, len(spans))
     return [spans[i * len(spans) // threads:(i + 1) * len(spans) // threads]
             for i in range(threads)]
 
 
-def _centre(block: np.ndarray, mean: tuple[np.ndarray, np.ndarray], out: np.ndarray) -> np.ndarray:
-    """block - mean into `out`, with the float64 mean given as two terms of x's dtype.
-
-    x - hi is exact for x near the mean (Sterbenz), and lo = mean - hi restores the digits
-    that rounding the mean to float32 would lose: x - mean to float32 accuracy even when
-    |mean| / std is large.
-    """
-    hi, lo = mean
-    np.subtract(block, hi, out=out)
-    if lo is not None:
-        np.subtract(out, lo, out=out)
-    return out
+def _in_order(results: list[list[np.ndarray]]) -> np.ndarray:
+    # Per-block partial sums, added in block order: the same total for any thread count.
+    return np.add.reduce(np.stack([block for run in results for block in run]), axis=0)
 
 
-def _split(mean: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]
-           ) -> tuple[np.ndarray, np.ndarray | None]:
-    # The float64 mean as hi + lo in dtype (lo is None when dtype holds it exactly enough).
-    hi = mean.astype(dtype)
-    if dtype == np.float64:
-        return hi.reshape(shape), None
-    return hi.reshape(shape), (mean - hi).astype(dtype).reshape(shape)
+def lead_shift(xv: np.ndarray, layout: Layout) -> np.ndarray:
+    """The float64 mean of the first few rows, per feature: close to the mean on real data."""
+    return xv[:LEAD_ROWS].mean(axis=layout.axes, dtype=np.float64)
 
 
-def _sum_parts(results: list[tuple[np.ndarray, ...]], index: int) -> np.ndarray:
-    total = results[0][index].copy()
-    for result in results[1:]:
-        total += result[index]
-    return total
+def combine_moments(s1: np.ndarray, s2: np.ndarray, shift: np.ndarray, count: int,
+                    dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, bool]:
+    """mean and variance from the sums of d = x - shift and of d^2; and whether the shift was
+    so far from the mean that a pass about the mean itself is needed for every digit."""
+    m1 = s1 / count
+    e2 = s2 / count
+    if np.isfinite(e2).all():
+        square = m1 * m1
+        var = np.maximum(e2 - square, 0.0)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            square = m1 * m1
+            # A mean of squares that overflowed is the textbook's inf variance (not inf - inf).
+            var = np.where(np.isinf(e2), e2, np.maximum(e2 - square, 0.0))
+    again = bool((square > FAR_SHIFT[np.dtype(dtype)] * var).any())
+    return shift + m1, var, again
 
 
 def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature float64 mean and biased variance (K,), one pass over x."""
-    dtype = x.dtype
+    """Per-feature float64 mean and biased variance (K,): one pass over x, two when far off."""
     xv = x.reshape(layout.view)
     axes, pview = layout.axes, layout.param_view
-    parts = _parts(layout, dtype.itemsize)
-    # Estimate |mean| / std from the first block (two-pass there, it is in cache).
-    first = xv[parts[0][0][0]:parts[0][0][1]]
-    first_mean = first.mean(axis=axes, dtype=np.float64)
-    first_std = np.sqrt(np.mean((first - first_mean.reshape(pview)) ** 2, axis=axes,
-                                dtype=np.float64))
-    shifted = bool(np.any(np.abs(first_mean) > FAST_RATIO[dtype] * first_std))
-    shift = first_mean.astype(dtype).reshape(pview)
+    spans = _spans(layout)
+    shift = lead_shift(xv, layout)
+    while True:
+        shift_b = shift.reshape(pview)
 
-    def sums(spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-        s1 = np.zeros(layout.K)
-        s2 = np.zeros(layout.K)
-        rows = spans[0][1] - spans[0][0]
-        buffer = _scratch_block((rows, *layout.view[1:]), dtype) if shifted else None
-        for start, stop in spans:
-            block = xv[start:stop]
-            if buffer is not None:
-                block = np.subtract(block, shift, out=buffer[: stop - start])
-            s1 += block.sum(axis=axes)
-            s2 += np.einsum(layout.subscripts, block, block)
-        return s1, s2
+        def sums(run: list[tuple[int, int]], shift_b: np.ndarray = shift_b) -> list[np.ndarray]:
+            buffer = _scratch_block((run[0][1] - run[0][0], *layout.view[1:]))
+            partial = []
+            for start, stop in run:
+                d = _centred(xv[start:stop], shift_b, buffer[: stop - start])
+                partial.append(np.stack([d.sum(axis=axes),
+                                         np.einsum(layout.subscripts, d, d)]))
+            return partial
 
-    results = _run_parallel(sums, parts)
-    m1 = _sum_parts(results, 0) / layout.count
-    var = np.maximum(_sum_parts(results, 1) / layout.count - m1 * m1, 0.0)
-    mean = m1 + shift.reshape(layout.K).astype(np.float64) if shifted else m1
-    return mean, var
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = _in_order(_run_parallel(sums, _parts(spans)))
+        mean, var, again = combine_moments(total[0], total[1], shift, layout.count, x.dtype)
+        if not again:
+            return mean, var
+        shift = mean
 
 
 def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
               var: np.ndarray, eps: float, layout: Layout) -> np.ndarray:
     """out = gamma * (x - mean) / sqrt(var + eps) + beta; gamma, beta, mean, var: (K,) float64."""
-    dtype = x.dtype
     xv = x.reshape(layout.view)
     pview = layout.param_view
-    inv_std = 1.0 / np.sqrt(var + eps)
-    scale64 = gamma * inv_std
-    expanded = not np.any(np.abs(mean) * inv_std > FAST_RATIO[dtype])
-    scale = scale64.astype(dtype).reshape(pview)
-    offset = (beta - mean * scale64 if expanded else beta).astype(dtype).reshape(pview)
-    mean_d = _split(mean, dtype, pview)
-    out = np.empty(x.shape, dtype)
+    scale = (gamma / np.sqrt(var + eps)).reshape(pview)
+    mean_b, beta_b = mean.reshape(pview), beta.reshape(pview)
+    out = np.empty(x.shape, x.dtype)
     ov = out.reshape(layout.view)
 
     def run(spans: list[tuple[int, int]]) -> None:
+        buffer = _scratch_block((spans[0][1] - spans[0][0], *layout.view[1:]))
         for start, stop in spans:
-            block, target = xv[start:stop], ov[start:stop]
-            if expanded:
-                np.multiply(block, scale, out=target)
+            t = _centred(xv[start:stop], mean_b, buffer[: stop - start])
+            np.multiply(t, scale, out=t)
+            if ov.dtype == np.float64:
+                np.add(t, beta_b, out=ov[start:stop])
             else:
-                _centre(block, mean_d, target)
-                np.multiply(target, scale, out=target)
-            np.add(target, offset, out=target)
+                _store(np.add(t, beta_b, out=t), ov[start:stop])
 
-    _run_parallel(run, _parts(layout, dtype.itemsize))
+    with np.errstate(invalid="ignore", over="ignore"):
+        _run_parallel(run, _parts(_spans(layout)))
     return out
 
 
 def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
              var: np.ndarray, eps: float, layout: Layout
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dx (x's shape and dtype), dgamma and dbeta (K,) float64, by the expanded closed form."""
-    dtype = x.dtype
+    """dx (x's shape and dtype), dgamma and dbeta (K,) float64, by the closed form."""
     xv, dyv = x.reshape(layout.view), upstream.reshape(layout.view)
     axes, pview, count = layout.axes, layout.param_view, layout.count
     inv_std = 1.0 / np.sqrt(var + eps)
-    parts = _parts(layout, dtype.itemsize)
-    expanded = not np.any(np.abs(mean) * inv_std > FAST_RATIO[dtype])
-    mean_d = _split(mean, dtype, pview)
-    rows = parts[0][0][1] - parts[0][0][0]
+    mean_b = mean.reshape(pview)
+    spans = _spans(layout)
 
-    def sums(spans: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-        sum_dy = np.zeros(layout.K)
-        sum_dy_x = np.zeros(layout.K)
-        buffer = None if expanded else _scratch_block((rows, *layout.view[1:]), dtype)
-        for start, stop in spans:
-            dy, block = dyv[start:stop], xv[start:stop]
-            if buffer is not None:
-                block = _centre(block, mean_d, buffer[: stop - start])
-            sum_dy += dy.sum(axis=axes)
-            sum_dy_x += np.einsum(layout.subscripts, dy, block)
-        return sum_dy, sum_dy_x
+    def sums(run: list[tuple[int, int]]) -> list[np.ndarray]:
+        rows = run[0][1] - run[0][0]
+        centred, dy64 = _scratch_block((rows, *layout.view[1:])), _scratch_block(
+            (rows, *layout.view[1:]), 1)
+        partial = []
+        for start, stop in run:
+            dy = _as_float64(dyv[start:stop], dy64[: stop - start])
+            d = _centred(xv[start:stop], mean_b, centred[: stop - start])
+            partial.append(np.stack([dy.sum(axis=axes), np.einsum(layout.subscripts, dy, d)]))
+        return partial
 
-    results = _run_parallel(sums, parts)
-    dbeta = _sum_parts(results, 0)
-    # sum(dy * (x - mean)): directly on the shifted path, by expansion on the other.
-    sum_dy_xmu = _sum_parts(results, 1) - (mean * dbeta if expanded else 0.0)
-    dgamma = sum_dy_xmu * inv_std
-    a = gamma * inv_std
-    k = -inv_std * inv_std * sum_dy_xmu / count
-    c = -dbeta / count - (k * mean if expanded else 0.0)  # folds k * (-mean) in when expanded
-    a_d, k_d, c_d = (v.astype(dtype).reshape(pview) for v in (a, k, c))
-    dx = np.empty(x.shape, dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = _in_order(_run_parallel(sums, _parts(spans)))
+        dbeta = total[0]
+        # sum(dy * xhat) = inv_std * sum(dy * (x - mean)): exact, unless the products
+        # overflowed (|x| near the dtype's range), where the textbook's inv_std is 0.
+        dgamma = np.where(inv_std == 0, 0.0, total[1] * inv_std)
+    scale = (gamma * inv_std).reshape(pview)
+    mean_dy = (dbeta / count).reshape(pview)
+    slope = (inv_std * dgamma / count).reshape(pview)  # xhat * mean(dy * xhat) = (x - mean) * slope
+    dx = np.empty(x.shape, x.dtype)
     dxv = dx.reshape(layout.view)
 
-    def combine(spans: list[tuple[int, int]]) -> None:
-        buffer = _scratch_block((rows, *layout.view[1:]), dtype)
-        for start, stop in spans:
-            t = buffer[: stop - start]
-            if expanded:
-                np.multiply(xv[start:stop], k_d, out=t)
+    def combine(run: list[tuple[int, int]]) -> None:
+        rows = run[0][1] - run[0][0]
+        centred, dy64 = _scratch_block((rows, *layout.view[1:])), _scratch_block(
+            (rows, *layout.view[1:]), 1)
+        for start, stop in run:
+            t = _centred(xv[start:stop], mean_b, centred[: stop - start])
+            np.multiply(t, slope, out=t)
+            np.subtract(_as_float64(dyv[start:stop], dy64[: stop - start]), t, out=t)
+            np.subtract(t, mean_dy, out=t)
+            if dxv.dtype == np.float64:
+                np.multiply(t, scale, out=dxv[start:stop])
             else:
-                _centre(xv[start:stop], mean_d, t)
-                np.multiply(t, k_d, out=t)
-            np.add(t, dyv[start:stop], out=t)
-            np.add(t, c_d, out=t)
-            np.multiply(t, a_d, out=dxv[start:stop])
+                _store(np.multiply(t, scale, out=t), dxv[start:stop])
 
-    _run_parallel(combine, parts)
+    with np.errstate(invalid="ignore", over="ignore"):
+        _run_parallel(combine, _parts(spans))
     return dx, dgamma, dbeta

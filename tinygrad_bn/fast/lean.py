@@ -1,12 +1,11 @@
-"""The closed form of `norm/fused.py` with fewer temporaries, for inputs the blocked
-passes do not take (small batches, layer and group norm).
+"""The closed form of `norm/fused.py` with fewer temporaries, for inputs the blocked or
+compiled passes do not take (small or non-contiguous inputs; layer and group norm without
+numba).
 
-Same formulas; the differences are only in memory traffic: sums by einsum instead of a
-full-size product then a sum, results updated in place in arrays created here, and the
-elementwise work in x's dtype. The mean accumulates in float64 (where float32 sums lose
-digits: data far from zero), and float32 data far from zero is worked in float64
-altogether; the other sums are of centred quantities and accumulate in x's dtype, as the
-blocked kernel's do within a block.
+Same formulas, worked in float64 as the textbook does (float32 data converted once, the
+result rounded once); the differences are only in memory traffic: sums by einsum instead
+of a full-size product then a sum, and results updated in place in arrays created here.
+The statistics take two passes (the mean, then the squares of x - mean): no cancellation.
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ import numpy as np
 
 from ..norm.spec import NormSpec
 
-__all__ = ["statistics", "normalize", "backward", "FAR_FROM_ZERO"]
-
-FAR_FROM_ZERO = 0.5  # |mean| / std above which float32 data is worked in float64 (as kernels.py)
+__all__ = ["statistics", "normalize", "backward"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -40,25 +37,17 @@ def statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray]:
     xs = spec.grouped(x)
     axes = spec.reduce_axes
     mean = np.add.reduce(xs, axis=axes, keepdims=True, dtype=np.float64) / spec.count
-    xmu = xs - mean.astype(x.dtype)
-    var = _sum_product(xmu, xmu, axes, mean.shape) / spec.count
+    xmu = np.subtract(xs, mean, dtype=np.float64)  # float64 whatever x's dtype: no digit lost
+    with np.errstate(over="ignore"):  # squares past float64's range: the textbook's inf too
+        var = _sum_product(xmu, xmu, axes, mean.shape) / spec.count
     return mean, var
-
-
-def _working_dtype(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.dtype:
-    # float32 data far from zero loses its digits in x - float32(mean) (the mean's own
-    # rounding is then a sizeable fraction of the spread): such data is worked in float64.
-    if x.dtype == np.float32 and np.any(np.abs(mean) > FAR_FROM_ZERO * np.sqrt(var)):
-        return np.dtype(np.float64)
-    return x.dtype
 
 
 def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
               var: np.ndarray, spec: NormSpec) -> np.ndarray:
     """gamma * (x - mean) * inv_std + beta in x's dtype."""
-    work = _working_dtype(x, mean, var)
-    xhat = np.subtract(spec.grouped(x), mean.astype(work), dtype=work)
-    xhat *= (1.0 / np.sqrt(var + spec.eps)).astype(work)
+    xhat = np.subtract(spec.grouped(x), mean, dtype=np.float64)
+    xhat *= 1.0 / np.sqrt(var + spec.eps)
     out = xhat.reshape(spec.x_shape)
     out *= gamma.reshape(spec.param_bshape)
     out += beta.reshape(spec.param_bshape)
@@ -68,7 +57,7 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
 def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
              var: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dx in x's dtype; dgamma, dbeta in float64 with gamma's size."""
-    dtype = _working_dtype(x, mean, var)
+    dtype = np.dtype(np.float64)  # worked in float64 whatever x's dtype, as the textbook
     axes, count = spec.reduce_axes, spec.count
     inv_std = (1.0 / np.sqrt(var + spec.eps)).astype(dtype)
     xhat = np.subtract(spec.grouped(x), mean.astype(dtype), dtype=dtype)

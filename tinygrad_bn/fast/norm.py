@@ -1,14 +1,24 @@
 """The fused normalization's fast path, registered on `FusedNorm` for numpy arrays.
 
-Large batch norm whose layout the blocked passes take (see `kernels.layout_for`) runs
-them (or their numba-compiled twins); every other first-order call runs `lean.py`, the
-same closed form with fewer temporaries. Nodes (a VJP evaluated on Nodes) always get the
-textbook functions of `norm/fused.py`.
+Where each call goes (x a C-contiguous float32/float64 array, else `lean.py`):
+- with numba installed (the `[fast]` extra) and not switched off: the compiled passes of
+  `numba_kernels.py` for the whole family: batch and spatial batch norm as columns, layer
+  and group norm as rows, from `COMPILED_MIN_ELEMENTS` elements;
+- without it: the blocked numpy passes of `kernels.py` for large batch norm;
+- everything else: `lean.py`, the closed form with fewer temporaries.
+Nodes (a VJP evaluated on Nodes) always get the textbook functions of `norm/fused.py`.
+
+Nothing happens at import: numba is imported, TINYGRAD_BN_NUMBA read and the fork handler
+registered by the first normalization that could use the compiled passes. TINYGRAD_BN_NUMBA=0
+switches them off, =1 asks for them (a warning when numba is missing); `use_numba()` decides
+in code, and wins over the environment.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import warnings
 from types import ModuleType
 from typing import Any
@@ -20,49 +30,80 @@ from ..norm.spec import NormSpec
 from . import kernels, lean
 from .registry import fast_variant
 
-__all__ = ["use_numba", "numba_enabled"]
+__all__ = ["use_numba", "numba_enabled", "COMPILED_MIN_ELEMENTS"]
 
-_backend: ModuleType = kernels  # kernels, or numba_kernels after use_numba()
+COMPILED_MIN_ELEMENTS = 1 << 12  # below this a compiled pass's launch costs more than it saves
+PARALLEL_MIN_ELEMENTS = 1 << 17  # below this waking a second thread costs more than it saves
 
 
-def use_numba(enabled: bool = True) -> None:
-    """Run the large-input passes compiled with numba (an optional accelerator).
+class _Backend:
+    """Which passes run: decided once, at the first call that asks (or by `use_numba`)."""
 
-    The numpy block passes are the default. Raises ImportError, saying how to get numba,
-    when it is not installed. TINYGRAD_BN_NUMBA=1 in the environment turns it on at import
-    (with a warning instead of an error when numba is missing). A child process forked
-    after the compiled passes ran on GNU OpenMP (which cannot run in such a child) uses
-    the numpy passes.
-    """
-    global _backend
-    if not enabled:
-        _backend = kernels
-        return
+    decided = False
+    compiled: ModuleType | None = None  # numba_kernels when in use
+
+
+_backend = _Backend()
+_decide_lock = threading.Lock()
+_fork_handler_registered = False
+
+
+def _import_compiled() -> ModuleType:
+    global _fork_handler_registered
     try:
         from . import numba_kernels
     except ImportError as error:
-        raise ImportError(f"use_numba: numba is not installed ({error}); "
-                          f"`pip install numba` adds it, the numpy path works without") from None
-    _backend = numba_kernels
+        raise ImportError(f"use_numba: numba is not installed ({error}); `pip install numba` "
+                          f"(or the package's [fast] extra) adds it, the numpy path works "
+                          f"without") from None
+    if not _fork_handler_registered and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_handler_registered = True
+    return numba_kernels
+
+
+def use_numba(enabled: bool = True) -> None:
+    """Run the fused normalizations' passes compiled with numba (True) or in numpy (False).
+
+    By default the compiled passes are used whenever numba is installed; this overrides that
+    and TINYGRAD_BN_NUMBA. Raises ImportError, saying how to get numba, when it is missing.
+    A child process forked after the compiled passes ran on GNU OpenMP (which cannot run in
+    such a child) uses the numpy passes.
+    """
+    with _decide_lock:
+        _backend.compiled = _import_compiled() if enabled else None
+        _backend.decided = True
+
+
+def _decide() -> ModuleType | None:
+    with _decide_lock:
+        if not _backend.decided:
+            wanted = os.environ.get("TINYGRAD_BN_NUMBA", "")
+            if wanted != "0":
+                try:
+                    _backend.compiled = _import_compiled()
+                except ImportError as error:
+                    if wanted == "1":
+                        warnings.warn(f"TINYGRAD_BN_NUMBA=1: {error}", RuntimeWarning,
+                                      stacklevel=4)
+            _backend.decided = True
+    return _backend.compiled
+
+
+def _compiled() -> ModuleType | None:
+    return _backend.compiled if _backend.decided else _decide()
 
 
 def numba_enabled() -> bool:
-    """Whether the compiled passes are in use."""
-    return _backend is not kernels
+    """Whether the compiled passes are in use (decides now if nothing has yet)."""
+    return _compiled() is not None
 
 
 def _after_fork_in_child() -> None:
-    global _backend
-    if _backend is not kernels and not _backend.fork_safe():
-        _backend = kernels
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _layout(x: Any, spec: NormSpec) -> kernels.Layout | None:
-    return None if spec.grouped_shape is not None else kernels.layout_for(x, spec.reduce_axes)
+    global _decide_lock
+    _decide_lock = threading.Lock()
+    if _backend.compiled is not None and not _backend.compiled.fork_safe():
+        _backend.compiled = None
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -72,42 +113,99 @@ def _is_array(x: Any, *args: Any, **params: Any) -> bool:
     return type(x) is np.ndarray and x.dtype in _FLOATS
 
 
+def _route(x: np.ndarray, spec: NormSpec) -> tuple[str, Any, ModuleType | None]:
+    """("columns" | "rows" | "blocked" | "lean", layout, compiled module)."""
+    compiled = _compiled()
+    path, layout = _plan(x.shape, x.strides, x.dtype, spec, compiled is not None)
+    return path, layout, compiled if path in ("columns", "rows") else None
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype, spec: NormSpec,
+          compiled: bool) -> tuple[str, Any]:
+    # Decided by shape, strides and dtype alone: cached (a training loop asks every step).
+    x = np.lib.stride_tricks.as_strided(np.empty(1, dtype), shape, strides)
+    if compiled:
+        if spec.grouped_shape is None:
+            layout = kernels.layout_for(x, spec.reduce_axes, COMPILED_MIN_ELEMENTS)
+            if layout is not None:
+                return "columns", layout
+        rows = kernels.row_layout_for(x, spec, COMPILED_MIN_ELEMENTS)
+        if rows is not None:
+            return "rows", rows
+        return "lean", None
+    if spec.grouped_shape is None:
+        layout = kernels.layout_for(x, spec.reduce_axes)
+        if layout is not None:
+            return "blocked", layout
+    return "lean", None
+
+
+def _kept(values: np.ndarray, spec: NormSpec) -> np.ndarray:
+    # Per-statistic values in the shape the textbook returns (reduced axes kept as size 1).
+    shape = spec.grouped_shape or spec.x_shape
+    return values.reshape(tuple(1 if a in spec.reduce_axes else n for a, n in enumerate(shape)))
+
+
 @fast_variant(FusedNorm, "statistics", when=_is_array)
 def fast_statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray]:
-    layout = _layout(x, spec)
-    if layout is None:
+    path, layout, compiled = _route(x, spec)
+    if path == "lean":
         return lean.statistics(x, spec)
-    mean, var = _backend.statistics(x, layout)
-    return mean.reshape(spec.param_bshape), var.reshape(spec.param_bshape)
+    threads = _threads_for(x)
+    if path == "columns":
+        mean, var = compiled.column_statistics(x, layout, threads)
+    elif path == "rows":
+        mean, var = compiled.row_statistics_of(x, layout, threads)
+    else:
+        mean, var = kernels.statistics(x, layout)
+    return _kept(mean, spec), _kept(var, spec)
 
 
 @fast_variant(FusedNorm, "forward", when=_is_array)
 def fast_forward(x, gamma, beta, *, spec, mean, var):
-    layout = _layout(x, spec)
-    if layout is None:
+    path, layout, compiled = _route(x, spec)
+    if path == "lean":
         return lean.normalize(x, gamma, beta, mean, var, spec)
-    return _backend.normalize(x, _per_feature(gamma), _per_feature(beta), mean.reshape(-1),
-                              var.reshape(-1), spec.eps, layout)
+    mean, var = _flat64(mean), _flat64(var)
+    if path == "rows":
+        return compiled.row_normalize_of(x, _per(gamma, layout), _per(beta, layout), mean, var,
+                                         spec.eps, layout, _threads_for(x))
+    gamma, beta = _flat64(gamma), _flat64(beta)
+    if path == "columns":
+        return compiled.column_normalize(x, gamma, beta, mean, var, spec.eps, layout,
+                                         _threads_for(x))
+    return kernels.normalize(x, gamma, beta, mean, var, spec.eps, layout)
 
 
 @fast_variant(FusedNorm, "backward", when=lambda upstream, x, *args, **params: _is_array(x))
 def fast_backward(upstream, x, gamma, beta, out, *, spec, mean, var):
-    layout = _layout(x, spec)
-    if layout is None:
+    path, layout, compiled = _route(x, spec)
+    if path == "lean":
         dx, dgamma, dbeta = lean.backward(upstream, x, gamma, mean, var, spec)
+    elif path == "rows":
+        dx, dgamma, dbeta = compiled.row_backward_of(upstream, x, _per(gamma, layout),
+                                                     _flat64(mean), _flat64(var), spec.eps,
+                                                     layout, _threads_for(x))
+    elif path == "columns":
+        dx, dgamma, dbeta = compiled.column_backward(upstream, x, _flat64(gamma), _flat64(mean),
+                                                     _flat64(var), spec.eps, layout,
+                                                     _threads_for(x))
     else:
-        dx, dgamma, dbeta = _backend.backward(upstream, x, _per_feature(gamma), mean.reshape(-1),
-                                              var.reshape(-1), spec.eps, layout)
+        dx, dgamma, dbeta = kernels.backward(upstream, x, _flat64(gamma), _flat64(mean),
+                                             _flat64(var), spec.eps, layout)
     dtype = x.dtype
     return dx, dgamma.astype(dtype).reshape(gamma.shape), dbeta.astype(dtype).reshape(beta.shape)
 
 
-def _per_feature(param: np.ndarray) -> np.ndarray:
-    return param.reshape(-1).astype(np.float64)
+def _threads_for(x: np.ndarray) -> int:
+    return kernels.num_threads() if x.size >= PARALLEL_MIN_ELEMENTS else 1
 
 
-if os.environ.get("TINYGRAD_BN_NUMBA") == "1":
-    try:
-        use_numba()
-    except ImportError as error:
-        warnings.warn(f"TINYGRAD_BN_NUMBA=1: {error}", RuntimeWarning, stacklevel=2)
+def _flat64(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+
+
+def _per(param: np.ndarray, rows: kernels.RowLayout) -> np.ndarray:
+    # gamma or beta as (G, C) float64: per value of a row for layer norm, per channel for group.
+    return _flat64(param).reshape(rows.param_view)

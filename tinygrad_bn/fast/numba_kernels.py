@@ -1,29 +1,56 @@
-"""Compiled passes for large batch norm (numba, optional): the same functions as kernels.py.
+"""The fused normalizations' passes compiled with numba (the `[fast]` extra).
 
-`tinygrad_bn.fast.use_numba()` switches the fused op's large-input path from the numpy
-block passes to these. Each pass is one loop over x (and dy) that numba vectorizes and
-splits across threads, so the forward reads x twice and writes out once, and the backward
-reads x and dy twice and writes dx once. The math is kernels.py's expanded closed form
-(its docstring has the derivation), with every sum accumulated in float64.
+Imported by `fast/norm.py` on the first normalization that can use it, never by
+`import tinygrad_bn`. Two layouts cover the whole family:
 
-Arrays arrive as (A, K) when the layout has no trailing axes (batch norm of (N, D)), else as
-(A, K, B). Safety: numba's parallel loops run on one threading layer per process (tbb,
-omp or workqueue, whichever numba finds first). Not every layer is safe to enter from
-two Python threads at once (workqueue aborts), so calls here are serialized; GNU OpenMP
-cannot run in a child forked after it ran in the parent, which `fork_safe` tells.
+- **columns** (batch and spatial batch norm): x viewed as (A, K) or (A, K, B), one
+  statistic per feature k over A (and B). Forward: one pass for the statistics, one to
+  normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx.
+- **rows** (layer and group norm): x viewed as (N, G, C, S), one statistic per row (n, g)
+  over its C * S values, gamma and beta per (g, c). A row is in cache once read, so the
+  statistics take one pass over memory (two over the row), and the backward takes one in
+  all (each row's sums, then its dx, while the row is in cache).
+
+Exactness, on every input the textbook core handles: every value is worked in float64
+(float32 data is converted as it is read, results are rounded once when stored), and no
+formula cancels. The statistics are taken about a shift close to the mean (the mean of a
+few leading rows, or the row's own first-pass mean) and corrected by the mean of the
+shifted values, so a mean far from zero costs no digits; when the shift turns out far
+from the mean (adversarial data), a second pass about the mean itself follows. The
+backward multiplies by xhat = (x - mean) * inv_std, never by inv_std^2 * sum(dy * (x -
+mean)), so a variance that overflows (|x| ~ 1e200 in float64) gives the textbook's
+finite answer, not inf * 0. Sums are partial sums over a fixed number of chunks, added in
+order: the result does not depend on the thread count.
+
+Safety: numba's parallel loops run on one threading layer per process. Not every layer can
+be entered from two Python threads at once (workqueue aborts), so calls are serialized;
+GNU OpenMP cannot run in a child forked after it ran in the parent, which `fork_safe` tells.
+Compiled code is cached on disk (numba's cache): where the package's own folder is not
+writable, a per-user folder in the temporary directory is used, and without any, the passes
+are compiled in memory.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from .kernels import Layout
+from .kernels import Layout, RowLayout, combine_moments, lead_shift
 
-_lock = threading.Lock()  # one caller at a time: not every threading layer is thread-safe
+__all__ = ["fork_safe", "column_statistics", "column_normalize", "column_backward",
+           "row_statistics_of", "row_normalize_of", "row_backward_of", "CHUNKS"]
+
+CHUNKS = 64  # partial sums per statistic: enough to keep every thread busy, fixed for determinism
+CHUNK_ELEMENTS = 1 << 13  # at least this many elements per chunk: small inputs take few chunks
+_FASTMATH = {"reassoc", "nsz", "contract"}  # SIMD sums; never assumes finite values
+_lock = threading.Lock()
 
 
 def fork_safe() -> bool:
@@ -34,153 +61,313 @@ def fork_safe() -> bool:
         return True
 
 
-def _chunks(count: int) -> int:
-    # Enough chunks to keep every thread busy, few enough to keep the partial sums small.
-    return max(1, min(count, 64))
+def _writable_cache_dir() -> str:
+    folder = os.path.join(tempfile.gettempdir(), f"tinygrad_bn-numba-{os.getuid()}"
+                          if hasattr(os, "getuid") else "tinygrad_bn-numba")
+    os.makedirs(folder, exist_ok=True)
+    return folder
 
 
-@njit(parallel=True, cache=True)
-def _stats2(x, shift, chunks):  # pragma: no cover - compiled
+def _compile(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """njit(parallel=True) with the disk cache where a writable cache folder exists."""
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        try:
+            return numba.njit(parallel=True, cache=True, **options)(fn)
+        except RuntimeError:  # no cache locator: the package folder is read-only
+            pass
+        try:
+            numba.config.CACHE_DIR = _writable_cache_dir()
+            return numba.njit(parallel=True, cache=True, **options)(fn)
+        except (RuntimeError, OSError):
+            return numba.njit(parallel=True, **options)(fn)
+
+    return decorate
+
+
+# --- columns: x as (A, K) or (A, K, B), statistics per feature k ---------------------
+@_compile(fastmath=_FASTMATH)
+def col_sums2(x, shift):  # pragma: no cover - compiled
     rows, features = x.shape
+    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     s1 = np.zeros((chunks, features))
     s2 = np.zeros((chunks, features))
     for c in prange(chunks):
         for a in range(c * rows // chunks, (c + 1) * rows // chunks):
             for k in range(features):
-                d = x[a, k] - shift[k]
+                d = np.float64(x[a, k]) - shift[k]
                 s1[c, k] += d
                 s2[c, k] += d * d
-    return s1.sum(axis=0), s2.sum(axis=0)
+    return s1, s2
 
 
-@njit(parallel=True, cache=True)
-def _stats3(x, shift, chunks):  # pragma: no cover - compiled
+@_compile(fastmath=_FASTMATH)
+def col_sums3(x, shift):  # pragma: no cover - compiled
     rows, features, inner = x.shape
+    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     s1 = np.zeros((chunks, features))
     s2 = np.zeros((chunks, features))
     for c in prange(chunks):
         for a in range(c * rows // chunks, (c + 1) * rows // chunks):
             for k in range(features):
+                m = shift[k]
                 t1 = 0.0
                 t2 = 0.0
                 for b in range(inner):
-                    d = x[a, k, b] - shift[k]
+                    d = np.float64(x[a, k, b]) - m
                     t1 += d
                     t2 += d * d
                 s1[c, k] += t1
                 s2[c, k] += t2
-    return s1.sum(axis=0), s2.sum(axis=0)
+    return s1, s2
 
 
-@njit(parallel=True, cache=True)
-def _normalize2(x, mean, scale, beta, out):  # pragma: no cover - compiled
+@_compile(fastmath=_FASTMATH)
+def col_normalize2(x, mean, scale, beta, out):  # pragma: no cover - compiled
     rows, features = x.shape
     for a in prange(rows):
         for k in range(features):
-            out[a, k] = (x[a, k] - mean[k]) * scale[k] + beta[k]
+            out[a, k] = (np.float64(x[a, k]) - mean[k]) * scale[k] + beta[k]
 
 
-@njit(parallel=True, cache=True)
-def _normalize3(x, mean, scale, beta, out):  # pragma: no cover - compiled
+@_compile(fastmath=_FASTMATH)
+def col_normalize3(x, mean, scale, beta, out):  # pragma: no cover - compiled
     rows, features, inner = x.shape
     for a in prange(rows):
         for k in range(features):
             m, s, o = mean[k], scale[k], beta[k]
             for b in range(inner):
-                out[a, k, b] = (x[a, k, b] - m) * s + o
+                out[a, k, b] = (np.float64(x[a, k, b]) - m) * s + o
 
 
-@njit(parallel=True, cache=True)
-def _reduce2(dy, x, mean, chunks):  # pragma: no cover - compiled
+@_compile(fastmath=_FASTMATH)
+def col_grad_sums2(dy, x, mean, inv_std):  # pragma: no cover - compiled
     rows, features = x.shape
-    s1 = np.zeros((chunks, features))
-    s2 = np.zeros((chunks, features))
+    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
+    s_dy = np.zeros((chunks, features))
+    s_dy_xhat = np.zeros((chunks, features))
     for c in prange(chunks):
         for a in range(c * rows // chunks, (c + 1) * rows // chunks):
             for k in range(features):
-                g = dy[a, k]
-                s1[c, k] += g
-                s2[c, k] += g * (x[a, k] - mean[k])
-    return s1.sum(axis=0), s2.sum(axis=0)
+                g = np.float64(dy[a, k])
+                s_dy[c, k] += g
+                s_dy_xhat[c, k] += g * ((np.float64(x[a, k]) - mean[k]) * inv_std[k])
+    return s_dy, s_dy_xhat
 
 
-@njit(parallel=True, cache=True)
-def _reduce3(dy, x, mean, chunks):  # pragma: no cover - compiled
+@_compile(fastmath=_FASTMATH)
+def col_grad_sums3(dy, x, mean, inv_std):  # pragma: no cover - compiled
     rows, features, inner = x.shape
-    s1 = np.zeros((chunks, features))
-    s2 = np.zeros((chunks, features))
+    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
+    s_dy = np.zeros((chunks, features))
+    s_dy_xhat = np.zeros((chunks, features))
     for c in prange(chunks):
         for a in range(c * rows // chunks, (c + 1) * rows // chunks):
             for k in range(features):
+                m, r = mean[k], inv_std[k]
                 t1 = 0.0
                 t2 = 0.0
-                m = mean[k]
                 for b in range(inner):
-                    g = dy[a, k, b]
+                    g = np.float64(dy[a, k, b])
                     t1 += g
-                    t2 += g * (x[a, k, b] - m)
-                s1[c, k] += t1
-                s2[c, k] += t2
-    return s1.sum(axis=0), s2.sum(axis=0)
+                    t2 += g * ((np.float64(x[a, k, b]) - m) * r)
+                s_dy[c, k] += t1
+                s_dy_xhat[c, k] += t2
+    return s_dy, s_dy_xhat
 
 
-@njit(parallel=True, cache=True)
-def _combine2(dy, x, mean, a_coef, k_coef, c_coef, dx):  # pragma: no cover - compiled
+@_compile(fastmath=_FASTMATH)
+def col_dx2(dy, x, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no cover
     rows, features = x.shape
     for a in prange(rows):
         for k in range(features):
-            dx[a, k] = a_coef[k] * (dy[a, k] + k_coef[k] * (x[a, k] - mean[k]) + c_coef[k])
+            xhat = (np.float64(x[a, k]) - mean[k]) * inv_std[k]
+            dx[a, k] = scale[k] * (np.float64(dy[a, k]) - mean_dy[k] - xhat * mean_dy_xhat[k])
 
 
-@njit(parallel=True, cache=True)
-def _combine3(dy, x, mean, a_coef, k_coef, c_coef, dx):  # pragma: no cover - compiled
+@_compile(fastmath=_FASTMATH)
+def col_dx3(dy, x, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no cover
     rows, features, inner = x.shape
     for a in prange(rows):
         for k in range(features):
-            m, ak, kk, ck = mean[k], a_coef[k], k_coef[k], c_coef[k]
+            m, r, s, md, mdx = mean[k], inv_std[k], scale[k], mean_dy[k], mean_dy_xhat[k]
             for b in range(inner):
-                dx[a, k, b] = ak * (dy[a, k, b] + kk * (x[a, k, b] - m) + ck)
+                xhat = (np.float64(x[a, k, b]) - m) * r
+                dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
 
 
-def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature float64 mean and biased variance (K,)."""
+# --- rows: x as (N, G, C, S), statistics per row (n, g) ------------------------------
+@_compile(fastmath=_FASTMATH)
+def row_statistics(x):  # pragma: no cover - compiled
+    rows, count = x.shape  # x viewed as (N * G, C * S)
+    mean = np.empty(rows)
+    var = np.empty(rows)
+    for r in prange(rows):
+        total = 0.0
+        for j in range(count):
+            total += np.float64(x[r, j])
+        shift = total / count
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(count):
+            d = np.float64(x[r, j]) - shift
+            s1 += d
+            s2 += d * d
+        m1 = s1 / count
+        mean[r] = shift + m1
+        var[r] = max(s2 / count - m1 * m1, 0.0) if s2 < np.inf else s2
+    return mean, var
+
+
+@_compile(fastmath=_FASTMATH)
+def row_normalize(x, mean, inv_std, gamma, beta, out):  # pragma: no cover - compiled
+    n, groups, channels, inner = x.shape
+    for r in prange(n * groups):
+        i, g = r // groups, r % groups
+        m, q = mean[r], inv_std[r]
+        if inner == 1:  # layer norm: gamma per value
+            for c in range(channels):
+                out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
+        else:
+            for c in range(channels):
+                s_c, o_c = q * gamma[g, c], beta[g, c]
+                for s in range(inner):
+                    out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
+
+
+@_compile(fastmath=_FASTMATH)
+def row_backward(dy, x, mean, inv_std, gamma, dx):  # pragma: no cover - compiled
+    n, groups, channels, inner = x.shape
+    rows = n * groups
+    count = channels * inner
+    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
+    dgamma = np.zeros((chunks, groups, channels))
+    dbeta = np.zeros((chunks, groups, channels))
+    for ch in prange(chunks):
+        for r in range(ch * rows // chunks, (ch + 1) * rows // chunks):
+            i, g = r // groups, r % groups
+            m, q = mean[r], inv_std[r]
+            sum_g = 0.0
+            sum_gx = 0.0
+            if inner == 1:  # layer norm: gamma per value; the row's sums, then its dx
+                for c in range(channels):
+                    gd = gamma[g, c] * np.float64(dy[i, g, c, 0])
+                    sum_g += gd
+                    sum_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
+                mean_g, mean_gx = sum_g / count, sum_gx / count
+                db, dgm = dbeta[ch, g], dgamma[ch, g]
+                for c in range(channels):
+                    d = np.float64(dy[i, g, c, 0])
+                    xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                    db[c] += d
+                    dgm[c] += d * xhat
+                    dx[i, g, c, 0] = q * (gamma[g, c] * d - mean_g - xhat * mean_gx)
+                continue
+            for c in range(channels):
+                t_dy = 0.0
+                t_dyx = 0.0
+                for s in range(inner):
+                    d = np.float64(dy[i, g, c, s])
+                    t_dy += d
+                    t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
+                dbeta[ch, g, c] += t_dy
+                dgamma[ch, g, c] += t_dyx
+                sum_g += gamma[g, c] * t_dy
+                sum_gx += gamma[g, c] * t_dyx
+            mean_g, mean_gx = sum_g / count, sum_gx / count
+            for c in range(channels):
+                gam = gamma[g, c]
+                for s in range(inner):
+                    xhat = (np.float64(x[i, g, c, s]) - m) * q
+                    dx[i, g, c, s] = q * (gam * np.float64(dy[i, g, c, s]) - mean_g - xhat * mean_gx)
+    return dgamma, dbeta
+
+
+class _ThreadCount(threading.local):
+    current = 0  # numba's thread count is per calling thread: what this one last set
+
+
+_thread_count = _ThreadCount()
+
+
+def run(kernel: Any, threads: int, *args: Any) -> Any:
+    """Call one compiled pass with `threads` threads, one caller at a time."""
+    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    with _lock:
+        if _thread_count.current != threads:
+            numba.set_num_threads(threads)
+            _thread_count.current = threads
+        return kernel(*args)
+
+
+def _col(kernel2: Any, kernel3: Any, layout: Layout) -> Any:
+    return kernel2 if layout.B == 1 else kernel3
+
+
+def column_statistics(x: np.ndarray, layout: Layout, threads: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature float64 mean and biased variance (K,): one pass, two when far off."""
     xv = x.reshape(layout.view)
-    # Shifted by a first-row estimate so that data far from zero keeps its digits.
-    shift = (xv[0] if xv.ndim == 2 else xv[0].mean(axis=1)).astype(np.float64)
-    stats = _stats2 if xv.ndim == 2 else _stats3
-    with _lock:
-        s1, s2 = stats(xv, shift, _chunks(xv.shape[0]))
-    m1 = s1 / layout.count
-    return shift + m1, np.maximum(s2 / layout.count - m1 * m1, 0.0)
+    shift = lead_shift(xv, layout)
+    sums = _col(col_sums2, col_sums3, layout)
+    while True:
+        s1, s2 = run(sums, threads, xv, shift)
+        mean, var, again = combine_moments(s1.sum(axis=0), s2.sum(axis=0), shift, layout.count,
+                                           x.dtype)
+        if not again:
+            return mean, var
+        shift = mean  # the shift was far from the mean: once more about the mean itself
 
 
-def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
-              var: np.ndarray, eps: float, layout: Layout) -> np.ndarray:
-    """out = (x - mean) * gamma * inv_std + beta, per feature, stored in x's dtype.
-
-    The per-feature values stay float64, so x - mean is worked in float64 (float32 data
-    far from zero keeps its digits; the passes are memory-bound, so it costs nothing).
-    """
+def column_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+                     var: np.ndarray, eps: float, layout: Layout, threads: int) -> np.ndarray:
+    """out = (x - mean) * gamma * inv_std + beta, per feature k, stored in x's dtype."""
     out = np.empty(x.shape, x.dtype)
-    scale = gamma / np.sqrt(var + eps)
-    fn = _normalize2 if layout.B == 1 else _normalize3
-    with _lock:
-        fn(x.reshape(layout.view), mean, scale, beta, out.reshape(layout.view))
+    scale = gamma * (1.0 / np.sqrt(var + eps))
+    run(_col(col_normalize2, col_normalize3, layout), threads, x.reshape(layout.view), mean,
+        scale, beta, out.reshape(layout.view))
     return out
 
 
-def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
-             var: np.ndarray, eps: float, layout: Layout
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dx = a * (dy + k * (x - mean) + c) per feature; dgamma, dbeta (K,) float64."""
-    xv, dyv = x.reshape(layout.view), upstream.reshape(layout.view)
+def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
+                    var: np.ndarray, eps: float, layout: Layout, threads: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)); dgamma, dbeta (K,)."""
+    xv = x.reshape(layout.view)
+    dyv = np.ascontiguousarray(upstream.reshape(layout.view))
     inv_std = 1.0 / np.sqrt(var + eps)
-    reduce = _reduce2 if layout.B == 1 else _reduce3
-    combine = _combine2 if layout.B == 1 else _combine3
+    s_dy, s_dy_xhat = run(_col(col_grad_sums2, col_grad_sums3, layout), threads, dyv, xv, mean,
+                          inv_std)
+    dbeta, dgamma = s_dy.sum(axis=0), s_dy_xhat.sum(axis=0)
     dx = np.empty(x.shape, x.dtype)
-    with _lock:  # per-feature values in float64, as in normalize
-        dbeta, sum_dy_xmu = reduce(dyv, xv, mean, _chunks(layout.A))
-        k = -inv_std * inv_std * sum_dy_xmu / layout.count
-        c = -dbeta / layout.count
-        combine(dyv, xv, mean, gamma * inv_std, k, c, dx.reshape(layout.view))
-    return dx, sum_dy_xmu * inv_std, dbeta
+    run(_col(col_dx2, col_dx3, layout), threads, dyv, xv, mean, inv_std, gamma * inv_std,
+        dbeta / layout.count, dgamma / layout.count, dx.reshape(layout.view))
+    return dx, dgamma, dbeta
+
+
+def row_statistics_of(x: np.ndarray, rows: RowLayout, threads: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row float64 mean and biased variance (N * G,)."""
+    return run(row_statistics, threads, x.reshape(rows.flat))
+
+
+def row_normalize_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+                     var: np.ndarray, eps: float, rows: RowLayout, threads: int) -> np.ndarray:
+    """out = (x - mean) * inv_std * gamma + beta per row, gamma/beta per (g, c)."""
+    out = np.empty(x.shape, x.dtype)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    run(row_normalize, threads, x.reshape(rows.view), mean, inv_std, gamma, beta,
+        out.reshape(rows.view))
+    return out
+
+
+def row_backward_of(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
+                    var: np.ndarray, eps: float, rows: RowLayout, threads: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx per row by the closed form; dgamma, dbeta (G, C) float64. One pass over memory."""
+    dyv = np.ascontiguousarray(upstream.reshape(rows.view))
+    inv_std = 1.0 / np.sqrt(var + eps)
+    dx = np.empty(x.shape, x.dtype)
+    dgamma, dbeta = run(row_backward, threads, dyv, x.reshape(rows.view), mean, inv_std, gamma,
+                        dx.reshape(rows.view))
+    return dx, dgamma.sum(axis=0), dbeta.sum(axis=0)

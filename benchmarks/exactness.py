@@ -1,0 +1,300 @@
+"""How exact the fused normalizations are on adversarial inputs, fast path vs textbook.
+
+    python -m benchmarks.exactness [--backend numpy|numba|both]
+
+Each family is a set of inputs chosen to break a formula that is exact only on easy data:
+means far from zero (the variance cancels), two-value columns, batches of two, magnitudes
+near the dtype's overflow and underflow, reversed and sliced strides, and every size around
+each threshold of the fast layer. For each input, the fast path (whatever the library
+dispatches to) and the textbook core (`fast.disabled()`) are compared with an
+extended-precision reference (x86 long double, two-pass, from the same float inputs). The
+error is normwise (max |a - b| / max(|a| + |b|)) in units of the dtype's eps; a NaN or inf
+where the reference is finite counts as infinitely wrong.
+
+The same families and the same measure are the equivalence suite's (tests/test_fast_exact.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Case", "FAMILIES", "cases", "reference", "errors_in_eps", "run_case"]
+
+
+@dataclass
+class Case:
+    """One adversarial input: the kind of normalization, x (any layout), gamma, beta, dout."""
+
+    family: str
+    kind: str
+    x: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    dout: np.ndarray
+    groups: int | None = None
+
+
+def _params(rng: np.random.Generator, kind: str, shape: tuple[int, ...], dtype) -> tuple:
+    count = shape[1] if kind in ("batch", "spatial", "group") else int(np.prod(shape[1:]))
+    pshape = (shape[1],) if kind != "layer" else shape[1:]
+    del count
+    gamma = (1 + 0.5 * rng.standard_normal(pshape)).astype(dtype)
+    beta = rng.standard_normal(pshape).astype(dtype)
+    return gamma, beta
+
+
+def _make(family: str, kind: str, x: np.ndarray, rng: np.random.Generator,
+          groups: int | None = None, dout_scale: float = 1.0) -> Case:
+    gamma, beta = _params(rng, kind, x.shape, x.dtype)
+    dout = (dout_scale * rng.standard_normal(x.shape)).astype(x.dtype)
+    if kind == "group" and groups is None:
+        groups = 2
+    return Case(family, kind, x, gamma, beta, dout, groups)
+
+
+_SHAPES = {  # a small and a large shape per kind (large: above every fast threshold)
+    "batch": [(64, 4), (4096, 20)],
+    "spatial": [(4, 3, 5, 5), (64, 4, 16, 16)],
+    "layer": [(8, 64), (512, 300)],
+    "group": [(2, 4, 6, 6), (16, 8, 24, 24)],
+}
+
+
+def _around(family: str, dtype, center: float, spread: float, seed: int) -> Iterator[Case]:
+    rng = np.random.default_rng(seed)
+    for kind, shapes in _SHAPES.items():
+        for shape in shapes:
+            x = (center + spread * rng.standard_normal(shape)).astype(dtype)
+            yield _make(family, kind, x, rng)
+
+
+def _alternating(family: str, dtype, low: float, step: float, seed: int) -> Iterator[Case]:
+    # Every column holds two values, low and low + step, alternating along the batch.
+    rng = np.random.default_rng(seed)
+    for kind, shapes in _SHAPES.items():
+        for shape in shapes:
+            pattern = (np.indices(shape).sum(axis=0) % 2).astype(np.float64)
+            yield _make(family, kind, (low + step * pattern).astype(dtype), rng)
+
+
+def _pairs(family: str, dtype, center: float, seed: int) -> Iterator[Case]:
+    # Batches of two (N = 2 for batch norm): the normalized values are exactly +-1.
+    rng = np.random.default_rng(seed)
+    for shape in [(2, 4), (2, 32768), (2, 1000)]:
+        x = (center + rng.standard_normal(shape)).astype(dtype)
+        yield _make(family, "batch", x, rng)
+    x = (center + rng.standard_normal((2, 3, 1, 1))).astype(dtype)
+    yield _make(family, "spatial", x, rng)
+    x = (center + rng.standard_normal((64, 2))).astype(dtype)
+    yield _make(family, "layer", x, rng)
+
+
+def _magnitude(family: str, dtype, scale: float, seed: int) -> Iterator[Case]:
+    # Values of size `scale` spread over their own size (squares overflow or underflow).
+    rng = np.random.default_rng(seed)
+    for kind, shapes in _SHAPES.items():
+        for shape in shapes:
+            x = (scale * rng.standard_normal(shape)).astype(dtype)
+            yield _make(family, kind, x, rng)
+
+
+def _strides(family: str, dtype, center: float, seed: int) -> Iterator[Case]:
+    # The same values in other memory layouts: reversed, sliced, transposed, Fortran order.
+    rng = np.random.default_rng(seed)
+    for shape in [(2, 32768), (4096, 20), (300, 7)]:
+        base = (center + rng.standard_normal(shape)).astype(dtype)
+        wide = np.zeros((shape[0], 2 * shape[1]), dtype)
+        wide[:, ::2] = base
+        for x in (base[::-1], base[:, ::-1], wide[:, ::2], np.asfortranarray(base),
+                  np.ascontiguousarray(base.T).T):
+            yield _make(family, "batch", x, rng)
+    base = (center + rng.standard_normal((64, 4, 16, 16))).astype(dtype)
+    for x in (base[::-1], base[:, :, ::-1], base.transpose(0, 1, 3, 2)):
+        yield _make(family, "spatial", x, rng)
+        yield _make(family, "group", x, rng)
+    base = (center + rng.standard_normal((512, 300))).astype(dtype)
+    for x in (base[::-1, ::-1], np.asfortranarray(base)):
+        yield _make(family, "layer", x, rng)
+
+
+def _thresholds(family: str, dtype, center: float, seed: int) -> Iterator[Case]:
+    # Every size around each threshold of the fast layer (65,536 elements, 64 KiB).
+    rng = np.random.default_rng(seed)
+    for features in (16, 7):
+        boundary = -(-(1 << 16) // features)
+        for rows in (boundary - 1, boundary, boundary + 1):
+            x = (center + rng.standard_normal((rows, features))).astype(dtype)
+            yield _make(family, "batch", x, rng)
+    for rows in (255, 256, 257):
+        x = (center + rng.standard_normal((rows, 256))).astype(dtype)
+        yield _make(family, "layer", x, rng)
+    for batch in (63, 64, 65):
+        x = (center + rng.standard_normal((batch, 4, 16, 16))).astype(dtype)
+        yield _make(family, "spatial", x, rng)
+
+
+F32, F64 = np.float32, np.float64
+FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
+    "offset 1e4 float32": lambda: _around("offset 1e4 float32", F32, 1e4, 1.0, 1),
+    "offset 1e6 float32": lambda: _around("offset 1e6 float32", F32, 1e6, 1.0, 2),
+    "offset 3 float64": lambda: _around("offset 3 float64", F64, 3.0, 1.0, 3),
+    "offset 1e8 float64": lambda: _around("offset 1e8 float64", F64, 1e8, 1.0, 4),
+    "alternating 1e6, 1e6+1/16 float32":
+        lambda: _alternating("alternating 1e6, 1e6+1/16 float32", F32, 1e6, 0.0625, 5),
+    "alternating 1e8, 1e8+1e-6 float64":
+        lambda: _alternating("alternating 1e8, 1e8+1e-6 float64", F64, 1e8, 2.0**-20, 6),
+    "N = 2 near 1e6 float32": lambda: _pairs("N = 2 near 1e6 float32", F32, 1e6, 7),
+    "N = 2 near 1e8 float64": lambda: _pairs("N = 2 near 1e8 float64", F64, 1e8, 8),
+    "|x| ~ 1e30 float32": lambda: _magnitude("|x| ~ 1e30 float32", F32, 1e30, 9),
+    "|x| ~ 1e37 float32": lambda: _magnitude("|x| ~ 1e37 float32", F32, 1e37, 10),
+    "|x| ~ 1e200 float64": lambda: _magnitude("|x| ~ 1e200 float64", F64, 1e200, 11),
+    "|x| ~ 1e-30 float32": lambda: _magnitude("|x| ~ 1e-30 float32", F32, 1e-30, 12),
+    "|x| ~ 1e-160 float64": lambda: _magnitude("|x| ~ 1e-160 float64", F64, 1e-160, 13),
+    "strides at 1e6 float32": lambda: _strides("strides at 1e6 float32", F32, 1e6, 14),
+    "strides at 1e8 float64": lambda: _strides("strides at 1e8 float64", F64, 1e8, 15),
+    "sizes around thresholds float32":
+        lambda: _thresholds("sizes around thresholds float32", F32, 100.0, 16),
+    "sizes around thresholds float64":
+        lambda: _thresholds("sizes around thresholds float64", F64, 100.0, 17),
+}
+
+
+def cases(family: str) -> list[Case]:
+    """The inputs of one family."""
+    return list(FAMILIES[family]())
+
+
+def _spec(case: Case):
+    from tinygrad_bn.norm import norm_spec
+
+    return norm_spec(case.kind, case.x.shape, groups=case.groups)
+
+
+def reference(case: Case) -> tuple[np.ndarray, ...]:
+    """out, dx, dgamma, dbeta in extended precision (long double), two-pass statistics."""
+    spec = _spec(case)
+    L = np.longdouble
+    xl = spec.grouped(case.x.astype(L))
+    gl = case.gamma.astype(L).reshape(spec.param_bshape)
+    dl = case.dout.astype(L)
+    axes = spec.reduce_axes
+    xmu = xl - xl.mean(axis=axes, keepdims=True)
+    inv_std = 1 / np.sqrt((xmu * xmu).mean(axis=axes, keepdims=True) + L(spec.eps))
+    xhat = (xmu * inv_std).reshape(spec.x_shape)
+    g = spec.grouped(dl * gl)
+    xg = spec.grouped(xhat)
+    dx = inv_std * (g - g.mean(axis=axes, keepdims=True)
+                    - xg * (g * xg).mean(axis=axes, keepdims=True))
+    sum_axes = spec.param_sum_axes
+    out = gl * xhat + case.beta.astype(L).reshape(spec.param_bshape)
+    return (out, dx.reshape(spec.x_shape), (dl * xhat).sum(axis=sum_axes).reshape(case.gamma.shape),
+            dl.sum(axis=sum_axes).reshape(case.gamma.shape))
+
+
+def run_case(case: Case) -> tuple[np.ndarray, ...]:
+    """out, dx, dgamma, dbeta through the fused op's dispatchers (fast path where enabled)."""
+    from tinygrad_bn.norm import FusedNorm
+
+    spec = _spec(case)
+    with np.errstate(all="ignore"):
+        mean, var = FusedNorm.statistics(case.x, spec)
+        out = FusedNorm.forward(case.x, case.gamma, case.beta, spec=spec, mean=mean, var=var)
+        dx, dgamma, dbeta = FusedNorm.backward(case.dout, case.x, case.gamma, case.beta, out,
+                                               spec=spec, mean=mean, var=var)
+    return out, dx, dgamma, dbeta
+
+
+def error_in_eps(result: np.ndarray, exact: np.ndarray, dtype) -> float:
+    """Normwise error of `result` against `exact`, in eps of `dtype` (inf for a NaN/inf miss)."""
+    with np.errstate(all="ignore"):
+        r = np.asarray(result, np.longdouble)
+        e = np.asarray(exact, np.longdouble)
+        finite = np.isfinite(e)
+        if not np.all(np.isfinite(r) | ~finite):
+            return float("inf")
+        if not np.all(finite):  # the reference itself overflowed: compare where it did not
+            r, e = r[finite], e[finite]
+        if r.size == 0:
+            return 0.0
+        scale = np.max(np.abs(r) + np.abs(e))
+        if scale == 0:
+            return 0.0
+        tiny = np.finfo(dtype).tiny
+        return float(np.max(np.abs(r - e)) / max(scale, tiny) / np.finfo(dtype).eps)
+
+
+def errors_in_eps(case: Case) -> tuple[float, float]:
+    """(fast path, textbook) worst error over out, dx, dgamma, dbeta, in eps of x's dtype."""
+    from tinygrad_bn import fast
+
+    exact = reference(case)
+    fast_result = run_case(case)
+    with fast.disabled():
+        textbook = run_case(case)
+    dtype = case.x.dtype
+    worst = [max(error_in_eps(r, e, dtype) for r, e in zip(results, exact))
+             for results in (fast_result, textbook)]
+    return worst[0], worst[1]
+
+
+def _mul_case() -> tuple[float, float]:
+    # The gradient of a (D,) operand of a float32 (2^20, 1)-broadcast product: a sum of 2^20
+    # products, as `Mul`'s VJP forms it.
+    from tinygrad_bn import fast
+    from tinygrad_bn.core.ops import Mul
+
+    rows = 1 << 20
+    upstream = np.full((rows, 1), 0.1, np.float32)
+    a = np.ones((rows, 1), np.float32)
+    b = np.ones((1,), np.float32)
+    exact = np.longdouble(np.float32(0.1)) * rows
+    fast_value = Mul.backward(upstream, a, b, a * b)[1]
+    with fast.disabled():
+        textbook = Mul.backward(upstream, a, b, a * b)[1]
+    eps = np.finfo(np.float32).eps
+    return tuple(float(abs(np.longdouble(v[0]) - exact) / exact / eps)
+                 for v in (fast_value, textbook))
+
+
+def table(backend: str) -> list[str]:
+    """Rows `| family | cases | fast | textbook |` (worst error in eps) for one backend."""
+    from tinygrad_bn import fast
+
+    fast.use_numba(backend == "numba")
+    rows = []
+    for family in FAMILIES:
+        worst_fast = worst_textbook = 0.0
+        found = cases(family)
+        for case in found:
+            f, t = errors_in_eps(case)
+            worst_fast, worst_textbook = max(worst_fast, f), max(worst_textbook, t)
+        rows.append(f"| {family} | {len(found)} | {_eps(worst_fast)} | {_eps(worst_textbook)} |")
+    f, t = _mul_case()
+    rows.append(f"| Mul VJP, sum of 2^20 products float32 | 1 | {_eps(f)} | {_eps(t)} |")
+    return rows
+
+
+def _eps(value: float) -> str:
+    return "NaN/inf" if value == float("inf") else f"{value:.3g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks.exactness", description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", choices=["numpy", "numba", "both"], default="both")
+    args = parser.parse_args(argv)
+    backends = ["numpy", "numba"] if args.backend == "both" else [args.backend]
+    for backend in backends:
+        print(f"\nFast path on the {backend} backend: worst error in eps, fast vs textbook\n")
+        print("| family | cases | fast | textbook |\n|---|---:|---:|---:|")
+        for row in table(backend):
+            print(row, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
