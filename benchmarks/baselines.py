@@ -34,7 +34,7 @@ def numpy_formulas(x, gamma, beta, dout):
 
 
 def numpy_staged(x, gamma, beta, dout):
-    """The nine-step computational graph, forward and backward, in plain numpy."""
+    """The ten-stage computational graph, forward and backward, in plain numpy."""
     axes = axes_for(x.shape)
     count = x.size // gamma.size
     mu = x.mean(axis=axes, keepdims=True)

@@ -184,11 +184,11 @@ def reference(case: Case) -> tuple[np.ndarray, ...]:
     dl = case.dout.astype(L)
     axes = spec.reduce_axes
     xmu = xl - xl.mean(axis=axes, keepdims=True)
-    inv_std = 1 / np.sqrt((xmu * xmu).mean(axis=axes, keepdims=True) + L(spec.eps))
-    xhat = (xmu * inv_std).reshape(spec.x_shape)
+    ivar = 1 / np.sqrt((xmu * xmu).mean(axis=axes, keepdims=True) + L(spec.eps))
+    xhat = (xmu * ivar).reshape(spec.x_shape)
     g = spec.grouped(dl * gl)
     xg = spec.grouped(xhat)
-    dx = inv_std * (g - g.mean(axis=axes, keepdims=True)
+    dx = ivar * (g - g.mean(axis=axes, keepdims=True)
                     - xg * (g * xg).mean(axis=axes, keepdims=True))
     sum_axes = spec.param_sum_axes
     out = gl * xhat + case.beta.astype(L).reshape(spec.param_bshape)

@@ -248,7 +248,7 @@ INTRODUCTION = (
     "op (one node, closed-form backward) on its numpy passes and on its numba-compiled passes "
     "(the default where numba is installed), its staged graph (primitive ops); for batch norm "
     "the same two computations written directly in numpy (the CS231n formulas, and the "
-    "nine-step chain); and PyTorch's `F.batch_norm`, `F.layer_norm`, `F.group_norm` on the "
+    "ten-stage chain); and PyTorch's `F.batch_norm`, `F.layer_norm`, `F.group_norm` on the "
     "CPU in a fresh process of its own. Rounds alternate between the processes. Then: the "
     "cost per op of small graphs of scalars, and the peak memory of one step."
 )

@@ -23,7 +23,7 @@ SMALL = [("batch", (2, 5), None), ("batch", (2, 50), None), ("layer", (5, 2), No
 @pytest.mark.parametrize("kind,shape,groups", SMALL)
 def test_correct_code_passes_for_every_seed(kind, shape, groups):
     for seed in range(20):
-        x, gamma, beta, dout = sample_batch(shape, "float64", seed, norm=kind, groups=groups)
+        x, gamma, beta, dout = sample_batch(shape, "float64", seed, kind=kind, groups=groups)
         report = tb.compare_normalization(kind, x, gamma, beta, dout, groups=groups)
         assert report.ok, (seed, str(report))
 
@@ -38,7 +38,7 @@ def test_a_wrong_gradient_still_fails(kind, shape, groups, monkeypatch):
 
     monkeypatch.setattr(FusedNorm, "backward", staticmethod(slightly_wrong))
     for seed in range(20):
-        x, gamma, beta, dout = sample_batch(shape, "float64", seed, norm=kind, groups=groups)
+        x, gamma, beta, dout = sample_batch(shape, "float64", seed, kind=kind, groups=groups)
         report = tb.compare_normalization(kind, x, gamma, beta, dout, groups=groups)
         assert not report.ok and "dx fused~numeric" in str(report), (seed, str(report))
 
@@ -107,5 +107,5 @@ def test_one_value_per_statistic_is_explained_in_words():
     assert "raised to" not in result.stdout and "times smaller" not in result.stdout
     assert ("one value per statistic (x (1, 5) reduced over axes (0,)): x - mean is 0, so the "
             "output is beta and dx is exactly zero") in result.stdout
-    report = tb.compare_normalization("layer", *sample_batch((3, 1), "float64", 0, norm="layer"))
+    report = tb.compare_normalization("layer", *sample_batch((3, 1), "float64", 0, kind="layer"))
     assert report.ok and "dx" not in report.raised and "dx is exactly zero" in str(report)

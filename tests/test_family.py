@@ -30,7 +30,7 @@ CASES = [
 @pytest.mark.parametrize("kind,shape,groups", CASES)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_staged_fused_numeric_agree(kind, shape, groups, dtype):
-    x, gamma, beta, dout = sample_batch(shape, dtype, seed=2, norm=kind, groups=groups)
+    x, gamma, beta, dout = sample_batch(shape, dtype, seed=2, kind=kind, groups=groups)
     report = tb.compare_normalization(kind, x, gamma, beta, dout, groups=groups)
     assert report.ok, str(report)
     pair, numeric = (1e-10, 1e-8) if dtype == "float64" else (3e-5, 3e-5)
@@ -63,9 +63,9 @@ def test_staged_group_norm_has_every_stage():
 
 def test_bad_input():
     x4 = np.ones((2, 6, 3, 3))
-    with pytest.raises(ValueError, match="G: expected a divisor of the channel count C=6, got 4"):
+    with pytest.raises(ValueError, match="groups: expected a divisor of the channel count C=6, got 4"):
         tb.groupnorm_fused(x4, np.ones(6), np.zeros(6), 4)
-    with pytest.raises(ValueError, match="G: expected a positive int, got 0"):
+    with pytest.raises(ValueError, match="groups: expected a positive int, got 0"):
         tb.groupnorm_staged(x4, np.ones(6), np.zeros(6), 0)
     with pytest.raises(ValueError, match=r"x: expected shape \(N, C, H, W\), got \(2, 6\)"):
         tb.groupnorm_fused(np.ones((2, 6)), np.ones(6), np.zeros(6), 2)
@@ -141,7 +141,7 @@ def test_cs231n_groupnorm():
     dout = np.random.randn(N, C, H, W)
     check_cs231n(lambda a, g, b: spatial_groupnorm_forward(a, g, b, G, {}),
                  spatial_groupnorm_backward, x, gamma, beta, dout, 1e-7)
-    with pytest.raises(ValueError, match="G: expected a divisor"):
+    with pytest.raises(ValueError, match="groups: expected a divisor"):
         spatial_groupnorm_forward(x, gamma, beta, 4, {})
 
 

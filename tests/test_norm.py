@@ -127,9 +127,9 @@ def test_far_from_zero_data_stays_exact():
     # The exact answer, in extended precision from the same float64 inputs.
     xl = x.astype(np.longdouble)
     xmu = xl - xl.mean(axis=0)
-    inv_std = 1 / np.sqrt((xmu * xmu).mean(axis=0) + np.longdouble(1e-5))
-    xhat, g = xmu * inv_std, dout * gamma
-    exact = inv_std * (g - g.mean(axis=0) - xhat * (g * xhat).mean(axis=0))
+    ivar = 1 / np.sqrt((xmu * xmu).mean(axis=0) + np.longdouble(1e-5))
+    xhat, g = xmu * ivar, dout * gamma
+    exact = ivar * (g - g.mean(axis=0) - xhat * (g * xhat).mean(axis=0))
     assert scaled_error(grads[0], grads[1]) < 1e-10
     for grad in grads:
         assert scaled_error(grad, exact.astype(np.float64)) < 1e-9

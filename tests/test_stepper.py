@@ -88,7 +88,7 @@ def test_the_fused_step_is_named_after_the_norm():
     out = tb.batchnorm_fused(x, tb.Node(np.ones(3), name="gamma"), tb.Node(np.zeros(3), name="beta"))
     steps = steps_of(out, rng.standard_normal((4, 3)))
     assert steps[0]["name"] == "batchnorm (fused)"
-    assert steps[0]["sends"][0]["line"].startswith("dx = inv_std * (g - g.mean(axis=0")
+    assert steps[0]["sends"][0]["line"].startswith("dx = ivar * (g - g.mean(axis=0")
 
 
 @pytest.fixture

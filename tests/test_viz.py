@@ -13,6 +13,7 @@ import pytest
 import tinygrad_bn as tb
 import viz
 from tinygrad_bn.cli import main as cli_main
+from tinygrad_bn.cli import sample_batch
 
 SVG = "{http://www.w3.org/2000/svg}"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -365,3 +366,12 @@ def test_a_wide_graph_scrolls_in_a_notebook(no_system_dot):
     bundle = viz.draw(staged_graph())._repr_mimebundle_()
     assert bundle["text/html"].startswith('<div style="overflow:auto')
     assert "<svg" in bundle["text/html"] and "<?xml" not in bundle["text/html"]
+
+
+def test_draw_comparison_still_takes_the_old_keyword_with_a_warning():
+    x, gamma, beta, dout = sample_batch((4, 3), "float64", 0, kind="layer")
+    with pytest.warns(DeprecationWarning, match="norm= is now kind="):
+        old = viz.draw_comparison(x, gamma, beta, dout, norm="layer")
+    new = viz.draw_comparison(x, gamma, beta, dout, kind="layer")
+    labels = [sorted(re.findall(r'label="([^"]*)"', graph.source)) for graph in (old, new)]
+    assert labels[0] == labels[1] and any("layer" in label for label in labels[0])

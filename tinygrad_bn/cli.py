@@ -71,12 +71,12 @@ def parse_seed(text: str) -> int:
     return seed
 
 
-def sample_batch(shape: tuple[int, ...], dtype: str, seed: int, norm: str = "batch",
+def sample_batch(shape: tuple[int, ...], dtype: str, seed: int, kind: str = "batch",
                  groups: int | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The CS231n gradient-check data: x = 5*randn + 12; gamma, beta (feature shape), dout ~ randn."""
     rng = np.random.default_rng(seed)
-    param_shape = norm_spec(norm, shape, groups=groups).param_shape
+    param_shape = norm_spec(kind, shape, groups=groups).param_shape
     x = 5 * rng.standard_normal(shape) + 12
     gamma = rng.standard_normal(param_shape)
     beta = rng.standard_normal(param_shape)
@@ -89,7 +89,7 @@ def _add_data_options(parser: argparse.ArgumentParser, which: int) -> None:
     parser.add_argument("--norm", choices=tuple(NORMS), default="batch",
                         help="batch (default), layer, spatial (N,C,H,W batch norm) or group")
     parser.add_argument("--groups", type=int, default=None,
-                        help=f"G for --norm group (default {DEFAULT_GROUPS})")
+                        help=f"groups for --norm group (default {DEFAULT_GROUPS})")
     parser.add_argument("--shape", type=parse_shape, default=None,
                         help=f"N,D or N,C,H,W (default per norm: {shapes})")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
@@ -110,9 +110,9 @@ def _data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
     try:
         return sample_batch(args.shape, args.dtype, args.seed, args.norm, args.groups)
     except ValueError as error:
-        # The library's messages name its arguments (G, x); here they are options.
+        # The library's messages name its arguments (groups, x); here they are options.
         message = str(error)
-        for name, option in (("G: ", "--groups: "), ("x: ", "--shape: ")):
+        for name, option in (("groups: ", "--groups: "), ("x: ", "--shape: ")):
             if message.startswith(name):
                 message = option + message[len(name):]
         raise SystemExit(_usage_error(args, message)) from None
@@ -252,7 +252,7 @@ def write_graph(args: argparse.Namespace, kind: str, path: pathlib.Path, fmt: st
 
     if kind == "compare":
         x, gamma, beta, dout = _data(args)
-        graph = viz.draw_comparison(x, gamma, beta, dout, norm=args.norm, groups=args.groups,
+        graph = viz.draw_comparison(x, gamma, beta, dout, kind=args.norm, groups=args.groups,
                                     eps=args.eps, backward=backward)
     elif kind == "backward":  # the staged graph's backward pass, computed as a graph
         out, nodes, dout = sample_graph(args, "staged")

@@ -98,8 +98,8 @@ def _term(part: Part, up: str, names: list[str], out: str) -> str:
         axes = _axis(spec.reduce_axes)
         sums = _axis(spec.param_sum_axes)
         if i == 0:
-            return (f"inv_std * (g - g.mean(axis={axes}, keepdims=True) - xhat * (g * xhat)"
-                    f".mean(axis={axes}, keepdims=True))   # g = {up} * {b}; xhat, inv_std "
+            return (f"ivar * (g - g.mean(axis={axes}, keepdims=True) - xhat * (g * xhat)"
+                    f".mean(axis={axes}, keepdims=True))   # g = {up} * {b}; xhat, ivar "
                     f"from the forward")
         return f"np.sum({up} * xhat, axis={sums})" if i == 1 else f"np.sum({up}, axis={sums})"
     formula = node.op_def.describe(names, params, [p.shape for p in node.parents])[i]

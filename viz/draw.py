@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ STYLE = {
                  "fontcolor": "gray30"},
     "input": {"shape": "box", "style": "filled", "fillcolor": "lightyellow"},  # forward values
 }
-# Nodes that belong to one staged normalization besides the nine stages themselves.
+# Nodes that belong to one staged normalization besides the ten stages themselves.
 STAGE_HELPERS = {"xg", "xhat_c", "gamma_b", "beta_b", "eps", "1"}
 MAX_SHARED_USES = 3  # a leaf used more often than this is drawn once per use
 
@@ -432,18 +433,21 @@ def _fillers(roots: list[Node], stop: Callable[[Node], bool]
     return through, aliases
 
 
-def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: str = "batch",
+def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, kind: str = "batch",
                     groups: int | None = None, axis: Any = None, eps: float = 1e-5, seed: int = 0,
                     show_data: bool = True, show_grad: bool = True, rankdir: str = "TB",
                     backward: bool = False, legend: bool = True,
-                    timeout: float | None = None) -> Graph:
+                    timeout: float | None = None, norm: str | None = None) -> Graph:
     """Staged and fused normalization side by side, after one backward pass with `dout`.
 
-    norm: batch (default), spatial, layer or group (with `groups`). x: (N, D) or
+    kind: batch (default), spatial, layer or group (with `groups`). x: (N, D) or
     (N, C, H, W); gamma, beta: the feature shape; dout: x's shape (random when None).
     A box shows every column of `compare` (staged~fused, staged~numeric, fused~numeric for
-    dx, dgamma and dbeta) and its verdict.
+    dx, dgamma and dbeta) and its verdict. `norm=` is the old name of `kind=` (deprecated).
     """
+    if norm is not None:
+        warnings.warn("draw_comparison: norm= is now kind=", DeprecationWarning, stacklevel=2)
+        kind = norm
     x_data = as_node(x, "x").data
     gamma_data, beta_data = as_node(gamma, "gamma").data, as_node(beta, "beta").data
     if dout is None:
@@ -455,7 +459,7 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
     for variant, fn in (("staged", norm_staged), ("fused", norm_fused)):
         xn = Node(x_data.copy(), name="x")
         gn, bn = Node(gamma_data.copy(), name="gamma"), Node(beta_data.copy(), name="beta")
-        out = fn(norm, xn, gn, bn, axis=axis, eps=eps, groups=groups)
+        out = fn(kind, xn, gn, bn, axis=axis, eps=eps, groups=groups)
         out.backward(dout)
         sub = graphviz.Digraph(name=f"cluster_{variant}")
         title = "staged: primitive ops" if variant == "staged" else "fused: one op, closed-form VJP"
@@ -472,7 +476,7 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, norm: st
     digraph.edge(ids[id(xn)], ids[id(gn)], style="invis")
     digraph.edge(ids[id(gn)], ids[id(bn)], style="invis")
     fused_out = ids[id(out)]
-    report = compare_normalization(norm, x_data, gamma_data, beta_data, dout, eps=eps,
+    report = compare_normalization(kind, x_data, gamma_data, beta_data, dout, eps=eps,
                                    groups=groups, axis=axis, seed=seed)
     lines = [f"compare: {TITLES[report.kind]}, {report.dtype}", "normwise relative error",
              f"{'':<7}" + "".join(f"{column:>15}" for column in COLUMNS)]

@@ -303,13 +303,13 @@ def conditioning(spec: NormSpec, x: np.ndarray, gamma: np.ndarray, dout: np.ndar
     dout64 = dout.astype(np.float64)
     axes = spec.reduce_axes
     xmu = x64 - x64.mean(axis=axes, keepdims=True)
-    inv_std = 1 / np.sqrt((xmu * xmu).mean(axis=axes, keepdims=True) + spec.eps)
-    xhat = xmu * inv_std
+    ivar = 1 / np.sqrt((xmu * xmu).mean(axis=axes, keepdims=True) + spec.eps)
+    xhat = xmu * ivar
     g = spec.grouped(dout64 * gamma.astype(np.float64).reshape(spec.param_bshape))
     mean_g = g.mean(axis=axes, keepdims=True)
     mean_gx = (g * xhat).mean(axis=axes, keepdims=True)
-    dx = inv_std * (g - mean_g - xhat * mean_gx)
-    terms = inv_std * (np.abs(g) + np.abs(mean_g) + np.abs(xhat * mean_gx))
+    dx = ivar * (g - mean_g - xhat * mean_gx)
+    terms = ivar * (np.abs(g) + np.abs(mean_g) + np.abs(xhat * mean_gx))
     sum_axes = spec.param_sum_axes
     xhat_x = xhat.reshape(spec.x_shape)
 

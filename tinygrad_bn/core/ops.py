@@ -27,9 +27,10 @@ from .node import apply, value
 from .seams import seam
 
 # The helpers VJPs are written with are part of this page's vocabulary, so they are listed too.
-__all__ = ["Op", "REGISTRY", "register", "apply", "value", "unbroadcast", "broadcast_to", "where",
+__all__ = ["Op", "OPS", "register", "apply", "value", "unbroadcast", "broadcast_to", "where",
            "log_of", "exp_of"]
-REGISTRY: dict[str, type[Op]] = {}
+OPS: dict[str, type[Op]] = {}
+REGISTRY = OPS  # deprecated name: OPS
 
 
 class Op:
@@ -56,7 +57,7 @@ class Op:
 
 def register(op: type[Op]) -> type[Op]:
     """Class decorator: list a primitive op so that the op test suite checks its VJP."""
-    REGISTRY[op.__name__] = op
+    OPS[op.__name__] = op
     return op
 
 

@@ -18,10 +18,10 @@ Why it is exact (at least as the textbook, on every input the textbook handles):
   combined as mean = shift + mean(d), var = mean(d^2) - mean(d)^2. That cancels only when
   the shift is far from the mean (|mean(d)| above the spread): then a second pass about
   the mean itself follows (`combine_moments`);
-- the backward works with xhat = (x - mean) * inv_std,
-      dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)),
+- the backward works with xhat = (x - mean) * ivar,
+      dx = gamma * ivar * (dy - mean(dy) - xhat * mean(dy * xhat)),
   the textbook's closed form for batch norm (gamma is constant along the reduced axes), so
-  a variance that overflows to inf gives the textbook's inv_std = 0 and dx = 0, not inf * 0;
+  a variance that overflows to inf gives the textbook's ivar = 0 and dx = 0, not inf * 0;
 - each block's sums are kept apart and added in block order, so the result does not
   depend on the thread count.
 """
@@ -347,7 +347,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     """dx (x's shape and dtype), dgamma and dbeta (K,) float64, by the closed form."""
     xv, dyv = x.reshape(layout.view), upstream.reshape(layout.view)
     axes, pview, count = layout.axes, layout.param_view, layout.count
-    inv_std = 1.0 / np.sqrt(var + eps)
+    ivar = 1.0 / np.sqrt(var + eps)
     mean_b = mean.reshape(pview)
     spans = _spans(layout)
 
@@ -365,12 +365,12 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     with np.errstate(invalid="ignore", over="ignore"):
         total = _in_order(_run_parallel(sums, _parts(spans)))
         dbeta = total[0]
-        # sum(dy * xhat) = inv_std * sum(dy * (x - mean)): exact, unless the products
-        # overflowed (|x| near the dtype's range), where the textbook's inv_std is 0.
-        dgamma = np.where(inv_std == 0, 0.0, total[1] * inv_std)
-    scale = (gamma * inv_std).reshape(pview)
+        # sum(dy * xhat) = ivar * sum(dy * (x - mean)): exact, unless the products
+        # overflowed (|x| near the dtype's range), where the textbook's ivar is 0.
+        dgamma = np.where(ivar == 0, 0.0, total[1] * ivar)
+    scale = (gamma * ivar).reshape(pview)
     mean_dy = (dbeta / count).reshape(pview)
-    slope = (inv_std * dgamma / count).reshape(pview)  # xhat * mean(dy * xhat) = (x - mean) * slope
+    slope = (ivar * dgamma / count).reshape(pview)  # xhat * mean(dy * xhat) = (x - mean) * slope
     dx = np.empty(x.shape, x.dtype)
     dxv = dx.reshape(layout.view)
 

@@ -45,7 +45,7 @@ def statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
               var: np.ndarray, spec: NormSpec) -> np.ndarray:
-    """gamma * (x - mean) * inv_std + beta in x's dtype."""
+    """gamma * (x - mean) * ivar + beta in x's dtype."""
     xhat = np.subtract(spec.grouped(x), mean, dtype=np.float64)
     xhat *= 1.0 / np.sqrt(var + spec.eps)
     out = xhat.reshape(spec.x_shape)
@@ -59,9 +59,9 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     """dx in x's dtype; dgamma, dbeta in float64 with gamma's size."""
     dtype = np.dtype(np.float64)  # worked in float64 whatever x's dtype, as the textbook
     axes, count = spec.reduce_axes, spec.count
-    inv_std = (1.0 / np.sqrt(var + spec.eps)).astype(dtype)
+    ivar = (1.0 / np.sqrt(var + spec.eps)).astype(dtype)
     xhat = np.subtract(spec.grouped(x), mean.astype(dtype), dtype=dtype)
-    xhat *= inv_std
+    xhat *= ivar
     upstream = upstream.astype(dtype, copy=False)
     param_axes = spec.param_sum_axes
     dbeta = np.add.reduce(upstream, axis=param_axes).astype(np.float64)
@@ -69,20 +69,20 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     gamma_b = gamma.reshape(spec.param_bshape)
     if param_axes == axes and spec.grouped_shape is None:
         # gamma is constant along the reduced axes (batch norm): sum(g) = gamma * dbeta and
-        # sum(g * xhat) = gamma * dgamma, so dx = gamma * inv_std * (dy - dbeta/N - xhat * dgamma/N).
+        # sum(g * xhat) = gamma * dgamma, so dx = gamma * ivar * (dy - dbeta/N - xhat * dgamma/N).
         dx = xhat
         dx *= (dgamma / count).reshape(mean.shape).astype(dtype)
         np.subtract(upstream, dx, out=dx)
         dx -= (dbeta / count).reshape(mean.shape).astype(dtype)
-        dx *= gamma_b * inv_std
+        dx *= gamma_b * ivar
         return dx.astype(x.dtype, copy=False), dgamma, dbeta
     g = spec.grouped(np.multiply(upstream, gamma_b))
     mean_g = (np.add.reduce(g, axis=axes, keepdims=True) / count).astype(dtype)
     mean_gx = (_sum_product(g, xhat, axes, mean_g.shape) / count).astype(dtype)
-    # dx = inv_std * (g - mean(g) - xhat * mean(g * xhat)), built in xhat's buffer
+    # dx = ivar * (g - mean(g) - xhat * mean(g * xhat)), built in xhat's buffer
     dx = xhat
     dx *= mean_gx
     np.subtract(g, dx, out=dx)
     dx -= mean_g
-    dx *= inv_std
+    dx *= ivar
     return dx.reshape(spec.x_shape).astype(x.dtype, copy=False), dgamma, dbeta

@@ -43,7 +43,7 @@ class _Backend:
     compiled: ModuleType | None = None  # numba_kernels when in use
 
 
-_backend = _Backend()
+_passes = _Backend()
 _decide_lock = threading.Lock()
 _fork_handler_registered = False
 
@@ -71,27 +71,27 @@ def use_numba(enabled: bool = True) -> None:
     such a child) uses the numpy passes.
     """
     with _decide_lock:
-        _backend.compiled = _import_compiled() if enabled else None
-        _backend.decided = True
+        _passes.compiled = _import_compiled() if enabled else None
+        _passes.decided = True
 
 
 def _decide() -> ModuleType | None:
     with _decide_lock:
-        if not _backend.decided:
+        if not _passes.decided:
             wanted = os.environ.get("TINYGRAD_BN_NUMBA", "")
             if wanted != "0":
                 try:
-                    _backend.compiled = _import_compiled()
+                    _passes.compiled = _import_compiled()
                 except ImportError as error:
                     if wanted == "1":
                         warnings.warn(f"TINYGRAD_BN_NUMBA=1: {error}", RuntimeWarning,
                                       stacklevel=4)
-            _backend.decided = True
-    return _backend.compiled
+            _passes.decided = True
+    return _passes.compiled
 
 
 def _compiled() -> ModuleType | None:
-    return _backend.compiled if _backend.decided else _decide()
+    return _passes.compiled if _passes.decided else _decide()
 
 
 def numba_enabled() -> bool:
@@ -102,8 +102,8 @@ def numba_enabled() -> bool:
 def _after_fork_in_child() -> None:
     global _decide_lock
     _decide_lock = threading.Lock()
-    if _backend.compiled is not None and not _backend.compiled.fork_safe():
-        _backend.compiled = None
+    if _passes.compiled is not None and not _passes.compiled.fork_safe():
+        _passes.compiled = None
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))

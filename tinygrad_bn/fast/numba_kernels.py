@@ -17,7 +17,7 @@ formula cancels. The statistics are taken about a shift close to the mean (the m
 few leading rows, or the row's own first-pass mean) and corrected by the mean of the
 shifted values, so a mean far from zero costs no digits; when the shift turns out far
 from the mean (adversarial data), a second pass about the mean itself follows. The
-backward multiplies by xhat = (x - mean) * inv_std, never by inv_std^2 * sum(dy * (x -
+backward multiplies by xhat = (x - mean) * ivar, never by ivar^2 * sum(dy * (x -
 mean)), so a variance that overflows (|x| ~ 1e200 in float64) gives the textbook's
 finite answer, not inf * 0. Sums are partial sums over a fixed number of chunks, added in
 order: the result does not depend on the thread count.
@@ -141,7 +141,7 @@ def col_normalize3(x, mean, scale, beta, out):  # pragma: no cover - compiled
 
 
 @_compile(fastmath=_FASTMATH)
-def col_grad_sums2(dy, x, mean, inv_std):  # pragma: no cover - compiled
+def col_grad_sums2(dy, x, mean, ivar):  # pragma: no cover - compiled
     rows, features = x.shape
     chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     s_dy = np.zeros((chunks, features))
@@ -151,12 +151,12 @@ def col_grad_sums2(dy, x, mean, inv_std):  # pragma: no cover - compiled
             for k in range(features):
                 g = np.float64(dy[a, k])
                 s_dy[c, k] += g
-                s_dy_xhat[c, k] += g * ((np.float64(x[a, k]) - mean[k]) * inv_std[k])
+                s_dy_xhat[c, k] += g * ((np.float64(x[a, k]) - mean[k]) * ivar[k])
     return s_dy, s_dy_xhat
 
 
 @_compile(fastmath=_FASTMATH)
-def col_grad_sums3(dy, x, mean, inv_std):  # pragma: no cover - compiled
+def col_grad_sums3(dy, x, mean, ivar):  # pragma: no cover - compiled
     rows, features, inner = x.shape
     chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     s_dy = np.zeros((chunks, features))
@@ -164,7 +164,7 @@ def col_grad_sums3(dy, x, mean, inv_std):  # pragma: no cover - compiled
     for c in prange(chunks):
         for a in range(c * rows // chunks, (c + 1) * rows // chunks):
             for k in range(features):
-                m, r = mean[k], inv_std[k]
+                m, r = mean[k], ivar[k]
                 t1 = 0.0
                 t2 = 0.0
                 for b in range(inner):
@@ -177,20 +177,20 @@ def col_grad_sums3(dy, x, mean, inv_std):  # pragma: no cover - compiled
 
 
 @_compile(fastmath=_FASTMATH)
-def col_dx2(dy, x, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no cover
+def col_dx2(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no cover
     rows, features = x.shape
     for a in prange(rows):
         for k in range(features):
-            xhat = (np.float64(x[a, k]) - mean[k]) * inv_std[k]
+            xhat = (np.float64(x[a, k]) - mean[k]) * ivar[k]
             dx[a, k] = scale[k] * (np.float64(dy[a, k]) - mean_dy[k] - xhat * mean_dy_xhat[k])
 
 
 @_compile(fastmath=_FASTMATH)
-def col_dx3(dy, x, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no cover
+def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no cover
     rows, features, inner = x.shape
     for a in prange(rows):
         for k in range(features):
-            m, r, s, md, mdx = mean[k], inv_std[k], scale[k], mean_dy[k], mean_dy_xhat[k]
+            m, r, s, md, mdx = mean[k], ivar[k], scale[k], mean_dy[k], mean_dy_xhat[k]
             for b in range(inner):
                 xhat = (np.float64(x[a, k, b]) - m) * r
                 dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
@@ -220,11 +220,11 @@ def row_statistics(x):  # pragma: no cover - compiled
 
 
 @_compile(fastmath=_FASTMATH)
-def row_normalize(x, mean, inv_std, gamma, beta, out):  # pragma: no cover - compiled
+def row_normalize(x, mean, ivar, gamma, beta, out):  # pragma: no cover - compiled
     n, groups, channels, inner = x.shape
     for r in prange(n * groups):
         i, g = r // groups, r % groups
-        m, q = mean[r], inv_std[r]
+        m, q = mean[r], ivar[r]
         if inner == 1:  # layer norm: gamma per value
             for c in range(channels):
                 out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
@@ -236,7 +236,7 @@ def row_normalize(x, mean, inv_std, gamma, beta, out):  # pragma: no cover - com
 
 
 @_compile(fastmath=_FASTMATH)
-def row_backward(dy, x, mean, inv_std, gamma, dx):  # pragma: no cover - compiled
+def row_backward(dy, x, mean, ivar, gamma, dx):  # pragma: no cover - compiled
     n, groups, channels, inner = x.shape
     rows = n * groups
     count = channels * inner
@@ -246,7 +246,7 @@ def row_backward(dy, x, mean, inv_std, gamma, dx):  # pragma: no cover - compile
     for ch in prange(chunks):
         for r in range(ch * rows // chunks, (ch + 1) * rows // chunks):
             i, g = r // groups, r % groups
-            m, q = mean[r], inv_std[r]
+            m, q = mean[r], ivar[r]
             sum_g = 0.0
             sum_gx = 0.0
             if inner == 1:  # layer norm: gamma per value; the row's sums, then its dx
@@ -321,7 +321,7 @@ def column_statistics(x: np.ndarray, layout: Layout, threads: int
 
 def column_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
                      var: np.ndarray, eps: float, layout: Layout, threads: int) -> np.ndarray:
-    """out = (x - mean) * gamma * inv_std + beta, per feature k, stored in x's dtype."""
+    """out = (x - mean) * gamma * ivar + beta, per feature k, stored in x's dtype."""
     out = np.empty(x.shape, x.dtype)
     scale = gamma * (1.0 / np.sqrt(var + eps))
     run(_col(col_normalize2, col_normalize3, layout), threads, x.reshape(layout.view), mean,
@@ -332,15 +332,15 @@ def column_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: n
 def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
                     var: np.ndarray, eps: float, layout: Layout, threads: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)); dgamma, dbeta (K,)."""
+    """dx = gamma * ivar * (dy - mean(dy) - xhat * mean(dy * xhat)); dgamma, dbeta (K,)."""
     xv = x.reshape(layout.view)
     dyv = np.ascontiguousarray(upstream.reshape(layout.view))
-    inv_std = 1.0 / np.sqrt(var + eps)
+    ivar = 1.0 / np.sqrt(var + eps)
     s_dy, s_dy_xhat = run(_col(col_grad_sums2, col_grad_sums3, layout), threads, dyv, xv, mean,
-                          inv_std)
+                          ivar)
     dbeta, dgamma = s_dy.sum(axis=0), s_dy_xhat.sum(axis=0)
     dx = np.empty(x.shape, x.dtype)
-    run(_col(col_dx2, col_dx3, layout), threads, dyv, xv, mean, inv_std, gamma * inv_std,
+    run(_col(col_dx2, col_dx3, layout), threads, dyv, xv, mean, ivar, gamma * ivar,
         dbeta / layout.count, dgamma / layout.count, dx.reshape(layout.view))
     return dx, dgamma, dbeta
 
@@ -353,10 +353,10 @@ def row_statistics_of(x: np.ndarray, rows: RowLayout, threads: int
 
 def row_normalize_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
                      var: np.ndarray, eps: float, rows: RowLayout, threads: int) -> np.ndarray:
-    """out = (x - mean) * inv_std * gamma + beta per row, gamma/beta per (g, c)."""
+    """out = (x - mean) * ivar * gamma + beta per row, gamma/beta per (g, c)."""
     out = np.empty(x.shape, x.dtype)
-    inv_std = 1.0 / np.sqrt(var + eps)
-    run(row_normalize, threads, x.reshape(rows.view), mean, inv_std, gamma, beta,
+    ivar = 1.0 / np.sqrt(var + eps)
+    run(row_normalize, threads, x.reshape(rows.view), mean, ivar, gamma, beta,
         out.reshape(rows.view))
     return out
 
@@ -366,8 +366,8 @@ def row_backward_of(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dx per row by the closed form; dgamma, dbeta (G, C) float64. One pass over memory."""
     dyv = np.ascontiguousarray(upstream.reshape(rows.view))
-    inv_std = 1.0 / np.sqrt(var + eps)
+    ivar = 1.0 / np.sqrt(var + eps)
     dx = np.empty(x.shape, x.dtype)
-    dgamma, dbeta = run(row_backward, threads, dyv, x.reshape(rows.view), mean, inv_std, gamma,
+    dgamma, dbeta = run(row_backward, threads, dyv, x.reshape(rows.view), mean, ivar, gamma,
                         dx.reshape(rows.view))
     return dx, dgamma.sum(axis=0), dbeta.sum(axis=0)

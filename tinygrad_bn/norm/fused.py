@@ -1,11 +1,11 @@
 """Normalization fused: one node whose backward is the closed-form formula.
 
-With xhat = (x - mean) * inv_std, inv_std = 1 / sqrt(var + eps), g = upstream * gamma and
+With xhat = (x - mean) * ivar, ivar = 1 / sqrt(var + eps), g = upstream * gamma and
 the means over the N values of each statistic, the chain rule through the ten stages
 collapses to
 
-    dx     = inv_std * (g - mean(g) - xhat * mean(g * xhat))
-           = inv_std / N * (N * g - sum(g) - xhat * sum(g * xhat))
+    dx     = ivar * (g - mean(g) - xhat * mean(g * xhat))
+           = ivar / N * (N * g - sum(g) - xhat * sum(g * xhat))
     dgamma = sum(upstream * xhat)      (over the axes gamma does not cover)
     dbeta  = sum(upstream)
 
@@ -63,10 +63,10 @@ def closed_form_backward(upstream: Any, x: Any, gamma: Any, spec: NormSpec
     axes = spec.reduce_axes
     xs = spec.grouped(x64)
     xmu = xs - xs.mean(axis=axes, keepdims=True)
-    inv_std = ((xmu * xmu).mean(axis=axes, keepdims=True) + spec.eps) ** -0.5
-    xhat = xmu * inv_std
+    ivar = ((xmu * xmu).mean(axis=axes, keepdims=True) + spec.eps) ** -0.5
+    xhat = xmu * ivar
     g = spec.grouped(upstream64 * gamma64.reshape(spec.param_bshape))
-    dx = inv_std * (g - g.mean(axis=axes, keepdims=True)
+    dx = ivar * (g - g.mean(axis=axes, keepdims=True)
                     - xhat * (g * xhat).mean(axis=axes, keepdims=True))
     dgamma = (upstream64 * xhat.reshape(spec.x_shape)).sum(axis=spec.param_sum_axes)
     dbeta = upstream64.sum(axis=spec.param_sum_axes)
@@ -94,7 +94,7 @@ class FusedNorm(Op):
     """
 
     name = "norm"
-    formula = ("d/d{0} = inv_std*(g - mean(g) - xhat*mean(g*xhat)) with g = upstream*{1}",
+    formula = ("d/d{0} = ivar*(g - mean(g) - xhat*mean(g*xhat)) with g = upstream*{1}",
                "d/d{1} = sum(upstream*xhat)", "d/d{2} = sum(upstream)")
     domain = ("real", "real", "real")
 

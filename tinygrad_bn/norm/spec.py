@@ -183,9 +183,9 @@ def groupnorm_spec(x_shape: tuple[int, ...], groups: Any, eps: Any = 1e-5) -> No
     _check_rank(x_shape, "(N, C, H, W)", len(x_shape) == 4)
     n, c, h, w = x_shape
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0:
-        raise ValueError(f"G: expected a positive int, got {groups!r}")
+        raise ValueError(f"groups: expected a positive int, got {groups!r}")
     if c % groups:
-        raise ValueError(f"G: expected a divisor of the channel count C={c}, got {groups}")
+        raise ValueError(f"groups: expected a divisor of the channel count C={c}, got {groups}")
     spec = NormSpec(
         kind="group",
         x_shape=tuple(x_shape),

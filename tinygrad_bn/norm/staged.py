@@ -1,4 +1,5 @@
-"""Normalization staged: the ten steps of the classic backprop diagram, one named node each.
+"""Normalization staged: the ten stages (the diagram's nine steps with step 5 split), one
+named node each.
 
 The backward pass of this graph is the engine's ordinary one: every stage's gradient is
 its `.grad` after `out.backward(dout)`, which is what `explain` and the viewer show.

@@ -23,7 +23,7 @@ from .optim import SGD
 __all__ = ["ExperimentConfig", "ExperimentResult", "make_dataset", "build_mlp", "run_experiment",
            "format_result"]
 
-VARIANTS = ("none", "batch", "layer")
+NORMALIZATIONS = ("none", "batch", "layer")
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,8 @@ def make_dataset(samples: int, features: int, classes: int, seed: int
 def build_mlp(variant: str, scale: float, config: ExperimentConfig, rng: np.random.Generator
               ) -> Sequential:
     """depth x (Linear -> [BatchNorm | LayerNorm] -> ReLU), then Linear to the classes."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: expected one of {', '.join(VARIANTS)}, got {variant!r}")
+    if variant not in NORMALIZATIONS:
+        raise ValueError(f"variant: expected one of {', '.join(NORMALIZATIONS)}, got {variant!r}")
     layers: list[Module] = []
     width_in = config.features
     for _ in range(config.depth):
@@ -165,7 +165,7 @@ def run_experiment(config: ExperimentConfig | None = None) -> ExperimentResult:
     x, y = make_dataset(config.samples, config.features, config.classes, config.seed)
     result = ExperimentResult(config)
     for scale in config.scales:
-        for variant in VARIANTS:
+        for variant in NORMALIZATIONS:
             result.runs[(scale, variant)] = train_one(variant, scale, config, x, y)
     result.seconds = time.perf_counter() - start
     return result
@@ -182,11 +182,11 @@ def format_result(result: ExperimentResult) -> str:
         f"SGD lr {config.lr} momentum {config.momentum}, {config.steps} steps of {config.batch}.",
         "",
         "Final training loss / accuracy (eval mode, whole training set)",
-        f"{'init scale':>10}  " + "  ".join(f"{v + ' norm':>18}" for v in VARIANTS),
+        f"{'init scale':>10}  " + "  ".join(f"{v + ' norm':>18}" for v in NORMALIZATIONS),
     ]
     for scale in config.scales:
         cells = []
-        for variant in VARIANTS:
+        for variant in NORMALIZATIONS:
             run = result.runs[(scale, variant)]
             cells.append(f"{run.loss:>9.4f} / {run.accuracy:>5.3f}")
         lines.append(f"{scale:>10.2g}  " + "  ".join(f"{c:>18}" for c in cells))

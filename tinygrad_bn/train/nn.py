@@ -332,9 +332,9 @@ class BatchNorm(Module):
         shape = spec.param_bshape
         mean = Node(self.running_mean.reshape(shape).astype(x.dtype), name="running_mean",
                     requires_grad=False)
-        inv_std = Node((1.0 / np.sqrt(self.running_var + self.eps)).reshape(shape).astype(x.dtype),
-                       name="inv_std", requires_grad=False)
-        xhat = ((x - mean) * inv_std).named("xhat")
+        ivar = Node((1.0 / np.sqrt(self.running_var + self.eps)).reshape(shape).astype(x.dtype),
+                       name="ivar", requires_grad=False)
+        xhat = ((x - mean) * ivar).named("xhat")
         gamma, beta = _params_like(self, x)
         return (broadcastable(gamma, spec) * xhat + broadcastable(beta, spec)).named("out")
 

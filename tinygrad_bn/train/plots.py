@@ -13,7 +13,7 @@ import math
 import pathlib
 from typing import Any
 
-from .experiment import VARIANTS, ExperimentResult
+from .experiment import NORMALIZATIONS, ExperimentResult
 from .files import check_writable_folder, write_atomic
 
 __all__ = ["plot_experiment", "PLOT_HINT"]
@@ -36,13 +36,13 @@ def plot_experiment(result: ExperimentResult, folder: str | pathlib.Path) -> lis
     layers = range(1, result.config.depth + 1)
     # Small multiples: one panel per normalization, one colour per init scale, the same axes
     # in every panel, so that a column reads as "what this normalization does".
-    columns = len(VARIANTS)
+    columns = len(NORMALIZATIONS)
 
     figure = Figure(figsize=(3.6 * columns + 1.6, 6.2), layout="constrained")
     grid = figure.subplots(2, columns, sharex=True, sharey="row", squeeze=False)
     for row, (attribute, what) in enumerate((("activation_std", "activation std"),
                                              ("gradient_std", "std of d(loss)/d(activation)"))):
-        for column, variant in enumerate(VARIANTS):
+        for column, variant in enumerate(NORMALIZATIONS):
             axes = grid[row][column]
             for scale in scales:
                 values = [v if v > 0 and math.isfinite(v) else float("nan")
@@ -65,7 +65,7 @@ def plot_experiment(result: ExperimentResult, folder: str | pathlib.Path) -> lis
     grid = figure.subplots(1, columns, sharey=True, squeeze=False)[0]
     finite = [v for run in result.runs.values() for v in run.losses if math.isfinite(v) and v > 0]
     top = 10.0
-    for axes, variant in zip(grid, VARIANTS):
+    for axes, variant in zip(grid, NORMALIZATIONS):
         for scale in scales:
             raw = result.runs[(scale, variant)].losses
             diverged = next((i for i, v in enumerate(raw) if not math.isfinite(v) or v > top), None)
