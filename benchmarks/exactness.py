@@ -11,7 +11,7 @@ extended-precision reference (x86 long double, two-pass, from the same float inp
 error is normwise (max |a - b| / max(|a| + |b|)) in units of the dtype's eps; a NaN or inf
 where the reference is finite counts as infinitely wrong.
 
-The same families and the same measure are the equivalence suite's (tests/test_fast_exact.py).
+The same families and the same measure are the equivalence suite's (tests/fast/test_fast_exact.py).
 """
 
 from __future__ import annotations

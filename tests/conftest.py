@@ -1,34 +1,10 @@
-"""The core's own tests run twice: with the fast layer's variants, and with the textbook alone.
+"""The test tree mirrors the package's layers (core, norm, fast, check, train, viz); tests of the
+layers above them (cs231n, the command line, the layering itself) sit at the top.
 
-The fast layer may stand in only at the seams the core declares, and must compute what the
-core computes: so every test of the core must pass both ways.
+Shared helpers (`numeric.py`) and the students' files (`students/`) live here, beside this file.
 """
 
-from __future__ import annotations
+import pathlib
+import sys
 
-import pytest
-
-import tinygrad_bn as tb
-
-# The test files of the core layer (Node, the backward pass, the ops and their VJPs).
-CORE_TEST_MODULES = {"test_node", "test_ops", "test_higher_order"}
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if metafunc.module.__name__.rpartition(".")[2] in CORE_TEST_MODULES:
-        metafunc.fixturenames.append("engine_path")
-        # Module scope: one switch per module and path (and no function-scoped fixture
-        # under hypothesis).
-        metafunc.parametrize("engine_path", ["with_fast_layer", "textbook_only"], indirect=True,
-                             scope="module")
-
-
-@pytest.fixture(scope="module")
-def engine_path(request: pytest.FixtureRequest):
-    """Runs the test with the fast variants, or inside `tb.fast.disabled()`."""
-    if request.param == "textbook_only":
-        with tb.fast.disabled():
-            yield request.param
-    else:
-        assert tb.fast.is_enabled()
-        yield request.param
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))

@@ -86,7 +86,7 @@ LIMITED = ("import resource, signal, sys\n"
            "resource.setrlimit(resource.RLIMIT_FSIZE, ({0}, {0}))\n"
            "from {1} import main\n"
            "sys.exit(main(sys.argv[1:]))\n")
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def run_with_a_full_disk(args, cwd, limit=4096, module="tinygrad_bn.cli"):

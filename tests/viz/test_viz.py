@@ -16,7 +16,7 @@ from tinygrad_bn.cli import main as cli_main
 from tinygrad_bn.cli import sample_batch
 
 SVG = "{http://www.w3.org/2000/svg}"
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 HAVE_DOT = shutil.which("dot") is not None
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import tinygrad_bn as tb
 
-STUDENTS = pathlib.Path(__file__).parent / "students"
+STUDENTS = pathlib.Path(__file__).resolve().parents[1] / "students"
 SEED = (STUDENTS / "seed_fixed.py").read_text()
 COMPLETE = (STUDENTS / "complete.py").read_text()
 EXE = pathlib.Path(sys.executable).with_name("tinygrad-bn")

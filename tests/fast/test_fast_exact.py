@@ -19,7 +19,7 @@ from tinygrad_bn.core.ops import Mul
 from tinygrad_bn.fast import kernels
 from tinygrad_bn.norm import norm_spec
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
 from benchmarks.exactness import FAMILIES, Case, cases, errors_in_eps, run_case  # noqa: E402
 
 A_FEW_EPS = 8.0

@@ -20,7 +20,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-STUDENTS = pathlib.Path(__file__).parent / "students"
+STUDENTS = pathlib.Path(__file__).resolve().parents[1] / "students"
 WRONG_DVAR = STUDENTS / "wrong_dvar.py"
 PLANTED = "dvar = -0.5 / np.sqrt(var + eps) * dsqrtvar"
 
