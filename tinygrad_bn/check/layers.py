@@ -750,20 +750,47 @@ def _shape_line(forward: Callable, name: str, kind: str, seed: int, result: dict
             f"{' (more axes than x)' if first.value.ndim > axes else ''}{hint}")
 
 
-def _grad_line(backward: Callable, forward: Callable, name: str, kind: str, seed: int,
-               grads: list[str], result: dict[str, Any]) -> str:
-    """For gradients with the right values in another shape: the lines that make them."""
+@dataclass
+class _TracedRun:
+    """The student's forward and backward run again on the checker's case, under the tracer."""
+
+    spec: NormSpec
+    x: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    dout: np.ndarray
+    tracer: LineTracer
+    out: Any
+    split: int  # tracer.snapshots[:split] are the forward's lines (when it was traced)
+    raw: Any
+
+
+def _traced_run(backward: Callable, forward: Callable, name: str, kind: str, seed: int,
+                trace_forward: bool) -> _TracedRun | None:
+    """None where the backward is not in a file or fails (it was judged already; the trace
+    only adds a line)."""
     filename = _student_file(backward)
     if filename is None:
-        return ""
+        return None
     spec, x, gamma, beta, dout = case_inputs(kind, seed)
     tracer = LineTracer(filename)
     try:
-        _, cache = _forward_call(forward, FORWARD_OF[kind], kind, x.copy(), gamma, beta,
-                                 _param(kind))
+        out, cache = _forward_call(forward, FORWARD_OF[kind], kind, x.copy(), gamma, beta,
+                                   _param(kind), tracer if trace_forward else None)
+        split = len(tracer.snapshots)
         raw = _backward_call(backward, name, dout, cache, tracer)
     except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
+        return None
+    return _TracedRun(spec, x, gamma, beta, dout, tracer, out, split, raw)
+
+
+def _grad_line(backward: Callable, forward: Callable, name: str, kind: str, seed: int,
+               grads: list[str], result: dict[str, Any]) -> str:
+    """For gradients with the right values in another shape: the lines that make them."""
+    run = _traced_run(backward, forward, name, kind, seed, trace_forward=False)
+    if run is None:
         return ""
+    tracer, raw = run.tracer, run.raw
     texts = []
     for grad, value in zip(GRAD_NAMES, raw):
         if grad not in grads:
@@ -1033,18 +1060,11 @@ def _shape_text(grad: str, s: np.ndarray, c: np.ndarray, spec: NormSpec, x: np.n
 def trace_student_backward(backward: Callable, forward: Callable, name: str, kind: str,
                            seed: int, wrong: list[str], result: dict[str, Any]) -> str:
     """Forward and backward again under the tracer; fill result's line fields; the sentence."""
-    filename = _student_file(backward)
-    if filename is None:
+    run = _traced_run(backward, forward, name, kind, seed, trace_forward=True)
+    if run is None:
         return ""
-    spec, x, gamma, beta, dout = case_inputs(kind, seed)
-    tracer = LineTracer(filename)
-    try:
-        out, cache = _forward_call(forward, FORWARD_OF[kind], kind, x.copy(), gamma, beta,
-                                   _param(kind), tracer)
-        split = len(tracer.snapshots)
-        raw = _backward_call(backward, name, dout, cache, tracer)
-    except Exception:  # noqa: BLE001 - judged already; the trace only adds a line
-        return ""
+    spec, x, gamma, beta, dout = run.spec, run.x, run.gamma, run.beta, run.dout
+    tracer, out, split, raw = run.tracer, run.out, run.split, run.raw
     catalogue = build_catalogue(x, gamma, beta, dout, spec)
     forward_snapshots, backward_snapshots = tracer.snapshots[:split], tracer.snapshots[split:]
     origin_out = None  # the forward's output, when it is wrong: a departure to inherit
