@@ -1,9 +1,7 @@
 """`check --html`: a student's traced backward beside the staged one, in headless Chromium."""
 
 import json
-import os
 import pathlib
-import shutil
 
 import pytest
 
@@ -13,13 +11,11 @@ from tinygrad_bn.cli import main
 from viz.report import chosen_function
 from viz.stepper import _array_text
 
-webdriver = pytest.importorskip("selenium.webdriver")
+pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 STUDENTS = pathlib.Path(__file__).resolve().parents[1] / "students"
 WRONG_DVAR = STUDENTS / "wrong_dvar.py"
 PLANTED = "dvar = -0.5 / np.sqrt(var + eps) * dsqrtvar"
@@ -39,23 +35,8 @@ def page_data(path):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        message = ("headless Chromium and chromedriver are not installed "
-                   "(apt-get install chromium chromium-driver)")
-        if os.environ.get("CI"):  # CI installs them: a missing browser there is a failure
-            pytest.fail(message)
-        pytest.skip(message)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-extensions"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    options.set_capability("unhandledPromptBehavior", "ignore")  # an alert stays visible
-    driver = webdriver.Chrome(options=options,
-                              service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+def browser(new_chromium):
+    driver = new_chromium()
     yield driver
     driver.quit()
 

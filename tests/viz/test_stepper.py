@@ -1,8 +1,6 @@
 """The backward-pass stepper, tested in a real browser (headless Chromium)."""
 
 import json
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -12,13 +10,10 @@ import viz
 from tinygrad_bn.core.node import trace_backward
 from viz.stepper import StudentRecord, StudentStage, fill_template, page_json, step_name, steps_of
 
-webdriver = pytest.importorskip("selenium.webdriver")
+pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def staged(rng, shape=(4, 3)):
@@ -92,23 +87,8 @@ def test_the_fused_step_is_named_after_the_norm():
 
 
 @pytest.fixture
-def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        message = ("headless Chromium and chromedriver are not installed "
-                   "(apt-get install chromium chromium-driver)")
-        if os.environ.get("CI"):  # CI installs them: a missing browser there is a failure
-            pytest.fail(message)
-        pytest.skip(message)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-extensions"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    options.set_capability("unhandledPromptBehavior", "ignore")  # an alert stays visible
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
-    driver = webdriver.Chrome(options=options, service=service)
+def browser(new_chromium):
+    driver = new_chromium()
     driver.set_window_size(1400, 1000)
     yield driver
     driver.quit()
