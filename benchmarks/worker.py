@@ -35,6 +35,9 @@ def time_scalar_graph(make, kind, ops, reps):
     count = (ops // 2) * 2 if kind == "chain" else ops // 2 + ops // 2 - 1
     times = []
     for _ in range(reps):
+        # Every repetition starts from an empty collector: the closure engine's reference
+        # cycles otherwise leave the next one a collection whose cost depends on the order.
+        gc.collect()
         start = time.perf_counter()
         y = build(make, ops)
         y.backward()

@@ -232,3 +232,38 @@ def test_grad_of_a_float32_scalar_is_float32():
     x = tb.Node(np.float32(2.0))
     (dx,) = tb.grad(x * np.float64(3.0), [x])
     assert type(dx) is np.float32 and dx == 3.0
+
+
+def test_a_seam_names_the_function_its_calls_go_to(engine_path):
+    from tinygrad_bn.core.seams import SEAMS, seam, textbook_only
+
+    def textbook(x):
+        """Seam: this test's stand-ins."""
+        return "textbook"
+
+    def fast(x):
+        return "fast"
+
+    def declared(name, **options):
+        textbook.__qualname__ = name  # one seam per name
+        dispatch = seam(**options)(textbook)
+        SEAMS.pop(f"{textbook.__module__}.{name}")  # not one of the library's seams
+        return dispatch
+
+    fast_runs = engine_path == "with_fast_layer"
+    conditional = declared("conditional")
+    assert conditional.seam.current() is textbook  # nothing registered
+    conditional.seam.add(fast, when=lambda x: x.size > 2)
+    # a condition is asked call by call
+    assert conditional.seam.current() is (conditional if fast_runs else textbook)
+    every_call = declared("every_call", arrays_only=False)
+    every_call.seam.add(fast)
+    assert every_call.seam.current() is (fast if fast_runs else textbook)
+    assert every_call(np.float64(1.0)) == ("fast" if fast_runs else "textbook")
+    with textbook_only():
+        assert every_call.seam.current() is textbook
+    arrays_only = declared("arrays_only")
+    arrays_only.seam.add(fast)  # without a condition, still only for arrays
+    assert arrays_only.seam.current() is (arrays_only if fast_runs else textbook)
+    assert arrays_only(np.float64(1.0)) == "textbook"
+    assert arrays_only(np.zeros(1)) == ("fast" if fast_runs else "textbook")

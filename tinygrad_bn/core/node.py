@@ -522,14 +522,15 @@ def _totals(root: Node, seed: Any, *, create_graph: bool = False, free_graph: bo
     (creation numbers: popping the newest first is a topological order), seed the root, and
     loop: once a node's total is known (every consumer has added its part), yield it, then
     take what the node sends back to each parent (`vjp`, the one step of the loop a faster
-    variant may stand in for) and add it into that parent's pending total. With
+    variant may stand in for; which function that is, is asked once per pass) and add it
+    into that parent's pending total. With
     create_graph the VJPs run on the Nodes themselves, so every total is a Node whose graph
     is the backward computation (named "d" + the node's name), differentiable again.
     """
     order = root._collect()                      # 1. collect (checks before any change)
     order.sort(key=_creation_number)             # 2. order (popping also lets go of a node)
     pending: dict[Node, Any] = {root: seed}      # 3. seed
-    step = vjp                                   # (one node's step; a name looked up once)
+    step = vjp.seam.current()                    # (one node's step, looked up once per pass)
     while order:                                 # 4. loop
         node = order.pop()
         total = pending.pop(node, None)

@@ -31,7 +31,7 @@ class Variant:
     attribute: str
     textbook: Callable[..., Any]
     fast: Callable[..., Any]
-    when: Callable[..., bool]
+    when: Callable[..., bool] | None  # None: every call (the variant hands back itself)
 
     @property
     def name(self) -> str:
@@ -66,10 +66,12 @@ def declared_seam(owner: Any, attribute: str) -> Seam:
     return record
 
 
-def fast_variant(owner: Any, attribute: str, when: Callable[..., bool]
+def fast_variant(owner: Any, attribute: str, when: Callable[..., bool] | None = None
                  ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: let the decorated function stand in for the seam `owner.attribute` where
-    `when` holds (same arguments as the textbook function). Returns the function unchanged."""
+    `when` holds (same arguments as the textbook function; None: on every call, the variant
+    itself calling the textbook function where it does not apply). Returns the function
+    unchanged."""
     record = declared_seam(owner, attribute)
 
     def install(fast: Callable[..., Any]) -> Callable[..., Any]:

@@ -45,18 +45,15 @@ SCALAR_VJPS = {
 }
 
 
-def _first_order(node: Node, upstream: Any, create_graph: bool = False) -> bool:
-    return not create_graph
-
-
 textbook_vjp = core_node.vjp.seam.textbook
 
 
-@fast_variant(core_node, "vjp", when=_first_order)
+# No condition: the seam asks none per node, so the loop calls this function directly.
+@fast_variant(core_node, "vjp")
 def scalar_vjp(node: Node, upstream: Any, create_graph: bool = False) -> tuple[Any, ...]:
-    """The scalar rule of the node's op where its value and gradient are numpy scalars;
-    elsewhere the textbook step itself."""
+    """The scalar rule of the node's op where its value and gradient are numpy scalars (first
+    order); elsewhere the textbook step itself."""
     rule = SCALAR_VJPS.get(node.op_def) if type(upstream) is not np.ndarray else None
-    if rule is None or type(node.data) is np.ndarray:
-        return textbook_vjp(node, upstream)
+    if rule is None or create_graph or type(node.data) is np.ndarray:
+        return textbook_vjp(node, upstream, create_graph)
     return rule(upstream, node)
