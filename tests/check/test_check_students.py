@@ -453,6 +453,7 @@ def test_groups_normalized_per_pixel_are_placed_on_the_helper_call(tmp_path):
     assert (forward.status, forward.line, forward.variable) == ("fail", planted, "normed"), \
         str(report)
     assert "statistics over the group's channels only" in forward.diagnosis
+    assert "group norm averages over the group's channels, H and W" in forward.diagnosis
     backward = report.results["spatial_groupnorm_backward"]  # its cache comes from that line
     assert (backward.status, backward.line, backward.function) == (
         "fail", planted, "groupnorm_forward_by_pixel"), str(report)

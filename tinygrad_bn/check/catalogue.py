@@ -361,7 +361,7 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
     for size in range(1, len(axes)):
         for some in itertools.combinations(axes, size):
             meaning = (f"statistics over {_listed([names[a] for a in some])} only; "
-                       f"{spec.kind} averages over {_listed([names[a] for a in axes])}")
+                       f"{spec.title} averages over {_listed([names[a] for a in axes])}")
             sub_mean = xs.mean(axis=some, keepdims=True)
             sub_var = xs.var(axis=some, keepdims=True)
             tag = "axes " + ",".join(map(str, some))
