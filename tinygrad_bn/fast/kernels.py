@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Layout", "RowLayout", "layout_for", "row_layout_for", "statistics", "normalize",
-           "backward", "set_num_threads", "num_threads", "MIN_ELEMENTS", "lead_shift",
-           "combine_moments"]
+           "backward", "row_statistics", "row_normalize", "row_backward", "set_num_threads",
+           "num_threads", "MIN_ELEMENTS", "lead_shift", "combine_moments"]
 
 MIN_ELEMENTS = 1 << 16      # below this the closed form in plain numpy is as fast
 BLOCK_BYTES = 1 << 19       # about 0.5 MB per block (float64): in L2 with room for a temporary
@@ -391,3 +391,148 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     with np.errstate(invalid="ignore", over="ignore"):
         _run_parallel(combine, _parts(spans))
     return dx, dgamma, dbeta
+
+
+# --- rows: layer and group norm -------------------------------------------------------
+# x viewed as (N, G, C, S) (`RowLayout`): one statistic per row (n, g) over its C * S values,
+# gamma and beta per (g, c). A block is a run of whole samples, so every row's statistics
+# and its backward's row sums are computed inside one block (in cache): two passes over
+# the row in cache (mean, then the squares of x - mean) cost one read of x from memory.
+# Rows are worked in float64 exactly as the textbook does; nothing depends on the blocking
+# but the order in which the per-block sums of dgamma and dbeta are added (fixed by the
+# layout, not by the thread count).
+
+
+def _sample_spans(rows: RowLayout) -> list[tuple[int, int]]:
+    """Blocks of whole samples [start, stop) over N, fixed by the layout alone."""
+    per_sample = rows.G * rows.C * rows.S
+    samples = max(1, BLOCK_BYTES // (per_sample * 8))
+    return [(s, min(s + samples, rows.N)) for s in range(0, rows.N, samples)]
+
+
+def _row_block(rows: RowLayout, count: int) -> tuple[int, ...]:
+    # One block as (samples * G, C * S): a row per statistic.
+    return (count * rows.G, rows.C * rows.S)
+
+
+def _affine_view(rows: RowLayout, count: int) -> tuple[int, ...]:
+    # One block shaped so that a (G, C) parameter (viewed as `_param_b`) broadcasts.
+    if rows.S == 1:
+        return (count, rows.G * rows.C)
+    return (count, rows.G, rows.C, rows.S)
+
+
+def _param_b(param: np.ndarray, rows: RowLayout) -> np.ndarray:
+    # gamma or beta, (G, C) float64, shaped for `_affine_view`.
+    return param.reshape(rows.G * rows.C) if rows.S == 1 else param.reshape(rows.G, rows.C, 1)
+
+
+def _param_axes(rows: RowLayout) -> tuple[int, ...]:
+    # The axes of `_affine_view` that dgamma and dbeta sum over.
+    return (0,) if rows.S == 1 else (0, 3)
+
+
+def _centred_rows(block: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x - mean, mean) per row of a (R, M) block, float64, two passes in cache."""
+    x64 = _as_float64(block, buffer)
+    mean = np.add.reduce(x64, axis=1) / block.shape[1]
+    return np.subtract(x64, mean[:, None], out=buffer), mean
+
+
+def row_statistics(x: np.ndarray, rows: RowLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row float64 mean and biased variance, (N * G,): two passes per row, in cache."""
+    xv = x.reshape(rows.N, *_row_block(rows, 1))
+    width = rows.C * rows.S
+
+    def run(spans: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        buffer = _scratch_block(_row_block(rows, spans[0][1] - spans[0][0]))
+        found = []
+        for start, stop in spans:
+            block = xv[start:stop].reshape(_row_block(rows, stop - start))
+            d, mean = _centred_rows(block, buffer[: (stop - start) * rows.G])
+            found.append((mean, np.einsum("rm,rm->r", d, d) / width))
+        return found
+
+    with np.errstate(over="ignore", invalid="ignore"):  # squares past float64: inf, as the textbook
+        found = [pair for run_ in _run_parallel(run, _parts(_sample_spans(rows))) for pair in run_]
+    return np.concatenate([m for m, _ in found]), np.concatenate([v for _, v in found])
+
+
+def row_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+                  var: np.ndarray, eps: float, rows: RowLayout) -> np.ndarray:
+    """out = gamma * (x - mean) * ivar + beta; gamma, beta (G, C), mean, var (N * G,) float64."""
+    xv = x.reshape(rows.N, *_row_block(rows, 1))
+    out = np.empty(x.shape, x.dtype)
+    ov = out.reshape(rows.N, *_row_block(rows, 1))
+    ivar = 1.0 / np.sqrt(var + eps)
+    gamma_b, beta_b = _param_b(gamma, rows), _param_b(beta, rows)
+
+    def run(spans: list[tuple[int, int]]) -> None:
+        buffer = _scratch_block(_row_block(rows, spans[0][1] - spans[0][0]))
+        for start, stop in spans:
+            count = stop - start
+            flat = slice(start * rows.G, stop * rows.G)
+            t = _centred(xv[start:stop].reshape(_row_block(rows, count)), mean[flat, None],
+                         buffer[: count * rows.G])
+            t *= ivar[flat, None]
+            a = t.reshape(_affine_view(rows, count))
+            a *= gamma_b
+            target = ov[start:stop].reshape(_affine_view(rows, count))
+            if target.dtype == np.float64:
+                np.add(a, beta_b, out=target)
+            else:
+                _store(np.add(a, beta_b, out=a), target)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        _run_parallel(run, _parts(_sample_spans(rows)))
+    return out
+
+
+def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
+                 var: np.ndarray, eps: float, rows: RowLayout
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx (x's shape and dtype), dgamma and dbeta (G * C,) float64, by the closed form
+    dx = ivar * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, per row."""
+    xv = x.reshape(rows.N, *_row_block(rows, 1))
+    dyv = upstream.reshape(rows.N, *_row_block(rows, 1))
+    dx = np.empty(x.shape, x.dtype)
+    dxv = dx.reshape(rows.N, *_row_block(rows, 1))
+    ivar = 1.0 / np.sqrt(var + eps)
+    gamma_b = _param_b(gamma, rows)
+    width = rows.C * rows.S
+    axes = _param_axes(rows)
+    subscripts = "nk,nk->k" if rows.S == 1 else "ngcs,ngcs->gc"
+
+    def run(spans: list[tuple[int, int]]) -> list[np.ndarray]:
+        shape = _row_block(rows, spans[0][1] - spans[0][0])
+        centred, grad = _scratch_block(shape), _scratch_block(shape, 1)
+        partial = []
+        for start, stop in spans:
+            count = stop - start
+            flat = slice(start * rows.G, stop * rows.G)
+            block = _row_block(rows, count)
+            xhat = _centred(xv[start:stop].reshape(block), mean[flat, None],
+                            centred[: count * rows.G])
+            xhat *= ivar[flat, None]
+            dy = _as_float64(dyv[start:stop].reshape(block), grad[: count * rows.G])
+            dy_a, xhat_a = dy.reshape(_affine_view(rows, count)), xhat.reshape(
+                _affine_view(rows, count))
+            partial.append(np.stack([np.einsum(subscripts, dy_a, xhat_a).reshape(-1),
+                                     np.add.reduce(dy_a, axis=axes).reshape(-1)]))
+            g = np.multiply(dy_a, gamma_b, out=grad[: count * rows.G].reshape(dy_a.shape))
+            g = g.reshape(block)
+            mean_g = np.add.reduce(g, axis=1) / width
+            mean_gx = np.einsum("rm,rm->r", g, xhat) / width
+            xhat *= mean_gx[:, None]
+            np.subtract(g, xhat, out=xhat)
+            xhat -= mean_g[:, None]
+            target = dxv[start:stop].reshape(block)
+            if target.dtype == np.float64:
+                np.multiply(xhat, ivar[flat, None], out=target)
+            else:
+                _store(np.multiply(xhat, ivar[flat, None], out=xhat), target)
+        return partial
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = _in_order(_run_parallel(run, _parts(_sample_spans(rows))))
+    return dx, total[0], total[1]
