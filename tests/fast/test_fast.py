@@ -13,6 +13,7 @@ import tinygrad_bn as tb
 from tinygrad_bn import fast
 from tinygrad_bn.core.ops import Mul, PowConst
 from tinygrad_bn.fast import kernels
+from tinygrad_bn.fast import norm as fast_norm
 from tinygrad_bn.fast.ops import LARGE_BYTES
 from tinygrad_bn.norm import FusedNorm, norm_spec
 
@@ -172,11 +173,12 @@ def exact_gradients(x, gamma, beta, dout, spec):
 
 
 @st.composite
-def norm_case(draw, large: bool):
-    kind = draw(st.sampled_from(["batch", "spatial"] if large else ["batch", "spatial", "layer",
-                                                                      "group"]))
+def norm_case(draw, large: bool, kinds: tuple[str, ...] | None = None):
+    if kinds is None:
+        kinds = ("batch", "spatial") if large else ("batch", "spatial", "layer", "group")
+    kind = draw(st.sampled_from(kinds))
     dtype = draw(st.sampled_from(DTYPES))
-    if kind == "batch" and draw(st.booleans()):
+    if kind in ("batch", "layer") and draw(st.booleans()):
         features = draw(st.integers(2, 300))
         rows = (-(-kernels.MIN_ELEMENTS // features) if large else 2) + draw(st.integers(0, 300))
         shape = (rows, features)
@@ -243,6 +245,19 @@ def test_blocked_norm_equals_the_closed_form(case, threads, backend):
     spec, x = case[0], case[1]
     # This size takes the blocked passes when x is C-contiguous; other layouts take lean.py.
     assert (kernels.layout_for(x, spec.reduce_axes) is not None) == x.flags.c_contiguous
+    check_norm_variants(case, threads)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # the backend is fixed
+@given(case=norm_case(large=True, kinds=("layer", "group")), threads=st.integers(1, 4))
+def test_row_blocked_norm_equals_the_closed_form(case, threads, backend):
+    spec, x = case[0], case[1]
+    # This size takes the row passes (blocks of whole samples) when x is C-contiguous.
+    rows = kernels.row_layout_for(x, spec, kernels.MIN_ELEMENTS)
+    assert (rows is not None) == x.flags.c_contiguous
+    if backend == "numpy" and rows is not None:
+        assert fast_norm._route(x, spec)[0] == "blocked rows"
     check_norm_variants(case, threads)
 
 

@@ -39,12 +39,13 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Layout", "RowLayout", "layout_for", "row_layout_for", "statistics", "normalize",
-           "backward", "set_num_threads", "num_threads", "MIN_ELEMENTS", "lead_shift",
-           "combine_moments"]
+           "backward", "row_statistics", "row_normalize", "row_backward", "set_num_threads",
+           "num_threads", "MIN_ELEMENTS", "lead_shift", "combine_moments"]
 
 MIN_ELEMENTS = 1 << 16      # below this the closed form in plain numpy is as fast
 BLOCK_BYTES = 1 << 19       # about 0.5 MB per block (float64): in L2 with room for a temporary
 LEAD_ROWS = 16              # rows whose mean is the shift of the one-pass statistics
+NEAR_ZERO = 0.25            # |lead mean| / lead spread up to which the statistics shift by 0
 # (mean(d) / spread)^2 above which the shifted one-pass variance has lost digits that matter
 # (its relative error is about eps64 * (1 + ratio)): float64 results need every digit,
 # float32 ones are rounded to 2^-24 and can afford 2^20 times more.
@@ -290,20 +291,35 @@ def combine_moments(s1: np.ndarray, s2: np.ndarray, shift: np.ndarray, count: in
     return shift + m1, var, again
 
 
+def _near_zero_or(shift: np.ndarray, xv: np.ndarray, layout: Layout) -> np.ndarray:
+    """0 when the leading rows put every mean within a quarter of a standard deviation of
+    zero (the sums about 0 then lose almost nothing to cancellation, and the pass saves its
+    subtraction; `combine_moments` still checks the shift afterwards), else the shift."""
+    lead = xv[:LEAD_ROWS]
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = np.sqrt(np.mean(np.square(lead - shift.reshape(layout.param_view),
+                                           dtype=np.float64), axis=layout.axes))
+        near = bool(np.all(np.abs(shift) <= NEAR_ZERO * spread))
+    return np.zeros_like(shift) if near else shift
+
+
 def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature float64 mean and biased variance (K,): one pass over x, two when far off."""
     xv = x.reshape(layout.view)
     axes, pview = layout.axes, layout.param_view
     spans = _spans(layout)
-    shift = lead_shift(xv, layout)
+    shift = _near_zero_or(lead_shift(xv, layout), xv, layout)
     while True:
-        shift_b = shift.reshape(pview)
+        shift_b = None if not shift.any() else shift.reshape(pview)
 
         def sums(run: list[tuple[int, int]], shift_b: np.ndarray = shift_b) -> list[np.ndarray]:
             buffer = _scratch_block((run[0][1] - run[0][0], *layout.view[1:]))
             partial = []
             for start, stop in run:
-                d = _centred(xv[start:stop], shift_b, buffer[: stop - start])
+                if shift_b is None:  # about zero: float32 squares are exact in float64
+                    d = _as_float64(xv[start:stop], buffer[: stop - start])
+                else:
+                    d = _centred(xv[start:stop], shift_b, buffer[: stop - start])
                 partial.append(np.stack([d.sum(axis=axes),
                                          np.einsum(layout.subscripts, d, d)]))
             return partial
@@ -325,6 +341,8 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
     mean_b, beta_b = mean.reshape(pview), beta.reshape(pview)
     out = np.empty(x.shape, x.dtype)
     ov = out.reshape(layout.view)
+    if x.dtype == np.float32 and _float32_centring_holds(scale, var, layout.count):
+        return _normalize_float32(xv, out, ov, mean_b, scale, beta_b, layout)
 
     def run(spans: list[tuple[int, int]]) -> None:
         buffer = _scratch_block((spans[0][1] - spans[0][0], *layout.view[1:]))
@@ -341,6 +359,53 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
     return out
 
 
+# The float32 forward is worked in float32, centred on the float64 mean split as hi + lo
+# (hi its float32 rounding): x - hi is exact wherever x is within a factor two of hi
+# (Sterbenz), which is every value when the mean is far from zero, and within half an ulp
+# of x - hi otherwise; lo is folded into the offset. out = (x - hi) * scale + (beta - lo *
+# scale) then rounds three times in float32 (about two eps, normwise, against the textbook's
+# one rounding; nothing cancels in the forward, unlike the backward, which stays float64).
+# Used only where no step can overflow or lose digits to subnormal numbers.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_SMALLEST_SCALE = 2.0**-100  # scale factors below this (but nonzero) lose digits
+
+
+def _float32_centring_holds(scale: np.ndarray, var: np.ndarray, count: int) -> bool:
+    # |x - mean| <= sqrt(count * var) for every x (the squares sum to count * var).
+    with np.errstate(over="ignore", invalid="ignore"):
+        spread = np.sqrt(count * var)
+        magnitude = np.abs(scale)
+        return bool(np.all(np.isfinite(spread) & (spread < _FLOAT32_MAX / 8)
+                           & ((magnitude == 0) | ((magnitude > _FLOAT32_SMALLEST_SCALE)
+                                                  & (magnitude < 2.0**100)))))
+
+
+def _normalize_float32(xv: np.ndarray, out: np.ndarray, ov: np.ndarray, mean_b: np.ndarray,
+                       scale: np.ndarray, beta_b: np.ndarray, layout: Layout) -> np.ndarray:
+    hi = mean_b.astype(np.float32)
+    lo = mean_b - hi.astype(np.float64)
+    scale32 = scale.astype(np.float32)
+    offset32 = (beta_b - lo * scale).astype(np.float32)
+
+    def run(spans: list[tuple[int, int]]) -> None:
+        for start, stop in spans:
+            target = ov[start:stop]
+            np.subtract(xv[start:stop], hi, out=target)
+            np.multiply(target, scale32, out=target)
+            np.add(target, offset32, out=target)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        _run_parallel(run, _parts(_spans(layout)))
+    return out
+
+
+# float32 data about a mean within this many standard deviations of zero: the backward's
+# sums and dx are taken about 0 instead of the mean (one subtraction per element fewer).
+# Its cancellation costs float64 digits in proportion (2^10 eps64 = 2^-42), far below what
+# float32 results keep, even where dx itself cancels to 1e-5 of dy (batches of two).
+EXPANDED_FLOAT32_RATIO = float(1 << 10)
+
+
 def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
              var: np.ndarray, eps: float, layout: Layout
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -350,39 +415,49 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     ivar = 1.0 / np.sqrt(var + eps)
     mean_b = mean.reshape(pview)
     spans = _spans(layout)
+    about_zero = x.dtype == np.float32 and bool(
+        np.all(np.abs(mean) * ivar <= EXPANDED_FLOAT32_RATIO))
+    centre = None if about_zero else mean_b
+
+    def centred(block: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+        return _as_float64(block, buffer) if centre is None else _centred(block, centre, buffer)
 
     def sums(run: list[tuple[int, int]]) -> list[np.ndarray]:
         rows = run[0][1] - run[0][0]
-        centred, dy64 = _scratch_block((rows, *layout.view[1:])), _scratch_block(
+        work, dy64 = _scratch_block((rows, *layout.view[1:])), _scratch_block(
             (rows, *layout.view[1:]), 1)
         partial = []
         for start, stop in run:
             dy = _as_float64(dyv[start:stop], dy64[: stop - start])
-            d = _centred(xv[start:stop], mean_b, centred[: stop - start])
+            d = centred(xv[start:stop], work[: stop - start])
             partial.append(np.stack([dy.sum(axis=axes), np.einsum(layout.subscripts, dy, d)]))
         return partial
 
     with np.errstate(invalid="ignore", over="ignore"):
         total = _in_order(_run_parallel(sums, _parts(spans)))
         dbeta = total[0]
+        # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy) when taken about 0.
+        sum_dy_d = total[1] - mean * dbeta if about_zero else total[1]
         # sum(dy * xhat) = ivar * sum(dy * (x - mean)): exact, unless the products
         # overflowed (|x| near the dtype's range), where the textbook's ivar is 0.
-        dgamma = np.where(ivar == 0, 0.0, total[1] * ivar)
+        dgamma = np.where(ivar == 0, 0.0, sum_dy_d * ivar)
     scale = (gamma * ivar).reshape(pview)
     mean_dy = (dbeta / count).reshape(pview)
     slope = (ivar * dgamma / count).reshape(pview)  # xhat * mean(dy * xhat) = (x - mean) * slope
+    # dy - mean(dy) - (x - mean) * slope = dy - x * slope - (mean(dy) - mean * slope) about 0
+    offset = mean_dy - mean_b * slope if about_zero else mean_dy
     dx = np.empty(x.shape, x.dtype)
     dxv = dx.reshape(layout.view)
 
     def combine(run: list[tuple[int, int]]) -> None:
         rows = run[0][1] - run[0][0]
-        centred, dy64 = _scratch_block((rows, *layout.view[1:])), _scratch_block(
+        work, dy64 = _scratch_block((rows, *layout.view[1:])), _scratch_block(
             (rows, *layout.view[1:]), 1)
         for start, stop in run:
-            t = _centred(xv[start:stop], mean_b, centred[: stop - start])
+            t = centred(xv[start:stop], work[: stop - start])
             np.multiply(t, slope, out=t)
             np.subtract(_as_float64(dyv[start:stop], dy64[: stop - start]), t, out=t)
-            np.subtract(t, mean_dy, out=t)
+            np.subtract(t, offset, out=t)
             if dxv.dtype == np.float64:
                 np.multiply(t, scale, out=dxv[start:stop])
             else:
@@ -391,3 +466,148 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     with np.errstate(invalid="ignore", over="ignore"):
         _run_parallel(combine, _parts(spans))
     return dx, dgamma, dbeta
+
+
+# --- rows: layer and group norm -------------------------------------------------------
+# x viewed as (N, G, C, S) (`RowLayout`): one statistic per row (n, g) over its C * S values,
+# gamma and beta per (g, c). A block is a run of whole samples, so every row's statistics
+# and its backward's row sums are computed inside one block (in cache): two passes over
+# the row in cache (mean, then the squares of x - mean) cost one read of x from memory.
+# Rows are worked in float64 exactly as the textbook does; nothing depends on the blocking
+# but the order in which the per-block sums of dgamma and dbeta are added (fixed by the
+# layout, not by the thread count).
+
+
+def _sample_spans(rows: RowLayout) -> list[tuple[int, int]]:
+    """Blocks of whole samples [start, stop) over N, fixed by the layout alone."""
+    per_sample = rows.G * rows.C * rows.S
+    samples = max(1, BLOCK_BYTES // (per_sample * 8))
+    return [(s, min(s + samples, rows.N)) for s in range(0, rows.N, samples)]
+
+
+def _row_block(rows: RowLayout, count: int) -> tuple[int, ...]:
+    # One block as (samples * G, C * S): a row per statistic.
+    return (count * rows.G, rows.C * rows.S)
+
+
+def _affine_view(rows: RowLayout, count: int) -> tuple[int, ...]:
+    # One block shaped so that a (G, C) parameter (viewed as `_param_b`) broadcasts.
+    if rows.S == 1:
+        return (count, rows.G * rows.C)
+    return (count, rows.G, rows.C, rows.S)
+
+
+def _param_b(param: np.ndarray, rows: RowLayout) -> np.ndarray:
+    # gamma or beta, (G, C) float64, shaped for `_affine_view`.
+    return param.reshape(rows.G * rows.C) if rows.S == 1 else param.reshape(rows.G, rows.C, 1)
+
+
+def _param_axes(rows: RowLayout) -> tuple[int, ...]:
+    # The axes of `_affine_view` that dgamma and dbeta sum over.
+    return (0,) if rows.S == 1 else (0, 3)
+
+
+def _centred_rows(block: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x - mean, mean) per row of a (R, M) block, float64, two passes in cache."""
+    x64 = _as_float64(block, buffer)
+    mean = np.add.reduce(x64, axis=1) / block.shape[1]
+    return np.subtract(x64, mean[:, None], out=buffer), mean
+
+
+def row_statistics(x: np.ndarray, rows: RowLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row float64 mean and biased variance, (N * G,): two passes per row, in cache."""
+    xv = x.reshape(rows.N, *_row_block(rows, 1))
+    width = rows.C * rows.S
+
+    def run(spans: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        buffer = _scratch_block(_row_block(rows, spans[0][1] - spans[0][0]))
+        found = []
+        for start, stop in spans:
+            block = xv[start:stop].reshape(_row_block(rows, stop - start))
+            d, mean = _centred_rows(block, buffer[: (stop - start) * rows.G])
+            found.append((mean, np.einsum("rm,rm->r", d, d) / width))
+        return found
+
+    with np.errstate(over="ignore", invalid="ignore"):  # squares past float64: inf, as the textbook
+        found = [pair for run_ in _run_parallel(run, _parts(_sample_spans(rows))) for pair in run_]
+    return np.concatenate([m for m, _ in found]), np.concatenate([v for _, v in found])
+
+
+def row_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+                  var: np.ndarray, eps: float, rows: RowLayout) -> np.ndarray:
+    """out = gamma * (x - mean) * ivar + beta; gamma, beta (G, C), mean, var (N * G,) float64."""
+    xv = x.reshape(rows.N, *_row_block(rows, 1))
+    out = np.empty(x.shape, x.dtype)
+    ov = out.reshape(rows.N, *_row_block(rows, 1))
+    ivar = 1.0 / np.sqrt(var + eps)
+    gamma_b, beta_b = _param_b(gamma, rows), _param_b(beta, rows)
+
+    def run(spans: list[tuple[int, int]]) -> None:
+        buffer = _scratch_block(_row_block(rows, spans[0][1] - spans[0][0]))
+        for start, stop in spans:
+            count = stop - start
+            flat = slice(start * rows.G, stop * rows.G)
+            t = _centred(xv[start:stop].reshape(_row_block(rows, count)), mean[flat, None],
+                         buffer[: count * rows.G])
+            t *= ivar[flat, None]
+            a = t.reshape(_affine_view(rows, count))
+            a *= gamma_b
+            target = ov[start:stop].reshape(_affine_view(rows, count))
+            if target.dtype == np.float64:
+                np.add(a, beta_b, out=target)
+            else:
+                _store(np.add(a, beta_b, out=a), target)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        _run_parallel(run, _parts(_sample_spans(rows)))
+    return out
+
+
+def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
+                 var: np.ndarray, eps: float, rows: RowLayout
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx (x's shape and dtype), dgamma and dbeta (G * C,) float64, by the closed form
+    dx = ivar * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, per row."""
+    xv = x.reshape(rows.N, *_row_block(rows, 1))
+    dyv = upstream.reshape(rows.N, *_row_block(rows, 1))
+    dx = np.empty(x.shape, x.dtype)
+    dxv = dx.reshape(rows.N, *_row_block(rows, 1))
+    ivar = 1.0 / np.sqrt(var + eps)
+    gamma_b = _param_b(gamma, rows)
+    width = rows.C * rows.S
+    axes = _param_axes(rows)
+    subscripts = "nk,nk->k" if rows.S == 1 else "ngcs,ngcs->gc"
+
+    def run(spans: list[tuple[int, int]]) -> list[np.ndarray]:
+        shape = _row_block(rows, spans[0][1] - spans[0][0])
+        centred, grad = _scratch_block(shape), _scratch_block(shape, 1)
+        partial = []
+        for start, stop in spans:
+            count = stop - start
+            flat = slice(start * rows.G, stop * rows.G)
+            block = _row_block(rows, count)
+            xhat = _centred(xv[start:stop].reshape(block), mean[flat, None],
+                            centred[: count * rows.G])
+            xhat *= ivar[flat, None]
+            dy = _as_float64(dyv[start:stop].reshape(block), grad[: count * rows.G])
+            dy_a, xhat_a = dy.reshape(_affine_view(rows, count)), xhat.reshape(
+                _affine_view(rows, count))
+            partial.append(np.stack([np.einsum(subscripts, dy_a, xhat_a).reshape(-1),
+                                     np.add.reduce(dy_a, axis=axes).reshape(-1)]))
+            g = np.multiply(dy_a, gamma_b, out=grad[: count * rows.G].reshape(dy_a.shape))
+            g = g.reshape(block)
+            mean_g = np.add.reduce(g, axis=1) / width
+            mean_gx = np.einsum("rm,rm->r", g, xhat) / width
+            xhat *= mean_gx[:, None]
+            np.subtract(g, xhat, out=xhat)
+            xhat -= mean_g[:, None]
+            target = dxv[start:stop].reshape(block)
+            if target.dtype == np.float64:
+                np.multiply(xhat, ivar[flat, None], out=target)
+            else:
+                _store(np.multiply(xhat, ivar[flat, None], out=xhat), target)
+        return partial
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = _in_order(_run_parallel(run, _parts(_sample_spans(rows))))
+    return dx, total[0], total[1]

@@ -4,7 +4,8 @@ Where each call goes (x a C-contiguous float32/float64 array, else `lean.py`):
 - with numba installed (the `[fast]` extra) and not switched off: the compiled passes of
   `numba_kernels.py` for the whole family: batch and spatial batch norm as columns, layer
   and group norm as rows, from `COMPILED_MIN_ELEMENTS` elements;
-- without it: the blocked numpy passes of `kernels.py` for large batch norm;
+- without it: the blocked numpy passes of `kernels.py`, as columns for large batch and
+  spatial batch norm, as blocks of whole rows for large layer and group norm;
 - everything else: `lean.py`, the closed form with fewer temporaries.
 Nodes (a VJP evaluated on Nodes) always get the textbook functions of `norm/fused.py`.
 
@@ -114,7 +115,7 @@ def _is_array(x: Any, *args: Any, **params: Any) -> bool:
 
 
 def _route(x: np.ndarray, spec: NormSpec) -> tuple[str, Any, ModuleType | None]:
-    """("columns" | "rows" | "blocked" | "lean", layout, compiled module)."""
+    """("columns" | "rows" | "blocked" | "blocked rows" | "lean", layout, compiled module)."""
     compiled = _compiled()
     path, layout = _plan(x.shape, x.strides, x.dtype, spec, compiled is not None)
     return path, layout, compiled if path in ("columns", "rows") else None
@@ -138,6 +139,9 @@ def _plan(shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype, spe
         layout = kernels.layout_for(x, spec.reduce_axes)
         if layout is not None:
             return "blocked", layout
+    rows = kernels.row_layout_for(x, spec, kernels.MIN_ELEMENTS)
+    if rows is not None:
+        return "blocked rows", rows
     return "lean", None
 
 
@@ -157,6 +161,8 @@ def fast_statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarr
         mean, var = compiled.column_statistics(x, layout, threads)
     elif path == "rows":
         mean, var = compiled.row_statistics_of(x, layout, threads)
+    elif path == "blocked rows":
+        mean, var = kernels.row_statistics(x, layout)
     else:
         mean, var = kernels.statistics(x, layout)
     return _kept(mean, spec), _kept(var, spec)
@@ -168,6 +174,9 @@ def fast_forward(x, gamma, beta, *, spec, mean, var):
     if path == "lean":
         return lean.normalize(x, gamma, beta, mean, var, spec)
     mean, var = _flat64(mean), _flat64(var)
+    if path == "blocked rows":
+        return kernels.row_normalize(x, _per(gamma, layout), _per(beta, layout), mean, var,
+                                     spec.eps, layout)
     if path == "rows":
         return compiled.row_normalize_of(x, _per(gamma, layout), _per(beta, layout), mean, var,
                                          spec.eps, layout, _threads_for(x))
@@ -187,6 +196,9 @@ def fast_backward(upstream, x, gamma, beta, out, *, spec, mean, var):
         dx, dgamma, dbeta = compiled.row_backward_of(upstream, x, _per(gamma, layout),
                                                      _flat64(mean), _flat64(var), spec.eps,
                                                      layout, _threads_for(x))
+    elif path == "blocked rows":
+        dx, dgamma, dbeta = kernels.row_backward(upstream, x, _per(gamma, layout), _flat64(mean),
+                                                 _flat64(var), spec.eps, layout)
     elif path == "columns":
         dx, dgamma, dbeta = compiled.column_backward(upstream, x, _flat64(gamma), _flat64(mean),
                                                      _flat64(var), spec.eps, layout,
