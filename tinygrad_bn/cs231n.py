@@ -144,7 +144,7 @@ def spatial_groupnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray
     """Group norm forward. x: (N, C, H, W); gamma, beta: (1, C, 1, 1) (or (C,)); C % G == 0;
     gn_param: {"eps": 1e-5}."""
     x = as_float_array(x, "x")
-    spec = groupnorm_spec(x.shape, G, gn_param.get("eps", 1e-5))
+    spec = groupnorm_spec(x.shape, G, gn_param.get("eps", 1e-5), argname="G")  # the assignment's name
     cache = _staged_cache(Node(x.copy(), name="x"), Node(as_float_array(gamma, "gamma"), name="gamma"),
                           Node(as_float_array(beta, "beta"), name="beta"), spec)
     return cache.out.data, cache

@@ -196,3 +196,25 @@ def test_set_num_threads_while_other_threads_run_kernels(backend):
         kernels.set_num_threads(2)
     assert not failures, failures[:3]
     assert not any(worker.is_alive() for worker in workers)
+
+
+def _ulps(result, exact):
+    """Elementwise error in units of result's last place."""
+    spacing = np.spacing(np.abs(exact).astype(result.dtype)).astype(np.longdouble)
+    return np.abs(result.astype(np.longdouble) - exact) / spacing
+
+
+def test_float32_outputs_near_zero_keep_their_digits(backend):
+    # Large enough for the blocked passes; gamma = 1 and beta = 0, so outputs near zero are
+    # x near its mean: a forward that rounds more than once loses them entirely.
+    rng = np.random.default_rng(5)
+    x = (3 + rng.standard_normal((8192, 64))).astype(np.float32)
+    gamma, beta = np.ones(64, np.float32), np.zeros(64, np.float32)
+    wide = x.astype(np.longdouble)
+    mean = wide.mean(axis=0)
+    exact = (wide - mean) / np.sqrt(((wide - mean) ** 2).mean(axis=0) + np.longdouble(1e-5))
+    fast_out = tb.batchnorm_fused(x, gamma, beta).data
+    with fast.disabled():
+        textbook_out = tb.batchnorm_fused(x, gamma, beta).data
+    fast_ulps, textbook_ulps = _ulps(fast_out, exact).max(), _ulps(textbook_out, exact).max()
+    assert fast_ulps <= max(1.0, textbook_ulps), (fast_ulps, textbook_ulps)

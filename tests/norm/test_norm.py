@@ -163,3 +163,17 @@ def test_a_spec_names_its_kind_in_the_word_norm_spec_takes(kind, shape, groups):
     assert tb.norm.norm_spec(spec.kind, shape, groups=groups) == spec
     assert spec.title == {"batch": "batch norm", "spatial": "spatial batch norm",
                           "layer": "layer norm", "group": "group norm"}[kind]
+
+
+def test_norm_spec_refuses_what_it_would_ignore():
+    with pytest.raises(ValueError, match="^kind: expected one of batch, spatial, layer, group, "
+                                         "got 'batchnorm'"):
+        tb.norm.norm_spec("batchnorm", (4, 3))
+    with pytest.raises(ValueError, match="^axis: only batch norm takes an axis \\(layer norm reduces"):
+        tb.norm.norm_spec("layer", (4, 3), axis=0)
+    with pytest.raises(ValueError, match="^groups: only group norm takes a group count, got 2 for "
+                                         "spatial batch norm"):
+        tb.norm.norm_spec("spatial", (2, 4, 2, 2), groups=2)
+    # The same words reach the public functions that take a kind.
+    with pytest.raises(ValueError, match="^axis: only batch norm"):
+        tb.norm_staged("layer", np.ones((4, 3)), np.ones(3), np.zeros(3), axis=0)

@@ -341,8 +341,6 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
     mean_b, beta_b = mean.reshape(pview), beta.reshape(pview)
     out = np.empty(x.shape, x.dtype)
     ov = out.reshape(layout.view)
-    if x.dtype == np.float32 and _float32_centring_holds(scale, var, layout.count):
-        return _normalize_float32(xv, out, ov, mean_b, scale, beta_b, layout)
 
     def run(spans: list[tuple[int, int]]) -> None:
         buffer = _scratch_block((spans[0][1] - spans[0][0], *layout.view[1:]))
@@ -353,46 +351,6 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
                 np.add(t, beta_b, out=ov[start:stop])
             else:
                 _store(np.add(t, beta_b, out=t), ov[start:stop])
-
-    with np.errstate(invalid="ignore", over="ignore"):
-        _run_parallel(run, _parts(_spans(layout)))
-    return out
-
-
-# The float32 forward is worked in float32, centred on the float64 mean split as hi + lo
-# (hi its float32 rounding): x - hi is exact wherever x is within a factor two of hi
-# (Sterbenz), which is every value when the mean is far from zero, and within half an ulp
-# of x - hi otherwise; lo is folded into the offset. out = (x - hi) * scale + (beta - lo *
-# scale) then rounds three times in float32 (about two eps, normwise, against the textbook's
-# one rounding; nothing cancels in the forward, unlike the backward, which stays float64).
-# Used only where no step can overflow or lose digits to subnormal numbers.
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-_FLOAT32_SMALLEST_SCALE = 2.0**-100  # scale factors below this (but nonzero) lose digits
-
-
-def _float32_centring_holds(scale: np.ndarray, var: np.ndarray, count: int) -> bool:
-    # |x - mean| <= sqrt(count * var) for every x (the squares sum to count * var).
-    with np.errstate(over="ignore", invalid="ignore"):
-        spread = np.sqrt(count * var)
-        magnitude = np.abs(scale)
-        return bool(np.all(np.isfinite(spread) & (spread < _FLOAT32_MAX / 8)
-                           & ((magnitude == 0) | ((magnitude > _FLOAT32_SMALLEST_SCALE)
-                                                  & (magnitude < 2.0**100)))))
-
-
-def _normalize_float32(xv: np.ndarray, out: np.ndarray, ov: np.ndarray, mean_b: np.ndarray,
-                       scale: np.ndarray, beta_b: np.ndarray, layout: Layout) -> np.ndarray:
-    hi = mean_b.astype(np.float32)
-    lo = mean_b - hi.astype(np.float64)
-    scale32 = scale.astype(np.float32)
-    offset32 = (beta_b - lo * scale).astype(np.float32)
-
-    def run(spans: list[tuple[int, int]]) -> None:
-        for start, stop in spans:
-            target = ov[start:stop]
-            np.subtract(xv[start:stop], hi, out=target)
-            np.multiply(target, scale32, out=target)
-            np.add(target, offset32, out=target)
 
     with np.errstate(invalid="ignore", over="ignore"):
         _run_parallel(run, _parts(_spans(layout)))

@@ -177,15 +177,16 @@ def spatial_batchnorm_spec(x_shape: tuple[int, ...], eps: Any = 1e-5) -> NormSpe
     return NormSpec(**{**spec.__dict__, "kind": "spatial"})
 
 
-def groupnorm_spec(x_shape: tuple[int, ...], groups: Any, eps: Any = 1e-5) -> NormSpec:
+def groupnorm_spec(x_shape: tuple[int, ...], groups: Any, eps: Any = 1e-5,
+                   argname: str = "groups") -> NormSpec:
     """Group norm: (N, C, H, W) seen as (N, G, C/G, H, W), normalized over the last three
     axes; gamma/beta per channel, (C,) or (1, C, 1, 1)."""
     _check_rank(x_shape, "(N, C, H, W)", len(x_shape) == 4)
     n, c, h, w = x_shape
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups <= 0:
-        raise ValueError(f"groups: expected a positive int, got {groups!r}")
+        raise ValueError(f"{argname}: expected a positive int, got {groups!r}")
     if c % groups:
-        raise ValueError(f"groups: expected a divisor of the channel count C={c}, got {groups}")
+        raise ValueError(f"{argname}: expected a divisor of the channel count C={c}, got {groups}")
     spec = NormSpec(
         kind="group",
         x_shape=tuple(x_shape),
@@ -202,15 +203,24 @@ def groupnorm_spec(x_shape: tuple[int, ...], groups: Any, eps: Any = 1e-5) -> No
 
 def norm_spec(kind: str, x_shape: tuple[int, ...], *, eps: Any = 1e-5, groups: Any = None,
               axis: Any = None) -> NormSpec:
-    """The spec of normalization `kind` (batch, spatial, layer, group) for input x_shape."""
+    """The spec of normalization `kind` (batch, spatial, layer, group) for input x_shape.
+
+    `axis` is batch norm's alone and `groups` group norm's alone: given to another kind they
+    would be ignored, so they are refused."""
+    if kind not in KINDS:
+        raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
+    if axis is not None and kind != "batch":
+        raise ValueError(f"axis: only batch norm takes an axis ({TITLES[kind]} reduces over "
+                         f"fixed axes), got {axis!r}")
+    if groups is not None and kind != "group":
+        raise ValueError(f"groups: only group norm takes a group count, got {groups!r} for "
+                         f"{TITLES[kind]}")
     if kind == "batch":
         return batchnorm_spec(x_shape, axis, eps)
     if kind == "spatial":
         return spatial_batchnorm_spec(x_shape, eps)
     if kind == "layer":
         return layernorm_spec(x_shape, eps)
-    if kind == "group":
-        return groupnorm_spec(x_shape, groups, eps)
-    raise ValueError(f"norm: expected one of {', '.join(KINDS)}, got {kind!r}")
+    return groupnorm_spec(x_shape, groups, eps)
 
 
