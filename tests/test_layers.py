@@ -140,15 +140,18 @@ def test_a_stand_in_runs_only_where_its_condition_holds():
         """Seam: this test's stand-in."""
         return "textbook"
 
-    dispatch = seam(textbook)
-    dispatch.seam.add(lambda x: "fast", when=lambda x: x.size > 2)
-    assert dispatch(np.zeros(3)) == "fast"
-    assert dispatch(np.zeros(2)) == "textbook"
-    assert dispatch(np.float64(5.0)) == "textbook"  # arrays only: a numpy scalar never
-    with textbook_only():
-        assert dispatch(np.zeros(3)) == "textbook"
     from tinygrad_bn.core.seams import SEAMS
-    del SEAMS[f"{textbook.__module__}.{textbook.__qualname__}"]
+
+    dispatch = seam(textbook)
+    try:
+        dispatch.seam.add(lambda x: "fast", when=lambda x: x.size > 2)
+        assert dispatch(np.zeros(3)) == "fast"
+        assert dispatch(np.zeros(2)) == "textbook"
+        assert dispatch(np.float64(5.0)) == "textbook"  # arrays only: a numpy scalar never
+        with textbook_only():
+            assert dispatch(np.zeros(3)) == "textbook"
+    finally:  # the table of declared seams is the package's own: leave it as it was
+        del SEAMS[f"{textbook.__module__}.{textbook.__qualname__}"]
 
 
 def _private_core_names() -> set[str]:

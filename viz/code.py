@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tinygrad_bn.check.parts import BackwardStep, Part, axes_text
+from tinygrad_bn.check.parts import BackwardStep, Part
 from tinygrad_bn.core.node import Constant, Node
 
 __all__ = ["send_line", "sum_line"]
@@ -119,8 +119,3 @@ def sum_line(step: BackwardStep) -> str:
         return ""
     return f"{step.gradient} = " + " + ".join(part.name for part in step.parts)
 
-
-def summed_words(part: Part) -> str:
-    """Which axes a part was summed over, briefly: "sum over axis 0"."""
-    axes = part.summed[0] + part.summed[1]
-    return f"sum over {axes_text(axes)}" if axes else ""

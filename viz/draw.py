@@ -14,11 +14,11 @@ import numpy as np
 
 from tinygrad_bn.check.compare import COLUMNS, compare_normalization
 from tinygrad_bn.core.node import Constant, Node, graph_nodes, vjp
-from tinygrad_bn.norm import STAGE_NAMES, TITLES, as_node, norm_fused, norm_staged
+from tinygrad_bn.norm import STAGE_NAMES, as_node, norm_fused, norm_staged
 from tinygrad_bn.train.files import write_atomic
 
 from .backend import FORMATS, render_source
-from .labels import escape, join_lines, kind, node_label, shape_text
+from .labels import escape, join_lines, node_label, role, shape_text
 
 __all__ = ["Graph", "draw", "draw_backward", "draw_comparison", "render"]
 
@@ -188,10 +188,10 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
     for node in kept:
         if id(node) in per_use:
             continue  # drawn once per use, beside the node that uses it (below)
-        role = "input" if stop(node) else kind(node, id(node) in outputs)
+        role_of = "input" if stop(node) else role(node, id(node) in outputs)
         full = leaf_data or not node.is_leaf
-        attrs = {**STYLE[role], "class": "titled",
-                 "label": node_label(node, role, show_data and full, show_grad and full,
+        attrs = {**STYLE[role_of], "class": "titled",
+                 "label": node_label(node, role_of, show_data and full, show_grad and full,
                                      aliases.get(id(node)))}
         cluster = clustered.get(id(node))
         if cluster is None:
@@ -220,9 +220,9 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
                 source = f"{ident[id(node)]}_c{index}"
                 if copies is not None:
                     copies.setdefault(id(parent), []).append(source)
-                role = "input" if stop(parent) else kind(parent, False)
-                digraph.node(source, **STYLE[role], **{"class": "titled"},
-                             label=node_label(parent, role, show_data, show_grad))
+                parent_role = "input" if stop(parent) else role(parent, False)
+                digraph.node(source, **STYLE[parent_role], **{"class": "titled"},
+                             label=node_label(parent, parent_role, show_data, show_grad))
             # The shape is said where it changes along the edge (broadcast, reduction): an
             # edge between nodes of one shape needs no label.
             label = shape_text(parent.shape) if parent.shape != node.shape else ""
@@ -329,10 +329,10 @@ def add_legend(digraph: graphviz.Digraph, *, backward: bool = False, forward_inp
     # A drawn backward pass has no leaf that requires grad: its inputs are forward values.
     entries = ([("forward value read", "input"), *LEGEND[1:]] if forward_inputs else list(LEGEND))
     names = []
-    for index, (text, role) in enumerate(entries):
+    for index, (text, entry_role) in enumerate(entries):
         names.append(f"legend{index}")
         key.node(names[-1], label=text, fontsize="8", margin="0.08,0.02", height="0.2",
-                 **STYLE[role])
+                 **STYLE[entry_role])
     if backward:
         names.append("legend_grad")
         key.node("legend_grad", label="red dashed: |grad| sent back", fontsize="8", shape="plain",
@@ -446,6 +446,9 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, kind: st
     dx, dgamma and dbeta) and its verdict. `norm=` is the old name of `kind=` (deprecated).
     """
     if norm is not None:
+        if kind != "batch" and kind != norm:
+            raise TypeError(f"draw_comparison: give kind= alone (norm= is its old name), got "
+                            f"kind={kind!r} and norm={norm!r}")
         warnings.warn("draw_comparison: norm= is now kind=", DeprecationWarning, stacklevel=2)
         kind = norm
     x_data = as_node(x, "x").data
@@ -478,7 +481,7 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, kind: st
     fused_out = ids[id(out)]
     report = compare_normalization(kind, x_data, gamma_data, beta_data, dout, eps=eps,
                                    groups=groups, axis=axis, seed=seed)
-    lines = [f"compare: {TITLES[report.kind]}, {report.dtype}", "normwise relative error",
+    lines = [f"compare: {report.title}, {report.dtype}", "normwise relative error",
              f"{'':<7}" + "".join(f"{column:>15}" for column in COLUMNS)]
     for name, row in report.errors.items():
         lines.append(f"{name:<7}" + "".join(f"{row[column]:>15.2e}" for column in COLUMNS))

@@ -52,7 +52,7 @@ def shape_text(shape: tuple[int, ...]) -> str:
     return "scalar" if shape == () else "×".join(str(s) for s in shape)
 
 
-def kind(node: Node, is_root: bool) -> str:
+def role(node: Node, is_root: bool) -> str:
     """'output', 'op', 'parameter' (a leaf that requires grad) or 'constant' ('input', a
     forward value a drawn backward pass reads, is decided by the caller)."""
     if is_root:

@@ -267,3 +267,21 @@ def test_a_seam_names_the_function_its_calls_go_to(engine_path):
     assert arrays_only.seam.current() is (arrays_only if fast_runs else textbook)
     assert arrays_only(np.float64(1.0)) == "textbook"
     assert arrays_only(np.zeros(1)) == ("fast" if fast_runs else "textbook")
+
+
+def test_a_backward_that_fails_midway_changes_no_gradient(monkeypatch):
+    x = tb.Node(np.array([1.0, 2.0]), name="x")
+    w = tb.Node(np.array([3.0, 4.0]), name="w")
+    s = ((x * w).tanh()).sum()
+    s.backward()
+    before = {name: node.grad.copy() for name, node in (("x", x), ("w", w), ("s", s))}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a VJP that fails")
+
+    # Tanh's VJP runs after the sum's has produced the totals of s and of the tanh node.
+    monkeypatch.setattr(tb.core.ops.Tanh, "backward", staticmethod(broken))
+    with pytest.raises(RuntimeError, match="a VJP that fails"):
+        s.backward()
+    for name, node in (("x", x), ("w", w), ("s", s)):
+        assert np.array_equal(node.grad, before[name]), name

@@ -375,3 +375,5 @@ def test_draw_comparison_still_takes_the_old_keyword_with_a_warning():
     new = viz.draw_comparison(x, gamma, beta, dout, kind="layer")
     labels = [sorted(re.findall(r'label="([^"]*)"', graph.source)) for graph in (old, new)]
     assert labels[0] == labels[1] and any("layer" in label for label in labels[0])
+    with pytest.raises(TypeError, match="give kind= alone"):
+        viz.draw_comparison(x, gamma, beta, dout, kind="group", norm="layer")

@@ -133,7 +133,7 @@ class NormReport:
     or is NaN.
     """
 
-    kind: str  # batch, spatial, layer or group (TITLES has the words)
+    kind: str  # batch, spatial, layer or group (`title` has the words)
     shape: tuple[int, ...]
     dtype: str
     reduce_axes: tuple[int, ...]
@@ -149,6 +149,11 @@ class NormReport:
     # Per gradient, the tolerances actually applied where the case demands more than
     # `tolerances` (see `raised_tolerances`), with the reason.
     raised: dict[str, tuple[float, float, str]] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        """The kind in words ("batch norm")."""
+        return TITLES[self.kind]
 
     def limit(self, grad: str, column: str) -> float:
         """The tolerance applied to errors[grad][column]."""
@@ -176,7 +181,7 @@ class NormReport:
 
     def _repr_markdown_(self) -> str:
         """The report as a Markdown table (how Jupyter shows it)."""
-        lines = [f"**{TITLES[self.kind]}**: x {self.shape} {self.dtype}, reduced over axes "
+        lines = [f"**{self.title}**: x {self.shape} {self.dtype}, reduced over axes "
                  f"{self.reduce_axes}, eps {self.eps:g}; forward max \\|staged - fused\\| = "
                  f"{self.forward_max_abs_diff:.3e}", "",
                  "| grad | " + " | ".join(COLUMNS) + " | tolerance |",
@@ -194,7 +199,7 @@ class NormReport:
 
     def __str__(self) -> str:
         lines = [
-            f"{TITLES[self.kind]}: x {self.shape} {self.dtype}, reduced over axes {self.reduce_axes}, "
+            f"{self.title}: x {self.shape} {self.dtype}, reduced over axes {self.reduce_axes}, "
             f"eps {self.eps:g}",
             f"forward   max |staged - fused| = {self.forward_max_abs_diff:.3e}",
             *([self.numeric_note] if self.numeric_note else []),

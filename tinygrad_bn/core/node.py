@@ -222,18 +222,18 @@ class Node:
                 "inside no_grad()), so there is nothing to differentiate"
             )
         store = _GradStore(seed)
+        # Every total first, then every .grad: a VJP that raises midway leaves no gradient
+        # changed (the pass is all or nothing, so a retry does not count anything twice).
         if not free_graph:
-            for node, total in _totals(self, seed):
+            for node, total in list(_totals(self, seed)):
                 store.keep(node, total)
             return
         _Freed.used = True
-        leaves = []
-        for node, total in _totals(self, seed, free_graph=True):
-            if node._op is None:
-                leaves.append(node)
-                store.keep(node, total)
-            elif node is self:
-                store.keep(node, total)
+        kept = [(node, total) for node, total in _totals(self, seed, free_graph=True)
+                if node._op is None or node is self]
+        leaves = [node for node, _ in kept if node._op is None]
+        for node, total in kept:
+            store.keep(node, total)
         if self._op is not None:
             self._params = _Freed(tuple(leaves))  # zero_grad can still find them
 

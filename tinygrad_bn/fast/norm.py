@@ -153,6 +153,7 @@ def _kept(values: np.ndarray, spec: NormSpec) -> np.ndarray:
 
 @fast_variant(FusedNorm, "statistics", when=_is_array)
 def fast_statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The batch mean and biased variance, kept-axes shaped (`FusedNorm.statistics`)."""
     path, layout, compiled = _route(x, spec)
     if path == "lean":
         return lean.statistics(x, spec)
@@ -169,7 +170,9 @@ def fast_statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarr
 
 
 @fast_variant(FusedNorm, "forward", when=_is_array)
-def fast_forward(x, gamma, beta, *, spec, mean, var):
+def fast_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, spec: NormSpec,
+                 mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """out (x's shape and dtype) from the statistics (`FusedNorm.forward`)."""
     path, layout, compiled = _route(x, spec)
     if path == "lean":
         return lean.normalize(x, gamma, beta, mean, var, spec)
@@ -188,7 +191,11 @@ def fast_forward(x, gamma, beta, *, spec, mean, var):
 
 
 @fast_variant(FusedNorm, "backward", when=lambda upstream, x, *args, **params: _is_array(x))
-def fast_backward(upstream, x, gamma, beta, out, *, spec, mean, var):
+def fast_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                  out: np.ndarray, *, spec: NormSpec, mean: np.ndarray, var: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx (x's shape), dgamma and dbeta (gamma's shape) by the closed form
+    (`FusedNorm.backward`)."""
     path, layout, compiled = _route(x, spec)
     if path == "lean":
         dx, dgamma, dbeta = lean.backward(upstream, x, gamma, mean, var, spec)

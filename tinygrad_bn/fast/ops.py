@@ -49,7 +49,10 @@ def _broadcast_product(upstream: np.ndarray, a: Any, b: Any, out: Any) -> bool:
 
 
 @fast_variant(Mul, "backward", when=_broadcast_product)
-def mul_backward_reduced(upstream, a, b, out):
+def mul_backward_reduced(upstream: np.ndarray, a: Any, b: Any, out: Any
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Mul's VJP (upstream * b, upstream * a) with each product summed straight to its
+    input's shape (einsum), never materialised at the broadcast shape."""
     return product_sum(upstream, b, np.shape(a)), product_sum(upstream, a, np.shape(b))
 
 
@@ -58,7 +61,9 @@ def _large_square(upstream: np.ndarray, base: Any, out: Any, *, p: float) -> boo
 
 
 @fast_variant(PowConst, "backward", when=_large_square)
-def square_backward(upstream, base, out, *, p):
+def square_backward(upstream: np.ndarray, base: Any, out: Any, *, p: float
+                    ) -> tuple[np.ndarray]:
+    """PowConst's VJP for p == 2: 2 * base * upstream with one temporary."""
     grad = np.multiply(upstream, base)
     grad *= 2  # in place: a fresh array of our own
     return (grad,)
