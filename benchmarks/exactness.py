@@ -20,6 +20,7 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -176,12 +177,19 @@ def _spec(case: Case):
 
 
 def reference(case: Case) -> tuple[np.ndarray, ...]:
-    """out, dx, dgamma, dbeta in extended precision (long double), two-pass statistics."""
-    spec = _spec(case)
+    """out, dx, dgamma, dbeta of `case` in extended precision (long double)."""
+    return exact_normalization(case.x, case.gamma, case.beta, case.dout, _spec(case))
+
+
+def exact_normalization(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np.ndarray,
+                        spec: Any) -> tuple[np.ndarray, ...]:
+    """out, dx (x's shape), dgamma, dbeta (gamma's shape) in extended precision (x86 long
+    double) from the float inputs, with two-pass statistics: the reference fast paths are
+    judged by."""
     L = np.longdouble
-    xl = spec.grouped(case.x.astype(L))
-    gl = case.gamma.astype(L).reshape(spec.param_bshape)
-    dl = case.dout.astype(L)
+    xl = spec.grouped(x.astype(L))
+    gl = gamma.astype(L).reshape(spec.param_bshape)
+    dl = dout.astype(L)
     axes = spec.reduce_axes
     xmu = xl - xl.mean(axis=axes, keepdims=True)
     ivar = 1 / np.sqrt((xmu * xmu).mean(axis=axes, keepdims=True) + L(spec.eps))
@@ -191,9 +199,9 @@ def reference(case: Case) -> tuple[np.ndarray, ...]:
     dx = ivar * (g - g.mean(axis=axes, keepdims=True)
                     - xg * (g * xg).mean(axis=axes, keepdims=True))
     sum_axes = spec.param_sum_axes
-    out = gl * xhat + case.beta.astype(L).reshape(spec.param_bshape)
-    return (out, dx.reshape(spec.x_shape), (dl * xhat).sum(axis=sum_axes).reshape(case.gamma.shape),
-            dl.sum(axis=sum_axes).reshape(case.gamma.shape))
+    out = gl * xhat + beta.astype(L).reshape(spec.param_bshape)
+    return (out, dx.reshape(spec.x_shape), (dl * xhat).sum(axis=sum_axes).reshape(gamma.shape),
+            dl.sum(axis=sum_axes).reshape(gamma.shape))
 
 
 def run_case(case: Case) -> tuple[np.ndarray, ...]:

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tinygrad_bn as tb
+from benchmarks.exactness import exact_normalization
 from tinygrad_bn import fast
 from tinygrad_bn.core.ops import Mul, PowConst
 from tinygrad_bn.fast import kernels
@@ -142,34 +143,6 @@ def test_square_backward_variant(dtype, layout, seed, extra):
 
 
 # --- the fused normalization ----------------------------------------------------------
-@pytest.fixture(params=["numpy", "numba"])
-def backend(request):
-    """Each norm test runs on the numpy block passes and on the numba-compiled ones."""
-    if request.param == "numba":
-        pytest.importorskip("numba")
-    previous = fast.numba_enabled()
-    fast.use_numba(request.param == "numba")
-    yield request.param
-    fast.use_numba(previous)
-
-
-def exact_gradients(x, gamma, beta, dout, spec):
-    """out, dx, dgamma, dbeta in extended precision (x86 long double), from the float inputs."""
-    L = np.longdouble
-    xl = spec.grouped(x.astype(L))
-    gl = gamma.astype(L).reshape(spec.param_bshape)
-    dl = dout.astype(L)
-    axes = spec.reduce_axes
-    xmu = xl - xl.mean(axis=axes, keepdims=True)
-    ivar = 1 / np.sqrt((xmu * xmu).mean(axis=axes, keepdims=True) + L(spec.eps))
-    xhat = (xmu * ivar).reshape(spec.x_shape)
-    g = spec.grouped(dl * gl)
-    xg = spec.grouped(xhat)
-    dx = ivar * (g - g.mean(axis=axes, keepdims=True)
-                    - xg * (g * xg).mean(axis=axes, keepdims=True))
-    sum_axes = spec.param_sum_axes
-    out = gl * xhat + beta.astype(L).reshape(spec.param_bshape)
-    return out, dx.reshape(spec.x_shape), (dl * xhat).sum(axis=sum_axes), dl.sum(axis=sum_axes)
 
 
 @st.composite
@@ -222,7 +195,7 @@ def check_norm_variants(case, threads=2):
     grads_t = backward.textbook(dout, x, gamma, beta, out_t, spec=spec, mean=mean_t, var=var_t)
     assert mean.shape == mean_t.shape and var.shape == var_t.shape
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
-    exact = exact_gradients(x, gamma, beta, dout, spec)
+    exact = exact_normalization(x, gamma, beta, dout, spec)
     for name, f, t, e in zip(("out", "dx", "dgamma", "dbeta"), (out, *grads), (out_t, *grads_t),
                              exact, strict=True):
         assert f.shape == t.shape, name
@@ -479,7 +452,7 @@ def test_float32_is_as_exact_below_the_kernel_threshold_as_above(center):
         nodes = tb.Node(x), tb.Node(gamma), tb.Node(np.zeros(16, np.float32))
         out = tb.batchnorm_fused(*nodes)
         out.backward(dout)
-        exact = exact_gradients(x, gamma, np.zeros(16, np.float32), dout, spec)
+        exact = exact_normalization(x, gamma, np.zeros(16, np.float32), dout, spec)
         errors[rows] = max(normwise(a, np.asarray(e, np.float64)) for a, e in
                            zip((out.data, nodes[0].grad, nodes[1].grad, nodes[2].grad), exact))
     assert errors[4095] <= 3 * errors[4096] + 1e-7, errors

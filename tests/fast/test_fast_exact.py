@@ -6,33 +6,19 @@ underflow, reversed and sliced strides, sizes around every threshold) are those 
 reference and must be within max(a few eps, the textbook's own error) of it.
 """
 
-import pathlib
-import sys
 import threading
 
 import numpy as np
 import pytest
 
 import tinygrad_bn as tb
+from benchmarks.exactness import FAMILIES, Case, cases, errors_in_eps, run_case
 from tinygrad_bn import fast
 from tinygrad_bn.core.ops import Mul
 from tinygrad_bn.fast import kernels
 from tinygrad_bn.norm import norm_spec
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from benchmarks.exactness import FAMILIES, Case, cases, errors_in_eps, run_case  # noqa: E402
-
 A_FEW_EPS = 8.0
-
-
-@pytest.fixture(params=["numpy", "numba"])
-def backend(request):
-    if request.param == "numba":
-        pytest.importorskip("numba")
-    previous = fast.numba_enabled()
-    fast.use_numba(request.param == "numba")
-    yield request.param
-    fast.use_numba(previous)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

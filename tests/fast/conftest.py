@@ -1,0 +1,22 @@
+"""The fast layer's tests: each fused-norm test runs on both backends; the benchmarks'
+extended-precision reference (benchmarks/exactness.py) is importable from the repository root."""
+
+import pathlib
+import sys
+
+import pytest
+
+from tinygrad_bn import fast
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+
+
+@pytest.fixture(params=["numpy", "numba"])
+def backend(request):
+    """Each norm test runs on the numpy block passes and on the numba-compiled ones."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    previous = fast.numba_enabled()
+    fast.use_numba(request.param == "numba")
+    yield request.param
+    fast.use_numba(previous)
