@@ -50,7 +50,8 @@ def agree(fast_result, textbook_result, dtype) -> None:
 
 def test_every_variant_has_an_equivalence_test():
     assert set(VARIANTS) == {"Mul.backward", "PowConst.backward", "FusedNorm.statistics",
-                             "FusedNorm.forward", "FusedNorm.backward",
+                             "FusedNorm.forward", "FusedNorm.forward_with_statistics",
+                             "FusedNorm.backward",
                              "tinygrad_bn.core.node.vjp"}
 
 
@@ -188,12 +189,17 @@ def check_norm_variants(case, threads=2):
         mean, var = stats.fast(x, spec)
         out = forward.fast(x, gamma, beta, spec=spec, mean=mean, var=var)
         grads = backward.fast(dout, x, gamma, beta, out, spec=spec, mean=mean, var=var)
+        together = VARIANTS["FusedNorm.forward_with_statistics"].fast(x, gamma, beta, spec=spec)
     finally:
         kernels.set_num_threads(2)
     mean_t, var_t = stats.textbook(x, spec)
     out_t = forward.textbook(x, gamma, beta, spec=spec, mean=mean_t, var=var_t)
     grads_t = backward.textbook(dout, x, gamma, beta, out_t, spec=spec, mean=mean_t, var=var_t)
     assert mean.shape == mean_t.shape and var.shape == var_t.shape
+    # The one-call forward (training mode) gives what the statistics and forward give apart.
+    for name, f, t in zip(("out", "mean", "var"), together, (out, mean, var), strict=True):
+        assert f.shape == t.shape and f.dtype == t.dtype, name
+        assert normwise(f, t) <= (1e-14 if dtype == np.float64 else 1e-6), name
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
     exact = exact_normalization(x, gamma, beta, dout, spec)
     for name, f, t, e in zip(("out", "dx", "dgamma", "dbeta"), (out, *grads), (out_t, *grads_t),

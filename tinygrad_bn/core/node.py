@@ -25,7 +25,7 @@ from .switch import Switch
 if TYPE_CHECKING:
     from .ops import Op
 
-__all__ = ["Node", "Constant", "apply", "value", "no_grad", "enable_grad", "is_grad_enabled",
+__all__ = ["Node", "Constant", "apply", "record", "value", "no_grad", "enable_grad", "is_grad_enabled",
            "grad_mode", "graph_nodes", "stages", "as_float_array", "FLOAT_DTYPES", "NO_PARAMS",
            "vjp", "grad", "trace_backward"]
 
@@ -404,6 +404,16 @@ def apply(op: type[Op], parents: tuple[Node, ...], **params: Any) -> Node:
         return Node._result(out, None, (), NO_PARAMS, False)
     requires_grad = any(map(_requires_grad_of, parents))
     return Node._result(out, op, parents, params or NO_PARAMS, requires_grad)
+
+
+def record(op: type[Op], parents: tuple[Node, ...], out: Any, **params: Any) -> Node:
+    """Record `out`, the value `op.forward` gives on the parents' values with `params`, as a
+    node of the graph: `apply` for an op whose output was computed with its parameters."""
+    if type(out) is np.ndarray and out.ndim == 0:
+        out = out[()]
+    if not grad_mode.enabled:
+        return Node._result(out, None, (), NO_PARAMS, False)
+    return Node._result(out, op, parents, params or NO_PARAMS, any(map(_requires_grad_of, parents)))
 
 
 def value(x: Any) -> Any:

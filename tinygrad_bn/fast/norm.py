@@ -190,6 +190,15 @@ def fast_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, spec: No
     return kernels.normalize(x, gamma, beta, mean, var, spec.eps, layout)
 
 
+@fast_variant(FusedNorm, "forward_with_statistics", when=_is_array)
+def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *,
+                                 spec: NormSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """out, and the batch mean and variance kept-axes shaped
+    (`FusedNorm.forward_with_statistics`)."""
+    mean, var = fast_statistics(x, spec)
+    return fast_forward(x, gamma, beta, spec=spec, mean=mean, var=var), mean, var
+
+
 @fast_variant(FusedNorm, "backward", when=lambda upstream, x, *args, **params: _is_array(x))
 def fast_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                   out: np.ndarray, *, spec: NormSpec, mean: np.ndarray, var: np.ndarray

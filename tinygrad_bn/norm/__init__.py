@@ -26,6 +26,7 @@ from .fused import (
     FusedNorm,
     closed_form_backward,
     fused_node,
+    fused_training_node,
     normalize,
     statistics,
 )
@@ -47,7 +48,7 @@ from .staged import STAGE_NAMES, staged_nodes
 __all__ = [
     "STAGE_NAMES", "staged_nodes", "NormSpec", "KINDS", "TITLES", "NORMS", "as_node", "check_eps",
     "batchnorm_spec", "layernorm_spec", "spatial_batchnorm_spec", "groupnorm_spec", "norm_spec",
-    "FusedNorm", "FusedBatchNorm", "FusedLayerNorm", "FusedGroupNorm", "fused_node",
+    "FusedNorm", "FusedBatchNorm", "FusedLayerNorm", "FusedGroupNorm", "fused_node", "fused_training_node",
     "statistics", "normalize", "closed_form_backward", "broadcastable",
     "batchnorm_staged", "batchnorm_fused", "norm_staged", "norm_fused",
     "layernorm_staged", "layernorm_fused", "spatial_batchnorm_staged", "spatial_batchnorm_fused",

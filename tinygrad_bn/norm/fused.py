@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from ..core.node import Node, apply
+from ..core.node import Node, apply, record
 from ..core.ops import Op
 from ..core.seams import seam
 from .spec import NormSpec
 
 __all__ = ["statistics", "normalize", "closed_form_backward", "FusedNorm", "FusedBatchNorm",
-           "FusedLayerNorm", "FusedGroupNorm", "NORMS", "fused_node"]
+           "FusedLayerNorm", "FusedGroupNorm", "NORMS", "fused_node",
+           "fused_training_node"]
 
 
 def statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +110,17 @@ class FusedNorm(Op):
 
     @staticmethod
     @seam
+    def forward_with_statistics(x, gamma, beta, *, spec):
+        """out, mean, var of a training-mode forward: the batch statistics, then `forward`.
+
+        Seam: fast/norm.py may stand in (passes that normalize while the statistics' data is
+        still in cache).
+        """
+        mean, var = statistics(x, spec)
+        return normalize(x, gamma, beta, mean, var, spec), mean, var
+
+    @staticmethod
+    @seam
     def forward(x, gamma, beta, *, spec, mean, var):
         """Seam: fast/norm.py may stand in (blocked or compiled passes for large inputs)."""
         return normalize(x, gamma, beta, mean, var, spec)
@@ -143,10 +155,18 @@ NORMS: dict[str, type[FusedNorm]] = {
 
 def fused_node(op: type[FusedNorm], x: Node, gamma: Node, beta: Node, spec: NormSpec,
                mean: np.ndarray | None = None, var: np.ndarray | None = None) -> Node:
-    """Apply a fused normalization op: check gamma/beta, take the batch statistics (unless
-    given, as `op.statistics(x.data, spec)` returns them), record."""
-    spec.check_params(gamma, beta)
+    """Apply a fused normalization op: check gamma/beta, record the node with the batch
+    statistics as its parameters (`mean` and `var` when given, else taken from x)."""
     if mean is None or var is None:
-        mean, var = op.statistics(x.data, spec)
+        return fused_training_node(op, x, gamma, beta, spec)[0]
+    spec.check_params(gamma, beta)
     return apply(op, (x, gamma, beta), spec=spec, mean=mean, var=var)
 
+
+def fused_training_node(op: type[FusedNorm], x: Node, gamma: Node, beta: Node, spec: NormSpec
+                        ) -> tuple[Node, np.ndarray, np.ndarray]:
+    """The training-mode node and its batch mean and variance (float64, kept-axes shaped),
+    taken with the output in one call of `op.forward_with_statistics`."""
+    spec.check_params(gamma, beta)
+    out, mean, var = op.forward_with_statistics(x.data, gamma.data, beta.data, spec=spec)
+    return record(op, (x, gamma, beta), out, spec=spec, mean=mean, var=var), mean, var

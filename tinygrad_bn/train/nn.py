@@ -18,6 +18,7 @@ from ..norm import (
     broadcastable,
     check_eps,
     fused_node,
+    fused_training_node,
     groupnorm_spec,
     layernorm_spec,
     staged_nodes,
@@ -311,8 +312,7 @@ class BatchNorm(Module):
             raise ValueError(f"x: expected more than 1 value per channel when training, got "
                              f"input shape {x.shape} (use eval() for single samples)")
         if self.fused:
-            mean, var = FusedBatchNorm.statistics(x.data, spec)
-            out = fused_node(FusedBatchNorm, x, *_params_like(self, x), spec, mean, var)
+            out, mean, var = fused_training_node(FusedBatchNorm, x, *_params_like(self, x), spec)
         else:
             nodes = staged_nodes(x, *_params_like(self, x), spec)
             out, mean, var = nodes["out"], nodes["mu"].data, nodes["var"].data
