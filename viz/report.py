@@ -26,10 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from tinygrad_bn.check import layers as check_layers_module
-from tinygrad_bn.check.layers import DEFAULT_MEMORY, FORWARD_OF, FUNCTIONS, LayersReport
+from tinygrad_bn.check.assignment import FORWARD_OF, FUNCTIONS, GROUPS, case_inputs
+from tinygrad_bn.check.layers import DEFAULT_MEMORY, LayersReport
+from tinygrad_bn.check.lines import trace_student_backward
 from tinygrad_bn.check.locate import StageMatch
 from tinygrad_bn.check.sandbox import run_isolated
+from tinygrad_bn.check.student import student_loader
 from tinygrad_bn.core.node import Node
 from tinygrad_bn.norm import norm_staged
 
@@ -106,9 +108,9 @@ def _case_from_result(kind: str, case: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def _checker_inputs(kind: str, seed: int) -> dict[str, Any]:
     # The first of the checker's own random cases for this seed (what it judges first).
-    spec, x, gamma, beta, dout = check_layers_module.case_inputs(kind, seed)
+    spec, x, gamma, beta, dout = case_inputs(kind, seed)
     return {"x": x, "gamma": gamma, "beta": beta, "dout": dout, "eps": spec.eps,
-            "groups": check_layers_module.GROUPS if kind == "group" else None}
+            "groups": GROUPS if kind == "group" else None}
 
 
 def _trace_passing_backward(source: pathlib.Path, name: str, seed: int, timeout: float,
@@ -117,13 +119,13 @@ def _trace_passing_backward(source: pathlib.Path, name: str, seed: int, timeout:
     """The checker traces a function only when it fails; for one it passed, run the same
     line trace (in the same sandbox) to get the per-stage record: (stages, case) or None."""
     kind = FUNCTIONS[name][0]
-    loader = check_layers_module.student_loader(source.resolve(), dict(functions))
+    loader = student_loader(source.resolve(), dict(functions))
 
     def work() -> dict[str, Any]:
         found = loader()[0]
         result: dict[str, Any] = {}
-        check_layers_module.trace_student_backward(found[name], found[FORWARD_OF[kind]], name,
-                                                   kind, seed, [], result)
+        trace_student_backward(found[name], found[FORWARD_OF[kind]], name, kind, seed, [],
+                               result)
         return {"stages": [s.__dict__ for s in result.get("stages", [])],
                 "case": result.get("case", {})}
 

@@ -1,0 +1,136 @@
+"""Loading a student's `layers.py`: the folder above `cs231n/` on the path, course modules
+normalization does not need stubbed, the judged functions picked by name ("did you mean").
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import pathlib
+import re
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+from .assignment import FUNCTIONS, exception_text
+
+__all__ = ["COURSE_MODULES", "student_loader", "from_namespace", "loaded_names"]
+
+
+# Course modules normalization never needs; a file importing them loads with a stub.
+COURSE_MODULES = ("im2col", "im2col_cython", "fast_layers", "layer_utils", "rnn_layers",
+                  "data_utils", "solver", "optim", "gradient_check", "classifiers", "vis_utils")
+
+
+def _assignment_root(path: pathlib.Path) -> list[str]:
+    """The folders to put on sys.path: the one above `cs231n/` (so `from cs231n.x import y`
+    works whatever the entry point), and the file's own."""
+    folders = [str(path.parent)]
+    for parent in path.parents:
+        if parent.name == "cs231n":
+            folders.insert(0, str(parent.parent))
+            break
+    return folders
+
+
+class _StubModule(types.ModuleType):
+    """A course module normalization does not need: any name it is asked for is a function
+    that says so when called."""
+
+    __all__: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def unavailable(*args: Any, **kwargs: Any) -> Any:
+            raise ImportError(f"{self.__name__}.{name} is not available to the checker")
+        return unavailable
+
+
+def student_loader(path: pathlib.Path, mapping: dict[str, str]
+                   ) -> Callable[[], tuple[dict[str, Callable], list[str], dict[str, str]]]:
+    """A loader (run in the sandbox's child) of the student's file at `path`: it puts the
+    folder above `cs231n/` on the path, stubs missing course modules, applies `mapping`
+    (checked name -> the student's name) and returns (functions, notes, suggestions of names
+    for functions not found)."""
+    def load() -> tuple[dict[str, Callable], list[str], dict[str, str]]:
+        for folder in reversed(_assignment_root(path)):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+        notes: list[str] = []
+        for _ in range(20):  # one stub per missing course module
+            spec = importlib.util.spec_from_file_location("student_layers", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["student_layers"] = module
+            try:
+                spec.loader.exec_module(module)
+                break
+            except ModuleNotFoundError as error:
+                missing = error.name or ""
+                if missing.split(".")[-1] not in COURSE_MODULES:
+                    raise
+                _install_stub(missing)
+                notes.append(f"{missing} not found: loaded with it stubbed (normalization does "
+                             f"not need it)")
+        found, suggestions = _pick(vars(module), mapping)
+        return found, notes, suggestions
+    return load
+
+
+def _install_stub(name: str) -> None:
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        if prefix not in sys.modules:
+            try:
+                importlib.import_module(prefix)
+                continue
+            except ImportError:
+                pass
+            stub = _StubModule(prefix)
+            stub.__path__ = []  # a package, so that submodules can be stubbed too
+            sys.modules[prefix] = stub
+            if i > 1:
+                setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], stub)
+
+
+def _pick(namespace: dict, mapping: dict[str, str]) -> tuple[dict[str, Callable], dict[str, str]]:
+    """The assignment's functions in `namespace` (under their own or their mapped names), and
+    for each one missing, the similar name the namespace has."""
+    found: dict[str, Callable] = {}
+    for name in FUNCTIONS:
+        own = mapping.get(name, name)
+        if callable(namespace.get(own)):
+            found[name] = namespace[own]
+    suggestions: dict[str, str] = {}
+    candidates = {re.sub(r"[^a-z]", "", k.lower()): k for k, v in namespace.items()
+                  if callable(v) and not k.startswith("_") and k not in FUNCTIONS}
+    for name in FUNCTIONS:
+        if name in found:
+            continue
+        key = re.sub(r"[^a-z]", "", name.lower())
+        close = difflib.get_close_matches(key, list(candidates), n=1, cutoff=0.85)
+        if close:
+            suggestions[name] = candidates[close[0]]
+    return found, suggestions
+
+
+def from_namespace(namespace: dict, mapping: dict[str, str]
+                    ) -> Callable[[], tuple[dict[str, Callable], list[str], dict[str, str]]]:
+    found, suggestions = _pick(namespace, mapping)
+    return lambda: (found, [], suggestions)
+
+
+def loaded_names(loader: Callable) -> dict[str, Any]:
+    try:
+        functions, notes, missing = loader()
+    except SyntaxError as error:
+        text = (error.text or "").strip()
+        return {"syntax": f"SyntaxError: {error.msg} at line {error.lineno}"
+                          + (f": {text}" if text else "")}
+    except BaseException as error:  # noqa: BLE001 - the file's own code failed
+        return {"error": exception_text(error)}
+    return {"defined": sorted(functions), "notes": notes, "missing": missing}
+
