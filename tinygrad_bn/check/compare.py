@@ -20,7 +20,6 @@ from ..norm import (
     batchnorm_spec,
     fused_node,
     norm_spec,
-    normalize,
     staged_nodes,
     statistics,
 )
@@ -44,9 +43,10 @@ COLUMNS = ("staged~fused", "staged~numeric", "fused~numeric")
 # value of x (the staged graph's ten stages and their gradients, the fused op, the numeric
 # check's extended-precision forward passes); float32 needs less.
 MEMORY_PER_VALUE = 216
-# The numeric check runs six forward passes over all of x per checked coordinate (three
-# steps, plus and minus); measured at about 50 ns per value and pass in extended precision.
-# Above this many values x passes it would run for minutes.
+# The numeric check runs six forward passes per checked coordinate (three steps, plus and
+# minus) over the values the coordinate reaches (its statistic's for x, its feature's for
+# gamma and beta); measured at about 50 ns per value and pass in extended precision. Above
+# this many value evaluations it would run for minutes.
 MAX_VALUE_PASSES = 2e9
 PASSES_PER_COORDINATE = 6
 
@@ -73,12 +73,17 @@ def format_bytes(count: float) -> str:
     return f"{count / 1e6:.2g} MB"
 
 
-def _cost(shape: tuple[int, ...], kind: str) -> tuple[int, float, int]:
+def _cost(shape: tuple[int, ...], kind: str) -> tuple[int, float, float]:
+    """(values of x, peak bytes, value evaluations of the numeric check) for x of `shape`."""
     values = math.prod(shape)
-    params = math.prod(shape[1:]) if kind == "layer" else shape[1]
-    passes = PASSES_PER_COORDINATE * (min(values, NUMERIC_COORDINATES)
-                                      + 2 * min(params, NUMERIC_COORDINATES))
-    return values, float(values) * MEMORY_PER_VALUE, passes
+    per_sample = math.prod(shape[1:])
+    params = per_sample if kind == "layer" else shape[1]
+    # values one statistic takes (group norm's are at most a sample's)
+    count = per_sample if kind in ("layer", "group") else values // max(1, params)
+    reach = values // max(1, params)  # the outputs one entry of gamma or beta reaches
+    work = PASSES_PER_COORDINATE * (min(values, NUMERIC_COORDINATES) * count
+                                    + 2 * min(params, NUMERIC_COORDINATES) * reach)
+    return values, float(values) * MEMORY_PER_VALUE, float(work)
 
 
 def _one_two_five_below(n: int) -> int:
@@ -101,11 +106,11 @@ def compare_cost(shape: tuple[int, ...], kind: str = "batch",
     """
     shape = tuple(int(s) for s in shape)
     limit = _available_memory() // 2 if memory is None else memory
-    values, estimate, passes = _cost(shape, kind)
+    values, estimate, work = _cost(shape, kind)
 
     def fits(candidate: tuple[int, ...]) -> bool:
-        n, need, p = _cost(candidate, kind)
-        return need <= limit and n * p <= MAX_VALUE_PASSES
+        _, need, evaluations = _cost(candidate, kind)
+        return need <= limit and evaluations <= MAX_VALUE_PASSES
 
     if fits(shape):
         return estimate, None, shape
@@ -116,11 +121,11 @@ def compare_cost(shape: tuple[int, ...], kind: str = "batch",
     over = []
     if estimate > limit:
         over.append(f"half the memory available now is {format_bytes(limit)}")
-    if values * passes > MAX_VALUE_PASSES:
-        over.append(f"more than {MAX_VALUE_PASSES:.0e} values x passes would take many minutes")
+    if work > MAX_VALUE_PASSES:
+        over.append(f"more than {MAX_VALUE_PASSES:.0e} value evaluations would take many "
+                    f"minutes")
     reason = (f"x {shape} has {values:.3g} values; compare needs about {format_bytes(estimate)} "
-              f"and {passes:,} forward passes over all of them in its numeric check "
-              f"({'; '.join(over)})")
+              f"and {work:.3g} value evaluations in its numeric check ({'; '.join(over)})")
     return estimate, reason, tuple(suggestion)
 
 
@@ -363,30 +368,31 @@ def numeric_gradients(spec: NormSpec, x: np.ndarray, gamma: np.ndarray, beta: np
     """dx, dgamma, dbeta by `reference_gradient` (extended precision, a Richardson step).
 
     Inputs with more than NUMERIC_COORDINATES entries are checked at that many coordinates
-    drawn with `seed` (as the assignment's grad_check_sparse does). Returns the gradients
-    and their error estimates (NaN where not computed), the flat coordinates per gradient,
-    and a line saying how they were computed.
+    drawn with `seed` (as the assignment's grad_check_sparse does). Each probe evaluates
+    the forward only where the probed entry reaches (`_probes`): the difference of the
+    other outputs is exactly zero, so leaving them out changes no digit and makes a probe
+    cost one statistic's values, not all of x. Returns the gradients and their error
+    estimates (NaN where not computed), the flat coordinates per gradient, and a line
+    saying how they were computed.
     """
     arrays = [a.astype(EXTENDED) for a in (x, gamma, beta)]
     rng = np.random.default_rng(seed)
     coordinates = [np.arange(a.size) if a.size <= NUMERIC_COORDINATES
                    else np.sort(rng.choice(a.size, NUMERIC_COORDINATES, replace=False))
                    for a in arrays]
+    probes = _probes(spec, *arrays, np.asarray(dout, EXTENDED))
     total, done = sum(len(c) for c in coordinates), 0
     numeric, errors = [], []
     for index, at in enumerate(coordinates):
-        def forward(probe: np.ndarray, index: int = index) -> np.ndarray:
-            args = list(arrays)
-            args[index] = probe
-            mean, var = statistics(args[0], spec)
-            return normalize(*args, mean, var, spec)
-
         gradient = np.full(arrays[index].size, np.nan)
         error = np.full(arrays[index].size, np.nan)
         for chunk in np.array_split(at, max(1, len(at) // 20)):  # progress every ~20
-            part, part_error = reference_gradient(forward, arrays[index], dout, chunk, h)
-            gradient[chunk] = part.reshape(-1)[chunk]
-            error[chunk] = part_error.reshape(-1)[chunk]
+            for flat in chunk:
+                entries, forward, upstream, local = probes[index](int(flat))
+                part, part_error = reference_gradient(forward, entries, upstream,
+                                                      np.array([local]), h)
+                gradient[flat] = part.reshape(-1)[local]
+                error[flat] = part_error.reshape(-1)[local]
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
@@ -398,6 +404,59 @@ def numeric_gradients(spec: NormSpec, x: np.ndarray, gamma: np.ndarray, beta: np
     note = f"numeric   central differences in {precision} with a Richardson step" + (
         "; " + ", ".join(sampled) + " (sampled)" if sampled else "")
     return numeric, errors, coordinates, note
+
+
+Probe = Callable[[int], tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], np.ndarray, int]]
+
+
+def _probes(spec: NormSpec, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+            upstream: np.ndarray) -> tuple[Probe, Probe, Probe]:
+    """For x, gamma and beta: flat index -> (the entries it is probed among, the forward of
+    those entries to the outputs they reach, the upstream there, its index among them).
+
+    An entry of x reaches the outputs of its own statistic (the values it is normalized
+    with); an entry of gamma or beta reaches the outputs of its feature, whose xhat does not
+    depend on it. Both forwards are the closed form of `statistics` and `normalize`.
+    """
+    shape = spec.grouped_shape or spec.x_shape
+    x_grouped, upstream_grouped = x.reshape(shape), upstream.reshape(shape)
+    # gamma and beta at every position of x, in the layout the statistics are taken in
+    gamma_at = np.broadcast_to(gamma.reshape(spec.param_bshape), spec.x_shape).reshape(shape)
+    beta_at = np.broadcast_to(beta.reshape(spec.param_bshape), spec.x_shape).reshape(shape)
+    mean, var = statistics(x, spec)
+    xhat = ((x_grouped - mean) / np.sqrt(var + spec.eps)).reshape(spec.x_shape)
+
+    def x_probe(flat: int) -> Any:
+        position = np.unravel_index(flat, shape)
+        where = tuple(slice(None) if axis in spec.reduce_axes else at
+                      for axis, at in enumerate(position))
+        entries = x_grouped[where].copy()
+        local = int(np.ravel_multi_index(
+            tuple(at for axis, at in enumerate(position) if axis in spec.reduce_axes),
+            entries.shape))
+        scale, shift = gamma_at[where], beta_at[where]
+
+        def forward(values: np.ndarray) -> np.ndarray:
+            centred = values - values.mean()
+            return centred / np.sqrt((centred * centred).mean() + spec.eps) * scale + shift
+        return entries, forward, upstream_grouped[where], local
+
+    def feature(flat: int) -> tuple[Any, ...]:
+        position = np.unravel_index(flat, spec.param_bshape)
+        return tuple(slice(None) if size == 1 else at
+                     for at, size in zip(position, spec.param_bshape))
+
+    def gamma_probe(flat: int) -> Any:
+        where, shift = feature(flat), beta.reshape(-1)[flat]
+        return (gamma.reshape(-1)[flat:flat + 1].copy(),
+                lambda value: xhat[where] * value[0] + shift, upstream[where], 0)
+
+    def beta_probe(flat: int) -> Any:
+        where, scale = feature(flat), gamma.reshape(-1)[flat]
+        return (beta.reshape(-1)[flat:flat + 1].copy(),
+                lambda value: xhat[where] * scale + value[0], upstream[where], 0)
+
+    return x_probe, gamma_probe, beta_probe
 
 
 def compare_batchnorm(x: Any, gamma: Any, beta: Any, dout: Any = None, *, axis: Any = None,
