@@ -5,7 +5,12 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
 
 - **columns** (batch and spatial batch norm): x viewed as (A, K) or (A, K, B), one
   statistic per feature k over A (and B). Forward: one pass for the statistics, one to
-  normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx.
+  normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx. Spatial
+  batch norm whose channel (A segments of B values) fits `CHANNEL_BYTES` goes channel by
+  channel instead: the training-mode forward takes a channel's mean, its centred sums and
+  its output while the channel is in cache, the backward its two sums and its dx, so memory
+  is read once each way. (Batch norm's few columns of every row would be one cache line
+  per row: measured several times slower than streaming whole rows, so it keeps the passes.)
 - **rows** (layer and group norm): x viewed as (N, G, C, S), one statistic per row (n, g)
   over its C * S values, gamma and beta per (g, c). A row is in cache once read, so the
   statistics take one pass over memory (two over the row), and the backward takes one in
@@ -14,13 +19,14 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
 Exactness, on every input the textbook core handles: every value is worked in float64
 (float32 data is converted as it is read, results are rounded once when stored), and no
 formula cancels. The statistics are taken about a shift close to the mean (the mean of a
-few leading rows, or the row's own first-pass mean) and corrected by the mean of the
+few leading rows, or the row's or the channel's own first-pass mean) and corrected by the mean of the
 shifted values, so a mean far from zero costs no digits; when the shift turns out far
 from the mean (adversarial data), a second pass about the mean itself follows. The
 backward multiplies by xhat = (x - mean) * ivar, never by ivar^2 * sum(dy * (x -
 mean)), so a variance that overflows (|x| ~ 1e200 in float64) gives the textbook's
 finite answer, not inf * 0. Sums are partial sums over a fixed number of chunks, added in
-order: the result does not depend on the thread count.
+order, or a channel's own sums taken by one thread: the result does not depend on the thread
+count.
 
 Safety: numba's parallel loops run on one threading layer per process. Not every layer can
 be entered from two Python threads at once (workqueue aborts), so calls are serialized;
