@@ -204,14 +204,23 @@ def exact_normalization(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout
             dl.sum(axis=sum_axes).reshape(gamma.shape))
 
 
-def run_case(case: Case) -> tuple[np.ndarray, ...]:
-    """out, dx, dgamma, dbeta through the fused op's dispatchers (fast path where enabled)."""
+def run_case(case: Case, together: bool = False) -> tuple[np.ndarray, ...]:
+    """out, dx, dgamma, dbeta through the fused op's dispatchers (fast path where enabled).
+
+    The forward is the statistics, then `forward` (as with given statistics); `together`
+    takes it as a training-mode node does instead, output and statistics in one call.
+    """
     from tinygrad_bn.norm import FusedNorm
 
     spec = _spec(case)
     with np.errstate(all="ignore"):
-        mean, var = FusedNorm.statistics(case.x, spec)
-        out = FusedNorm.forward(case.x, case.gamma, case.beta, spec=spec, mean=mean, var=var)
+        if together:
+            out, mean, var = FusedNorm.forward_with_statistics(case.x, case.gamma, case.beta,
+                                                               spec=spec)
+        else:
+            mean, var = FusedNorm.statistics(case.x, spec)
+            out = FusedNorm.forward(case.x, case.gamma, case.beta, spec=spec, mean=mean,
+                                    var=var)
         dx, dgamma, dbeta = FusedNorm.backward(case.dout, case.x, case.gamma, case.beta, out,
                                                spec=spec, mean=mean, var=var)
     return out, dx, dgamma, dbeta
@@ -236,14 +245,15 @@ def error_in_eps(result: np.ndarray, exact: np.ndarray, dtype) -> float:
         return float(np.max(np.abs(r - e)) / max(scale, tiny) / np.finfo(dtype).eps)
 
 
-def errors_in_eps(case: Case) -> tuple[float, float]:
-    """(fast path, textbook) worst error over out, dx, dgamma, dbeta, in eps of x's dtype."""
+def errors_in_eps(case: Case, together: bool = False) -> tuple[float, float]:
+    """(fast path, textbook) worst error over out, dx, dgamma, dbeta, in eps of x's dtype
+    (`together`: the forward in one call, as `run_case` says)."""
     from tinygrad_bn import fast
 
     exact = reference(case)
-    fast_result = run_case(case)
+    fast_result = run_case(case, together)
     with fast.disabled():
-        textbook = run_case(case)
+        textbook = run_case(case, together)
     dtype = case.x.dtype
     worst = [max(error_in_eps(r, e, dtype) for r, e in zip(results, exact))
              for results in (fast_result, textbook)]

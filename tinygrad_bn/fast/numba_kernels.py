@@ -5,7 +5,12 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
 
 - **columns** (batch and spatial batch norm): x viewed as (A, K) or (A, K, B), one
   statistic per feature k over A (and B). Forward: one pass for the statistics, one to
-  normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx.
+  normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx. Spatial
+  batch norm whose channel (A segments of B values) fits `CHANNEL_BYTES` goes channel by
+  channel instead: the training-mode forward takes a channel's mean, its centred sums and
+  its output while the channel is in cache, the backward its two sums and its dx, so memory
+  is read once each way. (Batch norm's few columns of every row would be one cache line
+  per row: measured several times slower than streaming whole rows, so it keeps the passes.)
 - **rows** (layer and group norm): x viewed as (N, G, C, S), one statistic per row (n, g)
   over its C * S values, gamma and beta per (g, c). A row is in cache once read, so the
   statistics take one pass over memory (two over the row), and the backward takes one in
@@ -14,13 +19,14 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
 Exactness, on every input the textbook core handles: every value is worked in float64
 (float32 data is converted as it is read, results are rounded once when stored), and no
 formula cancels. The statistics are taken about a shift close to the mean (the mean of a
-few leading rows, or the row's own first-pass mean) and corrected by the mean of the
-shifted values, so a mean far from zero costs no digits; when the shift turns out far
-from the mean (adversarial data), a second pass about the mean itself follows. The
+few leading rows, or the row's or the channel's own first-pass mean) and corrected by the
+mean of the shifted values, so a mean far from zero costs no digits; when the shift turns
+out far from the mean (adversarial data), a second pass about the mean itself follows. The
 backward multiplies by xhat = (x - mean) * ivar, never by ivar^2 * sum(dy * (x -
 mean)), so a variance that overflows (|x| ~ 1e200 in float64) gives the textbook's
 finite answer, not inf * 0. Sums are partial sums over a fixed number of chunks, added in
-order: the result does not depend on the thread count.
+order, or a channel's own sums taken by one thread: the result does not depend on the thread
+count.
 
 Safety: numba's parallel loops run on one threading layer per process. Not every layer can
 be entered from two Python threads at once (workqueue aborts), so calls are serialized;
@@ -45,10 +51,15 @@ from numba import prange
 from .kernels import Layout, RowLayout, combine_moments, lead_shift
 
 __all__ = ["fork_safe", "column_statistics", "column_normalize", "column_backward",
+           "column_forward_with_statistics", "by_channel",
            "row_statistics_of", "row_normalize_of", "row_backward_of", "CHUNKS"]
 
 CHUNKS = 64  # partial sums per statistic: enough to keep every thread busy, fixed for determinism
 CHUNK_ELEMENTS = 1 << 13  # at least this many elements per chunk: small inputs take few chunks
+# A spatial channel (A * B values) up to this size is worked whole while in cache: half of
+# L2 here, so the backward's dy and x of one channel per thread stay within L2 and L3.
+CHANNEL_BYTES = 1 << 19
+CHANNEL_MIN_INNER = 16  # shorter segments than this leave the channel passes' SIMD loops idle
 _FASTMATH = {"reassoc", "nsz", "contract"}  # SIMD sums; never assumes finite values
 _lock = threading.Lock()
 
@@ -196,6 +207,72 @@ def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no 
                 dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
 
 
+# Spatial batch norm channel by channel: a channel k is A segments of B contiguous values,
+# small enough (`CHANNEL_BYTES`) to stay in cache between the passes over it, so memory is
+# read once forward (x) and once backward (dy and x), however many passes the math takes.
+# Batch norm's (A, K) columns get no such pass: a few columns of every row are one cache
+# line per row, and reading memory that way measured several times slower than a stream.
+@_compile(fastmath=_FASTMATH)
+def channel_forward(x, gamma, beta, eps, out, mean, var):  # pragma: no cover - compiled
+    rows, channels, inner = x.shape
+    count = rows * inner
+    for k in prange(channels):
+        total = 0.0
+        for a in range(rows):  # the mean (from memory) ...
+            t = 0.0
+            for b in range(inner):
+                t += np.float64(x[a, k, b])
+            total += t
+        shift = total / count
+        s1 = 0.0
+        s2 = 0.0
+        for a in range(rows):  # ... then the centred sums, from cache: no cancellation
+            t1 = 0.0
+            t2 = 0.0
+            for b in range(inner):
+                d = np.float64(x[a, k, b]) - shift
+                t1 += d
+                t2 += d * d
+            s1 += t1
+            s2 += t2
+        m1 = s1 / count
+        e2 = s2 / count
+        v = max(e2 - m1 * m1, 0.0) if e2 < np.inf else e2  # overflowed: the textbook's inf
+        m = shift + m1
+        mean[k] = m
+        var[k] = v
+        scale = gamma[k] / np.sqrt(v + eps)
+        offset = beta[k]
+        for a in range(rows):  # normalized from cache
+            for b in range(inner):
+                out[a, k, b] = (np.float64(x[a, k, b]) - m) * scale + offset
+
+
+@_compile(fastmath=_FASTMATH)
+def channel_backward(dy, x, gamma, mean, ivar, dx, dgamma, dbeta):  # pragma: no cover
+    rows, channels, inner = x.shape
+    count = rows * inner
+    for k in prange(channels):
+        m, r = mean[k], ivar[k]
+        s_dy = 0.0
+        s_dy_xhat = 0.0
+        for a in range(rows):  # both sums (from memory) ...
+            t1 = 0.0
+            t2 = 0.0
+            for b in range(inner):
+                g = np.float64(dy[a, k, b])
+                t1 += g
+                t2 += g * ((np.float64(x[a, k, b]) - m) * r)
+            s_dy += t1
+            s_dy_xhat += t2
+        dbeta[k] = s_dy
+        dgamma[k] = s_dy_xhat
+        md, mdx, s = s_dy / count, s_dy_xhat / count, gamma[k] * r
+        for a in range(rows):  # ... then dx, from cache
+            for b in range(inner):
+                xhat = (np.float64(x[a, k, b]) - m) * r
+                dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
+
 # --- rows: x as (N, G, C, S), statistics per row (n, g) ------------------------------
 @_compile(fastmath=_FASTMATH)
 def row_statistics(x):  # pragma: no cover - compiled
@@ -329,6 +406,28 @@ def column_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: n
     return out
 
 
+def by_channel(layout: Layout, dtype: np.dtype) -> bool:
+    """Whether spatial batch norm takes the channel passes: a channel fits `CHANNEL_BYTES`
+    and its segments are long enough to vectorize (else the column passes, row order)."""
+    return layout.B >= CHANNEL_MIN_INNER and layout.count * dtype.itemsize <= CHANNEL_BYTES
+
+
+def column_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                                   eps: float, layout: Layout, threads: int
+                                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """out (x's shape and dtype) and the float64 mean and biased variance (K,) of a
+    training-mode forward: per channel while it is in cache where `by_channel`, else the
+    statistics pass, then the normalize pass."""
+    if not by_channel(layout, x.dtype):
+        mean, var = column_statistics(x, layout, threads)
+        return column_normalize(x, gamma, beta, mean, var, eps, layout, threads), mean, var
+    out = np.empty(x.shape, x.dtype)
+    mean, var = np.empty(layout.K), np.empty(layout.K)
+    run(channel_forward, threads, x.reshape(layout.view), gamma, beta, eps,
+        out.reshape(layout.view), mean, var)
+    return out, mean, var
+
+
 def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
                     var: np.ndarray, eps: float, layout: Layout, threads: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -336,6 +435,12 @@ def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
     xv = x.reshape(layout.view)
     dyv = np.ascontiguousarray(upstream.reshape(layout.view))
     ivar = 1.0 / np.sqrt(var + eps)
+    if by_channel(layout, x.dtype):
+        dx = np.empty(x.shape, x.dtype)
+        dgamma, dbeta = np.empty(layout.K), np.empty(layout.K)
+        run(channel_backward, threads, dyv, xv, gamma, mean, ivar, dx.reshape(layout.view),
+            dgamma, dbeta)
+        return dx, dgamma, dbeta
     s_dy, s_dy_xhat = run(_col(col_grad_sums2, col_grad_sums3, layout), threads, dyv, xv, mean,
                           ivar)
     dbeta, dgamma = s_dy.sum(axis=0), s_dy_xhat.sum(axis=0)
