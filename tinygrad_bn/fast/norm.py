@@ -252,6 +252,8 @@ def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
         out, mean, var = forward(x, _small_param(gamma, layout), _small_param(beta, layout),
                                  spec.eps, layout.view)
         return out, mean.reshape(layout.kept), var.reshape(layout.kept)
+    if path == "lean":
+        return lean.forward_with_statistics(x, gamma, beta, spec)
     mean, var = fast_statistics(x, spec)
     return fast_forward(x, gamma, beta, spec=spec, mean=mean, var=var), mean, var
 
