@@ -6,6 +6,8 @@ Same formulas, worked in float64 as the textbook does (float32 data converted on
 result rounded once); the differences are only in memory traffic: sums by einsum instead
 of a full-size product then a sum, and results updated in place in arrays created here.
 The statistics take two passes (the mean, then the squares of x - mean): no cancellation.
+The training-mode forward (`forward_with_statistics`) takes x - mean once, for the variance
+and then normalized in place.
 """
 
 from __future__ import annotations

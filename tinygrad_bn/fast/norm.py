@@ -1,9 +1,11 @@
 """The fused normalization's fast path, registered on `FusedNorm` for numpy arrays.
 
 Where each call goes (x a C-contiguous float32/float64 array, else `lean.py`):
-- with numba installed (the `[fast]` extra) and not switched off: the compiled passes of
+- with numba installed (the `[fast]` extra) and not switched off: up to
+  `SMALL_MAX_ELEMENTS` elements, one serial compiled call per seam (`numba_small.py`: the
+  time of a small normalization is its calls); above, the parallel compiled passes of
   `numba_kernels.py` for the whole family: batch and spatial batch norm as columns, layer
-  and group norm as rows, from `COMPILED_MIN_ELEMENTS` elements;
+  and group norm as rows;
 - without it: the blocked numpy passes of `kernels.py`, as columns for large batch and
   spatial batch norm, as blocks of whole rows for large layer and group norm;
 - everything else: `lean.py`, the closed form with fewer temporaries.

@@ -1,14 +1,14 @@
 """Compiled passes for small fused normalizations (numba, one thread, one call per seam).
 
-Below `SMALL_MAX_ELEMENTS` the data fits in cache and a normalization's time is its calls,
-not its memory traffic: the parallel passes of `numba_kernels.py` pay a thread launch and
-a few numpy calls around each of them, and the numpy closed form of `lean.py` some twenty
-calls. Here each seam is one compiled call on one thread: the training-mode forward takes
+Up to `fast.norm.SMALL_MAX_ELEMENTS` the data fits in cache and a normalization's time is
+its calls, not its memory traffic: the parallel passes of `numba_kernels.py` pay a thread
+launch and a few numpy calls around each of them, and the numpy closed form of `lean.py`
+some twenty calls. Here each seam is one compiled call on one thread: the training-mode forward takes
 the statistics and normalizes in one, the backward takes both sums and dx in one.
 
 Imported by `fast/norm.py` only once the compiled passes are in use (never by `import
 tinygrad_bn`). Layouts as the parallel passes' (`kernels.Layout`, `kernels.RowLayout`):
-columns (A, K) or (A, K, B) for batch and spatial batch norm, rows (N, G, C, S) for layer
+columns (A, K) or (A, K, B) for batch and spatial batch norm, rows (N * G, C, S) for layer
 and group norm.
 
 Exactness: every value worked in float64 (float32 data converted as it is read, results
@@ -34,10 +34,9 @@ import numpy as np
 
 from .numba_kernels import _writable_cache_dir
 
-__all__ = ["SMALL_MAX_ELEMENTS", "column_forward", "column_statistics", "column_normalize",
+__all__ = ["column_forward", "column_statistics", "column_normalize",
            "column_backward", "row_forward", "row_statistics", "row_normalize", "row_backward"]
 
-SMALL_MAX_ELEMENTS = 1 << 16  # above this the parallel passes' fewer trips to memory win
 _FASTMATH = {"reassoc", "nsz", "contract"}  # SIMD sums; never assumes finite values
 
 
