@@ -267,6 +267,19 @@ def test_small_routes_are_cached_by_shape_strides_and_dtype(backend):
                 check_norm_variants(norm_case_of(kind, arrange(x, layout), rng))
 
 
+def test_one_value_per_statistic_gives_exactly_zero_dx(backend):
+    # x - mean is exactly 0, so dx is exactly 0 (a fused multiply-add would leave the product's
+    # rounding error of gamma * dy there).
+    rng = np.random.default_rng(6)
+    for kind, shape, groups in (("layer", (3, 1), None), ("group", (2, 4, 1, 1), 4)):
+        x = tb.Node(rng.standard_normal(shape))
+        gamma, beta = 1 + rng.random(shape[1]), rng.standard_normal(shape[1])
+        out = tb.norm_fused(kind, x, gamma, beta, groups=groups)
+        out.backward(rng.standard_normal(shape))
+        assert np.array_equal(out.data, np.broadcast_to(beta.reshape(1, -1, *shape[2:]), shape))
+        assert not np.any(x.grad), (kind, x.grad)
+
+
 def norm_case_of(kind, x, rng):
     spec = norm_spec(kind, x.shape, groups=2 if kind == "group" else None)
     gamma = rng.standard_normal(spec.param_shape).astype(x.dtype)
