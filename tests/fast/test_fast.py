@@ -245,6 +245,48 @@ def test_lean_norm_equals_the_closed_form(case):
     check_norm_variants(case)
 
 
+@settings(max_examples=25, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # the backend is fixed
+@given(case=norm_case(large=False))
+def test_small_norm_equals_the_closed_form_on_each_backend(case, backend):
+    spec, x = case[0], case[1]
+    # With numba a small C-contiguous x takes one serial compiled call per seam
+    # (numba_small.py); other layouts, and every small x without numba, take lean.py.
+    small = backend == "numba" and x.flags.c_contiguous
+    assert fast_norm._route(x, spec)[0] == ("small" if small else "lean")
+    check_norm_variants(case)
+
+
+def test_small_routes_are_cached_by_shape_strides_and_dtype(backend):
+    rng = np.random.default_rng(5)
+    for shape, kind in (((32, 8), "batch"), ((8, 32), "batch"), ((32, 8), "layer"),
+                        ((4, 2, 3, 3), "spatial"), ((4, 4, 3, 3), "group")):
+        for dtype in DTYPES:
+            x = (3 + rng.standard_normal(shape)).astype(dtype)
+            for layout in ("C", "F"):
+                check_norm_variants(norm_case_of(kind, arrange(x, layout), rng))
+
+
+def test_one_value_per_statistic_gives_exactly_zero_dx(backend):
+    # x - mean is exactly 0, so dx is exactly 0 (a fused multiply-add would leave the product's
+    # rounding error of gamma * dy there).
+    rng = np.random.default_rng(6)
+    for kind, shape, groups in (("layer", (3, 1), None), ("group", (2, 4, 1, 1), 4)):
+        x = tb.Node(rng.standard_normal(shape))
+        gamma, beta = 1 + rng.random(shape[1]), rng.standard_normal(shape[1])
+        out = tb.norm_fused(kind, x, gamma, beta, groups=groups)
+        out.backward(rng.standard_normal(shape))
+        assert np.array_equal(out.data, np.broadcast_to(beta.reshape(1, -1, *shape[2:]), shape))
+        assert not np.any(x.grad), (kind, x.grad)
+
+
+def norm_case_of(kind, x, rng):
+    spec = norm_spec(kind, x.shape, groups=2 if kind == "group" else None)
+    gamma = rng.standard_normal(spec.param_shape).astype(x.dtype)
+    beta = rng.standard_normal(spec.param_shape).astype(x.dtype)
+    return spec, x, gamma, beta, rng.standard_normal(x.shape).astype(x.dtype), 3.0
+
+
 def test_whole_engine_with_and_without_the_fast_layer(backend):
     rng = np.random.default_rng(3)
     for shape in [(2048, 64), (16, 8), (8, 4, 16, 16)]:

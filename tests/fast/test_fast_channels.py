@@ -13,11 +13,11 @@ from tinygrad_bn.norm import norm_spec
 nk = pytest.importorskip("tinygrad_bn.fast.numba_kernels")
 
 A_FEW_EPS = 8.0
-# (N, C, H, W): segments of 16 to 1024 values, channels of 1 KB to the whole cache block,
-# odd extents everywhere.
-FITTING = [(7, 5, 13, 11), (33, 3, 17, 17), (32, 64, 32, 32), (64, 6, 4, 4), (5, 9, 50, 30)]
+# (N, C, H, W): segments of 16 to 1024 values, channels of 60 KB to the whole cache block,
+# odd extents everywhere, all above the small inputs' one serial call (SMALL_MAX_ELEMENTS).
+FITTING = [(37, 5, 23, 19), (99, 3, 17, 17), (32, 64, 32, 32), (1100, 6, 4, 4), (5, 9, 50, 30)]
 # Channels above `CHANNEL_BYTES` in float32 and float64; segments too short to vectorize.
-NOT_FITTING = [(160, 3, 32, 32), (4096, 4, 3, 3), (2048, 3, 1, 8)]
+NOT_FITTING = [(160, 3, 32, 32), (4096, 4, 3, 3), (4096, 3, 1, 8)]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -177,3 +177,41 @@ def test_norm_spec_refuses_what_it_would_ignore():
     # The same words reach the public functions that take a kind.
     with pytest.raises(ValueError, match="^axis: only batch norm"):
         tb.norm_staged("layer", np.ones((4, 3)), np.ones(3), np.zeros(3), axis=0)
+
+
+def test_every_kinds_spec_is_built_once_and_keyed_by_all_its_arguments():
+    from tinygrad_bn.norm.spec import groupnorm_spec, layernorm_spec, spatial_batchnorm_spec
+
+    first = layernorm_spec((4, 3))
+    assert layernorm_spec((4, 3)) is first  # cached: the same immutable spec
+    assert layernorm_spec([4, 3]) is first  # a list shape is the same key as the tuple
+    assert layernorm_spec((4, 3), 1e-3).eps == 1e-3 and layernorm_spec((4, 3), eps=1e-3).eps == 1e-3
+    assert layernorm_spec((5, 3)).x_shape == (5, 3) and layernorm_spec((4, 3, 2)).param_shape == (3, 2)
+    assert spatial_batchnorm_spec((2, 3, 2, 2)).kind == "spatial"
+    assert tb.norm.norm_spec("batch", (2, 3, 2, 2)).kind == "batch"  # not spatial's spec
+    assert groupnorm_spec((2, 4, 2, 2), 2).grouped_shape == (2, 2, 2, 2, 2)
+    assert groupnorm_spec((2, 4, 2, 2), 4).grouped_shape == (2, 4, 1, 2, 2)
+    assert first.count == 3 and first.param_sum_axes == (0,)
+    # Lookalike arguments are other keys, and bad ones raise on every call, cached or not.
+    assert layernorm_spec((4, 3), 1).eps == 1.0
+    for _ in range(2):
+        with pytest.raises(ValueError, match="eps: expected a finite number > 0, got True"):
+            layernorm_spec((4, 3), True)
+        with pytest.raises(ValueError, match="eps: expected a finite number > 0, got nan"):
+            layernorm_spec((4, 3), float("nan"))
+        with pytest.raises(ValueError, match="G: expected a divisor of the channel count C=4, got 3"):
+            groupnorm_spec((2, 4, 2, 2), 3, argname="G")
+        with pytest.raises(ValueError, match="groups: expected a positive int, got True"):
+            groupnorm_spec((2, 4, 2, 2), True)
+        with pytest.raises(ValueError, match=r"eps: expected a finite number > 0, got \[1\]"):
+            layernorm_spec((4, 3), [1])  # not a key: checked without the cache
+
+
+def test_bad_parameters_after_a_cached_good_call_still_get_their_error():
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    for kind in ("batch", "layer"):
+        tb.norm_fused(kind, tb.Node(x), np.ones(3), np.zeros(3)).backward(np.ones((4, 3)))
+        with pytest.raises(ValueError, match=r"gamma: expected shape \(3,\)"):
+            tb.norm_fused(kind, tb.Node(x), np.ones(4), np.zeros(3))
+        with pytest.raises(ValueError, match=r"beta: expected shape \(3,\)"):
+            tb.norm_fused(kind, tb.Node(x), np.ones(3), np.zeros((2, 3)))

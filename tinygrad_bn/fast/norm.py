@@ -1,9 +1,11 @@
 """The fused normalization's fast path, registered on `FusedNorm` for numpy arrays.
 
 Where each call goes (x a C-contiguous float32/float64 array, else `lean.py`):
-- with numba installed (the `[fast]` extra) and not switched off: the compiled passes of
+- with numba installed (the `[fast]` extra) and not switched off: up to
+  `SMALL_MAX_ELEMENTS` elements, one serial compiled call per seam (`numba_small.py`: the
+  time of a small normalization is its calls); above, the parallel compiled passes of
   `numba_kernels.py` for the whole family: batch and spatial batch norm as columns, layer
-  and group norm as rows, from `COMPILED_MIN_ELEMENTS` elements;
+  and group norm as rows;
 - without it: the blocked numpy passes of `kernels.py`, as columns for large batch and
   spatial batch norm, as blocks of whole rows for large layer and group norm;
 - everything else: `lean.py`, the closed form with fewer temporaries.
@@ -21,6 +23,7 @@ import functools
 import os
 import threading
 import warnings
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -34,6 +37,7 @@ from .registry import fast_variant
 __all__ = ["use_numba", "numba_enabled", "COMPILED_MIN_ELEMENTS"]
 
 COMPILED_MIN_ELEMENTS = 1 << 12  # below this a compiled pass's launch costs more than it saves
+SMALL_MAX_ELEMENTS = 1 << 16  # up to this, one serial compiled call per seam (numba_small.py)
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this waking a second thread costs more than it saves
 
 
@@ -108,6 +112,40 @@ def _after_fork_in_child() -> None:
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_small: ModuleType | None = None  # numba_small, imported by the first small compiled call
+
+
+@dataclass(frozen=True)
+class SmallLayout:
+    """How a small C-contiguous x is handed to `numba_small`: as columns (A, K, B) with
+    gamma flat, or as rows (N * G, C, S) with gamma as (G, C); `kept` is the shape the
+    statistics are returned in (the reduced axes kept as size 1)."""
+
+    rows: bool
+    view: tuple[int, int, int]
+    param_view: tuple[int, ...]
+    kept: tuple[int, ...]
+
+
+def _small_layout(x: np.ndarray, spec: NormSpec) -> SmallLayout | None:
+    shape = spec.grouped_shape or spec.x_shape
+    kept = tuple(1 if a in spec.reduce_axes else n for a, n in enumerate(shape))
+    if spec.grouped_shape is None:
+        columns = kernels.layout_for(x, spec.reduce_axes, 0)
+        if columns is not None:
+            return SmallLayout(False, (columns.A, columns.K, columns.B), (columns.K,), kept)
+    rows = kernels.row_layout_for(x, spec, 0)
+    if rows is None:
+        return None
+    return SmallLayout(True, (rows.N * rows.G, rows.C, rows.S), rows.param_view, kept)
+
+
+def _small_passes() -> ModuleType:
+    global _small
+    if _small is None:
+        from . import numba_small
+        _small = numba_small
+    return _small
 
 
 def _is_array(x: Any, *args: Any, **params: Any) -> bool:
@@ -115,9 +153,12 @@ def _is_array(x: Any, *args: Any, **params: Any) -> bool:
 
 
 def _route(x: np.ndarray, spec: NormSpec) -> tuple[str, Any, ModuleType | None]:
-    """("columns" | "rows" | "blocked" | "blocked rows" | "lean", layout, compiled module)."""
+    """("small" | "columns" | "rows" | "blocked" | "blocked rows" | "lean", layout, compiled
+    module: numba_small for "small", numba_kernels for "columns" and "rows")."""
     compiled = _compiled()
     path, layout = _plan(x.shape, x.strides, x.dtype, spec, compiled is not None)
+    if path == "small":
+        return path, layout, _small_passes()
     return path, layout, compiled if path in ("columns", "rows") else None
 
 
@@ -126,6 +167,10 @@ def _plan(shape: tuple[int, ...], strides: tuple[int, ...], dtype: np.dtype, spe
           compiled: bool) -> tuple[str, Any]:
     # Decided by shape, strides and dtype alone: cached (a training loop asks every step).
     x = np.lib.stride_tricks.as_strided(np.empty(1, dtype), shape, strides)
+    if compiled and x.size <= SMALL_MAX_ELEMENTS:
+        small = _small_layout(x, spec)
+        if small is not None:
+            return "small", small
     if compiled:
         if spec.grouped_shape is None:
             layout = kernels.layout_for(x, spec.reduce_axes, COMPILED_MIN_ELEMENTS)
@@ -157,6 +202,10 @@ def fast_statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarr
     path, layout, compiled = _route(x, spec)
     if path == "lean":
         return lean.statistics(x, spec)
+    if path == "small":
+        mean, var = (compiled.row_statistics if layout.rows else compiled.column_statistics)(
+            x, layout.view)
+        return mean.reshape(layout.kept), var.reshape(layout.kept)
     threads = _threads_for(x)
     if path == "columns":
         mean, var = compiled.column_statistics(x, layout, threads)
@@ -176,6 +225,10 @@ def fast_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, spec: No
     path, layout, compiled = _route(x, spec)
     if path == "lean":
         return lean.normalize(x, gamma, beta, mean, var, spec)
+    if path == "small":
+        normalize = compiled.row_normalize if layout.rows else compiled.column_normalize
+        return normalize(x, _small_param(gamma, layout), _small_param(beta, layout),
+                         _flat64(mean), _flat64(var), spec.eps, layout.view)
     mean, var = _flat64(mean), _flat64(var)
     if path == "blocked rows":
         return kernels.row_normalize(x, _per(gamma, layout), _per(beta, layout), mean, var,
@@ -196,6 +249,13 @@ def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
     """out, and the batch mean and variance kept-axes shaped
     (`FusedNorm.forward_with_statistics`)."""
     path, layout, compiled = _route(x, spec)
+    if path == "small":
+        forward = compiled.row_forward if layout.rows else compiled.column_forward
+        out, mean, var = forward(x, _small_param(gamma, layout), _small_param(beta, layout),
+                                 spec.eps, layout.view)
+        return out, mean.reshape(layout.kept), var.reshape(layout.kept)
+    if path == "lean":
+        return lean.forward_with_statistics(x, gamma, beta, spec)
     if path == "columns":
         out, mean, var = compiled.column_forward_with_statistics(
             x, _flat64(gamma), _flat64(beta), spec.eps, layout, _threads_for(x))
@@ -213,6 +273,11 @@ def fast_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: 
     path, layout, compiled = _route(x, spec)
     if path == "lean":
         dx, dgamma, dbeta = lean.backward(upstream, x, gamma, mean, var, spec)
+    elif path == "small":
+        backward = compiled.row_backward if layout.rows else compiled.column_backward
+        dx, dgamma, dbeta = backward(np.ascontiguousarray(upstream), x,
+                                     _small_param(gamma, layout), _flat64(mean), _flat64(var),
+                                     spec.eps, layout.view)
     elif path == "rows":
         dx, dgamma, dbeta = compiled.row_backward_of(upstream, x, _per(gamma, layout),
                                                      _flat64(mean), _flat64(var), spec.eps,
@@ -237,6 +302,11 @@ def _threads_for(x: np.ndarray) -> int:
 
 def _flat64(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+
+
+def _small_param(param: np.ndarray, layout: SmallLayout) -> np.ndarray:
+    # gamma or beta flat (columns) or as (G, C) (rows), C-contiguous, in its own dtype.
+    return np.ravel(param).reshape(layout.param_view)
 
 
 def _per(param: np.ndarray, rows: kernels.RowLayout) -> np.ndarray:

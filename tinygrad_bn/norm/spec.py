@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core.axes import normalize_axis
@@ -57,13 +57,15 @@ class NormSpec:
         """The kind in words: "batch norm", "spatial batch norm", "layer norm", "group norm"."""
         return TITLES[self.kind]
 
-    @property
+    # Derived from the fields, which never change: computed once per spec (a training loop
+    # reads them every step).
+    @functools.cached_property
     def count(self) -> int:
         """How many values each mean averages over (N for (N, D) batch norm)."""
         shape = self.grouped_shape or self.x_shape
         return math.prod(shape[a] for a in self.reduce_axes)
 
-    @property
+    @functools.cached_property
     def param_sum_axes(self) -> tuple[int, ...]:
         """The axes of x that gamma's and beta's gradients are summed over (those gamma lacks)."""
         return tuple(i for i, size in enumerate(self.param_bshape) if size == 1)
@@ -155,6 +157,32 @@ def _check_rank(x_shape: tuple[int, ...], expected: str, ok: bool) -> None:
         raise ValueError(f"x: expected shape {expected}, got {tuple(x_shape)}")
 
 
+def _cached(build: Any) -> Any:
+    """`build(x_shape, ...)` computed once per distinct call (a NormSpec is immutable and a
+    training loop asks for the same one every step). The arguments' types are part of the
+    key (True == 1 and hash alike, but only one is valid); arguments that cannot be a key (a
+    list, an array) skip the cache, so that `build` gives its own error. Errors are never
+    cached: bad arguments raise on every call."""
+    cache = functools.lru_cache(maxsize=256)(
+        lambda x_shape, arguments, keywords, _types: build(x_shape, *arguments,
+                                                           **dict(keywords)))
+
+    @functools.wraps(build)
+    def cached(x_shape: Any, *arguments: Any, **keywords: Any) -> NormSpec:
+        try:
+            key = (tuple(x_shape), arguments, tuple(sorted(keywords.items())))
+            hash(key)
+        except TypeError:
+            return build(x_shape, *arguments, **keywords)
+        types = (tuple(map(type, key[0])), tuple(map(type, arguments)),
+                 tuple(type(v) for _, v in key[2]))
+        return cache(*key, types)
+
+    cached.cache_clear = cache.cache_clear  # type: ignore[attr-defined]
+    return cached
+
+
+@_cached
 def layernorm_spec(x_shape: tuple[int, ...], eps: Any = 1e-5) -> NormSpec:
     """Layer norm: each sample over all its feature axes; gamma/beta have x.shape[1:]."""
     _check_rank(x_shape, "(N, D) or (N, D1, D2, ...)", len(x_shape) >= 2)
@@ -170,13 +198,15 @@ def layernorm_spec(x_shape: tuple[int, ...], eps: Any = 1e-5) -> NormSpec:
     return spec
 
 
+@_cached
 def spatial_batchnorm_spec(x_shape: tuple[int, ...], eps: Any = 1e-5) -> NormSpec:
     """Spatial batch norm: (N, C, H, W) over (0, 2, 3); gamma/beta of shape (C,)."""
     _check_rank(x_shape, "(N, C, H, W)", len(x_shape) == 4)
     spec = batchnorm_spec(x_shape, (0, 2, 3), eps)
-    return NormSpec(**{**spec.__dict__, "kind": "spatial"})
+    return replace(spec, kind="spatial")
 
 
+@_cached
 def groupnorm_spec(x_shape: tuple[int, ...], groups: Any, eps: Any = 1e-5,
                    argname: str = "groups") -> NormSpec:
     """Group norm: (N, C, H, W) seen as (N, G, C/G, H, W), normalized over the last three

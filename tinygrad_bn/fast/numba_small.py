@@ -1,0 +1,410 @@
+"""Compiled passes for small fused normalizations (numba, one thread, one call per seam).
+
+Up to `fast.norm.SMALL_MAX_ELEMENTS` the data fits in cache and a normalization's time is
+its calls, not its memory traffic: the parallel passes of `numba_kernels.py` pay a thread
+launch and a few numpy calls around each of them, and the numpy closed form of `lean.py`
+some twenty calls. Here each seam is one compiled call on one thread: the training-mode forward takes
+the statistics and normalizes in one, the backward takes both sums and dx in one.
+
+Imported by `fast/norm.py` only once the compiled passes are in use (never by `import
+tinygrad_bn`). Layouts as the parallel passes' (`kernels.Layout`, `kernels.RowLayout`):
+columns (A, K) or (A, K, B) for batch and spatial batch norm, rows (N * G, C, S) for layer
+and group norm.
+
+Exactness: every value worked in float64 (float32 data converted as it is read, results
+rounded once when stored). The statistics take the mean m, then the sums of d = x - m and of
+d^2 (passes over data in cache): mean = m + mean(d), var = mean(d^2) - mean(d)^2, where the
+correction is at rounding level (m is the mean within rounding), so nothing cancels and a
+mean far from zero costs no digits. The backward multiplies by xhat = (x - mean) * ivar, so
+a variance that overflows gives the textbook's finite answer. Sums are blocked (per
+statistic, blocks of 64 rows, blocks of 64 of those, then the rest; a row's values in
+chunks of 256), so no running sum takes more than a few hundred terms; within a block they
+may be reassociated (SIMD lanes), as the parallel passes' are; nothing assumes finite
+values.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+
+from .numba_kernels import _writable_cache_dir
+
+__all__ = ["column_forward", "column_statistics", "column_normalize",
+           "column_backward", "row_forward", "row_statistics", "row_normalize", "row_backward"]
+
+_FASTMATH = {"reassoc", "nsz"}  # SIMD sums; no fused multiply-adds (a - a stays 0); finite or not
+
+
+def _compile(fn: Callable[..., Any]) -> Any:
+    """njit (serial) with the disk cache where a writable cache folder exists."""
+    try:
+        return numba.njit(cache=True, fastmath=_FASTMATH)(fn)
+    except RuntimeError:  # no cache locator: the package folder is read-only
+        pass
+    try:
+        numba.config.CACHE_DIR = _writable_cache_dir()
+        return numba.njit(cache=True, fastmath=_FASTMATH)(fn)
+    except (RuntimeError, OSError):
+        return numba.njit(fastmath=_FASTMATH)(fn)
+
+
+# --- blocked sums: per-statistic totals of up to 64 rows, of up to 64 such, then the rest ---
+BLOCK = 64
+
+
+@_compile
+def _fold(part, mid, total, block):  # pragma: no cover - compiled
+    # After row block `block`: its sums join the running block sums, every 64 blocks the total.
+    for k in range(part.size):
+        mid[k] += part[k]
+        part[k] = 0.0
+    if block % BLOCK == BLOCK - 1:
+        for k in range(mid.size):
+            total[k] += mid[k]
+            mid[k] = 0.0
+
+
+@_compile
+def _finish(part, mid, total):  # pragma: no cover - compiled
+    for k in range(total.size):
+        total[k] += mid[k] + part[k]
+
+
+@_compile
+def _row_sum(x, r, shift):  # pragma: no cover - compiled
+    # sum(x[r] - shift) over the row, as chunks of 256 values added in order.
+    rows, channels, inner = x.shape
+    n = channels * inner
+    flat = x[r].reshape(n) if inner == 1 else x[r].ravel()
+    total = 0.0
+    for j0 in range(0, n, 256):
+        t = 0.0
+        for j in range(j0, min(j0 + 256, n)):
+            t += np.float64(flat[j]) - shift
+        total += t
+    return total
+
+
+@_compile
+def _row_squares(x, r, shift):  # pragma: no cover - compiled
+    rows, channels, inner = x.shape
+    n = channels * inner
+    flat = x[r].reshape(n) if inner == 1 else x[r].ravel()
+    total = 0.0
+    for j0 in range(0, n, 256):
+        t = 0.0
+        for j in range(j0, min(j0 + 256, n)):
+            d = np.float64(flat[j]) - shift
+            t += d * d
+        total += t
+    return total
+
+
+# --- columns: x as (A, K, B) (B = 1 for (N, D) batch norm), statistics per feature k ---------
+@_compile
+def _col_sums(x, shift, square):  # pragma: no cover - compiled
+    # Per feature k: sum over a and b of (x - shift[k]), or of its square.
+    rows, features, inner = x.shape
+    part = np.zeros(features)
+    mid = np.zeros(features)
+    total = np.zeros(features)
+    for a in range(rows):
+        if inner == 1:  # (N, D): the loop over features is the vectorized one
+            if square:
+                for k in range(features):
+                    d = np.float64(x[a, k, 0]) - shift[k]
+                    part[k] += d * d
+            else:
+                for k in range(features):
+                    part[k] += np.float64(x[a, k, 0]) - shift[k]
+        else:
+            for k in range(features):
+                m = shift[k]
+                t = 0.0
+                for b in range(inner):
+                    d = np.float64(x[a, k, b]) - m
+                    t += d * d if square else d
+                part[k] += t
+        if a % BLOCK == BLOCK - 1:
+            _fold(part, mid, total, a // BLOCK)
+    _finish(part, mid, total)
+    return total
+
+
+@_compile
+def _col_stats(x):  # pragma: no cover - compiled
+    # The mean, then the mean and variance about it: mean = m + mean(d), var = mean(d^2) -
+    # mean(d)^2 with d = x - m; m is within rounding of the mean, so nothing cancels.
+    rows, features, inner = x.shape
+    count = rows * inner
+    zero = np.zeros(features)
+    m = _col_sums(x, zero, False) / count
+    s1 = _col_sums(x, m, False) / count
+    s2 = _col_sums(x, m, True) / count
+    mean = m + s1
+    var = np.empty(features)
+    for k in range(features):
+        var[k] = max(s2[k] - s1[k] * s1[k], 0.0) if s2[k] < np.inf else s2[k]
+    return mean, var
+
+
+@_compile
+def _col_normalize(x, gamma, beta, mean, var, eps, out):  # pragma: no cover - compiled
+    rows, features, inner = x.shape
+    scale = np.empty(features)
+    shift = np.empty(features)
+    for k in range(features):
+        scale[k] = np.float64(gamma[k]) * (1.0 / np.sqrt(var[k] + eps))
+        shift[k] = np.float64(beta[k])
+    for a in range(rows):
+        if inner == 1:
+            for k in range(features):
+                out[a, k, 0] = (np.float64(x[a, k, 0]) - mean[k]) * scale[k] + shift[k]
+            continue
+        for k in range(features):
+            m, s, o = mean[k], scale[k], shift[k]
+            for b in range(inner):
+                out[a, k, b] = (np.float64(x[a, k, b]) - m) * s + o
+
+
+@_compile
+def _col_forward(x, gamma, beta, eps, out):  # pragma: no cover - compiled
+    mean, var = _col_stats(x)
+    _col_normalize(x, gamma, beta, mean, var, eps, out)
+    return mean, var
+
+
+@_compile
+def _col_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compiled
+    rows, features, inner = x.shape
+    count = rows * inner
+    ivar = np.empty(features)
+    for k in range(features):
+        ivar[k] = 1.0 / np.sqrt(var[k] + eps)
+    part_dy, mid_dy, dbeta = np.zeros(features), np.zeros(features), np.zeros(features)
+    part_dyx, mid_dyx, dgamma = np.zeros(features), np.zeros(features), np.zeros(features)
+    for a in range(rows):
+        if inner == 1:
+            for k in range(features):
+                d = np.float64(dy[a, k, 0])
+                part_dy[k] += d
+                part_dyx[k] += d * ((np.float64(x[a, k, 0]) - mean[k]) * ivar[k])
+        else:
+            for k in range(features):
+                m, q = mean[k], ivar[k]
+                t_dy = 0.0
+                t_dyx = 0.0
+                for b in range(inner):
+                    d = np.float64(dy[a, k, b])
+                    t_dy += d
+                    t_dyx += d * ((np.float64(x[a, k, b]) - m) * q)
+                part_dy[k] += t_dy
+                part_dyx[k] += t_dyx
+        if a % BLOCK == BLOCK - 1:
+            _fold(part_dy, mid_dy, dbeta, a // BLOCK)
+            _fold(part_dyx, mid_dyx, dgamma, a // BLOCK)
+    _finish(part_dy, mid_dy, dbeta)
+    _finish(part_dyx, mid_dyx, dgamma)
+    scale = np.empty(features)
+    mean_dy = np.empty(features)
+    mean_dy_xhat = np.empty(features)
+    for k in range(features):
+        scale[k] = np.float64(gamma[k]) * ivar[k]
+        mean_dy[k] = dbeta[k] / count
+        mean_dy_xhat[k] = dgamma[k] / count
+    for a in range(rows):
+        if inner == 1:
+            for k in range(features):
+                xhat = (np.float64(x[a, k, 0]) - mean[k]) * ivar[k]
+                dx[a, k, 0] = scale[k] * (np.float64(dy[a, k, 0]) - mean_dy[k]
+                                          - xhat * mean_dy_xhat[k])
+            continue
+        for k in range(features):
+            m, q, s = mean[k], ivar[k], scale[k]
+            md, mdx = mean_dy[k], mean_dy_xhat[k]
+            for b in range(inner):
+                xhat = (np.float64(x[a, k, b]) - m) * q
+                dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
+    return dgamma, dbeta
+
+
+# --- rows: x as (N * G, C, S), statistics per row; gamma and beta as (G, C) ------------------
+@_compile
+def _row_stats(x):  # pragma: no cover - compiled
+    rows, channels, inner = x.shape
+    count = channels * inner
+    mean = np.empty(rows)
+    var = np.empty(rows)
+    for r in range(rows):
+        m = _row_sum(x, r, 0.0) / count
+        s1 = _row_sum(x, r, m) / count
+        s2 = _row_squares(x, r, m) / count
+        mean[r] = m + s1
+        var[r] = max(s2 - s1 * s1, 0.0) if s2 < np.inf else s2
+    return mean, var
+
+
+@_compile
+def _row_normalize(x, gamma, beta, mean, var, eps, out):  # pragma: no cover - compiled
+    rows, channels, inner = x.shape
+    groups = gamma.shape[0]
+    for r in range(rows):
+        g = r % groups
+        m, q = mean[r], 1.0 / np.sqrt(var[r] + eps)
+        if inner == 1:
+            for c in range(channels):
+                out[r, c, 0] = ((np.float64(x[r, c, 0]) - m) * (q * np.float64(gamma[g, c]))
+                                + np.float64(beta[g, c]))
+            continue
+        for c in range(channels):
+            s_c, o_c = q * np.float64(gamma[g, c]), np.float64(beta[g, c])
+            for s in range(inner):
+                out[r, c, s] = (np.float64(x[r, c, s]) - m) * s_c + o_c
+
+
+@_compile
+def _row_forward(x, gamma, beta, eps, out):  # pragma: no cover - compiled
+    mean, var = _row_stats(x)
+    _row_normalize(x, gamma, beta, mean, var, eps, out)
+    return mean, var
+
+
+@_compile
+def _row_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compiled
+    rows, channels, inner = x.shape
+    groups = gamma.shape[0]
+    count = channels * inner
+    size = groups * channels
+    part_dy, mid_dy, dbeta = np.zeros(size), np.zeros(size), np.zeros(size)
+    part_dyx, mid_dyx, dgamma = np.zeros(size), np.zeros(size), np.zeros(size)
+    for r in range(rows):
+        g = r % groups
+        m, q = mean[r], 1.0 / np.sqrt(var[r] + eps)
+        # Views of this group's sums (indexed from 0 so that the loops vectorize).
+        pdy = part_dy[g * channels:(g + 1) * channels]
+        pdyx = part_dyx[g * channels:(g + 1) * channels]
+        sum_g = 0.0
+        sum_gx = 0.0
+        if inner == 1:  # layer norm: gamma per value; the row's sums, then its dx
+            for c0 in range(0, channels, 256):
+                t_g = 0.0
+                t_gx = 0.0
+                for c in range(c0, min(c0 + 256, channels)):
+                    gd = np.float64(gamma[g, c]) * np.float64(dy[r, c, 0])
+                    t_g += gd
+                    t_gx += gd * ((np.float64(x[r, c, 0]) - m) * q)
+                sum_g += t_g
+                sum_gx += t_gx
+            mean_g, mean_gx = sum_g / count, sum_gx / count
+            for c in range(channels):
+                d = np.float64(dy[r, c, 0])
+                xhat = (np.float64(x[r, c, 0]) - m) * q
+                pdy[c] += d
+                pdyx[c] += d * xhat
+                dx[r, c, 0] = q * (np.float64(gamma[g, c]) * d - mean_g - xhat * mean_gx)
+        else:
+            for c in range(channels):
+                gam = np.float64(gamma[g, c])
+                t_dy = 0.0
+                t_dyx = 0.0
+                for s in range(inner):
+                    d = np.float64(dy[r, c, s])
+                    t_dy += d
+                    t_dyx += d * ((np.float64(x[r, c, s]) - m) * q)
+                pdy[c] += t_dy
+                pdyx[c] += t_dyx
+                sum_g += gam * t_dy
+                sum_gx += gam * t_dyx
+            mean_g, mean_gx = sum_g / count, sum_gx / count
+            for c in range(channels):
+                gam = np.float64(gamma[g, c])
+                for s in range(inner):
+                    xhat = (np.float64(x[r, c, s]) - m) * q
+                    dx[r, c, s] = q * (gam * np.float64(dy[r, c, s]) - mean_g - xhat * mean_gx)
+        if r % BLOCK == BLOCK - 1:
+            _fold(part_dy, mid_dy, dbeta, r // BLOCK)
+            _fold(part_dyx, mid_dyx, dgamma, r // BLOCK)
+    _finish(part_dy, mid_dy, dbeta)
+    _finish(part_dyx, mid_dyx, dgamma)
+    return dgamma.reshape((groups, channels)), dbeta.reshape((groups, channels))
+
+
+# --- the calls fast/norm.py makes: x C-contiguous, views given as shapes --------------------
+# One caller at a time, as the parallel passes: not every numba runtime is re-entrant.
+_lock = threading.Lock()
+
+
+def column_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                   view: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """out (x's shape and dtype), mean and var (K,) float64; gamma, beta flat (K,)."""
+    out = np.empty(x.shape, x.dtype)
+    with _lock:
+        mean, var = _col_forward(x.reshape(view), gamma, beta, eps, out.reshape(view))
+    return out, mean, var
+
+
+def column_statistics(x: np.ndarray, view: tuple[int, int, int]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """mean and var (K,) float64, two passes."""
+    with _lock:
+        return _col_stats(x.reshape(view))
+
+
+def column_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+                     var: np.ndarray, eps: float, view: tuple[int, int, int]) -> np.ndarray:
+    """out = (x - mean) * gamma * ivar + beta per feature, in x's dtype; mean, var flat (K,)."""
+    out = np.empty(x.shape, x.dtype)
+    with _lock:
+        _col_normalize(x.reshape(view), gamma, beta, mean, var, eps, out.reshape(view))
+    return out
+
+
+def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
+                    var: np.ndarray, eps: float, view: tuple[int, int, int]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx (x's shape and dtype), dgamma and dbeta (K,) float64; upstream C-contiguous."""
+    dx = np.empty(x.shape, x.dtype)
+    with _lock:
+        dgamma, dbeta = _col_backward(upstream.reshape(view), x.reshape(view), gamma, mean, var,
+                                      eps, dx.reshape(view))
+    return dx, dgamma, dbeta
+
+
+def row_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                view: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """out (x's shape and dtype), mean and var (N * G,) float64; gamma, beta as (G, C)."""
+    out = np.empty(x.shape, x.dtype)
+    with _lock:
+        mean, var = _row_forward(x.reshape(view), gamma, beta, eps, out.reshape(view))
+    return out, mean, var
+
+
+def row_statistics(x: np.ndarray, view: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """mean and var (N * G,) float64, two passes per row."""
+    with _lock:
+        return _row_stats(x.reshape(view))
+
+
+def row_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+                  var: np.ndarray, eps: float, view: tuple[int, int, int]) -> np.ndarray:
+    """out = (x - mean) * ivar * gamma + beta per row, in x's dtype; mean, var flat."""
+    out = np.empty(x.shape, x.dtype)
+    with _lock:
+        _row_normalize(x.reshape(view), gamma, beta, mean, var, eps, out.reshape(view))
+    return out
+
+
+def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
+                 var: np.ndarray, eps: float, view: tuple[int, int, int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx (x's shape and dtype), dgamma and dbeta (G, C) float64; upstream C-contiguous."""
+    dx = np.empty(x.shape, x.dtype)
+    with _lock:
+        dgamma, dbeta = _row_backward(upstream.reshape(view), x.reshape(view), gamma, mean, var,
+                                      eps, dx.reshape(view))
+    return dx, dgamma, dbeta
