@@ -648,7 +648,8 @@ def vjp(node: Node, upstream: Any, create_graph: bool = False) -> tuple[Any, ...
     gradient per parent, of the parent's shape (None: none). With create_graph the op's VJP
     runs on the Nodes themselves and the gradients are Nodes.
 
-    Seam: fast/scalars.py may stand in (per-op rules for nodes whose values are numpy scalars).
+    Seam: fast/steps.py may stand in (per-op rules: numpy scalars without the array machinery,
+    arrays with no gradient computed for a parent that requires none).
     """
     if create_graph:
         return node._op.backward(upstream, *node.parents, node, **node._params)
