@@ -125,8 +125,13 @@ class Node:
                 requires_grad: bool) -> Node:
         """An op's output (data is already a checked float array or numpy scalar)."""
         node = cls.__new__(cls)
-        node.data, node.grad, node.name, node.requires_grad = data, None, None, requires_grad
-        node.parents, node._op, node._params = parents, op, params
+        node.data = data
+        node.grad = None
+        node.name = None
+        node.requires_grad = requires_grad
+        node.parents = parents
+        node._op = op
+        node._params = params
         node._seq = next(_creation_order)
         return node
 
@@ -501,7 +506,7 @@ class _GradStore:
             owner = id(upstream)
         self.shown.setdefault(owner, False)
         view = upstream.view()
-        view.flags.writeable = False
+        view.setflags(write=False)
         return view
 
 

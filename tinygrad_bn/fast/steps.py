@@ -26,44 +26,77 @@ import numpy as np
 
 from ..core import node as core_node
 from ..core.node import Node
-from ..core.ops import Add, Div, Mean, Mul, PowConst, Sub, Sum, unbroadcast
+from ..core.ops import Add, Div, Mean, Mul, PowConst, Sqrt, Sub, Sum
 from .ops import mul_backward_reduced, product_sum, reduces_products
 from .registry import fast_variant
 from .scalars import SCALAR_VJPS
 
-__all__ = ["ARRAY_STEPS", "node_step", "spread"]
+__all__ = ["ARRAY_STEPS", "node_step", "spread", "reduce_to"]
 
 
 def spread(small: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """`np.broadcast_to(small, shape)`: a read-only view of `small` with zero strides on the
     axes it is stretched along. small: the same number of axes as `shape`, each of size 1 or
     the target's; any other input goes to numpy's own function."""
-    if type(small) is not np.ndarray or small.ndim != len(shape) \
-            or not small.flags.c_contiguous:
+    if type(small) is not np.ndarray or not small.flags.c_contiguous:
         return np.broadcast_to(small, shape)
-    strides = []
-    for size, target, stride in zip(small.shape, shape, small.strides):
-        if size == target:
-            strides.append(stride)
-        elif size == 1:
-            strides.append(0)
-        else:
-            return np.broadcast_to(small, shape)  # raises numpy's own error
-    view = np.ndarray(shape, small.dtype, small, 0, tuple(strides))
-    view.flags.writeable = False
+    key = (small.shape, small.strides, shape)
+    strides = _SPREAD_STRIDES.get(key)
+    if strides is None:
+        if small.ndim != len(shape) or any(size not in (1, target)
+                                           for size, target in zip(small.shape, shape)):
+            return np.broadcast_to(small, shape)  # numpy's own result or error
+        strides = tuple(0 if size != target else stride
+                        for size, target, stride in zip(small.shape, shape, small.strides))
+        _remember(_SPREAD_STRIDES, key, strides)
+    view = np.ndarray(shape, small.dtype, small, 0, strides)
+    view.setflags(write=False)
     return view
+
+
+def _remember(memo: dict, key: Any, value: Any) -> None:
+    # A bounded memo of shape arithmetic: any number of shapes works, the common few are fast.
+    if len(memo) >= 1024:
+        memo.clear()
+    memo[key] = value
+
+
+_SPREAD_STRIDES: dict[tuple[Any, ...], tuple[int, ...]] = {}
+_SUM_PLANS: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], ...]] = {}
+
+
+def reduce_to(grad: np.ndarray, shape: tuple[int, ...]) -> Any:
+    """`unbroadcast(grad, shape)` for an array: the same sums (the added axes, then the
+    stretched ones kept), with the axes worked out once per pair of shapes and numpy's
+    reduction called directly."""
+    if grad.shape == shape:
+        return grad
+    key = (grad.shape, shape)
+    plan = _SUM_PLANS.get(key)
+    if plan is None:
+        added = grad.ndim - len(shape)
+        stretched = tuple(i for i, size in enumerate(shape)
+                          if size == 1 and grad.shape[added + i] != 1)
+        plan = (tuple(range(added)), stretched)
+        _remember(_SUM_PLANS, key, plan)
+    added, stretched = plan
+    if added:
+        grad = np.add.reduce(grad, axis=added)
+    if stretched:
+        grad = np.add.reduce(grad, axis=stretched, keepdims=True)
+    return grad
 
 
 def _add(g: np.ndarray, node: Node) -> tuple[Any, Any]:
     a, b = node.parents
-    return (unbroadcast(g, a.data.shape) if a.requires_grad else None,
-            unbroadcast(g, b.data.shape) if b.requires_grad else None)
+    return (reduce_to(g, a.data.shape) if a.requires_grad else None,
+            reduce_to(g, b.data.shape) if b.requires_grad else None)
 
 
 def _sub(g: np.ndarray, node: Node) -> tuple[Any, Any]:
     a, b = node.parents
-    return (unbroadcast(g, a.data.shape) if a.requires_grad else None,
-            -unbroadcast(g, b.data.shape) if b.requires_grad else None)
+    return (reduce_to(g, a.data.shape) if a.requires_grad else None,
+            -reduce_to(g, b.data.shape) if b.requires_grad else None)
 
 
 def _mul(g: np.ndarray, node: Node) -> tuple[Any, Any]:
@@ -74,15 +107,15 @@ def _mul(g: np.ndarray, node: Node) -> tuple[Any, Any]:
             return mul_backward_reduced(g, x, y, node.data)
         return (product_sum(g, y, np.shape(x)) if a.requires_grad else None,
                 product_sum(g, x, np.shape(y)) if b.requires_grad else None)
-    return (unbroadcast(g * y, np.shape(x)) if a.requires_grad else None,
-            unbroadcast(g * x, np.shape(y)) if b.requires_grad else None)
+    return (reduce_to(g * y, np.shape(x)) if a.requires_grad else None,
+            reduce_to(g * x, np.shape(y)) if b.requires_grad else None)
 
 
 def _div(g: np.ndarray, node: Node) -> tuple[Any, Any]:
     a, b = node.parents
     y = b.data
-    return (unbroadcast(g / y, np.shape(a.data)) if a.requires_grad else None,
-            unbroadcast(-g * node.data / y, np.shape(y)) if b.requires_grad else None)
+    return (reduce_to(g / y, np.shape(a.data)) if a.requires_grad else None,
+            reduce_to(-g * node.data / y, np.shape(y)) if b.requires_grad else None)
 
 
 def _pow_const(g: np.ndarray, node: Node) -> tuple[Any]:
@@ -92,17 +125,32 @@ def _pow_const(g: np.ndarray, node: Node) -> tuple[Any]:
     return PowConst.backward(g, base.data, node.data, p=node.params["p"])
 
 
+def _sqrt(g: np.ndarray, node: Node) -> tuple[Any]:
+    return (g / (2 * node.data) if node.parents[0].requires_grad else None,)
+
+
 def _reduction(g: Any, node: Node, count_divides: bool) -> tuple[Any]:
     (a,) = node.parents
     if not a.requires_grad:
         return (None,)
     params = node.params
-    axis, shape = params["axis"], a.data.shape
+    shape = a.data.shape
+    key = (shape, params["axis"])
+    plan = _REDUCTION_PLANS.get(key)
+    if plan is None:  # how many values each output averages, and its shape with keepdims
+        axis = params["axis"]
+        plan = (math.prod(shape[i] for i in axis),
+                tuple(1 if i in axis else size for i, size in enumerate(shape)))
+        _remember(_REDUCTION_PLANS, key, plan)
+    count, kept_shape = plan
     if count_divides:
-        g = g / math.prod(shape[i] for i in axis)
+        g = g / count
     if not params["keepdims"]:
-        g = g.reshape(tuple(1 if i in axis else size for i, size in enumerate(shape)))
+        g = g.reshape(kept_shape)
     return (spread(g, shape),)
+
+
+_REDUCTION_PLANS: dict[tuple[Any, ...], tuple[int, tuple[int, ...]]] = {}
 
 
 # op -> (upstream array, node) -> one gradient per parent (None: the parent needs none).
@@ -112,6 +160,7 @@ ARRAY_STEPS = {
     Mul: _mul,
     Div: _div,
     PowConst: _pow_const,
+    Sqrt: _sqrt,
     Sum: lambda g, node: _reduction(g, node, count_divides=False),
     Mean: lambda g, node: _reduction(g, node, count_divides=True),
 }
