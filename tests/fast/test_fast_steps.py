@@ -206,3 +206,16 @@ def test_what_each_grad_aliases_on_the_array_step():
     assert not np.shares_memory(x.grad, upstream)
     x.grad *= 0  # an optimizer may scale it in place
     np.testing.assert_array_equal(upstream, np.ones((4, 3)))
+
+
+@SETTINGS
+@given(dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1),
+       case=st.sampled_from([((5, 7), (7,)), ((5, 7), (1, 7)), ((5, 7), (5, 1)), ((5, 7), ()),
+                             ((3, 5, 7), (5, 1)), ((3, 5, 7), (1, 1, 7)), ((2, 3), (2, 3)),
+                             ((4, 1, 6), (1, 6))]))
+def test_reduce_to_makes_the_textbook_sums(dtype, seed, case):
+    grad_shape, shape = case
+    grad = np.random.default_rng(seed).standard_normal(grad_shape).astype(dtype)
+    fast_sum, textbook_sum = steps.reduce_to(grad, shape), tb.ops.unbroadcast(grad, shape)
+    assert type(fast_sum) is type(textbook_sum) and np.shape(fast_sum) == shape
+    np.testing.assert_array_equal(fast_sum, textbook_sum)  # the same sums in the same order
