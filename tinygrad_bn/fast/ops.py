@@ -15,7 +15,7 @@ from ..core.ops import Mul, PowConst, unbroadcast
 from .registry import fast_variant
 
 __all__ = ["LARGE_BYTES", "product_sum", "reduces_products", "mul_backward_reduced",
-           "square_backward", "square"]
+           "square_backward", "squares_large", "square"]
 
 LARGE_BYTES = 1 << 16  # below this a temporary is cheap and the textbook VJP is as fast
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -59,11 +59,12 @@ def mul_backward_reduced(upstream: np.ndarray, a: Any, b: Any, out: Any
     return product_sum(upstream, b, np.shape(a)), product_sum(upstream, a, np.shape(b))
 
 
-def _large_square(upstream: np.ndarray, base: Any, out: Any, *, p: float) -> bool:
+def squares_large(upstream: np.ndarray, base: Any, out: Any, *, p: float) -> bool:
+    """Whether PowConst's VJP takes the one-temporary square (p == 2, large)."""
     return p == 2 and upstream.nbytes >= LARGE_BYTES
 
 
-@fast_variant(PowConst, "backward", when=_large_square)
+@fast_variant(PowConst, "backward", when=squares_large)
 def square_backward(upstream: np.ndarray, base: Any, out: Any, *, p: float
                     ) -> tuple[np.ndarray]:
     """PowConst's VJP for p == 2: 2 * base * upstream with one temporary."""
