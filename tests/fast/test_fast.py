@@ -49,7 +49,8 @@ def agree(fast_result, textbook_result, dtype) -> None:
 
 
 def test_every_variant_has_an_equivalence_test():
-    assert set(VARIANTS) == {"Mul.backward", "PowConst.backward", "FusedNorm.statistics",
+    assert set(VARIANTS) == {"Mul.backward", "PowConst.backward", "PowConst.forward",
+                             "FusedNorm.statistics",
                              "FusedNorm.forward", "FusedNorm.forward_with_statistics",
                              "FusedNorm.backward",
                              "tinygrad_bn.core.node.vjp"}

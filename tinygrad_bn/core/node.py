@@ -125,8 +125,13 @@ class Node:
                 requires_grad: bool) -> Node:
         """An op's output (data is already a checked float array or numpy scalar)."""
         node = cls.__new__(cls)
-        node.data, node.grad, node.name, node.requires_grad = data, None, None, requires_grad
-        node.parents, node._op, node._params = parents, op, params
+        node.data = data
+        node.grad = None
+        node.name = None
+        node.requires_grad = requires_grad
+        node.parents = parents
+        node._op = op
+        node._params = params
         node._seq = next(_creation_order)
         return node
 
@@ -501,7 +506,7 @@ class _GradStore:
             owner = id(upstream)
         self.shown.setdefault(owner, False)
         view = upstream.view()
-        view.flags.writeable = False
+        view.setflags(write=False)
         return view
 
 
@@ -648,7 +653,8 @@ def vjp(node: Node, upstream: Any, create_graph: bool = False) -> tuple[Any, ...
     gradient per parent, of the parent's shape (None: none). With create_graph the op's VJP
     runs on the Nodes themselves and the gradients are Nodes.
 
-    Seam: fast/scalars.py may stand in (per-op rules for nodes whose values are numpy scalars).
+    Seam: fast/steps.py may stand in (per-op rules: numpy scalars without the array machinery,
+    arrays with no gradient computed for a parent that requires none).
     """
     if create_graph:
         return node._op.backward(upstream, *node.parents, node, **node._params)

@@ -167,7 +167,9 @@ class PowConst(Op):
     domain = ("positive",)
 
     @staticmethod
+    @seam
     def forward(base, *, p):
+        """Seam: fast/ops.py may stand in (a square as one multiplication)."""
         return base**p
 
     @staticmethod

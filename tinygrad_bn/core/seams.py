@@ -3,8 +3,8 @@
 The core is the textbook, and it is what runs. At a handful of places, each marked with
 `@seam` and saying so in its docstring ("Seam: ..."), a faster function computing the same thing
 may be registered to run instead, for the calls where its condition holds: an op's VJP on
-large arrays, the fused norm's passes, one node's step of the backward pass in a graph of
-scalars. Nothing else can be replaced, and the core does not know what the stand-ins are:
+large arrays, a square's forward, the fused norm's passes, one node's step of the backward
+pass. Nothing else can be replaced, and the core does not know what the stand-ins are:
 
     Mul.backward.seam.add(fast, when)   # fast(*args) runs where when(*args) holds
     vjp.seam.add(fast)                  # no condition: fast takes every call, handing back

@@ -14,7 +14,8 @@ import numpy as np
 from ..core.ops import Mul, PowConst, unbroadcast
 from .registry import fast_variant
 
-__all__ = ["LARGE_BYTES", "product_sum"]
+__all__ = ["LARGE_BYTES", "product_sum", "reduces_products", "mul_backward_reduced",
+           "square_backward", "squares_large", "square"]
 
 LARGE_BYTES = 1 << 16  # below this a temporary is cheap and the textbook VJP is as fast
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -40,7 +41,9 @@ def _subscripts(ndim: int, shape: tuple[int, ...]) -> str:
     return f"{letters},{letters}->{''.join(letters[i] for i in kept)}"
 
 
-def _broadcast_product(upstream: np.ndarray, a: Any, b: Any, out: Any) -> bool:
+def reduces_products(upstream: np.ndarray, a: Any, b: Any, out: Any) -> bool:
+    """Whether Mul's VJP sums its products straight to the inputs' shapes (large, float64,
+    one operand broadcast)."""
     # float64 only: einsum adds every term to one running total, which in float32 loses
     # what numpy's pairwise sum keeps (2^20 terms of 0.1: 1.6 off instead of 0.02), and
     # summing float32 products in float64 block by block costs more than it saves.
@@ -48,7 +51,7 @@ def _broadcast_product(upstream: np.ndarray, a: Any, b: Any, out: Any) -> bool:
             and upstream.dtype == np.float64 and np.result_type(a, b) == np.float64)
 
 
-@fast_variant(Mul, "backward", when=_broadcast_product)
+@fast_variant(Mul, "backward", when=reduces_products)
 def mul_backward_reduced(upstream: np.ndarray, a: Any, b: Any, out: Any
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Mul's VJP (upstream * b, upstream * a) with each product summed straight to its
@@ -56,14 +59,27 @@ def mul_backward_reduced(upstream: np.ndarray, a: Any, b: Any, out: Any
     return product_sum(upstream, b, np.shape(a)), product_sum(upstream, a, np.shape(b))
 
 
-def _large_square(upstream: np.ndarray, base: Any, out: Any, *, p: float) -> bool:
+def squares_large(upstream: np.ndarray, base: Any, out: Any, *, p: float) -> bool:
+    """Whether PowConst's VJP takes the one-temporary square (p == 2, large)."""
     return p == 2 and upstream.nbytes >= LARGE_BYTES
 
 
-@fast_variant(PowConst, "backward", when=_large_square)
+@fast_variant(PowConst, "backward", when=squares_large)
 def square_backward(upstream: np.ndarray, base: Any, out: Any, *, p: float
                     ) -> tuple[np.ndarray]:
     """PowConst's VJP for p == 2: 2 * base * upstream with one temporary."""
     grad = np.multiply(upstream, base)
     grad *= 2  # in place: a fresh array of our own
     return (grad,)
+
+
+def _square(base: np.ndarray, *, p: float) -> bool:
+    return p == 2
+
+
+@fast_variant(PowConst, "forward", when=_square)
+def square(base: np.ndarray, *, p: float) -> np.ndarray:
+    """base ** 2 as one multiplication (numpy's power with a float exponent takes the general
+    pow routine: twice to three times as long at (64, 256)); x * x rounded once is at least as
+    exact as pow(x, 2.0)."""
+    return np.square(base)

@@ -4,22 +4,19 @@ In a graph of numpy scalars (micrograd's world) the VJP's `unbroadcast`, the arg
 list built for it and the keyword parameters cost more than the arithmetic. The core's
 backward loop asks `vjp(node, upstream)` what each node sends back to its parents, a seam;
 for a node whose value and gradient are numpy scalars, and whose op has a rule below, the
-rule answers instead. Each rule is the textbook VJP with nothing to broadcast; the
-equivalence tests check every rule against the op's own VJP.
+rule answers instead (`steps.py` holds the step that picks it). Each rule is the textbook
+VJP with nothing to broadcast; the equivalence tests check every rule against the op's own
+VJP.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from ..core import node as core_node
 from ..core.node import Node
 from ..core.ops import Add, Div, Exp, Identity, Log, Mul, Neg, PowConst, Sqrt, Sub, Tanh
-from .registry import fast_variant
 
-__all__ = ["SCALAR_VJPS", "scalar_vjp"]
+__all__ = ["SCALAR_VJPS"]
 
 
 def _pow_const(g: Any, n: Node) -> tuple[Any]:
@@ -43,17 +40,3 @@ SCALAR_VJPS = {
     Tanh: lambda g, n: (g * (1 - n.data * n.data),),
     PowConst: _pow_const,
 }
-
-
-textbook_vjp = core_node.vjp.seam.textbook
-
-
-# No condition: the seam asks none per node, so the loop calls this function directly.
-@fast_variant(core_node, "vjp")
-def scalar_vjp(node: Node, upstream: Any, create_graph: bool = False) -> tuple[Any, ...]:
-    """The scalar rule of the node's op where its value and gradient are numpy scalars (first
-    order); elsewhere the textbook step itself."""
-    rule = SCALAR_VJPS.get(node.op_def) if type(upstream) is not np.ndarray else None
-    if rule is None or create_graph or type(node.data) is np.ndarray:
-        return textbook_vjp(node, upstream, create_graph)
-    return rule(upstream, node)
