@@ -362,6 +362,61 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
 # Its cancellation costs float64 digits in proportion (2^10 eps64 = 2^-42), far below what
 # float32 results keep, even where dx itself cancels to 1e-5 of dy (batches of two).
 EXPANDED_FLOAT32_RATIO = float(1 << 10)
+# |mean| / std up to which the float32 dx takes x - mean as x - hi - lo (hi + lo the float64
+# mean in two float32s): the rounding of lo then costs at most 2^-48 |mean| / std of xhat,
+# 2^-28 of eps32 at this ratio.
+SPLIT_MEAN_RATIO = float(1 << 20)
+# The float32 dx's error bound (in eps32, normwise, see `float32_dx_is_exact`) up to which it
+# is used: the equivalence suite allows 8.
+FLOAT32_DX_BOUND = 4.0
+_EPS32 = float(np.finfo(np.float32).eps)
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.ndarray,
+                        gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, ivar: np.ndarray,
+                        count: int, folded: bool) -> bool:
+    """Whether dx = a * (dy - m - k * (x - mean)) worked elementwise in float32 (a, k, m the
+    per-feature float64 factors rounded to float32) stays within `FLOAT32_DX_BOUND` eps32 of
+    the exact dx, normwise, judged from the float64 sums of dy, dy * (x - mean) and dy^2.
+
+    Each float32 operation rounds by at most eps32 / 2 of its own result. Of the
+    intermediates, only two can be larger than dx itself: k * (x - mean) = c * xhat with
+    c = mean(dy * xhat), and m = mean(dy) (when `folded`, dx is taken as dy - k * x - (m -
+    k * mean), which adds |c| |mean| ivar to both). Summing the roundings,
+        |error| <= eps32 * (|a| (|c| X + |m'|) + 2 |dx|),   X >= max |xhat| (+ |mean| ivar),
+    so the normwise error, |error| / (2 max |dx|) in eps32, is at most
+        1 + max |a| (|c| X + |m'|) / (2 max |dx|).
+    max |xhat| <= sqrt(count) (the mean of xhat^2 is below 1) and max |dx| >= max |a| rms(r),
+    r = dy - m - c xhat, whose mean square follows from the sums:
+        mean(r^2) = mean(dy^2) - m^2 - c^2 (2 - var * ivar^2).
+    That difference is taken with a margin for the float64 sums' own rounding, so a dx that
+    cancels (dy nearly a line in xhat, where float32 would lose it) is never passed. Ranges
+    are checked as well: nothing overflows float32 and nothing underflows to where its
+    absolute rounding (2^-149) would matter.
+    """
+    with np.errstate(all="ignore"):
+        m = sum_dy / count
+        c = sum_dy_d * ivar / count
+        ms_dy = sum_dy2 / count
+        ms_r = ms_dy - m * m - c * c * (2.0 - var * ivar * ivar)
+        margin = 8.0 * (count + 1) * _EPS64 * ms_dy
+        rms_r = np.sqrt(np.maximum(ms_r - margin, 0.0))
+        a = np.abs(gamma * ivar)
+        spread = np.sqrt(count * var)  # >= max |x - mean|
+        x_bound = math.sqrt(count) + 1.0
+        centre_term = np.abs(mean) * ivar
+        offset = np.abs(m) + (np.abs(c) * centre_term if folded else 0.0)
+        if folded:
+            x_bound = x_bound + centre_term
+        lower = float(np.max(a * rms_r))  # <= max |dx|
+        worst = float(np.max(a * (np.abs(c) * x_bound + offset)))
+        in_range = bool(np.all(np.isfinite(ms_dy) & np.isfinite(sum_dy_d) & (ivar > 0))) \
+            and float(np.max(spread + np.abs(mean))) <= 2.0**120 \
+            and float(np.max(np.sqrt(ms_dy) + np.abs(m))) <= 2.0**100 \
+            and float(np.max(a)) <= 2.0**100 and lower >= 2.0**-100 * max(1.0, float(np.max(a))) \
+            and float(np.max(centre_term)) <= SPLIT_MEAN_RATIO
+    return in_range and 1.0 + worst / (2.0 * lower) <= FLOAT32_DX_BOUND
 
 
 def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
@@ -373,8 +428,8 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     ivar = 1.0 / np.sqrt(var + eps)
     mean_b = mean.reshape(pview)
     spans = _spans(layout)
-    about_zero = x.dtype == np.float32 and bool(
-        np.all(np.abs(mean) * ivar <= EXPANDED_FLOAT32_RATIO))
+    single = x.dtype == np.float32
+    about_zero = single and bool(np.all(np.abs(mean) * ivar <= EXPANDED_FLOAT32_RATIO))
     centre = None if about_zero else mean_b
 
     def centred(block: np.ndarray, buffer: np.ndarray) -> np.ndarray:
@@ -388,7 +443,10 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
         for start, stop in run:
             dy = _as_float64(dyv[start:stop], dy64[: stop - start])
             d = centred(xv[start:stop], work[: stop - start])
-            partial.append(np.stack([dy.sum(axis=axes), np.einsum(layout.subscripts, dy, d)]))
+            found = [dy.sum(axis=axes), np.einsum(layout.subscripts, dy, d)]
+            if single:  # for the float32 dx's error bound
+                found.append(np.einsum(layout.subscripts, dy, dy))
+            partial.append(np.stack(found))
         return partial
 
     with np.errstate(invalid="ignore", over="ignore"):
@@ -399,11 +457,17 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
         # sum(dy * xhat) = ivar * sum(dy * (x - mean)): exact, unless the products
         # overflowed (|x| near the dtype's range), where the textbook's ivar is 0.
         dgamma = np.where(ivar == 0, 0.0, sum_dy_d * ivar)
+    mean_dy = dbeta / count
+    slope = ivar * dgamma / count  # xhat * mean(dy * xhat) = (x - mean) * slope
+    folded = single and bool(np.all(np.abs(mean) * ivar <= 1.0))
+    if single and float32_dx_is_exact(dbeta, sum_dy_d, total[2], gamma, mean, var, ivar,
+                                      count, folded):
+        dx = dx_float32(xv, dyv, gamma * ivar, slope, mean_dy, mean, folded, spans)
+        return dx.reshape(x.shape), dgamma, dbeta
     scale = (gamma * ivar).reshape(pview)
-    mean_dy = (dbeta / count).reshape(pview)
-    slope = (ivar * dgamma / count).reshape(pview)  # xhat * mean(dy * xhat) = (x - mean) * slope
+    slope_b = slope.reshape(pview)
     # dy - mean(dy) - (x - mean) * slope = dy - x * slope - (mean(dy) - mean * slope) about 0
-    offset = mean_dy - mean_b * slope if about_zero else mean_dy
+    offset = (mean_dy - mean * slope if about_zero else mean_dy).reshape(pview)
     dx = np.empty(x.shape, x.dtype)
     dxv = dx.reshape(layout.view)
 
@@ -413,7 +477,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
             (rows, *layout.view[1:]), 1)
         for start, stop in run:
             t = centred(xv[start:stop], work[: stop - start])
-            np.multiply(t, slope, out=t)
+            np.multiply(t, slope_b, out=t)
             np.subtract(_as_float64(dyv[start:stop], dy64[: stop - start]), t, out=t)
             np.subtract(t, offset, out=t)
             if dxv.dtype == np.float64:
@@ -424,6 +488,48 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     with np.errstate(invalid="ignore", over="ignore"):
         _run_parallel(combine, _parts(spans))
     return dx, dgamma, dbeta
+
+
+def dx_float32(xv: np.ndarray, dyv: np.ndarray, scale: np.ndarray, slope: np.ndarray,
+               mean_dy: np.ndarray, mean: np.ndarray, folded: bool,
+               spans: list[tuple[int, int]]) -> np.ndarray:
+    """dx = scale * (dy - mean_dy - (x - mean) * slope) worked in float32, x and dy float32
+    in the (A, K[, B]) view, the factors (K,) float64; each block is formed in dx itself.
+
+    Exact only where `float32_dx_is_exact` says so. x - mean is x - hi - lo with hi + lo the
+    float64 mean in two float32s: x - hi is exact for x near the mean (Sterbenz), and lo
+    restores the digits that rounding the mean to hi drops. When `folded` (|mean| within a
+    standard deviation of 0) it is taken about 0 instead: dy - x * slope - (mean_dy - mean *
+    slope), two operations fewer.
+    """
+    single = np.float32
+    pview = xv.shape[1:2] if xv.ndim == 2 else (xv.shape[1], 1)
+    scale32, slope32 = (v.astype(single).reshape(pview) for v in (scale, slope))
+    if folded:
+        offset32 = (mean_dy - mean * slope).astype(single).reshape(pview)
+    else:
+        offset32 = mean_dy.astype(single).reshape(pview)
+        hi = mean.astype(single)
+        lo = (mean - hi).astype(single).reshape(pview)
+        hi = hi.reshape(pview)
+    dxv = np.empty(xv.shape, single)
+
+    def run(run_: list[tuple[int, int]]) -> None:
+        for start, stop in run_:
+            t = dxv[start:stop]
+            if folded:
+                np.multiply(xv[start:stop], slope32, out=t)
+            else:
+                np.subtract(xv[start:stop], hi, out=t)
+                np.subtract(t, lo, out=t)
+                np.multiply(t, slope32, out=t)
+            np.subtract(dyv[start:stop], t, out=t)
+            np.subtract(t, offset32, out=t)
+            np.multiply(t, scale32, out=t)
+
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        _run_parallel(run, _parts(spans))
+    return dxv
 
 
 # --- rows: layer and group norm -------------------------------------------------------
