@@ -59,7 +59,8 @@ def _normwise_eps(result, exact):
     return float(np.max(np.abs(r - e)) / np.max(np.abs(r) + np.abs(e)) / np.finfo(np.float32).eps)
 
 
-CASES = [("batch", (4096, 64), None), ("spatial", (32, 8, 16, 16), None)]
+CASES = [("batch", (4096, 64), None), ("spatial", (32, 8, 16, 16), None),
+         ("group", (32, 8, 16, 16), 4)]
 
 
 @pytest.mark.parametrize("kind, shape, groups", CASES)
@@ -126,3 +127,15 @@ def test_magnitudes_at_the_float32_range_take_float64(kind, shape, groups, scale
     run_case(case)
     assert not float32_calls
     _exact_enough(case)
+
+
+@pytest.mark.parametrize("kind, shape, groups", CASES + [("layer", (256, 512), None)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_passes_leave_their_inputs_alone(kind, shape, groups, dtype, numpy_backend):
+    rng = np.random.default_rng(5)
+    case = _case(kind, rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape),
+                 groups)
+    before = [a.copy() for a in (case.x, case.gamma, case.beta, case.dout)]
+    run_case(case)
+    for kept, now in zip(before, (case.x, case.gamma, case.beta, case.dout)):
+        assert np.array_equal(kept, now)

@@ -396,27 +396,51 @@ def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.nd
     absolute rounding (2^-149) would matter.
     """
     with np.errstate(all="ignore"):
-        m = sum_dy / count
-        c = sum_dy_d * ivar / count
-        ms_dy = sum_dy2 / count
-        ms_r = ms_dy - m * m - c * c * (2.0 - var * ivar * ivar)
-        margin = 8.0 * (count + 1) * _EPS64 * ms_dy
-        rms_r = np.sqrt(np.maximum(ms_r - margin, 0.0))
-        a = np.abs(gamma * ivar)
-        spread = np.sqrt(count * var)  # >= max |x - mean|
-        x_bound = math.sqrt(count) + 1.0
-        centre_term = np.abs(mean) * ivar
-        offset = np.abs(m) + (np.abs(c) * centre_term if folded else 0.0)
-        if folded:
-            x_bound = x_bound + centre_term
-        lower = float(np.max(a * rms_r))  # <= max |dx|
-        worst = float(np.max(a * (np.abs(c) * x_bound + offset)))
-        in_range = bool(np.all(np.isfinite(ms_dy) & np.isfinite(sum_dy_d) & (ivar > 0))) \
-            and float(np.max(spread + np.abs(mean))) <= 2.0**120 \
-            and float(np.max(np.sqrt(ms_dy) + np.abs(m))) <= 2.0**100 \
-            and float(np.max(a)) <= 2.0**100 and lower >= 2.0**-100 * max(1.0, float(np.max(a))) \
-            and float(np.max(centre_term)) <= SPLIT_MEAN_RATIO
-    return in_range and 1.0 + worst / (2.0 * lower) <= FLOAT32_DX_BOUND
+        m, c = sum_dy / count, sum_dy_d * ivar / count
+        bound = float32_dx_bound(m, c, sum_dy2 / count, mean, var, ivar, gamma * ivar, count,
+                                 folded, scaled_first=False)
+    return bound <= FLOAT32_DX_BOUND
+
+
+def float32_dx_bound(m: np.ndarray, c: np.ndarray, mean_square: np.ndarray, mean: np.ndarray,
+                     var: np.ndarray, ivar: np.ndarray, weight: np.ndarray, count: int,
+                     folded: bool, scaled_first: bool) -> float:
+    """The float32 dx's normwise error bound in eps32 (inf outside float32's safe range), per
+    statistic from m = mean(g), c = mean(g * xhat), mean(g^2), the statistics and the
+    factor `weight` that multiplies g - m - c * xhat into dx (all float64 arrays of one
+    shape); see `float32_dx_is_exact`. `scaled_first`: g is formed in float32 first (row
+    passes: dy * gamma * ivar, rounded before the subtractions), which doubles the terms."""
+    ms_r = mean_square - m * m - c * c * (2.0 - var * ivar * ivar)
+    margin = 8.0 * (count + 1) * _EPS64 * mean_square
+    rms_r = np.sqrt(np.maximum(ms_r - margin, 0.0))
+    weight = np.abs(weight)
+    centre_term = np.abs(mean) * ivar
+    x_bound = math.sqrt(count) + 1.0 + (centre_term if folded else 0.0)
+    offset = np.abs(m) + (np.abs(c) * centre_term if folded else 0.0)
+    lower = float(np.max(weight * rms_r))  # <= max |dx|
+    worst = float(np.max(weight * (np.abs(c) * x_bound + offset)))
+    largest_weight = float(np.max(weight))
+    in_range = bool(np.all(np.isfinite(mean_square) & np.isfinite(c) & np.isfinite(m)
+                           & (ivar > 0))) \
+        and float(np.max(np.sqrt(count * var) + np.abs(mean))) <= 2.0**120 \
+        and float(np.max(np.sqrt(mean_square) + np.abs(m))) <= 2.0**100 \
+        and largest_weight <= 2.0**100 and lower >= 2.0**-100 * max(1.0, largest_weight) \
+        and float(np.max(centre_term)) <= SPLIT_MEAN_RATIO
+    if not in_range:
+        return math.inf
+    return 1.0 + worst / (lower if scaled_first else 2.0 * lower)
+
+
+def float32_factors_fit(*factors: np.ndarray) -> bool:
+    """Whether the float64 factors of a float32 dx keep their digits when rounded to
+    float32: each is 0 or within [2^-100, 2^100] (a factor that became subnormal or 0,
+    such as ivar^2 of data near 1e30, would drop a term of dx)."""
+    with np.errstate(all="ignore"):
+        for factor in factors:
+            size = np.abs(factor)
+            if not np.all((size == 0) | ((size >= 2.0**-100) & (size <= 2.0**100))):
+                return False
+    return True
 
 
 def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
@@ -461,7 +485,8 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     slope = ivar * dgamma / count  # xhat * mean(dy * xhat) = (x - mean) * slope
     folded = single and bool(np.all(np.abs(mean) * ivar <= 1.0))
     if single and float32_dx_is_exact(dbeta, sum_dy_d, total[2], gamma, mean, var, ivar,
-                                      count, folded):
+                                      count, folded) \
+            and float32_factors_fit(gamma * ivar, slope, mean_dy, mean_dy - mean * slope):
         dx = dx_float32(xv, dyv, gamma * ivar, slope, mean_dy, mean, folded, spans)
         return dx.reshape(x.shape), dgamma, dbeta
     scale = (gamma * ivar).reshape(pview)
@@ -515,20 +540,22 @@ def dx_float32(xv: np.ndarray, dyv: np.ndarray, scale: np.ndarray, slope: np.nda
     dxv = np.empty(xv.shape, single)
 
     def run(run_: list[tuple[int, int]]) -> None:
-        for start, stop in run_:
-            t = dxv[start:stop]
-            if folded:
-                np.multiply(xv[start:stop], slope32, out=t)
-            else:
-                np.subtract(xv[start:stop], hi, out=t)
-                np.subtract(t, lo, out=t)
-                np.multiply(t, slope32, out=t)
-            np.subtract(dyv[start:stop], t, out=t)
-            np.subtract(t, offset32, out=t)
-            np.multiply(t, scale32, out=t)
+        with np.errstate(invalid="ignore", over="ignore", under="ignore"):  # per thread
+            for start, stop in run_:
+                one_block(dxv[start:stop], start, stop)
 
-    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-        _run_parallel(run, _parts(spans))
+    def one_block(t: np.ndarray, start: int, stop: int) -> None:
+        if folded:
+            np.multiply(xv[start:stop], slope32, out=t)
+        else:
+            np.subtract(xv[start:stop], hi, out=t)
+            np.subtract(t, lo, out=t)
+            np.multiply(t, slope32, out=t)
+        np.subtract(dyv[start:stop], t, out=t)
+        np.subtract(t, offset32, out=t)
+        np.multiply(t, scale32, out=t)
+
+    _run_parallel(run, _parts(spans))
     return dxv
 
 
@@ -589,7 +616,9 @@ def row_statistics(x: np.ndarray, rows: RowLayout) -> tuple[np.ndarray, np.ndarr
         for start, stop in spans:
             block = xv[start:stop].reshape(_row_block(rows, stop - start))
             d, mean = _centred_rows(block, buffer[: (stop - start) * rows.G])
-            found.append((mean, np.einsum("rm,rm->r", d, d) / width))
+            # errstate is per thread: squares past float64 give inf, as the textbook's.
+            with np.errstate(over="ignore", invalid="ignore"):
+                found.append((mean, np.vecdot(d, d) / width))
         return found
 
     with np.errstate(over="ignore", invalid="ignore"):  # squares past float64: inf, as the textbook
@@ -632,6 +661,8 @@ def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: n
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dx (x's shape and dtype), dgamma and dbeta (G * C,) float64, by the closed form
     dx = ivar * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, per row."""
+    if rows.S > 1:
+        return _channel_row_backward(upstream, x, gamma, mean, var, eps, rows)
     xv = x.reshape(rows.N, *_row_block(rows, 1))
     dyv = upstream.reshape(rows.N, *_row_block(rows, 1))
     dx = np.empty(x.shape, x.dtype)
@@ -661,7 +692,7 @@ def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: n
             g = np.multiply(dy_a, gamma_b, out=grad[: count * rows.G].reshape(dy_a.shape))
             g = g.reshape(block)
             mean_g = np.add.reduce(g, axis=1) / width
-            mean_gx = np.einsum("rm,rm->r", g, xhat) / width
+            mean_gx = np.vecdot(g, xhat) / width
             xhat *= mean_gx[:, None]
             np.subtract(g, xhat, out=xhat)
             xhat -= mean_g[:, None]
@@ -675,3 +706,144 @@ def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: n
     with np.errstate(invalid="ignore", over="ignore"):
         total = _in_order(_run_parallel(run, _parts(_sample_spans(rows))))
     return dx, total[0], total[1]
+
+
+def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray,
+                          mean: np.ndarray, var: np.ndarray, eps: float, rows: RowLayout
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`row_backward` where gamma is constant along each channel's S values (group norm).
+
+    Everything a row needs follows from two float64 sums per channel over its S values,
+    sum(dy) and sum(dy * (x - mean)) (and sum(dy^2) for float32, for `float32_dx_bound`),
+    taken in a first pass. With a = ivar * gamma per channel, mean(g) = sum_c gamma sum(dy)
+    / (C S) and mean(g * xhat) = ivar sum_c gamma sum(dy * (x - mean)) / (C S) per row,
+        dx = a * dy - k * (x - mean) - ivar * mean(g),   k = ivar^2 mean(g * xhat),
+    formed in a second pass, in float32 where the bound holds for the whole array, else in
+    float64. Two passes, each a few numpy calls per block, cost less than one pass with the
+    per-row factors and the bound taken block by block (dozens of calls on tiny arrays).
+    """
+    xv = x.reshape(rows.N, *_row_block(rows, 1))
+    dyv = upstream.reshape(rows.N, *_row_block(rows, 1))
+    channels = (rows.N, rows.G, rows.C, rows.S)
+    ivar = 1.0 / np.sqrt(var + eps)
+    width = rows.C * rows.S
+    single = x.dtype == np.float32
+    # float32 data about means near 0 (as in `backward`): the sums are taken about 0,
+    # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy), at most 2^10 eps64 of cancellation.
+    about_zero = single and bool(np.all(np.abs(mean) * ivar <= EXPANDED_FLOAT32_RATIO))
+    sum_dy, sum_dy_d = np.empty(channels[:3]), np.empty(channels[:3])
+    sum_dy2 = np.empty(channels[:3]) if single else None
+    spans = _sample_spans(rows)
+
+    def block_x(start: int, stop: int, buffer: np.ndarray, centred: bool) -> np.ndarray:
+        # x - mean (or x about 0) of a block in float64, viewed as (n, G, C, S).
+        count = stop - start
+        block = xv[start:stop].reshape(_row_block(rows, count))
+        if centred:
+            block = _centred(block, mean[start * rows.G:stop * rows.G, None], buffer)
+        else:
+            block = _as_float64(block, buffer)
+        return block.reshape(count, *channels[1:])
+
+    def sums(run: list[tuple[int, int]]) -> None:
+        shape = _row_block(rows, run[0][1] - run[0][0])
+        work, grad = _scratch_block(shape), _scratch_block(shape, 1)
+        with np.errstate(invalid="ignore", over="ignore"):  # errstate is per thread
+            for start, stop in run:
+                count = stop - start
+                d = block_x(start, stop, work[: count * rows.G], not about_zero)
+                dy = _as_float64(dyv[start:stop].reshape(_row_block(rows, count)),
+                                 grad[: count * rows.G]).reshape(d.shape)
+                np.add.reduce(dy, axis=3, out=sum_dy[start:stop])
+                np.vecdot(dy, d, out=sum_dy_d[start:stop])
+                if sum_dy2 is not None:
+                    np.vecdot(dy, dy, out=sum_dy2[start:stop])
+
+    _run_parallel(sums, _parts(spans))
+    mean_r, ivar_r, var_r = (v.reshape(rows.N, rows.G) for v in (mean, ivar, var))
+    with np.errstate(invalid="ignore", over="ignore"):
+        if about_zero:
+            sum_dy_d -= mean_r[:, :, None] * sum_dy
+        # Sums over the samples in one call each: the same for any thread count.
+        dgamma = np.einsum("ngc,ng->gc", sum_dy_d, ivar_r).reshape(-1)
+        dbeta = np.add.reduce(sum_dy, axis=0).reshape(-1)
+        m = np.einsum("ngc,gc->ng", sum_dy, gamma) / width  # mean(g)
+        c = np.einsum("ngc,gc->ng", sum_dy_d, gamma) * ivar_r / width  # mean(g * xhat)
+        scale = ivar_r[:, :, None] * gamma  # a, per channel
+        slope = ivar_r * ivar_r * c  # k, per row
+        offset = ivar_r * m
+    dx = np.empty(x.shape, x.dtype)
+    dxv = dx.reshape(channels)
+    if single:
+        folded = bool(np.all(np.abs(mean_r) * ivar_r <= 1.0))
+        with np.errstate(all="ignore"):
+            mean_square = np.einsum("ngc,gc->ng", sum_dy2, gamma * gamma) / width
+            bound = float32_dx_bound(m, c, mean_square, mean_r, var_r, ivar_r, ivar_r, width,
+                                     folded, scaled_first=True)
+        if bound <= FLOAT32_DX_BOUND and float32_factors_fit(scale, slope, offset,
+                                                            offset - slope * mean_r):
+            row_dx_float32(x.reshape(channels), upstream.reshape(channels), scale, slope,
+                           offset, mean_r, folded, dxv, spans)
+            return dx, dgamma, dbeta
+    slope_b, scale_b, offset_b = slope[:, :, None, None], scale[..., None], offset[:, :, None, None]
+
+    def combine(run: list[tuple[int, int]]) -> None:
+        shape = _row_block(rows, run[0][1] - run[0][0])
+        work, grad = _scratch_block(shape), _scratch_block(shape, 1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for start, stop in run:
+                count = stop - start
+                d = block_x(start, stop, work[: count * rows.G], True)
+                np.multiply(d, slope_b[start:stop], out=d)
+                # Into the scratch block: float64 dy is the caller's array itself.
+                g = grad[: count * rows.G].reshape(d.shape)
+                np.multiply(dyv[start:stop].reshape(d.shape), scale_b[start:stop], out=g)
+                np.subtract(g, d, out=g)
+                target = dxv[start:stop]
+                if target.dtype == np.float64:
+                    np.subtract(g, offset_b[start:stop], out=target)
+                else:
+                    _store(np.subtract(g, offset_b[start:stop], out=g), target)
+
+    _run_parallel(combine, _parts(spans))
+    return dx, dgamma, dbeta
+
+
+def row_dx_float32(x: np.ndarray, dy: np.ndarray, scale: np.ndarray, slope: np.ndarray,
+                   offset: np.ndarray, mean: np.ndarray, folded: bool, dx: np.ndarray,
+                   spans: list[tuple[int, int]]) -> None:
+    """dx = scale * dy - slope * (x - mean) - offset worked in float32, into dx, by blocks of
+    samples; x, dy, dx float32 (N, G, C, S), scale (N, G, C), slope, offset and mean (N, G)
+    float64. Exact where `float32_dx_bound` says so; x - mean as in `dx_float32` (hi - lo,
+    or about 0 when `folded`: offset - slope * mean then goes into the offset)."""
+    single = np.float32
+    per_row = slope.shape + (1, 1)
+    slope32 = slope.astype(single).reshape(per_row)
+    scale32 = scale.astype(single)[..., None]
+    if folded:
+        offset32 = (offset - slope * mean).astype(single).reshape(per_row)
+    else:
+        offset32 = offset.astype(single).reshape(per_row)
+        hi = mean.astype(single)
+        lo = (mean - hi).astype(single).reshape(per_row)
+        hi = hi.reshape(per_row)
+
+    def run(run_: list[tuple[int, int]]) -> None:
+        samples = run_[0][1] - run_[0][0]
+        # A float32 temporary in the thread's float64 scratch block (half of it).
+        scratch = _scratch_block((samples * x[0].size // 2 + 1,)).view(single)
+        with np.errstate(invalid="ignore", over="ignore", under="ignore"):  # per thread
+            for start, stop in run_:
+                t = dx[start:stop]
+                u = scratch[: t.size].reshape(t.shape)
+                if folded:
+                    np.multiply(x[start:stop], slope32[start:stop], out=t)
+                else:
+                    np.subtract(x[start:stop], hi[start:stop], out=t)
+                    np.subtract(t, lo[start:stop], out=t)
+                    np.multiply(t, slope32[start:stop], out=t)
+                np.multiply(dy[start:stop], scale32[start:stop], out=u)
+                np.subtract(u, t, out=t)
+                np.subtract(t, offset32[start:stop], out=t)
+
+    _run_parallel(run, _parts(spans))
