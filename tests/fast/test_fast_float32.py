@@ -139,3 +139,31 @@ def test_the_passes_leave_their_inputs_alone(kind, shape, groups, dtype, numpy_b
     run_case(case)
     for kept, now in zip(before, (case.x, case.gamma, case.beta, case.dout)):
         assert np.array_equal(kept, now)
+
+
+@pytest.mark.parametrize("kind, shape, groups", [("layer", (256, 512), None),
+                                                 ("group", (32, 8, 16, 16), 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_one_pass_row_forward_gives_the_bits_of_statistics_then_forward(
+        kind, shape, groups, dtype, numpy_backend):
+    from tinygrad_bn.norm import FusedNorm
+
+    rng = np.random.default_rng(6)
+    case = _case(kind, (3 + rng.standard_normal(shape)).astype(dtype), rng.standard_normal(shape),
+                 groups)
+    spec = norm_spec(kind, shape, groups=groups)
+    together = FusedNorm.forward_with_statistics(case.x, case.gamma, case.beta, spec=spec)
+    mean, var = FusedNorm.statistics(case.x, spec)
+    apart = (FusedNorm.forward(case.x, case.gamma, case.beta, spec=spec, mean=mean, var=var),
+             mean, var)
+    for one, other in zip(together, apart, strict=True):
+        assert one.dtype == other.dtype and np.array_equal(one, other)
+
+
+@pytest.mark.parametrize("kind, shape, groups", CASES)
+@pytest.mark.parametrize("center", [0.5, 0.99, 1.01, 3.0])
+def test_float64_sums_about_zero_stay_exact(kind, shape, groups, center, numpy_backend):
+    # Either side of the float64 threshold of the sums taken about 0 (EXPANDED_FLOAT64_RATIO).
+    rng = np.random.default_rng(7)
+    x = center + rng.standard_normal(shape)
+    _exact_enough(_case(kind, x, rng.standard_normal(shape), groups))

@@ -362,6 +362,17 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
 # Its cancellation costs float64 digits in proportion (2^10 eps64 = 2^-42), far below what
 # float32 results keep, even where dx itself cancels to 1e-5 of dy (batches of two).
 EXPANDED_FLOAT32_RATIO = float(1 << 10)
+# The same for float64 data, whose results need every digit: only means within a standard
+# deviation of 0, where sum(dy * x) = sum(dy * (x - mean)) + mean * sum(dy) has terms no
+# larger than the centred sum's own, so its rounding at most doubles (a few eps64 at most).
+EXPANDED_FLOAT64_RATIO = 1.0
+
+
+def about_zero(dtype: np.dtype, mean: np.ndarray, ivar: np.ndarray) -> bool:
+    """Whether the backward's sums and dx may be taken about 0 instead of the mean."""
+    ratio = EXPANDED_FLOAT32_RATIO if dtype == np.float32 else EXPANDED_FLOAT64_RATIO
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.all(np.abs(mean) * ivar <= ratio))
 # |mean| / std up to which the float32 dx takes x - mean as x - hi - lo (hi + lo the float64
 # mean in two float32s): the rounding of lo then costs at most 2^-48 |mean| / std of xhat,
 # 2^-28 of eps32 at this ratio.
@@ -453,8 +464,8 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     mean_b = mean.reshape(pview)
     spans = _spans(layout)
     single = x.dtype == np.float32
-    about_zero = single and bool(np.all(np.abs(mean) * ivar <= EXPANDED_FLOAT32_RATIO))
-    centre = None if about_zero else mean_b
+    expanded = about_zero(x.dtype, mean, ivar)
+    centre = None if expanded else mean_b
 
     def centred(block: np.ndarray, buffer: np.ndarray) -> np.ndarray:
         return _as_float64(block, buffer) if centre is None else _centred(block, centre, buffer)
@@ -477,7 +488,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
         total = _in_order(_run_parallel(sums, _parts(spans)))
         dbeta = total[0]
         # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy) when taken about 0.
-        sum_dy_d = total[1] - mean * dbeta if about_zero else total[1]
+        sum_dy_d = total[1] - mean * dbeta if expanded else total[1]
         # sum(dy * xhat) = ivar * sum(dy * (x - mean)): exact, unless the products
         # overflowed (|x| near the dtype's range), where the textbook's ivar is 0.
         dgamma = np.where(ivar == 0, 0.0, sum_dy_d * ivar)
@@ -492,7 +503,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     scale = (gamma * ivar).reshape(pview)
     slope_b = slope.reshape(pview)
     # dy - mean(dy) - (x - mean) * slope = dy - x * slope - (mean(dy) - mean * slope) about 0
-    offset = (mean_dy - mean * slope if about_zero else mean_dy).reshape(pview)
+    offset = (mean_dy - mean * slope if expanded else mean_dy).reshape(pview)
     dx = np.empty(x.shape, x.dtype)
     dxv = dx.reshape(layout.view)
 
@@ -501,8 +512,8 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
         work, dy64 = _scratch_block((rows, *layout.view[1:])), _scratch_block(
             (rows, *layout.view[1:]), 1)
         for start, stop in run:
-            t = centred(xv[start:stop], work[: stop - start])
-            np.multiply(t, slope_b, out=t)
+            t = work[: stop - start]  # float64 x about 0 is the caller's x itself: not in place
+            np.multiply(centred(xv[start:stop], t), slope_b, out=t)
             np.subtract(_as_float64(dyv[start:stop], dy64[: stop - start]), t, out=t)
             np.subtract(t, offset, out=t)
             if dxv.dtype == np.float64:
@@ -626,6 +637,26 @@ def row_statistics(x: np.ndarray, rows: RowLayout) -> tuple[np.ndarray, np.ndarr
     return np.concatenate([m for m, _ in found]), np.concatenate([v for _, v in found])
 
 
+def _affine_rows(t: np.ndarray, ivar: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                 target: np.ndarray, rows: RowLayout, count: int) -> None:
+    """target = gamma * t * ivar + beta for a block of rows t = x - mean ((count * G, C * S)
+    float64, overwritten), ivar per row, gamma and beta (G, C) float64."""
+    if rows.S == 1:  # layer norm: gamma varies along the row
+        t *= ivar[:, None]
+        np.multiply(t, gamma.reshape(-1), out=t)
+        a, beta_b = t, beta.reshape(-1)
+    else:  # group norm: ivar * gamma is one factor per channel
+        scale = ivar.reshape(count, rows.G, 1) * gamma
+        a = t.reshape(count, rows.G, rows.C, rows.S)
+        np.multiply(a, scale[..., None], out=a)
+        beta_b = beta[..., None]
+    target = target.reshape(a.shape)
+    if target.dtype == np.float64:
+        np.add(a, beta_b, out=target)
+    else:
+        _store(np.add(a, beta_b, out=a), target)
+
+
 def row_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
                   var: np.ndarray, eps: float, rows: RowLayout) -> np.ndarray:
     """out = gamma * (x - mean) * ivar + beta; gamma, beta (G, C), mean, var (N * G,) float64."""
@@ -633,27 +664,46 @@ def row_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.n
     out = np.empty(x.shape, x.dtype)
     ov = out.reshape(rows.N, *_row_block(rows, 1))
     ivar = 1.0 / np.sqrt(var + eps)
-    gamma_b, beta_b = _param_b(gamma, rows), _param_b(beta, rows)
 
     def run(spans: list[tuple[int, int]]) -> None:
         buffer = _scratch_block(_row_block(rows, spans[0][1] - spans[0][0]))
-        for start, stop in spans:
-            count = stop - start
-            flat = slice(start * rows.G, stop * rows.G)
-            t = _centred(xv[start:stop].reshape(_row_block(rows, count)), mean[flat, None],
-                         buffer[: count * rows.G])
-            t *= ivar[flat, None]
-            a = t.reshape(_affine_view(rows, count))
-            a *= gamma_b
-            target = ov[start:stop].reshape(_affine_view(rows, count))
-            if target.dtype == np.float64:
-                np.add(a, beta_b, out=target)
-            else:
-                _store(np.add(a, beta_b, out=a), target)
+        with np.errstate(invalid="ignore", over="ignore"):  # errstate is per thread
+            for start, stop in spans:
+                count = stop - start
+                flat = slice(start * rows.G, stop * rows.G)
+                t = _centred(xv[start:stop].reshape(_row_block(rows, count)), mean[flat, None],
+                             buffer[: count * rows.G])
+                _affine_rows(t, ivar[flat], gamma, beta, ov[start:stop], rows, count)
 
-    with np.errstate(invalid="ignore", over="ignore"):
-        _run_parallel(run, _parts(_sample_spans(rows)))
+    _run_parallel(run, _parts(_sample_spans(rows)))
     return out
+
+
+def row_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                                rows: RowLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """out, and the per-row float64 mean and variance (N * G,), in one pass over x: each
+    block's rows are centred once and normalized while in cache, with the very operations
+    of `row_statistics` and `row_normalize` (the same bits as calling both)."""
+    xv = x.reshape(rows.N, *_row_block(rows, 1))
+    out = np.empty(x.shape, x.dtype)
+    ov = out.reshape(rows.N, *_row_block(rows, 1))
+    width = rows.C * rows.S
+    mean, var = np.empty(rows.N * rows.G), np.empty(rows.N * rows.G)
+
+    def run(spans: list[tuple[int, int]]) -> None:
+        buffer = _scratch_block(_row_block(rows, spans[0][1] - spans[0][0]))
+        with np.errstate(invalid="ignore", over="ignore"):  # errstate is per thread
+            for start, stop in spans:
+                count = stop - start
+                flat = slice(start * rows.G, stop * rows.G)
+                block = xv[start:stop].reshape(_row_block(rows, count))
+                d, mean[flat] = _centred_rows(block, buffer[: count * rows.G])
+                var[flat] = np.vecdot(d, d) / width
+                _affine_rows(d, 1.0 / np.sqrt(var[flat] + eps), gamma, beta, ov[start:stop],
+                             rows, count)
+
+    _run_parallel(run, _parts(_sample_spans(rows)))
+    return out, mean, var
 
 
 def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
@@ -728,9 +778,9 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
     ivar = 1.0 / np.sqrt(var + eps)
     width = rows.C * rows.S
     single = x.dtype == np.float32
-    # float32 data about means near 0 (as in `backward`): the sums are taken about 0,
-    # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy), at most 2^10 eps64 of cancellation.
-    about_zero = single and bool(np.all(np.abs(mean) * ivar <= EXPANDED_FLOAT32_RATIO))
+    # Means near 0 (`about_zero`): the sums are taken about 0,
+    # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy).
+    expanded = about_zero(x.dtype, mean, ivar)
     sum_dy, sum_dy_d = np.empty(channels[:3]), np.empty(channels[:3])
     sum_dy2 = np.empty(channels[:3]) if single else None
     spans = _sample_spans(rows)
@@ -751,7 +801,7 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
         with np.errstate(invalid="ignore", over="ignore"):  # errstate is per thread
             for start, stop in run:
                 count = stop - start
-                d = block_x(start, stop, work[: count * rows.G], not about_zero)
+                d = block_x(start, stop, work[: count * rows.G], not expanded)
                 dy = _as_float64(dyv[start:stop].reshape(_row_block(rows, count)),
                                  grad[: count * rows.G]).reshape(d.shape)
                 np.add.reduce(dy, axis=3, out=sum_dy[start:stop])
@@ -762,7 +812,7 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
     _run_parallel(sums, _parts(spans))
     mean_r, ivar_r, var_r = (v.reshape(rows.N, rows.G) for v in (mean, ivar, var))
     with np.errstate(invalid="ignore", over="ignore"):
-        if about_zero:
+        if expanded:
             sum_dy_d -= mean_r[:, :, None] * sum_dy
         # Sums over the samples in one call each: the same for any thread count.
         dgamma = np.einsum("ngc,ng->gc", sum_dy_d, ivar_r).reshape(-1)
