@@ -109,7 +109,7 @@ def test_the_float32_dx_itself_fails_where_the_check_refuses(numpy_backend):
     d64 = dout.astype(np.float64)
     sum_dy, sum_dy_d = d64.sum(axis=0), (d64 * (x - mean64)).sum(axis=0)
     assert not kernels.float32_dx_is_exact(sum_dy, sum_dy_d, (d64 * d64).sum(axis=0), gamma,
-                                           mean64, var64, ivar, 4096, True)
+                                           mean64, var64, ivar, 4096, True, square_terms=1)
     forced = kernels.dx_float32(x, dout, gamma * ivar, ivar * ivar * sum_dy_d / 4096,
                                 sum_dy / 4096, mean64, True, kernels._spans(layout))
     exact = exact_normalization(x, case.gamma, case.beta, dout, norm_spec("batch", x.shape))[1]

@@ -291,11 +291,19 @@ def combine_moments(s1: np.ndarray, s2: np.ndarray, shift: np.ndarray, count: in
     return shift + m1, var, again
 
 
-def _near_zero_or(shift: np.ndarray, xv: np.ndarray, layout: Layout) -> np.ndarray:
+def _lead_rows(xv: np.ndarray, layout: Layout) -> np.ndarray:
+    """The first rows holding at least LEAD_ROWS values per feature: LEAD_ROWS rows of a
+    batch norm, one sample of a spatial one (not sixteen: those would be a large part of x,
+    taken three more times)."""
+    return xv[: max(1, -(-LEAD_ROWS // layout.B))]
+
+
+def _near_zero_or(xv: np.ndarray, layout: Layout) -> np.ndarray:
     """0 when the leading rows put every mean within a quarter of a standard deviation of
     zero (the sums about 0 then lose almost nothing to cancellation, and the pass saves its
-    subtraction; `combine_moments` still checks the shift afterwards), else the shift."""
-    lead = xv[:LEAD_ROWS]
+    subtraction; `combine_moments` still checks the shift afterwards), else their mean."""
+    lead = _lead_rows(xv, layout)
+    shift = lead.mean(axis=layout.axes, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         spread = np.sqrt(np.mean(np.square(lead - shift.reshape(layout.param_view),
                                            dtype=np.float64), axis=layout.axes))
@@ -308,7 +316,7 @@ def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     xv = x.reshape(layout.view)
     axes, pview = layout.axes, layout.param_view
     spans = _spans(layout)
-    shift = _near_zero_or(lead_shift(xv, layout), xv, layout)
+    shift = _near_zero_or(xv, layout)
     while True:
         shift_b = None if not shift.any() else shift.reshape(pview)
 
@@ -386,10 +394,11 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.ndarray,
                         gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, ivar: np.ndarray,
-                        count: int, folded: bool) -> bool:
+                        count: int, folded: bool, square_terms: int) -> bool:
     """Whether dx = a * (dy - m - k * (x - mean)) worked elementwise in float32 (a, k, m the
     per-feature float64 factors rounded to float32) stays within `FLOAT32_DX_BOUND` eps32 of
-    the exact dx, normwise, judged from the float64 sums of dy, dy * (x - mean) and dy^2.
+    the exact dx, normwise, judged from the float64 sums of dy and dy * (x - mean), and the
+    sums of dy^2 (float32 partial sums of at most `square_terms` terms, added in float64).
 
     Each float32 operation rounds by at most eps32 / 2 of its own result. Of the
     intermediates, only two can be larger than dx itself: k * (x - mean) = c * xhat with
@@ -401,28 +410,30 @@ def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.nd
     max |xhat| <= sqrt(count) (the mean of xhat^2 is below 1) and max |dx| >= max |a| rms(r),
     r = dy - m - c xhat, whose mean square follows from the sums:
         mean(r^2) = mean(dy^2) - m^2 - c^2 (2 - var * ivar^2).
-    That difference is taken with a margin for the float64 sums' own rounding, so a dx that
-    cancels (dy nearly a line in xhat, where float32 would lose it) is never passed. Ranges
+    That difference is taken with a margin for the sums' own rounding (a float32 sum of n
+    squares is within (n + 1) eps32 of its value, relatively: its terms are positive), so a
+    dx that cancels (dy nearly a line in xhat, where float32 would lose it) is never passed. Ranges
     are checked as well: nothing overflows float32 and nothing underflows to where its
     absolute rounding (2^-149) would matter.
     """
     with np.errstate(all="ignore"):
         m, c = sum_dy / count, sum_dy_d * ivar / count
         bound = float32_dx_bound(m, c, sum_dy2 / count, mean, var, ivar, gamma * ivar, count,
-                                 folded, scaled_first=False)
+                                 folded, scaled_first=False, square_terms=square_terms)
     return bound <= FLOAT32_DX_BOUND
 
 
 def float32_dx_bound(m: np.ndarray, c: np.ndarray, mean_square: np.ndarray, mean: np.ndarray,
                      var: np.ndarray, ivar: np.ndarray, weight: np.ndarray, count: int,
-                     folded: bool, scaled_first: bool) -> float:
+                     folded: bool, scaled_first: bool, square_terms: int) -> float:
     """The float32 dx's normwise error bound in eps32 (inf outside float32's safe range), per
     statistic from m = mean(g), c = mean(g * xhat), mean(g^2), the statistics and the
     factor `weight` that multiplies g - m - c * xhat into dx (all float64 arrays of one
     shape); see `float32_dx_is_exact`. `scaled_first`: g is formed in float32 first (row
-    passes: dy * gamma * ivar, rounded before the subtractions), which doubles the terms."""
+    passes: dy * gamma * ivar, rounded before the subtractions), which doubles the terms.
+    `square_terms`: the terms of each float32 partial sum behind mean(g^2)."""
     ms_r = mean_square - m * m - c * c * (2.0 - var * ivar * ivar)
-    margin = 8.0 * (count + 1) * _EPS64 * mean_square
+    margin = (8.0 * (count + 1) * _EPS64 + (square_terms + 1) * _EPS32) * mean_square
     rms_r = np.sqrt(np.maximum(ms_r - margin, 0.0))
     weight = np.abs(weight)
     centre_term = np.abs(mean) * ivar
@@ -479,8 +490,10 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
             dy = _as_float64(dyv[start:stop], dy64[: stop - start])
             d = centred(xv[start:stop], work[: stop - start])
             found = [dy.sum(axis=axes), np.einsum(layout.subscripts, dy, d)]
-            if single:  # for the float32 dx's error bound
-                found.append(np.einsum(layout.subscripts, dy, dy))
+            if single:  # for the float32 dx's error bound: float32 sums, bounded error
+                block = dyv[start:stop]
+                with np.errstate(over="ignore"):  # per thread; inf takes the float64 dx
+                    found.append(np.einsum(layout.subscripts, block, block))
             partial.append(np.stack(found))
         return partial
 
@@ -496,7 +509,8 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     slope = ivar * dgamma / count  # xhat * mean(dy * xhat) = (x - mean) * slope
     folded = single and bool(np.all(np.abs(mean) * ivar <= 1.0))
     if single and float32_dx_is_exact(dbeta, sum_dy_d, total[2], gamma, mean, var, ivar,
-                                      count, folded) \
+                                      count, folded, square_terms=max(a - b for b, a in spans)
+                                      * layout.B) \
             and float32_factors_fit(gamma * ivar, slope, mean_dy, mean_dy - mean * slope):
         dx = dx_float32(xv, dyv, gamma * ivar, slope, mean_dy, mean, folded, spans)
         return dx.reshape(x.shape), dgamma, dbeta
@@ -806,8 +820,9 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
                                  grad[: count * rows.G]).reshape(d.shape)
                 np.add.reduce(dy, axis=3, out=sum_dy[start:stop])
                 np.vecdot(dy, d, out=sum_dy_d[start:stop])
-                if sum_dy2 is not None:
-                    np.vecdot(dy, dy, out=sum_dy2[start:stop])
+                if sum_dy2 is not None:  # float32 sums, for the bound (error bounded)
+                    block = dyv[start:stop].reshape(d.shape)
+                    sum_dy2[start:stop] = np.vecdot(block, block)
 
     _run_parallel(sums, _parts(spans))
     mean_r, ivar_r, var_r = (v.reshape(rows.N, rows.G) for v in (mean, ivar, var))
@@ -829,7 +844,7 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
         with np.errstate(all="ignore"):
             mean_square = np.einsum("ngc,gc->ng", sum_dy2, gamma * gamma) / width
             bound = float32_dx_bound(m, c, mean_square, mean_r, var_r, ivar_r, ivar_r, width,
-                                     folded, scaled_first=True)
+                                     folded, scaled_first=True, square_terms=rows.S)
         if bound <= FLOAT32_DX_BOUND and float32_factors_fit(scale, slope, offset,
                                                             offset - slope * mean_r):
             row_dx_float32(x.reshape(channels), upstream.reshape(channels), scale, slope,
