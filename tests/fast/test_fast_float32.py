@@ -167,3 +167,25 @@ def test_float64_sums_about_zero_stay_exact(kind, shape, groups, center, numpy_b
     rng = np.random.default_rng(7)
     x = center + rng.standard_normal(shape)
     _exact_enough(_case(kind, x, rng.standard_normal(shape), groups))
+
+
+@pytest.mark.parametrize("kind, shape, groups", CASES + [("layer", (256, 512), None)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_many_blocks_give_the_same_bits_on_any_thread_count(kind, shape, groups, dtype,
+                                                            monkeypatch, numpy_backend):
+    # Small blocks: dozens of them per pass, dealt to 1, 2 or 3 threads.
+    monkeypatch.setattr(kernels, "BLOCK_BYTES", 1 << 14)
+    rng = np.random.default_rng(8)
+    case = _case(kind, (0.5 + rng.standard_normal(shape)).astype(dtype),
+                 rng.standard_normal(shape), groups)
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            kernels.set_num_threads(threads)
+            results.append(run_case(case))
+    finally:
+        kernels.set_num_threads(2)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            assert np.array_equal(a, b)
+    _exact_enough(case)
