@@ -390,6 +390,8 @@ def about_zero(dtype: np.dtype, mean: np.ndarray, ivar: np.ndarray) -> bool:
     ratio = EXPANDED_FLOAT32_RATIO if dtype == np.float32 else EXPANDED_FLOAT64_RATIO
     with np.errstate(invalid="ignore", over="ignore"):
         return bool(np.all(np.abs(mean) * ivar <= ratio))
+
+
 # |mean| / std up to which the float32 dx takes x - mean as x - hi - lo (hi + lo the float64
 # mean in two float32s): the rounding of lo then costs at most 2^-48 |mean| / std of xhat,
 # 2^-28 of eps32 at this ratio.
@@ -420,10 +422,10 @@ def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.nd
     r = dy - m - c xhat, whose mean square follows from the sums:
         mean(r^2) = mean(dy^2) - m^2 - c^2 (2 - var * ivar^2).
     That difference is taken with a margin for the sums' own rounding (a float32 sum of n
-    squares is within (n + 1) eps32 of its value, relatively: its terms are positive), so a
-    dx that cancels (dy nearly a line in xhat, where float32 would lose it) is never passed. Ranges
-    are checked as well: nothing overflows float32 and nothing underflows to where its
-    absolute rounding (2^-149) would matter.
+    squares is within (n + 1) eps32 of its value, relatively: its terms are positive), so
+    a dx that cancels (dy nearly a line in xhat, where float32 would lose it) is never
+    passed. Ranges are checked as well: nothing overflows float32 and nothing underflows
+    to where its absolute rounding (2^-149) would matter (`float32_factors_fit`).
     """
     with np.errstate(all="ignore"):
         m, c = sum_dy / count, sum_dy_d * ivar / count
