@@ -162,8 +162,8 @@ def test_the_one_pass_row_forward_gives_the_bits_of_statistics_then_forward(
 
 @pytest.mark.parametrize("kind, shape, groups", CASES)
 @pytest.mark.parametrize("center", [0.5, 0.99, 1.01, 3.0])
-def test_float64_sums_about_zero_stay_exact(kind, shape, groups, center, numpy_backend):
-    # Either side of the float64 threshold of the sums taken about 0 (EXPANDED_FLOAT64_RATIO).
+def test_float64_dx_about_zero_stays_exact(kind, shape, groups, center, numpy_backend):
+    # Either side of the float64 threshold of dx taken about 0 (EXPANDED_FLOAT64_RATIO).
     rng = np.random.default_rng(7)
     x = center + rng.standard_normal(shape)
     _exact_enough(_case(kind, x, rng.standard_normal(shape), groups))
