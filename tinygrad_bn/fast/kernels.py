@@ -6,14 +6,19 @@ as (A, K) or (A, K, B), with the statistics over A (and B) for each feature k. A
 shared pieces of the compiled passes (`numba_kernels.py`): the layouts, the shift and the
 combination of the shifted sums.
 
-Why it is fast: every pass walks x in blocks of about half a megabyte, so the few numpy
+Why it is fast: every pass walks x in blocks of about a megabyte, so the few numpy
 calls per block run on data in cache; the statistics take one pass (the sums of x - shift
 and of its square) instead of two; nothing of x's size is allocated besides the result;
 the blocks are split between threads (numpy releases the GIL).
 
 Why it is exact (at least as the textbook, on every input the textbook handles):
-- every block is worked in float64 (float32 data is converted into a float64 scratch block
-  as it is centred), and results are rounded once to x's dtype;
+- every statistic, sum and forward output is worked in float64 (float32 data is converted
+  into a float64 scratch block as it is centred), and results are rounded once to x's dtype;
+- float32 dx is the one exception: it is formed in float32 (`dx_float32`, `row_dx_float32`:
+  a third of the float64 work) only where an error bound taken from the float64 sums
+  (`float32_dx_bound`: a few eps32 normwise, nothing out of float32's range) holds, which
+  rules out the inputs where float32 would lose digits (dx cancelling out of dy, x - mean
+  past float32's range); everywhere else it is worked in float64 like the rest;
 - the statistics are sums of d = x - shift with the shift the mean of a few leading rows,
   combined as mean = shift + mean(d), var = mean(d^2) - mean(d)^2. That cancels only when
   the shift is far from the mean (|mean(d)| above the spread): then a second pass about
@@ -24,6 +29,8 @@ Why it is exact (at least as the textbook, on every input the textbook handles):
   a variance that overflows to inf gives the textbook's ivar = 0 and dx = 0, not inf * 0;
 - each block's sums are kept apart and added in block order, so the result does not
   depend on the thread count.
+
+The row passes (layer and group norm, below) follow the same rules by blocks of whole samples.
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ __all__ = ["Layout", "RowLayout", "layout_for", "row_layout_for", "statistics", 
            "num_threads", "MIN_ELEMENTS", "lead_shift", "combine_moments"]
 
 MIN_ELEMENTS = 1 << 16      # below this the closed form in plain numpy is as fast
-BLOCK_BYTES = 1 << 19       # about 0.5 MB per block (float64): in L2 with room for a temporary
+# About 1 MB per block (float64): fewer numpy calls per pass (each costs microseconds)
+# matter more than staying inside a 512 KB L2 (measured: 1 MB faster than 0.25 or 0.5 MB).
+BLOCK_BYTES = 1 << 20
 LEAD_ROWS = 16              # rows whose mean is the shift of the one-pass statistics
 NEAR_ZERO = 0.25            # |lead mean| / lead spread up to which the statistics shift by 0
 # (mean(d) / spread)^2 above which the shifted one-pass variance has lost digits that matter
@@ -133,7 +142,7 @@ def _run_parallel(work: Callable[[Any], Any], parts: list) -> list[Any]:
 
 def _scratch_block(shape: tuple[int, ...], slot: int = 0) -> np.ndarray:
     """A per-thread float64 block-sized temporary (two slots), kept between calls (a fresh
-    half-megabyte array would be fresh pages, faulted in on every pass)."""
+    megabyte array would be fresh pages, faulted in on every pass)."""
     size = math.prod(shape)
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
@@ -291,11 +300,19 @@ def combine_moments(s1: np.ndarray, s2: np.ndarray, shift: np.ndarray, count: in
     return shift + m1, var, again
 
 
-def _near_zero_or(shift: np.ndarray, xv: np.ndarray, layout: Layout) -> np.ndarray:
+def _lead_rows(xv: np.ndarray, layout: Layout) -> np.ndarray:
+    """The first rows holding at least LEAD_ROWS values per feature: LEAD_ROWS rows of a
+    batch norm, one sample of a spatial one (not sixteen: those would be a large part of x,
+    taken three more times)."""
+    return xv[: max(1, -(-LEAD_ROWS // layout.B))]
+
+
+def _near_zero_or(xv: np.ndarray, layout: Layout) -> np.ndarray:
     """0 when the leading rows put every mean within a quarter of a standard deviation of
     zero (the sums about 0 then lose almost nothing to cancellation, and the pass saves its
-    subtraction; `combine_moments` still checks the shift afterwards), else the shift."""
-    lead = xv[:LEAD_ROWS]
+    subtraction; `combine_moments` still checks the shift afterwards), else their mean."""
+    lead = _lead_rows(xv, layout)
+    shift = lead.mean(axis=layout.axes, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         spread = np.sqrt(np.mean(np.square(lead - shift.reshape(layout.param_view),
                                            dtype=np.float64), axis=layout.axes))
@@ -308,7 +325,7 @@ def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     xv = x.reshape(layout.view)
     axes, pview = layout.axes, layout.param_view
     spans = _spans(layout)
-    shift = _near_zero_or(lead_shift(xv, layout), xv, layout)
+    shift = _near_zero_or(xv, layout)
     while True:
         shift_b = None if not shift.any() else shift.reshape(pview)
 
@@ -362,6 +379,107 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
 # Its cancellation costs float64 digits in proportion (2^10 eps64 = 2^-42), far below what
 # float32 results keep, even where dx itself cancels to 1e-5 of dy (batches of two).
 EXPANDED_FLOAT32_RATIO = float(1 << 10)
+# float64 data, whose results need every digit, takes only dx about 0, and only for means
+# within a standard deviation of 0: x * slope is then no larger than c * (|xhat| + 1), terms
+# dx has anyway, and the equivalence suite finds dx as exact. Its sums stay centred: taken
+# about 0, sum(dy * x) - mean * sum(dy), they made dgamma 1.5 times less exact (measured).
+EXPANDED_FLOAT64_RATIO = 1.0
+
+
+def about_zero(dtype: np.dtype, mean: np.ndarray, ivar: np.ndarray, sums: bool) -> bool:
+    """Whether the backward's sums (`sums`) or its dx may be taken about 0, not the mean."""
+    if dtype == np.float32:
+        ratio = EXPANDED_FLOAT32_RATIO
+    elif sums:
+        return False
+    else:
+        ratio = EXPANDED_FLOAT64_RATIO
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.all(np.abs(mean) * ivar <= ratio))
+
+
+# |mean| / std up to which the float32 dx takes x - mean as x - hi - lo (hi + lo the float64
+# mean in two float32s): the rounding of lo then costs at most 2^-48 |mean| / std of xhat,
+# 2^-28 of eps32 at this ratio.
+SPLIT_MEAN_RATIO = float(1 << 20)
+# The float32 dx's error bound (in eps32, normwise, see `float32_dx_is_exact`) up to which it
+# is used: the equivalence suite allows 8.
+FLOAT32_DX_BOUND = 4.0
+_EPS32 = float(np.finfo(np.float32).eps)
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.ndarray,
+                        gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, ivar: np.ndarray,
+                        count: int, folded: bool, square_terms: int) -> bool:
+    """Whether dx = a * (dy - m - k * (x - mean)) worked elementwise in float32 (a, k, m the
+    per-feature float64 factors rounded to float32) stays within `FLOAT32_DX_BOUND` eps32 of
+    the exact dx, normwise, judged from the float64 sums of dy and dy * (x - mean), and the
+    sums of dy^2 (float32 partial sums of at most `square_terms` terms, added in float64).
+
+    Each float32 operation rounds by at most eps32 / 2 of its own result. Of the
+    intermediates, only two can be larger than dx itself: k * (x - mean) = c * xhat with
+    c = mean(dy * xhat), and m = mean(dy) (when `folded`, dx is taken as dy - k * x - (m -
+    k * mean), which adds |c| |mean| ivar to both). Summing the roundings,
+        |error| <= eps32 * (|a| (|c| X + |m'|) + 2 |dx|),   X >= max |xhat| (+ |mean| ivar),
+    so the normwise error, |error| / (2 max |dx|) in eps32, is at most
+        1 + max |a| (|c| X + |m'|) / (2 max |dx|).
+    max |xhat| <= sqrt(count) (the mean of xhat^2 is below 1) and max |dx| >= max |a| rms(r),
+    r = dy - m - c xhat, whose mean square follows from the sums:
+        mean(r^2) = mean(dy^2) - m^2 - c^2 (2 - var * ivar^2).
+    That difference is taken with a margin for the sums' own rounding (a float32 sum of n
+    squares is within (n + 1) eps32 of its value, relatively: its terms are positive), so
+    a dx that cancels (dy nearly a line in xhat, where float32 would lose it) is never
+    passed. Ranges are checked as well: nothing overflows float32 and nothing underflows
+    to where its absolute rounding (2^-149) would matter (`float32_factors_fit`).
+    """
+    with np.errstate(all="ignore"):
+        m, c = sum_dy / count, sum_dy_d * ivar / count
+        bound = float32_dx_bound(m, c, sum_dy2 / count, mean, var, ivar, gamma * ivar, count,
+                                 folded, scaled_first=False, square_terms=square_terms)
+    return bound <= FLOAT32_DX_BOUND
+
+
+def float32_dx_bound(m: np.ndarray, c: np.ndarray, mean_square: np.ndarray, mean: np.ndarray,
+                     var: np.ndarray, ivar: np.ndarray, weight: np.ndarray, count: int,
+                     folded: bool, scaled_first: bool, square_terms: int) -> float:
+    """The float32 dx's normwise error bound in eps32 (inf outside float32's safe range), per
+    statistic from m = mean(g), c = mean(g * xhat), mean(g^2), the statistics and the
+    factor `weight` that multiplies g - m - c * xhat into dx (all float64 arrays of one
+    shape); see `float32_dx_is_exact`. `scaled_first`: g is formed in float32 first (row
+    passes: dy * gamma * ivar, rounded before the subtractions), which doubles the terms.
+    `square_terms`: the terms of each float32 partial sum behind mean(g^2)."""
+    ms_r = mean_square - m * m - c * c * (2.0 - var * ivar * ivar)
+    margin = (8.0 * (count + 1) * _EPS64 + (square_terms + 1) * _EPS32) * mean_square
+    rms_r = np.sqrt(np.maximum(ms_r - margin, 0.0))
+    weight = np.abs(weight)
+    centre_term = np.abs(mean) * ivar
+    x_bound = math.sqrt(count) + 1.0 + (centre_term if folded else 0.0)
+    offset = np.abs(m) + (np.abs(c) * centre_term if folded else 0.0)
+    lower = float(np.max(weight * rms_r))  # <= max |dx|
+    worst = float(np.max(weight * (np.abs(c) * x_bound + offset)))
+    largest_weight = float(np.max(weight))
+    in_range = bool(np.all(np.isfinite(mean_square) & np.isfinite(c) & np.isfinite(m)
+                           & (ivar > 0))) \
+        and float(np.max(np.sqrt(count * var) + np.abs(mean))) <= 2.0**120 \
+        and float(np.max(np.sqrt(mean_square) + np.abs(m))) <= 2.0**100 \
+        and largest_weight <= 2.0**100 and lower >= 2.0**-100 * max(1.0, largest_weight) \
+        and float(np.max(centre_term)) <= SPLIT_MEAN_RATIO
+    if not in_range:
+        return math.inf
+    return 1.0 + worst / (lower if scaled_first else 2.0 * lower)
+
+
+def float32_factors_fit(*factors: np.ndarray) -> bool:
+    """Whether the float64 factors of a float32 dx keep their digits when rounded to
+    float32: each is 0 or within [2^-100, 2^100] (a factor that became subnormal or 0,
+    such as ivar^2 of data near 1e30, would drop a term of dx)."""
+    with np.errstate(all="ignore"):
+        for factor in factors:
+            size = np.abs(factor)
+            if not np.all((size == 0) | ((size >= 2.0**-100) & (size <= 2.0**100))):
+                return False
+    return True
 
 
 def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
@@ -373,12 +491,12 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     ivar = 1.0 / np.sqrt(var + eps)
     mean_b = mean.reshape(pview)
     spans = _spans(layout)
-    about_zero = x.dtype == np.float32 and bool(
-        np.all(np.abs(mean) * ivar <= EXPANDED_FLOAT32_RATIO))
-    centre = None if about_zero else mean_b
+    single = x.dtype == np.float32
+    expanded = about_zero(x.dtype, mean, ivar, sums=True)
+    dx_expanded = about_zero(x.dtype, mean, ivar, sums=False)
 
-    def centred(block: np.ndarray, buffer: np.ndarray) -> np.ndarray:
-        return _as_float64(block, buffer) if centre is None else _centred(block, centre, buffer)
+    def centred(block: np.ndarray, buffer: np.ndarray, about_0: bool) -> np.ndarray:
+        return _as_float64(block, buffer) if about_0 else _centred(block, mean_b, buffer)
 
     def sums(run: list[tuple[int, int]]) -> list[np.ndarray]:
         rows = run[0][1] - run[0][0]
@@ -387,23 +505,36 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
         partial = []
         for start, stop in run:
             dy = _as_float64(dyv[start:stop], dy64[: stop - start])
-            d = centred(xv[start:stop], work[: stop - start])
-            partial.append(np.stack([dy.sum(axis=axes), np.einsum(layout.subscripts, dy, d)]))
+            d = centred(xv[start:stop], work[: stop - start], expanded)
+            found = [dy.sum(axis=axes), np.einsum(layout.subscripts, dy, d)]
+            if single:  # for the float32 dx's error bound: float32 sums, bounded error
+                block = dyv[start:stop]
+                with np.errstate(over="ignore"):  # per thread; inf takes the float64 dx
+                    found.append(np.einsum(layout.subscripts, block, block))
+            partial.append(np.stack(found))
         return partial
 
     with np.errstate(invalid="ignore", over="ignore"):
         total = _in_order(_run_parallel(sums, _parts(spans)))
         dbeta = total[0]
         # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy) when taken about 0.
-        sum_dy_d = total[1] - mean * dbeta if about_zero else total[1]
+        sum_dy_d = total[1] - mean * dbeta if expanded else total[1]
         # sum(dy * xhat) = ivar * sum(dy * (x - mean)): exact, unless the products
         # overflowed (|x| near the dtype's range), where the textbook's ivar is 0.
         dgamma = np.where(ivar == 0, 0.0, sum_dy_d * ivar)
+    mean_dy = dbeta / count
+    slope = ivar * dgamma / count  # xhat * mean(dy * xhat) = (x - mean) * slope
+    folded = single and bool(np.all(np.abs(mean) * ivar <= 1.0))
+    if single and float32_dx_is_exact(dbeta, sum_dy_d, total[2], gamma, mean, var, ivar,
+                                      count, folded, square_terms=max(a - b for b, a in spans)
+                                      * layout.B) \
+            and float32_factors_fit(gamma * ivar, slope, mean_dy, mean_dy - mean * slope):
+        dx = dx_float32(xv, dyv, gamma * ivar, slope, mean_dy, mean, folded, spans)
+        return dx.reshape(x.shape), dgamma, dbeta
     scale = (gamma * ivar).reshape(pview)
-    mean_dy = (dbeta / count).reshape(pview)
-    slope = (ivar * dgamma / count).reshape(pview)  # xhat * mean(dy * xhat) = (x - mean) * slope
+    slope_b = slope.reshape(pview)
     # dy - mean(dy) - (x - mean) * slope = dy - x * slope - (mean(dy) - mean * slope) about 0
-    offset = mean_dy - mean_b * slope if about_zero else mean_dy
+    offset = (mean_dy - mean * slope if dx_expanded else mean_dy).reshape(pview)
     dx = np.empty(x.shape, x.dtype)
     dxv = dx.reshape(layout.view)
 
@@ -412,8 +543,8 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
         work, dy64 = _scratch_block((rows, *layout.view[1:])), _scratch_block(
             (rows, *layout.view[1:]), 1)
         for start, stop in run:
-            t = centred(xv[start:stop], work[: stop - start])
-            np.multiply(t, slope, out=t)
+            t = work[: stop - start]  # float64 x about 0 is the caller's x itself: not in place
+            np.multiply(centred(xv[start:stop], t, dx_expanded), slope_b, out=t)
             np.subtract(_as_float64(dyv[start:stop], dy64[: stop - start]), t, out=t)
             np.subtract(t, offset, out=t)
             if dxv.dtype == np.float64:
@@ -424,6 +555,50 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     with np.errstate(invalid="ignore", over="ignore"):
         _run_parallel(combine, _parts(spans))
     return dx, dgamma, dbeta
+
+
+def dx_float32(xv: np.ndarray, dyv: np.ndarray, scale: np.ndarray, slope: np.ndarray,
+               mean_dy: np.ndarray, mean: np.ndarray, folded: bool,
+               spans: list[tuple[int, int]]) -> np.ndarray:
+    """dx = scale * (dy - mean_dy - (x - mean) * slope) worked in float32, x and dy float32
+    in the (A, K[, B]) view, the factors (K,) float64; each block is formed in dx itself.
+
+    Exact only where `float32_dx_is_exact` says so. x - mean is x - hi - lo with hi + lo the
+    float64 mean in two float32s: x - hi is exact for x near the mean (Sterbenz), and lo
+    restores the digits that rounding the mean to hi drops. When `folded` (|mean| within a
+    standard deviation of 0) it is taken about 0 instead: dy - x * slope - (mean_dy - mean *
+    slope), two operations fewer.
+    """
+    single = np.float32
+    pview = xv.shape[1:2] if xv.ndim == 2 else (xv.shape[1], 1)
+    scale32, slope32 = (v.astype(single).reshape(pview) for v in (scale, slope))
+    if folded:
+        offset32 = (mean_dy - mean * slope).astype(single).reshape(pview)
+    else:
+        offset32 = mean_dy.astype(single).reshape(pview)
+        hi = mean.astype(single)
+        lo = (mean - hi).astype(single).reshape(pview)
+        hi = hi.reshape(pview)
+    dxv = np.empty(xv.shape, single)
+
+    def run(run_: list[tuple[int, int]]) -> None:
+        with np.errstate(invalid="ignore", over="ignore", under="ignore"):  # per thread
+            for start, stop in run_:
+                one_block(dxv[start:stop], start, stop)
+
+    def one_block(t: np.ndarray, start: int, stop: int) -> None:
+        if folded:
+            np.multiply(xv[start:stop], slope32, out=t)
+        else:
+            np.subtract(xv[start:stop], hi, out=t)
+            np.subtract(t, lo, out=t)
+            np.multiply(t, slope32, out=t)
+        np.subtract(dyv[start:stop], t, out=t)
+        np.subtract(t, offset32, out=t)
+        np.multiply(t, scale32, out=t)
+
+    _run_parallel(run, _parts(spans))
+    return dxv
 
 
 # --- rows: layer and group norm -------------------------------------------------------
@@ -483,12 +658,34 @@ def row_statistics(x: np.ndarray, rows: RowLayout) -> tuple[np.ndarray, np.ndarr
         for start, stop in spans:
             block = xv[start:stop].reshape(_row_block(rows, stop - start))
             d, mean = _centred_rows(block, buffer[: (stop - start) * rows.G])
-            found.append((mean, np.einsum("rm,rm->r", d, d) / width))
+            # errstate is per thread: squares past float64 give inf, as the textbook's.
+            with np.errstate(over="ignore", invalid="ignore"):
+                found.append((mean, np.vecdot(d, d) / width))
         return found
 
     with np.errstate(over="ignore", invalid="ignore"):  # squares past float64: inf, as the textbook
         found = [pair for run_ in _run_parallel(run, _parts(_sample_spans(rows))) for pair in run_]
     return np.concatenate([m for m, _ in found]), np.concatenate([v for _, v in found])
+
+
+def _affine_rows(t: np.ndarray, ivar: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                 target: np.ndarray, rows: RowLayout, count: int) -> None:
+    """target = gamma * t * ivar + beta for a block of rows t = x - mean ((count * G, C * S)
+    float64, overwritten), ivar per row, gamma and beta (G, C) float64."""
+    if rows.S == 1:  # layer norm: gamma varies along the row
+        t *= ivar[:, None]
+        np.multiply(t, gamma.reshape(-1), out=t)
+        a, beta_b = t, beta.reshape(-1)
+    else:  # group norm: ivar * gamma is one factor per channel
+        scale = ivar.reshape(count, rows.G, 1) * gamma
+        a = t.reshape(count, rows.G, rows.C, rows.S)
+        np.multiply(a, scale[..., None], out=a)
+        beta_b = beta[..., None]
+    target = target.reshape(a.shape)
+    if target.dtype == np.float64:
+        np.add(a, beta_b, out=target)
+    else:
+        _store(np.add(a, beta_b, out=a), target)
 
 
 def row_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
@@ -498,27 +695,46 @@ def row_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.n
     out = np.empty(x.shape, x.dtype)
     ov = out.reshape(rows.N, *_row_block(rows, 1))
     ivar = 1.0 / np.sqrt(var + eps)
-    gamma_b, beta_b = _param_b(gamma, rows), _param_b(beta, rows)
 
     def run(spans: list[tuple[int, int]]) -> None:
         buffer = _scratch_block(_row_block(rows, spans[0][1] - spans[0][0]))
-        for start, stop in spans:
-            count = stop - start
-            flat = slice(start * rows.G, stop * rows.G)
-            t = _centred(xv[start:stop].reshape(_row_block(rows, count)), mean[flat, None],
-                         buffer[: count * rows.G])
-            t *= ivar[flat, None]
-            a = t.reshape(_affine_view(rows, count))
-            a *= gamma_b
-            target = ov[start:stop].reshape(_affine_view(rows, count))
-            if target.dtype == np.float64:
-                np.add(a, beta_b, out=target)
-            else:
-                _store(np.add(a, beta_b, out=a), target)
+        with np.errstate(invalid="ignore", over="ignore"):  # errstate is per thread
+            for start, stop in spans:
+                count = stop - start
+                flat = slice(start * rows.G, stop * rows.G)
+                t = _centred(xv[start:stop].reshape(_row_block(rows, count)), mean[flat, None],
+                             buffer[: count * rows.G])
+                _affine_rows(t, ivar[flat], gamma, beta, ov[start:stop], rows, count)
 
-    with np.errstate(invalid="ignore", over="ignore"):
-        _run_parallel(run, _parts(_sample_spans(rows)))
+    _run_parallel(run, _parts(_sample_spans(rows)))
     return out
+
+
+def row_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                                rows: RowLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """out, and the per-row float64 mean and variance (N * G,), in one pass over x: each
+    block's rows are centred once and normalized while in cache, with the very operations
+    of `row_statistics` and `row_normalize` (the same bits as calling both)."""
+    xv = x.reshape(rows.N, *_row_block(rows, 1))
+    out = np.empty(x.shape, x.dtype)
+    ov = out.reshape(rows.N, *_row_block(rows, 1))
+    width = rows.C * rows.S
+    mean, var = np.empty(rows.N * rows.G), np.empty(rows.N * rows.G)
+
+    def run(spans: list[tuple[int, int]]) -> None:
+        buffer = _scratch_block(_row_block(rows, spans[0][1] - spans[0][0]))
+        with np.errstate(invalid="ignore", over="ignore"):  # errstate is per thread
+            for start, stop in spans:
+                count = stop - start
+                flat = slice(start * rows.G, stop * rows.G)
+                block = xv[start:stop].reshape(_row_block(rows, count))
+                d, mean[flat] = _centred_rows(block, buffer[: count * rows.G])
+                var[flat] = np.vecdot(d, d) / width
+                _affine_rows(d, 1.0 / np.sqrt(var[flat] + eps), gamma, beta, ov[start:stop],
+                             rows, count)
+
+    _run_parallel(run, _parts(_sample_spans(rows)))
+    return out, mean, var
 
 
 def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
@@ -526,6 +742,8 @@ def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: n
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dx (x's shape and dtype), dgamma and dbeta (G * C,) float64, by the closed form
     dx = ivar * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, per row."""
+    if rows.S > 1:
+        return _channel_row_backward(upstream, x, gamma, mean, var, eps, rows)
     xv = x.reshape(rows.N, *_row_block(rows, 1))
     dyv = upstream.reshape(rows.N, *_row_block(rows, 1))
     dx = np.empty(x.shape, x.dtype)
@@ -555,7 +773,7 @@ def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: n
             g = np.multiply(dy_a, gamma_b, out=grad[: count * rows.G].reshape(dy_a.shape))
             g = g.reshape(block)
             mean_g = np.add.reduce(g, axis=1) / width
-            mean_gx = np.einsum("rm,rm->r", g, xhat) / width
+            mean_gx = np.vecdot(g, xhat) / width
             xhat *= mean_gx[:, None]
             np.subtract(g, xhat, out=xhat)
             xhat -= mean_g[:, None]
@@ -569,3 +787,145 @@ def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: n
     with np.errstate(invalid="ignore", over="ignore"):
         total = _in_order(_run_parallel(run, _parts(_sample_spans(rows))))
     return dx, total[0], total[1]
+
+
+def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray,
+                          mean: np.ndarray, var: np.ndarray, eps: float, rows: RowLayout
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`row_backward` where gamma is constant along each channel's S values (group norm).
+
+    Everything a row needs follows from two float64 sums per channel over its S values,
+    sum(dy) and sum(dy * (x - mean)) (and sum(dy^2) for float32, for `float32_dx_bound`),
+    taken in a first pass. With a = ivar * gamma per channel, mean(g) = sum_c gamma sum(dy)
+    / (C S) and mean(g * xhat) = ivar sum_c gamma sum(dy * (x - mean)) / (C S) per row,
+        dx = a * dy - k * (x - mean) - ivar * mean(g),   k = ivar^2 mean(g * xhat),
+    formed in a second pass, in float32 where the bound holds for the whole array, else in
+    float64. Two passes, each a few numpy calls per block, cost less than one pass with the
+    per-row factors and the bound taken block by block (dozens of calls on tiny arrays).
+    """
+    xv = x.reshape(rows.N, *_row_block(rows, 1))
+    dyv = upstream.reshape(rows.N, *_row_block(rows, 1))
+    channels = (rows.N, rows.G, rows.C, rows.S)
+    ivar = 1.0 / np.sqrt(var + eps)
+    width = rows.C * rows.S
+    single = x.dtype == np.float32
+    # float32 means near 0 (`about_zero`): the sums are taken about 0,
+    # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy).
+    expanded = about_zero(x.dtype, mean, ivar, sums=True)
+    sum_dy, sum_dy_d = np.empty(channels[:3]), np.empty(channels[:3])
+    sum_dy2 = np.empty(channels[:3]) if single else None
+    spans = _sample_spans(rows)
+
+    def block_x(start: int, stop: int, buffer: np.ndarray, centred: bool) -> np.ndarray:
+        # x - mean (or x about 0) of a block in float64, viewed as (n, G, C, S).
+        count = stop - start
+        block = xv[start:stop].reshape(_row_block(rows, count))
+        if centred:
+            block = _centred(block, mean[start * rows.G:stop * rows.G, None], buffer)
+        else:
+            block = _as_float64(block, buffer)
+        return block.reshape(count, *channels[1:])
+
+    def sums(run: list[tuple[int, int]]) -> None:
+        shape = _row_block(rows, run[0][1] - run[0][0])
+        work, grad = _scratch_block(shape), _scratch_block(shape, 1)
+        with np.errstate(invalid="ignore", over="ignore"):  # errstate is per thread
+            for start, stop in run:
+                count = stop - start
+                d = block_x(start, stop, work[: count * rows.G], not expanded)
+                dy = _as_float64(dyv[start:stop].reshape(_row_block(rows, count)),
+                                 grad[: count * rows.G]).reshape(d.shape)
+                np.add.reduce(dy, axis=3, out=sum_dy[start:stop])
+                np.vecdot(dy, d, out=sum_dy_d[start:stop])
+                if sum_dy2 is not None:  # float32 sums, for the bound (error bounded)
+                    block = dyv[start:stop].reshape(d.shape)
+                    sum_dy2[start:stop] = np.vecdot(block, block)
+
+    _run_parallel(sums, _parts(spans))
+    mean_r, ivar_r, var_r = (v.reshape(rows.N, rows.G) for v in (mean, ivar, var))
+    with np.errstate(invalid="ignore", over="ignore"):
+        if expanded:
+            sum_dy_d -= mean_r[:, :, None] * sum_dy
+        # Sums over the samples in one call each: the same for any thread count.
+        dgamma = np.einsum("ngc,ng->gc", sum_dy_d, ivar_r).reshape(-1)
+        dbeta = np.add.reduce(sum_dy, axis=0).reshape(-1)
+        m = np.einsum("ngc,gc->ng", sum_dy, gamma) / width  # mean(g)
+        c = np.einsum("ngc,gc->ng", sum_dy_d, gamma) * ivar_r / width  # mean(g * xhat)
+        scale = ivar_r[:, :, None] * gamma  # a, per channel
+        slope = ivar_r * ivar_r * c  # k, per row
+        offset = ivar_r * m
+    dx = np.empty(x.shape, x.dtype)
+    dxv = dx.reshape(channels)
+    if single:
+        folded = bool(np.all(np.abs(mean_r) * ivar_r <= 1.0))
+        with np.errstate(all="ignore"):
+            mean_square = np.einsum("ngc,gc->ng", sum_dy2, gamma * gamma) / width
+            bound = float32_dx_bound(m, c, mean_square, mean_r, var_r, ivar_r, ivar_r, width,
+                                     folded, scaled_first=True, square_terms=rows.S)
+        if bound <= FLOAT32_DX_BOUND and float32_factors_fit(scale, slope, offset,
+                                                            offset - slope * mean_r):
+            row_dx_float32(x.reshape(channels), upstream.reshape(channels), scale, slope,
+                           offset, mean_r, folded, dxv, spans)
+            return dx, dgamma, dbeta
+    slope_b, scale_b, offset_b = slope[:, :, None, None], scale[..., None], offset[:, :, None, None]
+
+    def combine(run: list[tuple[int, int]]) -> None:
+        shape = _row_block(rows, run[0][1] - run[0][0])
+        work, grad = _scratch_block(shape), _scratch_block(shape, 1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            for start, stop in run:
+                count = stop - start
+                d = block_x(start, stop, work[: count * rows.G], True)
+                np.multiply(d, slope_b[start:stop], out=d)
+                # Into the scratch block: float64 dy is the caller's array itself.
+                g = grad[: count * rows.G].reshape(d.shape)
+                np.multiply(dyv[start:stop].reshape(d.shape), scale_b[start:stop], out=g)
+                np.subtract(g, d, out=g)
+                target = dxv[start:stop]
+                if target.dtype == np.float64:
+                    np.subtract(g, offset_b[start:stop], out=target)
+                else:
+                    _store(np.subtract(g, offset_b[start:stop], out=g), target)
+
+    _run_parallel(combine, _parts(spans))
+    return dx, dgamma, dbeta
+
+
+def row_dx_float32(x: np.ndarray, dy: np.ndarray, scale: np.ndarray, slope: np.ndarray,
+                   offset: np.ndarray, mean: np.ndarray, folded: bool, dx: np.ndarray,
+                   spans: list[tuple[int, int]]) -> None:
+    """dx = scale * dy - slope * (x - mean) - offset worked in float32, into dx, by blocks of
+    samples; x, dy, dx float32 (N, G, C, S), scale (N, G, C), slope, offset and mean (N, G)
+    float64. Exact where `float32_dx_bound` says so; x - mean as in `dx_float32` (hi - lo,
+    or about 0 when `folded`: offset - slope * mean then goes into the offset)."""
+    single = np.float32
+    per_row = slope.shape + (1, 1)
+    slope32 = slope.astype(single).reshape(per_row)
+    scale32 = scale.astype(single)[..., None]
+    if folded:
+        offset32 = (offset - slope * mean).astype(single).reshape(per_row)
+    else:
+        offset32 = offset.astype(single).reshape(per_row)
+        hi = mean.astype(single)
+        lo = (mean - hi).astype(single).reshape(per_row)
+        hi = hi.reshape(per_row)
+
+    def run(run_: list[tuple[int, int]]) -> None:
+        samples = run_[0][1] - run_[0][0]
+        # A float32 temporary in the thread's float64 scratch block (half of it).
+        scratch = _scratch_block((samples * x[0].size // 2 + 1,)).view(single)
+        with np.errstate(invalid="ignore", over="ignore", under="ignore"):  # per thread
+            for start, stop in run_:
+                t = dx[start:stop]
+                u = scratch[: t.size].reshape(t.shape)
+                if folded:
+                    np.multiply(x[start:stop], slope32[start:stop], out=t)
+                else:
+                    np.subtract(x[start:stop], hi[start:stop], out=t)
+                    np.subtract(t, lo[start:stop], out=t)
+                    np.multiply(t, slope32[start:stop], out=t)
+                np.multiply(dy[start:stop], scale32[start:stop], out=u)
+                np.subtract(u, t, out=t)
+                np.subtract(t, offset32[start:stop], out=t)
+
+    _run_parallel(run, _parts(spans))

@@ -260,6 +260,10 @@ def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
         out, mean, var = compiled.column_forward_with_statistics(
             x, _flat64(gamma), _flat64(beta), spec.eps, layout, _threads_for(x))
         return out, _kept(mean, spec), _kept(var, spec)
+    if path == "blocked rows":  # one pass: each block normalized while it is in cache
+        out, mean, var = kernels.row_forward_with_statistics(
+            x, _per(gamma, layout), _per(beta, layout), spec.eps, layout)
+        return out, _kept(mean, spec), _kept(var, spec)
     mean, var = fast_statistics(x, spec)
     return fast_forward(x, gamma, beta, spec=spec, mean=mean, var=var), mean, var
 
