@@ -7,9 +7,10 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
   statistic per feature k over A (and B). Forward: one pass for the statistics, one to
   normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx.
 - **rows** (layer and group norm): x viewed as (N, G, C, S), one statistic per row (n, g)
-  over its C * S values, gamma and beta per (g, c). A row is in cache once read, so the
-  statistics take one pass over memory (two over the row), and the backward takes one in
-  all (each row's sums, then its dx, while the row is in cache).
+  over its C * S values, gamma and beta per (g, c). A row is in cache once read, so each
+  pass reads memory once and works the row in cache: the statistics (two passes over the
+  row), the training-mode forward (the row's statistics, then its output) and the
+  backward (each row's sums, then its dx).
 
 Exactness, on every input the textbook core handles: every value is worked in float64
 (float32 data is converted as it is read, results are rounded once when stored), and no
@@ -45,7 +46,7 @@ from numba import prange
 from .kernels import Layout, RowLayout, combine_moments, lead_shift
 
 __all__ = ["fork_safe", "column_statistics", "column_normalize", "column_backward",
-           "row_statistics_of", "row_normalize_of", "row_backward_of", "CHUNKS"]
+           "row_statistics_of", "row_normalize_of", "row_forward_of", "row_backward_of", "CHUNKS"]
 
 CHUNKS = 64  # partial sums per statistic: enough to keep every thread busy, fixed for determinism
 CHUNK_ELEMENTS = 1 << 13  # at least this many elements per chunk: small inputs take few chunks
@@ -197,42 +198,70 @@ def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no 
 
 
 # --- rows: x as (N, G, C, S), statistics per row (n, g) ------------------------------
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _row_moments(x, r):  # pragma: no cover - compiled
+    """Row r's float64 mean and biased variance: its sum for a shift at its own mean, then
+    the sums of the shifted values (a row is in cache after the first). Shared by the
+    statistics pass and the one-pass forward, so both give the same bits."""
+    count = x.shape[1]
+    total = 0.0
+    for j in range(count):
+        total += np.float64(x[r, j])
+    shift = total / count
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(count):
+        d = np.float64(x[r, j]) - shift
+        s1 += d
+        s2 += d * d
+    m1 = s1 / count
+    return shift + m1, (max(s2 / count - m1 * m1, 0.0) if s2 < np.inf else s2)
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _normalize_row(x, i, g, m, q, gamma, beta, out):  # pragma: no cover - compiled
+    """out[i, g] = (x[i, g] - m) * (q * gamma[g]) + beta[g]; gamma per value (layer norm,
+    S = 1) or per channel (group norm)."""
+    channels, inner = x.shape[2], x.shape[3]
+    if inner == 1:
+        for c in range(channels):
+            out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
+    else:
+        for c in range(channels):
+            s_c, o_c = q * gamma[g, c], beta[g, c]
+            for s in range(inner):
+                out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
+
+
 @_compile(fastmath=_FASTMATH)
 def row_statistics(x):  # pragma: no cover - compiled
-    rows, count = x.shape  # x viewed as (N * G, C * S)
+    rows = x.shape[0]  # x viewed as (N * G, C * S)
     mean = np.empty(rows)
     var = np.empty(rows)
     for r in prange(rows):
-        total = 0.0
-        for j in range(count):
-            total += np.float64(x[r, j])
-        shift = total / count
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(count):
-            d = np.float64(x[r, j]) - shift
-            s1 += d
-            s2 += d * d
-        m1 = s1 / count
-        mean[r] = shift + m1
-        var[r] = max(s2 / count - m1 * m1, 0.0) if s2 < np.inf else s2
+        mean[r], var[r] = _row_moments(x, r)
     return mean, var
 
 
 @_compile(fastmath=_FASTMATH)
 def row_normalize(x, mean, ivar, gamma, beta, out):  # pragma: no cover - compiled
-    n, groups, channels, inner = x.shape
+    n, groups = x.shape[0], x.shape[1]
     for r in prange(n * groups):
-        i, g = r // groups, r % groups
-        m, q = mean[r], ivar[r]
-        if inner == 1:  # layer norm: gamma per value
-            for c in range(channels):
-                out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
-        else:
-            for c in range(channels):
-                s_c, o_c = q * gamma[g, c], beta[g, c]
-                for s in range(inner):
-                    out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
+        _normalize_row(x, r // groups, r % groups, mean[r], ivar[r], gamma, beta, out)
+
+
+@_compile(fastmath=_FASTMATH)
+def row_forward(flat, x, gamma, beta, eps, out):  # pragma: no cover - compiled
+    # flat and x: the same memory as (N * G, C * S) and (N, G, C, S). Each row's statistics,
+    # then its output while the row is still in cache: one read of x from memory in all.
+    n, groups = x.shape[0], x.shape[1]
+    mean = np.empty(n * groups)
+    var = np.empty(n * groups)
+    for r in prange(n * groups):
+        m, v = _row_moments(flat, r)
+        mean[r], var[r] = m, v
+        _normalize_row(x, r // groups, r % groups, m, 1.0 / np.sqrt(v + eps), gamma, beta, out)
+    return mean, var
 
 
 @_compile(fastmath=_FASTMATH)
@@ -349,6 +378,16 @@ def row_statistics_of(x: np.ndarray, rows: RowLayout, threads: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row float64 mean and biased variance (N * G,)."""
     return run(row_statistics, threads, x.reshape(rows.flat))
+
+
+def row_forward_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                   rows: RowLayout, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """out (x's shape and dtype) and the per-row float64 mean and variance (N * G,) in one
+    pass over memory; the same bits as `row_statistics_of`, then `row_normalize_of`."""
+    out = np.empty(x.shape, x.dtype)
+    mean, var = run(row_forward, threads, x.reshape(rows.flat), x.reshape(rows.view), gamma,
+                    beta, eps, out.reshape(rows.view))
+    return out, mean, var
 
 
 def row_normalize_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
