@@ -43,7 +43,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .kernels import Layout, RowLayout, combine_moments, lead_shift
+from .kernels import FAR_SHIFT, Layout, RowLayout, combine_moments, lead_shift
 
 __all__ = ["fork_safe", "column_statistics", "column_normalize", "column_backward",
            "row_statistics_of", "row_normalize_of", "row_forward_of", "row_backward_of", "CHUNKS"]
@@ -198,23 +198,59 @@ def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no 
 
 
 # --- rows: x as (N, G, C, S), statistics per row (n, g) ------------------------------
+SHIFT_SAMPLES = 32  # about this many values of a row give its shift
+
+
 @numba.njit(fastmath=_FASTMATH, cache=True)
-def _row_moments(x, r):  # pragma: no cover - compiled
-    """Row r's float64 mean and biased variance: its sum for a shift at its own mean, then
-    the sums of the shifted values (a row is in cache after the first). Shared by the
-    statistics pass and the one-pass forward, so both give the same bits."""
-    count = x.shape[1]
+def _row_shift(x, i, g):  # pragma: no cover - compiled
+    """The mean of a few of row (i, g)'s values, close to the row's mean on real data: its
+    first SHIFT_SAMPLES values for layer norm; for group norm the first values of up to
+    SHIFT_SAMPLES of its channels, so that channels of different means all count. Taken
+    where a pass over the row starts reading anyway (a row's first cache lines, a
+    channel's first): values spread evenly over a row would each be a wait on memory."""
+    channels, inner = x.shape[2], x.shape[3]
     total = 0.0
-    for j in range(count):
-        total += np.float64(x[r, j])
-    shift = total / count
+    if inner == 1:
+        samples = min(channels, SHIFT_SAMPLES)
+        for c in range(samples):
+            total += np.float64(x[i, g, c, 0])
+        return total / samples
+    step = max(1, channels // SHIFT_SAMPLES)
+    per = min(inner, max(1, SHIFT_SAMPLES // channels))
+    for c in range(0, step * min(channels, SHIFT_SAMPLES), step):
+        for s in range(per):
+            total += np.float64(x[i, g, c, s])
+    return total / (min(channels, SHIFT_SAMPLES) * per)
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _shifted_sums(flat, r, shift):  # pragma: no cover - compiled
     s1 = 0.0
     s2 = 0.0
-    for j in range(count):
-        d = np.float64(x[r, j]) - shift
+    for j in range(flat.shape[1]):
+        d = np.float64(flat[r, j]) - shift
         s1 += d
         s2 += d * d
+    return s1, s2
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _row_moments(flat, x, r, far):  # pragma: no cover - compiled
+    """Row r's float64 mean and biased variance from the sums of d = x - shift and d^2 in
+    one pass (flat and x: the same memory as (N * G, C * S) and (N, G, C, S)), the shift
+    from `_row_shift`. When it is not close to the mean (mean(d)^2 > far * var: the digits
+    the shifted formula would lose matter, see kernels.FAR_SHIFT) or the squares
+    overflowed, the sums are taken again about the mean itself, from cache. Shared by the
+    statistics pass and the one-pass forward, so both give the same bits."""
+    count = flat.shape[1]
+    groups = x.shape[1]
+    shift = _row_shift(x, r // groups, r % groups)
+    s1, s2 = _shifted_sums(flat, r, shift)
     m1 = s1 / count
+    if not (s2 < np.inf and m1 * m1 <= far * max(s2 / count - m1 * m1, 0.0)):
+        shift += m1
+        s1, s2 = _shifted_sums(flat, r, shift)
+        m1 = s1 / count
     return shift + m1, (max(s2 / count - m1 * m1, 0.0) if s2 < np.inf else s2)
 
 
@@ -234,12 +270,12 @@ def _normalize_row(x, i, g, m, q, gamma, beta, out):  # pragma: no cover - compi
 
 
 @_compile(fastmath=_FASTMATH)
-def row_statistics(x):  # pragma: no cover - compiled
-    rows = x.shape[0]  # x viewed as (N * G, C * S)
+def row_statistics(flat, x, far):  # pragma: no cover - compiled
+    rows = flat.shape[0]  # flat and x: the same memory as (N * G, C * S) and (N, G, C, S)
     mean = np.empty(rows)
     var = np.empty(rows)
     for r in prange(rows):
-        mean[r], var[r] = _row_moments(x, r)
+        mean[r], var[r] = _row_moments(flat, x, r, far)
     return mean, var
 
 
@@ -251,17 +287,26 @@ def row_normalize(x, mean, ivar, gamma, beta, out):  # pragma: no cover - compil
 
 
 @_compile(fastmath=_FASTMATH)
-def row_forward(flat, x, gamma, beta, eps, out):  # pragma: no cover - compiled
+def row_forward(flat, x, gamma, beta, eps, far, out):  # pragma: no cover - compiled
     # flat and x: the same memory as (N * G, C * S) and (N, G, C, S). Each row's statistics,
     # then its output while the row is still in cache: one read of x from memory in all.
     n, groups = x.shape[0], x.shape[1]
     mean = np.empty(n * groups)
     var = np.empty(n * groups)
     for r in prange(n * groups):
-        m, v = _row_moments(flat, r)
+        m, v = _row_moments(flat, x, r, far)
         mean[r], var[r] = m, v
         _normalize_row(x, r // groups, r % groups, m, 1.0 / np.sqrt(v + eps), gamma, beta, out)
     return mean, var
+
+
+@numba.njit(fastmath={"contract"}, cache=True)
+def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
+    """ivar * (g - mean(g) - xhat * mean(g * xhat)) for one value. Compiled without
+    reassociation on purpose: allowed it, the compiler folds the row's two divisions by the
+    count into the dx loop, one vector division per element, (sum_g + xhat * sum_gx) /
+    count, and the backward becomes compute-bound."""
+    return q * (gd - mean_g - xhat * mean_gx)
 
 
 @_compile(fastmath=_FASTMATH)
@@ -290,7 +335,7 @@ def row_backward(dy, x, mean, ivar, gamma, dx):  # pragma: no cover - compiled
                     xhat = (np.float64(x[i, g, c, 0]) - m) * q
                     db[c] += d
                     dgm[c] += d * xhat
-                    dx[i, g, c, 0] = q * (gamma[g, c] * d - mean_g - xhat * mean_gx)
+                    dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
                 continue
             for c in range(channels):
                 t_dy = 0.0
@@ -308,7 +353,8 @@ def row_backward(dy, x, mean, ivar, gamma, dx):  # pragma: no cover - compiled
                 gam = gamma[g, c]
                 for s in range(inner):
                     xhat = (np.float64(x[i, g, c, s]) - m) * q
-                    dx[i, g, c, s] = q * (gam * np.float64(dy[i, g, c, s]) - mean_g - xhat * mean_gx)
+                    dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat,
+                                                mean_g, mean_gx)
     return dgamma, dbeta
 
 
@@ -377,7 +423,8 @@ def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
 def row_statistics_of(x: np.ndarray, rows: RowLayout, threads: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row float64 mean and biased variance (N * G,)."""
-    return run(row_statistics, threads, x.reshape(rows.flat))
+    return run(row_statistics, threads, x.reshape(rows.flat), x.reshape(rows.view),
+               FAR_SHIFT[x.dtype])
 
 
 def row_forward_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
@@ -386,7 +433,7 @@ def row_forward_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: floa
     pass over memory; the same bits as `row_statistics_of`, then `row_normalize_of`."""
     out = np.empty(x.shape, x.dtype)
     mean, var = run(row_forward, threads, x.reshape(rows.flat), x.reshape(rows.view), gamma,
-                    beta, eps, out.reshape(rows.view))
+                    beta, eps, FAR_SHIFT[x.dtype], out.reshape(rows.view))
     return out, mean, var
 
 
