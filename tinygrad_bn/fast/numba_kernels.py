@@ -8,9 +8,10 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
   normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx.
 - **rows** (layer and group norm): x viewed as (N, G, C, S), one statistic per row (n, g)
   over its C * S values, gamma and beta per (g, c). A row is in cache once read, so each
-  pass reads memory once and works the row in cache: the statistics (two passes over the
-  row), the training-mode forward (the row's statistics, then its output) and the
-  backward (each row's sums, then its dx).
+  pass reads memory once: the statistics (one pass over the row about a shift sampled from
+  it), the training-mode forward (the row's statistics, then its output) and the backward
+  (the row's sums, then its dx). The forward and backward are pipelined: the loop that
+  works row r from cache takes the sums of row r + 1 as it streams in.
 
 Exactness, on every input the textbook core handles: every value is worked in float64
 (float32 data is converted as it is read, results are rounded once when stored), and no
@@ -198,6 +199,10 @@ def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no 
 
 
 # --- rows: x as (N, G, C, S), statistics per row (n, g) ------------------------------
+# A pass over rows goes through them in a fixed number of runs of consecutive rows (one
+# thread each) and, inside a run, is pipelined: the loop that works row r in cache (its
+# output, its dx) also takes the sums of row r + 1, so the next row streams in from memory
+# while this one is computed instead of after it.
 SHIFT_SAMPLES = 32  # about this many values of a row give its shift
 
 
@@ -235,17 +240,12 @@ def _shifted_sums(flat, r, shift):  # pragma: no cover - compiled
 
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
-def _row_moments(flat, x, r, far):  # pragma: no cover - compiled
-    """Row r's float64 mean and biased variance from the sums of d = x - shift and d^2 in
-    one pass (flat and x: the same memory as (N * G, C * S) and (N, G, C, S)), the shift
-    from `_row_shift`. When it is not close to the mean (mean(d)^2 > far * var: the digits
-    the shifted formula would lose matter, see kernels.FAR_SHIFT) or the squares
-    overflowed, the sums are taken again about the mean itself, from cache. Shared by the
-    statistics pass and the one-pass forward, so both give the same bits."""
+def _moments_from(flat, r, shift, s1, s2, far):  # pragma: no cover - compiled
+    """Row r's float64 mean and biased variance from the sums of d = x - shift and d^2.
+    When the shift is not close to the mean (mean(d)^2 > far * var: the digits the shifted
+    formula would lose matter, see kernels.FAR_SHIFT) or the squares overflowed, the sums
+    are taken again about the mean itself, from cache."""
     count = flat.shape[1]
-    groups = x.shape[1]
-    shift = _row_shift(x, r // groups, r % groups)
-    s1, s2 = _shifted_sums(flat, r, shift)
     m1 = s1 / count
     if not (s2 < np.inf and m1 * m1 <= far * max(s2 / count - m1 * m1, 0.0)):
         shift += m1
@@ -255,18 +255,52 @@ def _row_moments(flat, x, r, far):  # pragma: no cover - compiled
 
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
-def _normalize_row(x, i, g, m, q, gamma, beta, out):  # pragma: no cover - compiled
-    """out[i, g] = (x[i, g] - m) * (q * gamma[g]) + beta[g]; gamma per value (layer norm,
-    S = 1) or per channel (group norm)."""
+def _row_moments(flat, x, r, far):  # pragma: no cover - compiled
+    """Row r's mean and variance in one pass about `_row_shift` (flat and x: the same
+    memory as (N * G, C * S) and (N, G, C, S))."""
+    groups = x.shape[1]
+    shift = _row_shift(x, r // groups, r % groups)
+    s1, s2 = _shifted_sums(flat, r, shift)
+    return _moments_from(flat, r, shift, s1, s2, far)
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: no cover
+    """out[i, g] = (x[i, g] - m) * (q * gamma[g]) + beta[g], gamma per value (layer norm,
+    S = 1) or per channel (group norm); with i2 >= 0, also the sums of d = x[i2, g2] -
+    shift and d^2 (the next row's statistics), returned."""
     channels, inner = x.shape[2], x.shape[3]
+    s1 = 0.0
+    s2 = 0.0
     if inner == 1:
-        for c in range(channels):
-            out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
-    else:
-        for c in range(channels):
-            s_c, o_c = q * gamma[g, c], beta[g, c]
+        if i2 < 0:
+            for c in range(channels):
+                out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
+        else:
+            for c in range(channels):
+                out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
+                d = np.float64(x[i2, g2, c, 0]) - shift
+                s1 += d
+                s2 += d * d
+        return s1, s2
+    for c in range(channels):
+        s_c, o_c = q * gamma[g, c], beta[g, c]
+        if i2 < 0:
             for s in range(inner):
                 out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
+        else:
+            for s in range(inner):
+                out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
+                d = np.float64(x[i2, g2, c, s]) - shift
+                s1 += d
+                s2 += d * d
+    return s1, s2
+
+
+@numba.njit(cache=True)
+def _runs(rows, size):  # pragma: no cover - compiled
+    """How many runs of consecutive rows a pass takes: fixed by the shape alone."""
+    return max(1, min(rows, CHUNKS, size // CHUNK_ELEMENTS))
 
 
 @_compile(fastmath=_FASTMATH)
@@ -283,20 +317,33 @@ def row_statistics(flat, x, far):  # pragma: no cover - compiled
 def row_normalize(x, mean, ivar, gamma, beta, out):  # pragma: no cover - compiled
     n, groups = x.shape[0], x.shape[1]
     for r in prange(n * groups):
-        _normalize_row(x, r // groups, r % groups, mean[r], ivar[r], gamma, beta, out)
+        _normalize_row(x, r // groups, r % groups, mean[r], ivar[r], gamma, beta, out, -1, 0,
+                       0.0)
 
 
 @_compile(fastmath=_FASTMATH)
 def row_forward(flat, x, gamma, beta, eps, far, out):  # pragma: no cover - compiled
-    # flat and x: the same memory as (N * G, C * S) and (N, G, C, S). Each row's statistics,
-    # then its output while the row is still in cache: one read of x from memory in all.
-    n, groups = x.shape[0], x.shape[1]
-    mean = np.empty(n * groups)
-    var = np.empty(n * groups)
-    for r in prange(n * groups):
-        m, v = _row_moments(flat, x, r, far)
-        mean[r], var[r] = m, v
-        _normalize_row(x, r // groups, r % groups, m, 1.0 / np.sqrt(v + eps), gamma, beta, out)
+    # Each row's statistics, then its output while it is in cache, the next row's sums taken
+    # in the same loop: one read of x from memory in all.
+    groups = x.shape[1]
+    rows = flat.shape[0]
+    runs = _runs(rows, x.size)
+    mean = np.empty(rows)
+    var = np.empty(rows)
+    for run in prange(runs):
+        start, stop = run * rows // runs, (run + 1) * rows // runs
+        m, v = _row_moments(flat, x, start, far)
+        for r in range(start, stop):
+            mean[r], var[r] = m, v
+            q = 1.0 / np.sqrt(v + eps)
+            if r + 1 < stop:
+                i2, g2 = (r + 1) // groups, (r + 1) % groups
+                shift = _row_shift(x, i2, g2)
+                s1, s2 = _normalize_row(x, r // groups, r % groups, m, q, gamma, beta, out, i2,
+                                        g2, shift)
+                m, v = _moments_from(flat, r + 1, shift, s1, s2, far)
+            else:
+                _normalize_row(x, r // groups, r % groups, m, q, gamma, beta, out, -1, 0, 0.0)
     return mean, var
 
 
@@ -309,52 +356,114 @@ def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
     return q * (gd - mean_g - xhat * mean_gx)
 
 
-@_compile(fastmath=_FASTMATH)
-def row_backward(dy, x, mean, ivar, gamma, dx):  # pragma: no cover - compiled
-    n, groups, channels, inner = x.shape
-    rows = n * groups
-    count = channels * inner
-    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
-    dgamma = np.zeros((chunks, groups, channels))
-    dbeta = np.zeros((chunks, groups, channels))
-    for ch in prange(chunks):
-        for r in range(ch * rows // chunks, (ch + 1) * rows // chunks):
-            i, g = r // groups, r % groups
-            m, q = mean[r], ivar[r]
-            sum_g = 0.0
-            sum_gx = 0.0
-            if inner == 1:  # layer norm: gamma per value; the row's sums, then its dx
-                for c in range(channels):
-                    gd = gamma[g, c] * np.float64(dy[i, g, c, 0])
-                    sum_g += gd
-                    sum_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
-                mean_g, mean_gx = sum_g / count, sum_gx / count
-                db, dgm = dbeta[ch, g], dgamma[ch, g]
-                for c in range(channels):
-                    d = np.float64(dy[i, g, c, 0])
-                    xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                    db[c] += d
-                    dgm[c] += d * xhat
-                    dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
-                continue
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - compiled
+    """sum(g) and sum(g * xhat) of row (i, g), g = gamma * dy; for group norm (S > 1) also
+    each channel's sums of dy and dy * xhat added to dbeta, dgamma (G, C): layer norm's
+    are per value, added by `_dx_row`."""
+    channels, inner = x.shape[2], x.shape[3]
+    sum_g = 0.0
+    sum_gx = 0.0
+    if inner == 1:
+        for c in range(channels):
+            gd = gamma[g, c] * np.float64(dy[i, g, c, 0])
+            sum_g += gd
+            sum_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
+        return sum_g, sum_gx
+    for c in range(channels):
+        t_dy = 0.0
+        t_dyx = 0.0
+        for s in range(inner):
+            d = np.float64(dy[i, g, c, s])
+            t_dy += d
+            t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
+        dbeta[g, c] += t_dy
+        dgamma[g, c] += t_dyx
+        sum_g += gamma[g, c] * t_dy
+        sum_gx += gamma[g, c] * t_dyx
+    return sum_g, sum_gx
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2, m2, q2
+            ):  # pragma: no cover - compiled
+    """dx of row (i, g) from its means of g and g * xhat; for layer norm (S = 1) also its dy
+    and dy * xhat added to dbeta, dgamma per value. With i2 >= 0, in the same loop, what
+    `_grad_sums` gives for row (i2, g2), returned."""
+    channels, inner = x.shape[2], x.shape[3]
+    sum_g = 0.0
+    sum_gx = 0.0
+    if i2 < 0:
+        if inner == 1:
             for c in range(channels):
-                t_dy = 0.0
-                t_dyx = 0.0
-                for s in range(inner):
-                    d = np.float64(dy[i, g, c, s])
-                    t_dy += d
-                    t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
-                dbeta[ch, g, c] += t_dy
-                dgamma[ch, g, c] += t_dyx
-                sum_g += gamma[g, c] * t_dy
-                sum_gx += gamma[g, c] * t_dyx
-            mean_g, mean_gx = sum_g / count, sum_gx / count
+                d = np.float64(dy[i, g, c, 0])
+                xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                dbeta[g, c] += d
+                dgamma[g, c] += d * xhat
+                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+        else:
             for c in range(channels):
                 gam = gamma[g, c]
                 for s in range(inner):
                     xhat = (np.float64(x[i, g, c, s]) - m) * q
                     dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat,
-                                                mean_g, mean_gx)
+                                               mean_g, mean_gx)
+        return sum_g, sum_gx
+    if inner == 1:
+        for c in range(channels):
+            d = np.float64(dy[i, g, c, 0])
+            xhat = (np.float64(x[i, g, c, 0]) - m) * q
+            dbeta[g, c] += d
+            dgamma[g, c] += d * xhat
+            dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+            gd = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
+            sum_g += gd
+            sum_gx += gd * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
+        return sum_g, sum_gx
+    for c in range(channels):
+        gam = gamma[g, c]
+        t_dy = 0.0
+        t_dyx = 0.0
+        for s in range(inner):
+            xhat = (np.float64(x[i, g, c, s]) - m) * q
+            dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat, mean_g,
+                                       mean_gx)
+            d = np.float64(dy[i2, g2, c, s])
+            t_dy += d
+            t_dyx += d * ((np.float64(x[i2, g2, c, s]) - m2) * q2)
+        dbeta[g2, c] += t_dy
+        dgamma[g2, c] += t_dyx
+        sum_g += gamma[g2, c] * t_dy
+        sum_gx += gamma[g2, c] * t_dyx
+    return sum_g, sum_gx
+
+
+@_compile(fastmath=_FASTMATH)
+def row_backward(dy, x, mean, ivar, gamma, dx):  # pragma: no cover - compiled
+    # Per row its sums, then its dx while it is in cache, the next row's sums taken in the
+    # same loop; dgamma and dbeta as partial sums per run of rows (added in order by the
+    # caller).
+    n, groups, channels, inner = x.shape
+    rows = n * groups
+    count = channels * inner
+    runs = _runs(rows, x.size)
+    dgamma = np.zeros((runs, groups, channels))
+    dbeta = np.zeros((runs, groups, channels))
+    for run in prange(runs):
+        start, stop = run * rows // runs, (run + 1) * rows // runs
+        dgm, db = dgamma[run], dbeta[run]
+        sum_g, sum_gx = _grad_sums(dy, x, start // groups, start % groups, mean[start],
+                                   ivar[start], gamma, dgm, db)
+        for r in range(start, stop):
+            mean_g, mean_gx = sum_g / count, sum_gx / count
+            i, g = r // groups, r % groups
+            if r + 1 < stop:
+                sum_g, sum_gx = _dx_row(dy, x, i, g, mean[r], ivar[r], mean_g, mean_gx, gamma,
+                                        dgm, db, dx, (r + 1) // groups, (r + 1) % groups,
+                                        mean[r + 1], ivar[r + 1])
+            else:
+                _dx_row(dy, x, i, g, mean[r], ivar[r], mean_g, mean_gx, gamma, dgm, db, dx,
+                        -1, 0, 0.0, 0.0)
     return dgamma, dbeta
 
 
@@ -430,7 +539,8 @@ def row_statistics_of(x: np.ndarray, rows: RowLayout, threads: int
 def row_forward_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
                    rows: RowLayout, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """out (x's shape and dtype) and the per-row float64 mean and variance (N * G,) in one
-    pass over memory; the same bits as `row_statistics_of`, then `row_normalize_of`."""
+    pass over memory: what `row_statistics_of`, then `row_normalize_of` give, within
+    rounding (a pipelined row's sums are added in another order)."""
     out = np.empty(x.shape, x.dtype)
     mean, var = run(row_forward, threads, x.reshape(rows.flat), x.reshape(rows.view), gamma,
                     beta, eps, FAR_SHIFT[x.dtype], out.reshape(rows.view))
