@@ -204,6 +204,8 @@ def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no 
 # output, its dx) also takes the sums of row r + 1, so the next row streams in from memory
 # while this one is computed instead of after it.
 SHIFT_SAMPLES = 32  # about this many values of a row give its shift
+ROW_RUNS = 16  # runs of rows per pass: enough for the threads; a run's first row is not pipelined
+ROW_RUN_ELEMENTS = 1 << 15  # at least this many elements per run: small inputs take few
 
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
@@ -299,8 +301,9 @@ def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: n
 
 @numba.njit(cache=True)
 def _runs(rows, size):  # pragma: no cover - compiled
-    """How many runs of consecutive rows a pass takes: fixed by the shape alone."""
-    return max(1, min(rows, CHUNKS, size // CHUNK_ELEMENTS))
+    """How many runs of consecutive rows a pass takes: fixed by the shape alone, so that
+    the partial sums (and the rows that start a pipeline) do not depend on the threads."""
+    return max(1, min(rows, ROW_RUNS, size // ROW_RUN_ELEMENTS))
 
 
 @_compile(fastmath=_FASTMATH)
