@@ -389,41 +389,64 @@ def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - c
 
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
-def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2, m2, q2
+def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2, m2, q2, add
             ):  # pragma: no cover - compiled
-    """dx of row (i, g) from its means of g and g * xhat; for layer norm (S = 1) also its dy
-    and dy * xhat added to dbeta, dgamma per value. With i2 >= 0, in the same loop, what
-    `_grad_sums` gives for row (i2, g2), returned."""
+    """dx of row (i, g) from its means of g and g * xhat. With i2 >= 0, in the same loop,
+    what `_grad_sums` gives for row (i2, g2), returned. Layer norm (S = 1) adds dy and
+    dy * xhat to dbeta, dgamma per value here: `add` = 1 this row's, 2 this row's and row
+    (i2, g2)'s together (one update of dbeta and dgamma for two rows of one group), 0 none
+    (added with the row before)."""
     channels, inner = x.shape[2], x.shape[3]
     sum_g = 0.0
     sum_gx = 0.0
-    if i2 < 0:
-        if inner == 1:
+    if inner == 1:
+        if i2 < 0:
+            for c in range(channels):
+                d = np.float64(dy[i, g, c, 0])
+                xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                if add:
+                    dbeta[g, c] += d
+                    dgamma[g, c] += d * xhat
+                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+        elif add == 1:
             for c in range(channels):
                 d = np.float64(dy[i, g, c, 0])
                 xhat = (np.float64(x[i, g, c, 0]) - m) * q
                 dbeta[g, c] += d
                 dgamma[g, c] += d * xhat
                 dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+                gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
+                sum_g += gd2
+                sum_gx += gd2 * (np.float64(x[i2, g2, c, 0]) - m2)
+        elif add == 2:  # rows (i, g) and (i2, g2) of the same group: one update for both
+            for c in range(channels):
+                d = np.float64(dy[i, g, c, 0])
+                xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+                d2 = np.float64(dy[i2, g2, c, 0])
+                centred2 = np.float64(x[i2, g2, c, 0]) - m2
+                gd2 = gamma[g2, c] * d2
+                sum_g += gd2
+                sum_gx += gd2 * centred2
+                dbeta[g, c] += d + d2
+                dgamma[g, c] += d * xhat + d2 * (centred2 * q2)
         else:
             for c in range(channels):
-                gam = gamma[g, c]
-                for s in range(inner):
-                    xhat = (np.float64(x[i, g, c, s]) - m) * q
-                    dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat,
-                                               mean_g, mean_gx)
-        return sum_g, sum_gx
-    if inner == 1:
-        for c in range(channels):
-            d = np.float64(dy[i, g, c, 0])
-            xhat = (np.float64(x[i, g, c, 0]) - m) * q
-            dbeta[g, c] += d
-            dgamma[g, c] += d * xhat
-            dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
-            gd = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
-            sum_g += gd
-            sum_gx += gd * (np.float64(x[i2, g2, c, 0]) - m2)
+                d = np.float64(dy[i, g, c, 0])
+                xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+                gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
+                sum_g += gd2
+                sum_gx += gd2 * (np.float64(x[i2, g2, c, 0]) - m2)
         return sum_g, sum_gx * q2
+    if i2 < 0:
+        for c in range(channels):
+            gam = gamma[g, c]
+            for s in range(inner):
+                xhat = (np.float64(x[i, g, c, s]) - m) * q
+                dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat, mean_g,
+                                           mean_gx)
+        return sum_g, sum_gx
     for c in range(channels):
         gam = gamma[g, c]
         t_dy = 0.0
@@ -447,7 +470,7 @@ def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2
 def row_backward(dy, x, mean, ivar, gamma, dx):  # pragma: no cover - compiled
     # Per row its sums, then its dx while it is in cache, the next row's sums taken in the
     # same loop; dgamma and dbeta as partial sums per run of rows (added in order by the
-    # caller).
+    # caller), layer norm's updated once per pair of rows.
     n, groups, channels, inner = x.shape
     rows = n * groups
     count = channels * inner
@@ -459,16 +482,19 @@ def row_backward(dy, x, mean, ivar, gamma, dx):  # pragma: no cover - compiled
         dgm, db = dgamma[run], dbeta[run]
         sum_g, sum_gx = _grad_sums(dy, x, start // groups, start % groups, mean[start],
                                    ivar[start], gamma, dgm, db)
+        added = False  # whether row r's dbeta and dgamma went in with the row before
         for r in range(start, stop):
             mean_g, mean_gx = sum_g / count, sum_gx / count
             i, g = r // groups, r % groups
             if r + 1 < stop:
+                add = 0 if added else (2 if groups == 1 else 1)  # pairs in one group
                 sum_g, sum_gx = _dx_row(dy, x, i, g, mean[r], ivar[r], mean_g, mean_gx, gamma,
                                         dgm, db, dx, (r + 1) // groups, (r + 1) % groups,
-                                        mean[r + 1], ivar[r + 1])
+                                        mean[r + 1], ivar[r + 1], add)
+                added = add == 2
             else:
                 _dx_row(dy, x, i, g, mean[r], ivar[r], mean_g, mean_gx, gamma, dgm, db, dx,
-                        -1, 0, 0.0, 0.0)
+                        -1, 0, 0.0, 1.0, 0 if added else 1)
     return dgamma, dbeta
 
 
