@@ -118,3 +118,17 @@ def test_row_statistics_about_a_far_shift_take_a_second_pass(kind, backend):
     errors = _errors(results, spec, x, gamma, beta, dout)
     for name, error in zip(NAMES, errors, strict=True):
         assert error <= A_FEW_EPS, (name, error)
+
+
+@pytest.mark.parametrize(("kind", "shape", "groups"), [("layer", (64, 4096), None),
+                                                       ("group", (16, 8, 16, 16), 4)])
+def test_sums_past_overflow_give_the_textbooks_answer(kind, shape, groups, backend):
+    # |x| ~ 1e306: the squares overflow (var = inf, ivar = 0, xhat = 0), and so would a
+    # row's sum of g * (x - mean) before it is multiplied by ivar: the textbook's dx and
+    # dgamma are 0, never inf * 0.
+    spec, _, gamma, beta, dout = _inputs(kind, shape, groups, np.float64, center=0.0)
+    x = 1e306 * np.random.default_rng(9).standard_normal(shape)
+    out, mean, var, *_, dx, dgamma, dbeta = _passes(spec, x, gamma, beta, dout)
+    assert np.all(np.isinf(var))
+    assert np.array_equal(out, np.broadcast_to(beta.reshape(spec.param_bshape), shape))
+    assert not np.any(dx) and not np.any(dgamma) and np.all(np.isfinite(dbeta))

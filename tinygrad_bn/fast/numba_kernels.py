@@ -245,12 +245,16 @@ def _shifted_sums(flat, r, shift):  # pragma: no cover - compiled
 def _moments_from(flat, r, shift, s1, s2, far):  # pragma: no cover - compiled
     """Row r's float64 mean and biased variance from the sums of d = x - shift and d^2.
     When the shift is not close to the mean (mean(d)^2 > far * var: the digits the shifted
-    formula would lose matter, see kernels.FAR_SHIFT) or the squares overflowed, the sums
-    are taken again about the mean itself, from cache."""
+    formula would lose matter, see kernels.FAR_SHIFT) or a sum overflowed (|x| near the
+    float64 limit: a far shift times the count may overflow where the mean does not), the
+    sums are taken again, from cache, about the row's mean: its sum over the count."""
     count = flat.shape[1]
     m1 = s1 / count
     if not (s2 < np.inf and m1 * m1 <= far * max(s2 / count - m1 * m1, 0.0)):
-        shift += m1
+        total = 0.0
+        for j in range(count):
+            total += np.float64(flat[r, j])
+        shift = total / count
         s1, s2 = _shifted_sums(flat, r, shift)
         m1 = s1 / count
     return shift + m1, (max(s2 / count - m1 * m1, 0.0) if s2 < np.inf else s2)
@@ -371,16 +375,15 @@ def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - c
         for c in range(channels):
             gd = gamma[g, c] * np.float64(dy[i, g, c, 0])
             sum_g += gd
-            sum_gx += gd * (np.float64(x[i, g, c, 0]) - m)
-        return sum_g, sum_gx * q  # ivar out of the sum: a product less per value
+            sum_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
+        return sum_g, sum_gx
     for c in range(channels):
         t_dy = 0.0
         t_dyx = 0.0
         for s in range(inner):
             d = np.float64(dy[i, g, c, s])
             t_dy += d
-            t_dyx += d * (np.float64(x[i, g, c, s]) - m)
-        t_dyx *= q
+            t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
         dbeta[g, c] += t_dy
         dgamma[g, c] += t_dyx
         sum_g += gamma[g, c] * t_dy
@@ -417,19 +420,19 @@ def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2
                 dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
                 gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
                 sum_g += gd2
-                sum_gx += gd2 * (np.float64(x[i2, g2, c, 0]) - m2)
+                sum_gx += gd2 * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
         elif add == 2:  # rows (i, g) and (i2, g2) of the same group: one update for both
             for c in range(channels):
                 d = np.float64(dy[i, g, c, 0])
                 xhat = (np.float64(x[i, g, c, 0]) - m) * q
                 dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
                 d2 = np.float64(dy[i2, g2, c, 0])
-                centred2 = np.float64(x[i2, g2, c, 0]) - m2
+                xhat2 = (np.float64(x[i2, g2, c, 0]) - m2) * q2
                 gd2 = gamma[g2, c] * d2
                 sum_g += gd2
-                sum_gx += gd2 * centred2
+                sum_gx += gd2 * xhat2
                 dbeta[g, c] += d + d2
-                dgamma[g, c] += d * xhat + d2 * (centred2 * q2)
+                dgamma[g, c] += d * xhat + d2 * xhat2
         else:
             for c in range(channels):
                 d = np.float64(dy[i, g, c, 0])
@@ -437,8 +440,8 @@ def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2
                 dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
                 gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
                 sum_g += gd2
-                sum_gx += gd2 * (np.float64(x[i2, g2, c, 0]) - m2)
-        return sum_g, sum_gx * q2
+                sum_gx += gd2 * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
+        return sum_g, sum_gx
     if i2 < 0:
         for c in range(channels):
             gam = gamma[g, c]
@@ -457,8 +460,7 @@ def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2
                                        mean_gx)
             d = np.float64(dy[i2, g2, c, s])
             t_dy += d
-            t_dyx += d * (np.float64(x[i2, g2, c, s]) - m2)
-        t_dyx *= q2
+            t_dyx += d * ((np.float64(x[i2, g2, c, s]) - m2) * q2)
         dbeta[g2, c] += t_dy
         dgamma[g2, c] += t_dyx
         sum_g += gamma[g2, c] * t_dy
