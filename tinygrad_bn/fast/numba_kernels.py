@@ -16,9 +16,10 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
 Exactness, on every input the textbook core handles: every value is worked in float64
 (float32 data is converted as it is read, results are rounded once when stored), and no
 formula cancels. The statistics are taken about a shift close to the mean (the mean of a
-few leading rows, or the row's own first-pass mean) and corrected by the mean of the
-shifted values, so a mean far from zero costs no digits; when the shift turns out far
-from the mean (adversarial data), a second pass about the mean itself follows. The
+few leading rows for columns, of a few of the row's own values for rows) and corrected by
+the mean of the shifted values, so a mean far from zero costs no digits; when the shift
+turns out far from the mean (adversarial data), a second pass about the mean itself
+follows. The
 backward multiplies by xhat = (x - mean) * ivar, never by ivar^2 * sum(dy * (x -
 mean)), so a variance that overflows (|x| ~ 1e200 in float64) gives the textbook's
 finite answer, not inf * 0. Sums are partial sums over a fixed number of chunks, added in
