@@ -4,7 +4,7 @@ the column passes and the textbook, as exact as the textbook, the same bits on a
 import numpy as np
 import pytest
 
-from benchmarks.exactness import FAMILIES, Case, cases, errors_in_eps, run_case
+from benchmarks.exactness import Case, errors_in_eps, run_case
 from tinygrad_bn import fast
 from tinygrad_bn.fast import kernels
 from tinygrad_bn.fast import norm as fast_norm
@@ -18,17 +18,6 @@ A_FEW_EPS = 8.0
 FITTING = [(37, 5, 23, 19), (99, 3, 17, 17), (32, 64, 32, 32), (1100, 6, 4, 4), (5, 9, 50, 30)]
 # Channels above `CHANNEL_BYTES` in float32 and float64; segments too short to vectorize.
 NOT_FITTING = [(160, 3, 32, 32), (4096, 4, 3, 3), (4096, 3, 1, 8)]
-
-
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_family_is_as_exact_as_the_textbook_in_one_call(family, backend):
-    # The adversarial families of benchmarks/exactness.py through the training-mode forward
-    # (output and statistics in one call), for the column kinds.
-    for case in cases(family):
-        if case.kind in ("batch", "spatial"):
-            fast_error, textbook_error = errors_in_eps(case, together=True)
-            assert fast_error <= max(A_FEW_EPS, 1.5 * textbook_error), (case.x.shape,
-                                                                         fast_error)
 
 
 @pytest.fixture

@@ -21,10 +21,13 @@ from tinygrad_bn.norm import norm_spec
 A_FEW_EPS = 8.0
 
 
+@pytest.mark.parametrize("together", [False, True], ids=["apart", "one call"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_family_is_as_exact_as_the_textbook(family, backend):
+def test_every_family_is_as_exact_as_the_textbook(family, together, backend):
+    # apart: the statistics, then the forward (as with given statistics); one call: the
+    # training-mode forward, output and statistics together (`forward_with_statistics`).
     for case in cases(family):
-        fast_error, textbook_error = errors_in_eps(case)
+        fast_error, textbook_error = errors_in_eps(case, together)
         shape = (case.kind, case.x.shape, case.x.strides)
         assert fast_error <= max(A_FEW_EPS, 1.5 * textbook_error), (shape, fast_error,
                                                                      textbook_error)

@@ -672,7 +672,7 @@ def _affine_rows(t: np.ndarray, ivar: np.ndarray, gamma: np.ndarray, beta: np.nd
                  target: np.ndarray, rows: RowLayout, count: int) -> None:
     """target = gamma * t * ivar + beta for a block of rows t = x - mean ((count * G, C * S)
     float64, overwritten), ivar per row, gamma and beta (G, C) float64."""
-    if rows.S == 1:  # layer norm: gamma varies along the row
+    if rows.S == 1 and rows.G == 1:  # layer norm: gamma varies along the row
         t *= ivar[:, None]
         np.multiply(t, gamma.reshape(-1), out=t)
         a, beta_b = t, beta.reshape(-1)

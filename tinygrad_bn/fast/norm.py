@@ -256,16 +256,21 @@ def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
         return out, mean.reshape(layout.kept), var.reshape(layout.kept)
     if path == "lean":
         return lean.forward_with_statistics(x, gamma, beta, spec)
+    # Each of these takes the statistics of a block (a channel, a row, a block of rows) and
+    # normalizes it while it is in cache: x is read once, not twice.
     if path == "columns":
         out, mean, var = compiled.column_forward_with_statistics(
             x, _flat64(gamma), _flat64(beta), spec.eps, layout, _threads_for(x))
-        return out, _kept(mean, spec), _kept(var, spec)
-    if path == "blocked rows":  # one pass: each block normalized while it is in cache
+    elif path == "rows":
+        out, mean, var = compiled.row_forward_of(x, _per(gamma, layout), _per(beta, layout),
+                                                 spec.eps, layout, _threads_for(x))
+    elif path == "blocked rows":
         out, mean, var = kernels.row_forward_with_statistics(
             x, _per(gamma, layout), _per(beta, layout), spec.eps, layout)
-        return out, _kept(mean, spec), _kept(var, spec)
-    mean, var = fast_statistics(x, spec)
-    return fast_forward(x, gamma, beta, spec=spec, mean=mean, var=var), mean, var
+    else:  # "blocked": the statistics over all rows first, then the normalize pass
+        mean, var = fast_statistics(x, spec)
+        return fast_forward(x, gamma, beta, spec=spec, mean=mean, var=var), mean, var
+    return out, _kept(mean, spec), _kept(var, spec)
 
 
 @fast_variant(FusedNorm, "backward", when=lambda upstream, x, *args, **params: _is_array(x))

@@ -12,16 +12,19 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
   is read once each way. (Batch norm's few columns of every row would be one cache line
   per row: measured several times slower than streaming whole rows, so it keeps the passes.)
 - **rows** (layer and group norm): x viewed as (N, G, C, S), one statistic per row (n, g)
-  over its C * S values, gamma and beta per (g, c). A row is in cache once read, so the
-  statistics take one pass over memory (two over the row), and the backward takes one in
-  all (each row's sums, then its dx, while the row is in cache).
+  over its C * S values, gamma and beta per (g, c). A row is in cache once read, so each
+  pass reads memory once: the statistics (one pass over the row about a shift sampled from
+  it), the training-mode forward (the row's statistics, then its output) and the backward
+  (the row's sums, then its dx). The forward and backward are pipelined: the loop that
+  works row r from cache takes the sums of row r + 1 as it streams in.
 
 Exactness, on every input the textbook core handles: every value is worked in float64
 (float32 data is converted as it is read, results are rounded once when stored), and no
 formula cancels. The statistics are taken about a shift close to the mean (the mean of a
-few leading rows, or the row's or the channel's own first-pass mean) and corrected by the
-mean of the shifted values, so a mean far from zero costs no digits; when the shift turns
-out far from the mean (adversarial data), a second pass about the mean itself follows. The
+few leading rows for columns, of a few of the row's own values for rows, the channel's
+own first-pass mean for channels) and corrected by the mean of the shifted values, so a
+mean far from zero costs no digits; when the shift turns out far from the mean
+(adversarial data), a second pass about the mean itself follows. The
 backward multiplies by xhat = (x - mean) * ivar, never by ivar^2 * sum(dy * (x -
 mean)), so a variance that overflows (|x| ~ 1e200 in float64) gives the textbook's
 finite answer, not inf * 0. Sums are partial sums over a fixed number of chunks, added in
@@ -48,11 +51,11 @@ import numba
 import numpy as np
 from numba import prange
 
-from .kernels import Layout, RowLayout, combine_moments, lead_shift
+from .kernels import FAR_SHIFT, Layout, RowLayout, combine_moments, lead_shift
 
 __all__ = ["fork_safe", "column_statistics", "column_normalize", "column_backward",
            "column_forward_with_statistics", "by_channel",
-           "row_statistics_of", "row_normalize_of", "row_backward_of", "CHUNKS"]
+           "row_statistics_of", "row_normalize_of", "row_forward_of", "row_backward_of", "CHUNKS"]
 
 CHUNKS = 64  # partial sums per statistic: enough to keep every thread busy, fixed for determinism
 CHUNK_ELEMENTS = 1 << 13  # at least this many elements per chunk: small inputs take few chunks
@@ -274,89 +277,314 @@ def channel_backward(dy, x, gamma, mean, ivar, dx, dgamma, dbeta):  # pragma: no
                 dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
 
 # --- rows: x as (N, G, C, S), statistics per row (n, g) ------------------------------
+# A pass over rows goes through them in a fixed number of runs of consecutive rows (one
+# thread each) and, inside a run, is pipelined: the loop that works row r in cache (its
+# output, its dx) also takes the sums of row r + 1, so the next row streams in from memory
+# while this one is computed instead of after it.
+SHIFT_SAMPLES = 32  # about this many values of a row give its shift
+ROW_RUNS = 16  # runs of rows per pass: enough for the threads; a run's first row is not pipelined
+ROW_RUN_ELEMENTS = 1 << 15  # at least this many elements per run: small inputs take few
+# dgamma and dbeta sum over rows: a partial sum per (about) this many rows of a run, added by
+# the caller, so that no running sum is long (a run may hold thousands of rows), within a
+# budget of partial values.
+ROWS_PER_PARTIAL = 64
+PARTIAL_VALUES = 1 << 18
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _row_shift(x, i, g):  # pragma: no cover - compiled
+    """The mean of a few of row (i, g)'s values, close to the row's mean on real data: its
+    first SHIFT_SAMPLES values for layer norm; for group norm the first values of up to
+    SHIFT_SAMPLES of its channels, so that channels of different means all count. Taken
+    where a pass over the row starts reading anyway (a row's first cache lines, a
+    channel's first): values spread evenly over a row would each be a wait on memory."""
+    channels, inner = x.shape[2], x.shape[3]
+    total = 0.0
+    if inner == 1:
+        samples = min(channels, SHIFT_SAMPLES)
+        for c in range(samples):
+            total += np.float64(x[i, g, c, 0])
+        return total / samples
+    step = max(1, channels // SHIFT_SAMPLES)
+    per = min(inner, max(1, SHIFT_SAMPLES // channels))
+    for c in range(0, step * min(channels, SHIFT_SAMPLES), step):
+        for s in range(per):
+            total += np.float64(x[i, g, c, s])
+    return total / (min(channels, SHIFT_SAMPLES) * per)
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _shifted_sums(flat, r, shift):  # pragma: no cover - compiled
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(flat.shape[1]):
+        d = np.float64(flat[r, j]) - shift
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _moments_from(flat, r, shift, s1, s2, far):  # pragma: no cover - compiled
+    """Row r's float64 mean and biased variance from the sums of d = x - shift and d^2.
+    When the shift is not close to the mean (mean(d)^2 > far * var: the digits the shifted
+    formula would lose matter, see kernels.FAR_SHIFT) or a sum overflowed (|x| near the
+    float64 limit: a far shift times the count may overflow where the mean does not), the
+    sums are taken again, from cache, about the row's mean: its sum over the count."""
+    count = flat.shape[1]
+    m1 = s1 / count
+    if not (s2 < np.inf and m1 * m1 <= far * max(s2 / count - m1 * m1, 0.0)):
+        total = 0.0
+        for j in range(count):
+            total += np.float64(flat[r, j])
+        shift = total / count
+        s1, s2 = _shifted_sums(flat, r, shift)
+        m1 = s1 / count
+    return shift + m1, (max(s2 / count - m1 * m1, 0.0) if s2 < np.inf else s2)
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _row_moments(flat, x, r, far):  # pragma: no cover - compiled
+    """Row r's mean and variance in one pass about `_row_shift` (flat and x: the same
+    memory as (N * G, C * S) and (N, G, C, S))."""
+    groups = x.shape[1]
+    shift = _row_shift(x, r // groups, r % groups)
+    s1, s2 = _shifted_sums(flat, r, shift)
+    return _moments_from(flat, r, shift, s1, s2, far)
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: no cover
+    """out[i, g] = (x[i, g] - m) * (q * gamma[g]) + beta[g], gamma per value (layer norm,
+    S = 1) or per channel (group norm); with i2 >= 0, also the sums of d = x[i2, g2] -
+    shift and d^2 (the next row's statistics), returned."""
+    channels, inner = x.shape[2], x.shape[3]
+    s1 = 0.0
+    s2 = 0.0
+    if inner == 1:
+        if i2 < 0:
+            for c in range(channels):
+                out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
+        else:
+            for c in range(channels):
+                out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
+                d = np.float64(x[i2, g2, c, 0]) - shift
+                s1 += d
+                s2 += d * d
+        return s1, s2
+    for c in range(channels):
+        s_c, o_c = q * gamma[g, c], beta[g, c]
+        if i2 < 0:
+            for s in range(inner):
+                out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
+        else:
+            for s in range(inner):
+                out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
+                d = np.float64(x[i2, g2, c, s]) - shift
+                s1 += d
+                s2 += d * d
+    return s1, s2
+
+
+@numba.njit(cache=True)
+def _runs(rows, size):  # pragma: no cover - compiled
+    """How many runs of consecutive rows a pass takes: fixed by the shape alone, so that
+    the partial sums (and the rows that start a pipeline) do not depend on the threads."""
+    return max(1, min(rows, ROW_RUNS, size // ROW_RUN_ELEMENTS))
+
+
 @_compile(fastmath=_FASTMATH)
-def row_statistics(x):  # pragma: no cover - compiled
-    rows, count = x.shape  # x viewed as (N * G, C * S)
+def row_statistics(flat, x, far):  # pragma: no cover - compiled
+    rows = flat.shape[0]  # flat and x: the same memory as (N * G, C * S) and (N, G, C, S)
     mean = np.empty(rows)
     var = np.empty(rows)
     for r in prange(rows):
-        total = 0.0
-        for j in range(count):
-            total += np.float64(x[r, j])
-        shift = total / count
-        s1 = 0.0
-        s2 = 0.0
-        for j in range(count):
-            d = np.float64(x[r, j]) - shift
-            s1 += d
-            s2 += d * d
-        m1 = s1 / count
-        mean[r] = shift + m1
-        var[r] = max(s2 / count - m1 * m1, 0.0) if s2 < np.inf else s2
+        mean[r], var[r] = _row_moments(flat, x, r, far)
     return mean, var
 
 
 @_compile(fastmath=_FASTMATH)
 def row_normalize(x, mean, ivar, gamma, beta, out):  # pragma: no cover - compiled
-    n, groups, channels, inner = x.shape
+    n, groups = x.shape[0], x.shape[1]
     for r in prange(n * groups):
-        i, g = r // groups, r % groups
-        m, q = mean[r], ivar[r]
-        if inner == 1:  # layer norm: gamma per value
+        _normalize_row(x, r // groups, r % groups, mean[r], ivar[r], gamma, beta, out, -1, 0,
+                       0.0)
+
+
+@_compile(fastmath=_FASTMATH)
+def row_forward(flat, x, gamma, beta, eps, far, out):  # pragma: no cover - compiled
+    # Each row's statistics, then its output while it is in cache, the next row's sums taken
+    # in the same loop: one read of x from memory in all.
+    groups = x.shape[1]
+    rows = flat.shape[0]
+    runs = _runs(rows, x.size)
+    mean = np.empty(rows)
+    var = np.empty(rows)
+    for run in prange(runs):
+        start, stop = run * rows // runs, (run + 1) * rows // runs
+        m, v = _row_moments(flat, x, start, far)
+        for r in range(start, stop):
+            mean[r], var[r] = m, v
+            q = 1.0 / np.sqrt(v + eps)
+            if r + 1 < stop:
+                i2, g2 = (r + 1) // groups, (r + 1) % groups
+                shift = _row_shift(x, i2, g2)
+                s1, s2 = _normalize_row(x, r // groups, r % groups, m, q, gamma, beta, out, i2,
+                                        g2, shift)
+                m, v = _moments_from(flat, r + 1, shift, s1, s2, far)
+            else:
+                _normalize_row(x, r // groups, r % groups, m, q, gamma, beta, out, -1, 0, 0.0)
+    return mean, var
+
+
+@numba.njit(fastmath={"contract"}, cache=True)
+def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
+    """ivar * (g - mean(g) - xhat * mean(g * xhat)) for one value. Compiled without
+    reassociation on purpose: allowed it, the compiler folds the row's two divisions by the
+    count into the dx loop, one vector division per element, (sum_g + xhat * sum_gx) /
+    count, and the backward becomes compute-bound."""
+    return q * (gd - mean_g - xhat * mean_gx)
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - compiled
+    """sum(g) and sum(g * xhat) of row (i, g), g = gamma * dy; for group norm (S > 1) also
+    each channel's sums of dy and dy * xhat added to dbeta, dgamma (G, C): layer norm's
+    are per value, added by `_dx_row`."""
+    channels, inner = x.shape[2], x.shape[3]
+    sum_g = 0.0
+    sum_gx = 0.0
+    if inner == 1:
+        for c in range(channels):
+            gd = gamma[g, c] * np.float64(dy[i, g, c, 0])
+            sum_g += gd
+            sum_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
+        return sum_g, sum_gx
+    for c in range(channels):
+        t_dy = 0.0
+        t_dyx = 0.0
+        for s in range(inner):
+            d = np.float64(dy[i, g, c, s])
+            t_dy += d
+            t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
+        dbeta[g, c] += t_dy
+        dgamma[g, c] += t_dyx
+        sum_g += gamma[g, c] * t_dy
+        sum_gx += gamma[g, c] * t_dyx
+    return sum_g, sum_gx
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2, m2, q2, add
+            ):  # pragma: no cover - compiled
+    """dx of row (i, g) from its means of g and g * xhat. With i2 >= 0, in the same loop,
+    what `_grad_sums` gives for row (i2, g2), returned. Layer norm (S = 1) adds dy and
+    dy * xhat to dbeta, dgamma per value here: `add` = 1 this row's, 2 this row's and row
+    (i2, g2)'s together (one update of dbeta and dgamma for two rows of one group), 0 none
+    (added with the row before)."""
+    channels, inner = x.shape[2], x.shape[3]
+    sum_g = 0.0
+    sum_gx = 0.0
+    if inner == 1:
+        if i2 < 0:
             for c in range(channels):
-                out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
+                d = np.float64(dy[i, g, c, 0])
+                xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                if add:
+                    dbeta[g, c] += d
+                    dgamma[g, c] += d * xhat
+                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+        elif add == 1:
+            for c in range(channels):
+                d = np.float64(dy[i, g, c, 0])
+                xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                dbeta[g, c] += d
+                dgamma[g, c] += d * xhat
+                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+                gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
+                sum_g += gd2
+                sum_gx += gd2 * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
+        elif add == 2:  # rows (i, g) and (i2, g2) of the same group: one update for both
+            for c in range(channels):
+                d = np.float64(dy[i, g, c, 0])
+                xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+                d2 = np.float64(dy[i2, g2, c, 0])
+                xhat2 = (np.float64(x[i2, g2, c, 0]) - m2) * q2
+                gd2 = gamma[g2, c] * d2
+                sum_g += gd2
+                sum_gx += gd2 * xhat2
+                dbeta[g, c] += d + d2
+                dgamma[g, c] += d * xhat + d2 * xhat2
         else:
             for c in range(channels):
-                s_c, o_c = q * gamma[g, c], beta[g, c]
-                for s in range(inner):
-                    out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
+                d = np.float64(dy[i, g, c, 0])
+                xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+                gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
+                sum_g += gd2
+                sum_gx += gd2 * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
+        return sum_g, sum_gx
+    if i2 < 0:
+        for c in range(channels):
+            gam = gamma[g, c]
+            for s in range(inner):
+                xhat = (np.float64(x[i, g, c, s]) - m) * q
+                dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat, mean_g,
+                                           mean_gx)
+        return sum_g, sum_gx
+    for c in range(channels):
+        gam = gamma[g, c]
+        t_dy = 0.0
+        t_dyx = 0.0
+        for s in range(inner):
+            xhat = (np.float64(x[i, g, c, s]) - m) * q
+            dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat, mean_g,
+                                       mean_gx)
+            d = np.float64(dy[i2, g2, c, s])
+            t_dy += d
+            t_dyx += d * ((np.float64(x[i2, g2, c, s]) - m2) * q2)
+        dbeta[g2, c] += t_dy
+        dgamma[g2, c] += t_dyx
+        sum_g += gamma[g2, c] * t_dy
+        sum_gx += gamma[g2, c] * t_dyx
+    return sum_g, sum_gx
 
 
 @_compile(fastmath=_FASTMATH)
 def row_backward(dy, x, mean, ivar, gamma, dx):  # pragma: no cover - compiled
+    # Per row its sums, then its dx while it is in cache, the next row's sums taken in the
+    # same loop; dgamma and dbeta as partial sums per part of a run of rows (added in order
+    # by the caller), layer norm's updated once per pair of rows.
     n, groups, channels, inner = x.shape
     rows = n * groups
     count = channels * inner
-    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
-    dgamma = np.zeros((chunks, groups, channels))
-    dbeta = np.zeros((chunks, groups, channels))
-    for ch in prange(chunks):
-        for r in range(ch * rows // chunks, (ch + 1) * rows // chunks):
-            i, g = r // groups, r % groups
-            m, q = mean[r], ivar[r]
-            sum_g = 0.0
-            sum_gx = 0.0
-            if inner == 1:  # layer norm: gamma per value; the row's sums, then its dx
-                for c in range(channels):
-                    gd = gamma[g, c] * np.float64(dy[i, g, c, 0])
-                    sum_g += gd
-                    sum_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
-                mean_g, mean_gx = sum_g / count, sum_gx / count
-                db, dgm = dbeta[ch, g], dgamma[ch, g]
-                for c in range(channels):
-                    d = np.float64(dy[i, g, c, 0])
-                    xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                    db[c] += d
-                    dgm[c] += d * xhat
-                    dx[i, g, c, 0] = q * (gamma[g, c] * d - mean_g - xhat * mean_gx)
-                continue
-            for c in range(channels):
-                t_dy = 0.0
-                t_dyx = 0.0
-                for s in range(inner):
-                    d = np.float64(dy[i, g, c, s])
-                    t_dy += d
-                    t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
-                dbeta[ch, g, c] += t_dy
-                dgamma[ch, g, c] += t_dyx
-                sum_g += gamma[g, c] * t_dy
-                sum_gx += gamma[g, c] * t_dyx
+    runs = _runs(rows, x.size)
+    # partials per run: fixed by the shape, so the sums do not depend on the thread count
+    per_run = max(1, min(-(-rows // (runs * ROWS_PER_PARTIAL)),
+                         PARTIAL_VALUES // (runs * groups * channels)))
+    dgamma = np.zeros((runs * per_run, groups, channels))
+    dbeta = np.zeros((runs * per_run, groups, channels))
+    for run in prange(runs):
+        start, stop = run * rows // runs, (run + 1) * rows // runs
+        dgm, db = dgamma[run * per_run], dbeta[run * per_run]
+        sum_g, sum_gx = _grad_sums(dy, x, start // groups, start % groups, mean[start],
+                                   ivar[start], gamma, dgm, db)
+        added = False  # whether row r's dbeta and dgamma went in with the row before
+        for r in range(start, stop):
+            partial = run * per_run + (r - start) * per_run // (stop - start)
+            dgm, db = dgamma[partial], dbeta[partial]
             mean_g, mean_gx = sum_g / count, sum_gx / count
-            for c in range(channels):
-                gam = gamma[g, c]
-                for s in range(inner):
-                    xhat = (np.float64(x[i, g, c, s]) - m) * q
-                    dx[i, g, c, s] = q * (gam * np.float64(dy[i, g, c, s]) - mean_g - xhat * mean_gx)
+            i, g = r // groups, r % groups
+            if r + 1 < stop:
+                add = 0 if added else (2 if groups == 1 else 1)  # pairs in one group
+                sum_g, sum_gx = _dx_row(dy, x, i, g, mean[r], ivar[r], mean_g, mean_gx, gamma,
+                                        dgm, db, dx, (r + 1) // groups, (r + 1) % groups,
+                                        mean[r + 1], ivar[r + 1], add)
+                added = add == 2
+            else:
+                _dx_row(dy, x, i, g, mean[r], ivar[r], mean_g, mean_gx, gamma, dgm, db, dx,
+                        -1, 0, 0.0, 1.0, 0 if added else 1)
     return dgamma, dbeta
 
 
@@ -453,7 +681,19 @@ def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
 def row_statistics_of(x: np.ndarray, rows: RowLayout, threads: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row float64 mean and biased variance (N * G,)."""
-    return run(row_statistics, threads, x.reshape(rows.flat))
+    return run(row_statistics, threads, x.reshape(rows.flat), x.reshape(rows.view),
+               FAR_SHIFT[x.dtype])
+
+
+def row_forward_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+                   rows: RowLayout, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """out (x's shape and dtype) and the per-row float64 mean and variance (N * G,) in one
+    pass over memory: what `row_statistics_of`, then `row_normalize_of` give, within
+    rounding (a pipelined row's sums are added in another order)."""
+    out = np.empty(x.shape, x.dtype)
+    mean, var = run(row_forward, threads, x.reshape(rows.flat), x.reshape(rows.view), gamma,
+                    beta, eps, FAR_SHIFT[x.dtype], out.reshape(rows.view))
+    return out, mean, var
 
 
 def row_normalize_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
