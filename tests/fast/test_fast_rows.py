@@ -134,3 +134,32 @@ def test_sums_past_overflow_give_the_textbooks_answer(kind, shape, groups, backe
     assert np.all(np.isinf(var))
     assert np.array_equal(out, np.broadcast_to(beta.reshape(spec.param_bshape), shape))
     assert not np.any(dx) and not np.any(dgamma) and np.all(np.isfinite(dbeta))
+
+
+@pytest.mark.parametrize(("kind", "shape", "groups"), [("group", (4, 4, 128, 128), 2),
+                                                       ("layer", (16, 8192), None)])
+def test_long_rows_with_an_outlier_keep_their_digits(kind, shape, groups):
+    # Each row's first value 1e6 off the rest, rows of 8192 to 32768 values: the compiled
+    # passes' sums over a row or a channel go in blocks, carried, so their error does not
+    # grow with the row (summed as one running total, dgamma here was 16 eps; textbook 0.8).
+    pytest.importorskip("numba")
+    from benchmarks.exactness import Case, errors_in_eps
+
+    previous = fast.numba_enabled()
+    fast.use_numba(True)
+    try:
+        for seed in (0, 1):
+            rng = np.random.default_rng(seed)
+            spec = norm_spec(kind, shape, groups=groups)
+            x = 3.0 + rng.standard_normal(shape)
+            x.reshape(spec.grouped_shape[0] * spec.grouped_shape[1] if groups else shape[0],
+                      -1)[:, 0] += 1e6
+            case = Case("outlier", kind, x, 1 + 0.5 * rng.standard_normal(spec.param_shape),
+                        rng.standard_normal(spec.param_shape), rng.standard_normal(shape), groups)
+            assert fast_norm._route(x, spec)[0] == "rows"
+            for together in (False, True):
+                fast_error, textbook_error = errors_in_eps(case, together)
+                assert fast_error <= max(A_FEW_EPS, 1.5 * textbook_error), (seed, together,
+                                                                             fast_error)
+    finally:
+        fast.use_numba(previous)

@@ -313,15 +313,43 @@ def _row_shift(x, i, g):  # pragma: no cover - compiled
     return total / (min(channels, SHIFT_SAMPLES) * per)
 
 
+SUM_BLOCK = 256  # a channel longer than this sums its dy and dy * xhat in blocks
+
+
+@numba.njit(cache=True)
+def _carry_add(total, carry, value):  # pragma: no cover - compiled
+    """total + value, its rounding error added to carry (Neumaier's two-sum): a long sum
+    of blocks loses no more than one block does. Compiled without fast-math on purpose:
+    reassociated, the error term is folded away to zero."""
+    new = total + value
+    if abs(total) >= abs(value):
+        carry += (total - new) + value
+    else:
+        carry += (value - new) + total
+    return new, carry
+
+
+@numba.njit(cache=True)
+def _carried(total, carry):  # pragma: no cover - compiled
+    # A sum that overflowed keeps its inf (its carry is inf - inf, NaN, not an error term).
+    return total + carry if carry - carry == 0.0 else total
+
+
 @numba.njit(fastmath=_FASTMATH, cache=True)
 def _shifted_sums(flat, r, shift):  # pragma: no cover - compiled
-    s1 = 0.0
-    s2 = 0.0
-    for j in range(flat.shape[1]):
-        d = np.float64(flat[r, j]) - shift
-        s1 += d
-        s2 += d * d
-    return s1, s2
+    """The sums of d = x - shift and d^2 over row r, in blocks, carried (`_carry_add`)."""
+    count = flat.shape[1]
+    s1 = k1 = s2 = k2 = 0.0
+    for lo in range(0, count, SUM_BLOCK):
+        b1 = 0.0
+        b2 = 0.0
+        for j in range(lo, min(lo + SUM_BLOCK, count)):
+            d = np.float64(flat[r, j]) - shift
+            b1 += d
+            b2 += d * d
+        s1, k1 = _carry_add(s1, k1, b1)
+        s2, k2 = _carry_add(s2, k2, b2)
+    return _carried(s1, k1), _carried(s2, k2)
 
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
@@ -334,10 +362,7 @@ def _moments_from(flat, r, shift, s1, s2, far):  # pragma: no cover - compiled
     count = flat.shape[1]
     m1 = s1 / count
     if not (s2 < np.inf and m1 * m1 <= far * max(s2 / count - m1 * m1, 0.0)):
-        total = 0.0
-        for j in range(count):
-            total += np.float64(flat[r, j])
-        shift = total / count
+        shift = _shifted_sums(flat, r, 0.0)[0] / count
         s1, s2 = _shifted_sums(flat, r, shift)
         m1 = s1 / count
     return shift + m1, (max(s2 / count - m1 * m1, 0.0) if s2 < np.inf else s2)
@@ -354,6 +379,21 @@ def _row_moments(flat, x, r, far):  # pragma: no cover - compiled
 
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
+def _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, lo, hi
+                       ):  # pragma: no cover - compiled
+    """out over values lo..hi of channel c of row (i, g), and in the same loop the sums of
+    d = x[i2, g2, c] - shift and d^2 there (the next row's statistics)."""
+    s1 = 0.0
+    s2 = 0.0
+    for s in range(lo, hi):
+        out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
+        d = np.float64(x[i2, g2, c, s]) - shift
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
 def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: no cover
     """out[i, g] = (x[i, g] - m) * (q * gamma[g]) + beta[g], gamma per value (layer norm,
     S = 1) or per channel (group norm); with i2 >= 0, also the sums of d = x[i2, g2] -
@@ -361,6 +401,8 @@ def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: n
     channels, inner = x.shape[2], x.shape[3]
     s1 = 0.0
     s2 = 0.0
+    k1 = 0.0
+    k2 = 0.0
     if inner == 1:
         if i2 < 0:
             for c in range(channels):
@@ -377,13 +419,13 @@ def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: n
         if i2 < 0:
             for s in range(inner):
                 out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
-        else:
-            for s in range(inner):
-                out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
-                d = np.float64(x[i2, g2, c, s]) - shift
-                s1 += d
-                s2 += d * d
-    return s1, s2
+        else:  # each channel's sums in blocks, carried into the row's (`_shifted_sums`)
+            for lo in range(0, inner, SUM_BLOCK):
+                b1, b2 = _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, lo,
+                                            min(lo + SUM_BLOCK, inner))
+                s1, k1 = _carry_add(s1, k1, b1)
+                s2, k2 = _carry_add(s2, k2, b2)
+    return _carried(s1, k1), _carried(s2, k2)
 
 
 @numba.njit(cache=True)
@@ -447,6 +489,34 @@ def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
 
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
+def _channel_sums(dy, x, i, g, c, m, q, lo, hi):  # pragma: no cover - compiled
+    """sum(dy) and sum(dy * xhat) over values lo..hi of channel c of row (i, g)."""
+    t_dy = 0.0
+    t_dyx = 0.0
+    for s in range(lo, hi):
+        d = np.float64(dy[i, g, c, s])
+        t_dy += d
+        t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
+    return t_dy, t_dyx
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
+def _dx_channel(dy, x, i, g, c, m, q, gam, mean_g, mean_gx, dx, i2, g2, m2, q2, lo, hi
+                ):  # pragma: no cover - compiled
+    """dx over values lo..hi of channel c of row (i, g), and in the same loop what
+    `_channel_sums` gives for row (i2, g2)."""
+    t_dy = 0.0
+    t_dyx = 0.0
+    for s in range(lo, hi):
+        xhat = (np.float64(x[i, g, c, s]) - m) * q
+        dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat, mean_g, mean_gx)
+        d = np.float64(dy[i2, g2, c, s])
+        t_dy += d
+        t_dyx += d * ((np.float64(x[i2, g2, c, s]) - m2) * q2)
+    return t_dy, t_dyx
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
 def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - compiled
     """sum(g) and sum(g * xhat) of row (i, g), g = gamma * dy; for group norm (S > 1) also
     each channel's sums of dy and dy * xhat added to dbeta, dgamma (G, C): layer norm's
@@ -461,12 +531,15 @@ def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - c
             sum_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
         return sum_g, sum_gx
     for c in range(channels):
-        t_dy = 0.0
-        t_dyx = 0.0
-        for s in range(inner):
-            d = np.float64(dy[i, g, c, s])
-            t_dy += d
-            t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
+        if inner <= SUM_BLOCK:
+            t_dy, t_dyx = _channel_sums(dy, x, i, g, c, m, q, 0, inner)
+        else:  # in blocks, carried: a sum over thousands of values keeps its digits
+            t_dy = k_dy = t_dyx = k_dyx = 0.0
+            for lo in range(0, inner, SUM_BLOCK):
+                b_dy, b_dyx = _channel_sums(dy, x, i, g, c, m, q, lo, min(lo + SUM_BLOCK, inner))
+                t_dy, k_dy = _carry_add(t_dy, k_dy, b_dy)
+                t_dyx, k_dyx = _carry_add(t_dyx, k_dyx, b_dyx)
+            t_dy, t_dyx = _carried(t_dy, k_dy), _carried(t_dyx, k_dyx)
         dbeta[g, c] += t_dy
         dgamma[g, c] += t_dyx
         sum_g += gamma[g, c] * t_dy
@@ -535,15 +608,17 @@ def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2
         return sum_g, sum_gx
     for c in range(channels):
         gam = gamma[g, c]
-        t_dy = 0.0
-        t_dyx = 0.0
-        for s in range(inner):
-            xhat = (np.float64(x[i, g, c, s]) - m) * q
-            dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat, mean_g,
-                                       mean_gx)
-            d = np.float64(dy[i2, g2, c, s])
-            t_dy += d
-            t_dyx += d * ((np.float64(x[i2, g2, c, s]) - m2) * q2)
+        if inner <= SUM_BLOCK:
+            t_dy, t_dyx = _dx_channel(dy, x, i, g, c, m, q, gam, mean_g, mean_gx, dx, i2, g2,
+                                      m2, q2, 0, inner)
+        else:  # in blocks, carried, as in `_grad_sums`
+            t_dy = k_dy = t_dyx = k_dyx = 0.0
+            for lo in range(0, inner, SUM_BLOCK):
+                b_dy, b_dyx = _dx_channel(dy, x, i, g, c, m, q, gam, mean_g, mean_gx, dx, i2,
+                                          g2, m2, q2, lo, min(lo + SUM_BLOCK, inner))
+                t_dy, k_dy = _carry_add(t_dy, k_dy, b_dy)
+                t_dyx, k_dyx = _carry_add(t_dyx, k_dyx, b_dyx)
+            t_dy, t_dyx = _carried(t_dy, k_dy), _carried(t_dyx, k_dyx)
         dbeta[g2, c] += t_dy
         dgamma[g2, c] += t_dyx
         sum_g += gamma[g2, c] * t_dy
