@@ -378,7 +378,7 @@ def _row_moments(flat, x, r, far):  # pragma: no cover - compiled
     return _moments_from(flat, r, shift, s1, s2, far)
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True)
+@numba.njit(fastmath=_FASTMATH, cache=True, inline="always")  # in the caller's loop
 def _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, lo, hi
                        ):  # pragma: no cover - compiled
     """out over values lo..hi of channel c of row (i, g), and in the same loop the sums of
@@ -414,17 +414,32 @@ def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: n
                 s1 += d
                 s2 += d * d
         return s1, s2
+    # The next row's sums in blocks (parts of a long channel, or short channels together,
+    # up to 2 * SUM_BLOCK values), each carried into the row's (`_shifted_sums`).
+    b1 = 0.0
+    b2 = 0.0
+    pending = 0
     for c in range(channels):
         s_c, o_c = q * gamma[g, c], beta[g, c]
         if i2 < 0:
             for s in range(inner):
                 out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
-        else:  # each channel's sums in blocks, carried into the row's (`_shifted_sums`)
+            continue
+        if inner <= SUM_BLOCK:  # a short channel: one block with its neighbours
+            t1, t2 = _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, 0, inner)
+            b1, b2, pending = b1 + t1, b2 + t2, pending + inner
+        else:
             for lo in range(0, inner, SUM_BLOCK):
-                b1, b2 = _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, lo,
+                t1, t2 = _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, lo,
                                             min(lo + SUM_BLOCK, inner))
-                s1, k1 = _carry_add(s1, k1, b1)
-                s2, k2 = _carry_add(s2, k2, b2)
+                s1, k1 = _carry_add(s1, k1, t1)
+                s2, k2 = _carry_add(s2, k2, t2)
+        if pending >= SUM_BLOCK:
+            s1, k1 = _carry_add(s1, k1, b1)
+            s2, k2 = _carry_add(s2, k2, b2)
+            b1, b2, pending = 0.0, 0.0, 0
+    s1, k1 = _carry_add(s1, k1, b1)
+    s2, k2 = _carry_add(s2, k2, b2)
     return _carried(s1, k1), _carried(s2, k2)
 
 
@@ -488,7 +503,7 @@ def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
     return q * (gd - mean_g - xhat * mean_gx)
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True)
+@numba.njit(fastmath=_FASTMATH, cache=True, inline="always")  # in the caller's loop
 def _channel_sums(dy, x, i, g, c, m, q, lo, hi):  # pragma: no cover - compiled
     """sum(dy) and sum(dy * xhat) over values lo..hi of channel c of row (i, g)."""
     t_dy = 0.0
@@ -500,7 +515,7 @@ def _channel_sums(dy, x, i, g, c, m, q, lo, hi):  # pragma: no cover - compiled
     return t_dy, t_dyx
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True)
+@numba.njit(fastmath=_FASTMATH, cache=True, inline="always")  # in the caller's loop
 def _dx_channel(dy, x, i, g, c, m, q, gam, mean_g, mean_gx, dx, i2, g2, m2, q2, lo, hi
                 ):  # pragma: no cover - compiled
     """dx over values lo..hi of channel c of row (i, g), and in the same loop what
