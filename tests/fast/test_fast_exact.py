@@ -207,3 +207,15 @@ def test_float32_outputs_near_zero_keep_their_digits(backend):
         textbook_out = tb.batchnorm_fused(x, gamma, beta).data
     fast_ulps, textbook_ulps = _ulps(fast_out, exact).max(), _ulps(textbook_out, exact).max()
     assert fast_ulps <= max(1.0, textbook_ulps), (fast_ulps, textbook_ulps)
+
+
+def test_long_non_contiguous_rows_sum_as_the_textbook_does(backend):
+    # Reversed rows of 400,000 values take the lean passes: a sum that long, added one term
+    # at a time (einsum), was 20 eps off where the textbook's pairwise sums are within 1.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 400000))[::-1]
+    case = Case("reversed", "layer", x, 1 + 0.5 * rng.standard_normal(400000),
+                rng.standard_normal(400000), rng.standard_normal((2, 400000)))
+    for together in (False, True):
+        fast_error, textbook_error = errors_in_eps(case, together)
+        assert fast_error <= max(A_FEW_EPS, 1.5 * textbook_error), (together, fast_error)

@@ -3,8 +3,9 @@ compiled passes do not take (small or non-contiguous inputs; layer and group nor
 numba).
 
 Same formulas, worked in float64 as the textbook does (float32 data converted once, the
-result rounded once); the differences are only in memory traffic: sums by einsum instead
-of a full-size product then a sum, and results updated in place in arrays created here.
+result rounded once); the differences are only in memory traffic: short sums by einsum
+instead of a full-size product then a sum, and results updated in place in arrays created
+here.
 The statistics take two passes (the mean, then the squares of x - mean): no cancellation.
 The training-mode forward (`forward_with_statistics`) takes x - mean once, for the variance
 and then normalized in place.
@@ -28,11 +29,22 @@ def _sum_subscripts(ndim: int, axes: tuple[int, ...]) -> str:
     return f"{letters},{letters}->{''.join(c for i, c in enumerate(letters) if i not in axes)}"
 
 
+EINSUM_MAX_TERMS = 4096  # einsum adds its terms one by one: for longer sums, numpy's pairwise
+
+
 def _sum_product(a: np.ndarray, b: np.ndarray, axes: tuple[int, ...], shape: tuple[int, ...]
                  ) -> np.ndarray:
-    """sum(a * b) over `axes`, reshaped to `shape`, as float64."""
-    return np.einsum(_sum_subscripts(a.ndim, axes), a, b).reshape(shape).astype(np.float64,
-                                                                                copy=False)
+    """sum(a * b) over `axes`, reshaped to `shape`, as float64: by einsum (no full-size
+    product) where a sum has few terms, else as the textbook sums (a long running sum would
+    lose digits the textbook's pairwise sum keeps)."""
+    terms = 1
+    for axis in axes:
+        terms *= a.shape[axis]
+    if terms <= EINSUM_MAX_TERMS:
+        total = np.einsum(_sum_subscripts(a.ndim, axes), a, b)
+    else:
+        total = np.add.reduce(np.multiply(a, b), axis=axes)
+    return total.reshape(shape).astype(np.float64, copy=False)
 
 
 def _float64(a: np.ndarray) -> np.ndarray:
