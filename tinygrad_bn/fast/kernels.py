@@ -411,7 +411,8 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.ndarray,
                         gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, ivar: np.ndarray,
-                        count: int, folded: bool, square_terms: int) -> bool:
+                        low: np.ndarray, high: np.ndarray, count: int, folded: bool,
+                        square_terms: int) -> bool:
     """Whether dx = a * (dy - m - k * (x - mean)) worked elementwise in float32 (a, k, m the
     per-feature float64 factors rounded to float32) stays within `FLOAT32_DX_BOUND` eps32 of
     the exact dx, normwise, judged from the float64 sums of dy and dy * (x - mean), and the
@@ -435,39 +436,62 @@ def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.nd
     """
     with np.errstate(all="ignore"):
         m, c = sum_dy / count, sum_dy_d * ivar / count
-        bound = float32_dx_bound(m, c, sum_dy2 / count, mean, var, ivar, gamma * ivar, count,
-                                 folded, scaled_first=False, square_terms=square_terms)
+        bound = float32_dx_bound(m, c, sum_dy2 / count, mean, var, ivar, gamma * ivar, low,
+                                 high, count, folded, scaled_first=False,
+                                 square_terms=square_terms)
     return bound <= FLOAT32_DX_BOUND
 
 
 def float32_dx_bound(m: np.ndarray, c: np.ndarray, mean_square: np.ndarray, mean: np.ndarray,
-                     var: np.ndarray, ivar: np.ndarray, weight: np.ndarray, count: int,
-                     folded: bool, scaled_first: bool, square_terms: int) -> float:
+                     var: np.ndarray, ivar: np.ndarray, weight: np.ndarray, low: np.ndarray,
+                     high: np.ndarray, count: int, folded: bool, scaled_first: bool,
+                     square_terms: int) -> float:
     """The float32 dx's normwise error bound in eps32 (inf outside float32's safe range), per
     statistic from m = mean(g), c = mean(g * xhat), mean(g^2), the statistics and the
     factor `weight` that multiplies g - m - c * xhat into dx (all float64 arrays of one
     shape); see `float32_dx_is_exact`. `scaled_first`: g is formed in float32 first (row
     passes: dy * gamma * ivar, rounded before the subtractions), which doubles the terms.
-    `square_terms`: the terms of each float32 partial sum behind mean(g^2)."""
+    `square_terms`: the terms of each float32 partial sum behind mean(g^2); `low`, `high`:
+    the least and largest x of each statistic."""
     ms_r = mean_square - m * m - c * c * (2.0 - var * ivar * ivar)
     margin = (8.0 * (count + 1) * _EPS64 + (square_terms + 1) * _EPS32) * mean_square
     rms_r = np.sqrt(np.maximum(ms_r - margin, 0.0))
     weight = np.abs(weight)
     centre_term = np.abs(mean) * ivar
-    x_bound = math.sqrt(count) + 1.0 + (centre_term if folded else 0.0)
+    if folded:  # the x * slope32 term, |x| ivar |c|
+        x_bound = np.maximum(np.abs(low), np.abs(high)) * ivar
+    else:  # (x - hi - lo) * slope32, |x - mean| ivar |c| (hi + lo within 2^-48 of the mean)
+        x_bound = np.maximum(high - mean, mean - low) * ivar + 2.0**-40 * centre_term
+    x_bound = x_bound * (1.0 + 2.0**-20) + 2.0**-40  # for the rounding of these factors
     offset = np.abs(m) + (np.abs(c) * centre_term if folded else 0.0)
-    lower = float(np.max(weight * rms_r))  # <= max |dx|
-    worst = float(np.max(weight * (np.abs(c) * x_bound + offset)))
+    # x - hi, - lo and the product with slope32 round three times (x - hi is exact only for x
+    # within a factor 2 of hi), slope32 once: 2 eps32 |c| X; folded, x * slope32, 1 eps32.
+    line = np.abs(c) * x_bound
+    if scaled_first:
+        worst = weight * ((2.0 if folded else 3.0) * line + 2.0 * offset)
+    else:
+        worst = weight * ((1.0 if folded else 2.0) * line + offset)
+    lower = weight * rms_r  # <= max |dx| of the statistic's values
+    # max |dx| <= weight * max |g - m - c xhat| <= weight * (sqrt(count mean(g^2)) + |m| +
+    # |c| X): a margin of 4 below float32's largest value for the roundings on the way.
+    largest = float(np.max(weight * (np.sqrt(count * mean_square) + offset + line)))
     largest_weight = float(np.max(weight))
+    # A statistic whose g is 0 (a unit that got no gradient) has dx = 0 exactly.
+    idle = (worst == 0) & (mean_square == 0)
     in_range = bool(np.all(np.isfinite(mean_square) & np.isfinite(c) & np.isfinite(m)
                            & (ivar > 0))) \
         and float(np.max(np.sqrt(count * var) + np.abs(mean))) <= 2.0**120 \
         and float(np.max(np.sqrt(mean_square) + np.abs(m))) <= 2.0**100 \
-        and largest_weight <= 2.0**100 and lower >= 2.0**-100 * max(1.0, largest_weight) \
+        and largest_weight <= 2.0**100 and largest <= 2.0**126 \
+        and bool(np.all(idle | (lower >= 2.0**-100 * np.maximum(1.0, weight)))) \
         and float(np.max(centre_term)) <= SPLIT_MEAN_RATIO
     if not in_range:
         return math.inf
-    return 1.0 + worst / (lower if scaled_first else 2.0 * lower)
+    # Each statistic's worst term against its own dx: a statistic whose dx is small and
+    # cancels is not hidden behind the others' larger dx.
+    with np.errstate(all="ignore"):
+        ratio = np.where(idle, 0.0, worst / (2.0 * lower))
+    return 1.0 + float(np.max(ratio))
 
 
 def float32_factors_fit(*factors: np.ndarray) -> bool:
@@ -511,11 +535,16 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
                 block = dyv[start:stop]
                 with np.errstate(over="ignore"):  # per thread; inf takes the float64 dx
                     found.append(np.einsum(layout.subscripts, block, block))
+                found.append(np.min(xv[start:stop], axis=axes))
+                found.append(np.max(xv[start:stop], axis=axes))
             partial.append(np.stack(found))
         return partial
 
     with np.errstate(invalid="ignore", over="ignore"):
-        total = _in_order(_run_parallel(sums, _parts(spans)))
+        blocks = np.stack([block for run in _run_parallel(sums, _parts(spans)) for block in run])
+        total = np.add.reduce(blocks[:, :3], axis=0)  # in block order, as `_in_order`
+        if single:  # x's range per feature, for the float32 dx's error bound
+            low, high = np.min(blocks[:, 3], axis=0), np.max(blocks[:, 4], axis=0)
         dbeta = total[0]
         # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy) when taken about 0.
         sum_dy_d = total[1] - mean * dbeta if expanded else total[1]
@@ -526,8 +555,8 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     slope = ivar * dgamma / count  # xhat * mean(dy * xhat) = (x - mean) * slope
     folded = single and bool(np.all(np.abs(mean) * ivar <= 1.0))
     if single and float32_dx_is_exact(dbeta, sum_dy_d, total[2], gamma, mean, var, ivar,
-                                      count, folded, square_terms=max(a - b for b, a in spans)
-                                      * layout.B) \
+                                      low, high, count, folded,
+                                      square_terms=max(a - b for b, a in spans) * layout.B) \
             and float32_factors_fit(gamma * ivar, slope, mean_dy, mean_dy - mean * slope):
         dx = dx_float32(xv, dyv, gamma * ivar, slope, mean_dy, mean, folded, spans)
         return dx.reshape(x.shape), dgamma, dbeta
@@ -814,6 +843,8 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
     expanded = about_zero(x.dtype, mean, ivar, sums=True)
     sum_dy, sum_dy_d = np.empty(channels[:3]), np.empty(channels[:3])
     sum_dy2 = np.empty(channels[:3]) if single else None
+    # x's range per row, for the float32 dx's error bound
+    low, high = (np.empty(channels[:2], np.float32) for _ in range(2))
     spans = _sample_spans(rows)
 
     def block_x(start: int, stop: int, buffer: np.ndarray, centred: bool) -> np.ndarray:
@@ -840,6 +871,9 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
                 if sum_dy2 is not None:  # float32 sums, for the bound (error bounded)
                     block = dyv[start:stop].reshape(d.shape)
                     sum_dy2[start:stop] = np.vecdot(block, block)
+                    xs = xv[start:stop].reshape(d.shape)
+                    np.min(xs, axis=(2, 3), out=low[start:stop])
+                    np.max(xs, axis=(2, 3), out=high[start:stop])
 
     _run_parallel(sums, _parts(spans))
     mean_r, ivar_r, var_r = (v.reshape(rows.N, rows.G) for v in (mean, ivar, var))
@@ -860,7 +894,8 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
         folded = bool(np.all(np.abs(mean_r) * ivar_r <= 1.0))
         with np.errstate(all="ignore"):
             mean_square = np.einsum("ngc,gc->ng", sum_dy2, gamma * gamma) / width
-            bound = float32_dx_bound(m, c, mean_square, mean_r, var_r, ivar_r, ivar_r, width,
+            bound = float32_dx_bound(m, c, mean_square, mean_r, var_r, ivar_r, ivar_r,
+                                     low.astype(np.float64), high.astype(np.float64), width,
                                      folded, scaled_first=True, square_terms=rows.S)
         if bound <= FLOAT32_DX_BOUND and float32_factors_fit(scale, slope, offset,
                                                             offset - slope * mean_r):
