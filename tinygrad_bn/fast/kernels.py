@@ -16,9 +16,9 @@ Why it is exact (at least as the textbook, on every input the textbook handles):
   into a float64 scratch block as it is centred), and results are rounded once to x's dtype;
 - float32 dx is the one exception: it is formed in float32 (`dx_float32`, `row_dx_float32`:
   a third of the float64 work) only where an error bound taken from the float64 sums
-  (`float32_dx_bound`: a few eps32 normwise, nothing out of float32's range) holds, which
-  rules out the inputs where float32 would lose digits (dx cancelling out of dy, x - mean
-  past float32's range); everywhere else it is worked in float64 like the rest;
+  (`float32_dx_bound`: a few eps32 normwise per statistic, nothing out of float32's range)
+  holds, which rules out the inputs where float32 would lose digits (dx cancelling out of
+  dy, x - mean past float32's range); everywhere else it is worked in float64 like the rest;
 - the statistics are sums of d = x - shift with the shift the mean of a few leading rows,
   combined as mean = shift + mean(d), var = mean(d^2) - mean(d)^2. That cancels only when
   the shift is far from the mean (|mean(d)| above the spread): then a second pass about
@@ -415,24 +415,32 @@ def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.nd
                         square_terms: int) -> bool:
     """Whether dx = a * (dy - m - k * (x - mean)) worked elementwise in float32 (a, k, m the
     per-feature float64 factors rounded to float32) stays within `FLOAT32_DX_BOUND` eps32 of
-    the exact dx, normwise, judged from the float64 sums of dy and dy * (x - mean), and the
-    sums of dy^2 (float32 partial sums of at most `square_terms` terms, added in float64).
+    the exact dx, normwise over each feature's own values, judged from the float64 sums of dy
+    and dy * (x - mean), the sums of dy^2 (float32 partial sums of at most `square_terms`
+    terms, added in float64) and each feature's least and largest x (`low`, `high`).
 
     Each float32 operation rounds by at most eps32 / 2 of its own result. Of the
     intermediates, only two can be larger than dx itself: k * (x - mean) = c * xhat with
-    c = mean(dy * xhat), and m = mean(dy) (when `folded`, dx is taken as dy - k * x - (m -
-    k * mean), which adds |c| |mean| ivar to both). Summing the roundings,
-        |error| <= eps32 * (|a| (|c| X + |m'|) + 2 |dx|),   X >= max |xhat| (+ |mean| ivar),
-    so the normwise error, |error| / (2 max |dx|) in eps32, is at most
-        1 + max |a| (|c| X + |m'|) / (2 max |dx|).
-    max |xhat| <= sqrt(count) (the mean of xhat^2 is below 1) and max |dx| >= max |a| rms(r),
+    c = mean(dy * xhat), and m = mean(dy). When `folded`, dx is taken as dy - k * x - (m -
+    k * mean): x * k32 rounds twice (k, the product), |c| X with X = max |x| ivar, and m' =
+    m - k * mean adds |c| |mean| ivar to m. Otherwise x - hi - lo rounds twice (x - hi is
+    exact only for x within a factor 2 of hi, which x crossing 0 is not) and k32 and the
+    product twice more: 2 |c| X with X = max |x - mean| ivar. Summing the roundings,
+        |error| <= eps32 * (|a| (q |c| X + |m'|) + 2 |dx|),   q = 1 folded, else 2,
+    so a feature's normwise error, |error| / (2 max |dx|) over its values, in eps32, is at
+    most
+        1 + |a| (q |c| X + |m'|) / (2 max |dx|),
+    taken for every feature (a feature's small dx that cancels is not hidden behind the
+    others' larger one). X follows from x's range; max |dx| >= |a| rms(r),
     r = dy - m - c xhat, whose mean square follows from the sums:
         mean(r^2) = mean(dy^2) - m^2 - c^2 (2 - var * ivar^2).
     That difference is taken with a margin for the sums' own rounding (a float32 sum of n
     squares is within (n + 1) eps32 of its value, relatively: its terms are positive), so
     a dx that cancels (dy nearly a line in xhat, where float32 would lose it) is never
-    passed. Ranges are checked as well: nothing overflows float32 and nothing underflows
-    to where its absolute rounding (2^-149) would matter (`float32_factors_fit`).
+    passed. Ranges are checked as well: |dx| <= |a| (sqrt(count mean(dy^2)) + |m'| + |c| X)
+    stays below 2^126, a margin of 4 under float32's largest value for the roundings on the
+    way, and nothing underflows to where its absolute rounding (2^-149) would matter
+    (`float32_factors_fit`).
     """
     with np.errstate(all="ignore"):
         m, c = sum_dy / count, sum_dy_d * ivar / count
@@ -450,7 +458,9 @@ def float32_dx_bound(m: np.ndarray, c: np.ndarray, mean_square: np.ndarray, mean
     statistic from m = mean(g), c = mean(g * xhat), mean(g^2), the statistics and the
     factor `weight` that multiplies g - m - c * xhat into dx (all float64 arrays of one
     shape); see `float32_dx_is_exact`. `scaled_first`: g is formed in float32 first (row
-    passes: dy * gamma * ivar, rounded before the subtractions), which doubles the terms.
+    passes: dy * gamma * ivar, rounded before the subtractions): that product rounds twice
+    more, by eps32 |g| <= eps32 (|dx| / weight + |m'| + |c| X), which makes the terms
+    (q + 1) |c| X + 2 |m'|.
     `square_terms`: the terms of each float32 partial sum behind mean(g^2); `low`, `high`:
     the least and largest x of each statistic."""
     ms_r = mean_square - m * m - c * c * (2.0 - var * ivar * ivar)
@@ -828,7 +838,7 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
     taken in a first pass. With a = ivar * gamma per channel, mean(g) = sum_c gamma sum(dy)
     / (C S) and mean(g * xhat) = ivar sum_c gamma sum(dy * (x - mean)) / (C S) per row,
         dx = a * dy - k * (x - mean) - ivar * mean(g),   k = ivar^2 mean(g * xhat),
-    formed in a second pass, in float32 where the bound holds for the whole array, else in
+    formed in a second pass, in float32 where the bound holds for every row, else in
     float64. Two passes, each a few numpy calls per block, cost less than one pass with the
     per-row factors and the bound taken block by block (dozens of calls on tiny arrays).
     """
