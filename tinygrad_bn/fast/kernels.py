@@ -411,13 +411,14 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.ndarray,
                         gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, ivar: np.ndarray,
-                        low: np.ndarray, high: np.ndarray, count: int, folded: bool,
-                        square_terms: int) -> bool:
+                        low: np.ndarray | None, high: np.ndarray | None, count: int,
+                        folded: bool, square_terms: int) -> bool:
     """Whether dx = a * (dy - m - k * (x - mean)) worked elementwise in float32 (a, k, m the
     per-feature float64 factors rounded to float32) stays within `FLOAT32_DX_BOUND` eps32 of
     the exact dx, normwise over each feature's own values, judged from the float64 sums of dy
     and dy * (x - mean), the sums of dy^2 (float32 partial sums of at most `square_terms`
-    terms, added in float64) and each feature's least and largest x (`low`, `high`).
+    terms, added in float64) and each feature's least and largest x (`low`, `high`; None:
+    not known, max |xhat| <= sqrt(count) is used instead, the mean of xhat^2 being below 1).
 
     Each float32 operation rounds by at most eps32 / 2 of its own result. Of the
     intermediates, only two can be larger than dx itself: k * (x - mean) = c * xhat with
@@ -451,8 +452,9 @@ def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.nd
 
 
 def float32_dx_bound(m: np.ndarray, c: np.ndarray, mean_square: np.ndarray, mean: np.ndarray,
-                     var: np.ndarray, ivar: np.ndarray, weight: np.ndarray, low: np.ndarray,
-                     high: np.ndarray, count: int, folded: bool, scaled_first: bool,
+                     var: np.ndarray, ivar: np.ndarray, weight: np.ndarray,
+                     low: np.ndarray | None, high: np.ndarray | None, count: int, folded: bool,
+                     scaled_first: bool,
                      square_terms: int) -> float:
     """The float32 dx's normwise error bound in eps32 (inf outside float32's safe range), per
     statistic from m = mean(g), c = mean(g * xhat), mean(g^2), the statistics and the
@@ -462,13 +464,15 @@ def float32_dx_bound(m: np.ndarray, c: np.ndarray, mean_square: np.ndarray, mean
     more, by eps32 |g| <= eps32 (|dx| / weight + |m'| + |c| X), which makes the terms
     (q + 1) |c| X + 2 |m'|.
     `square_terms`: the terms of each float32 partial sum behind mean(g^2); `low`, `high`:
-    the least and largest x of each statistic."""
+    the least and largest x of each statistic, or None (then max |xhat| <= sqrt(count))."""
     ms_r = mean_square - m * m - c * c * (2.0 - var * ivar * ivar)
     margin = (8.0 * (count + 1) * _EPS64 + (square_terms + 1) * _EPS32) * mean_square
     rms_r = np.sqrt(np.maximum(ms_r - margin, 0.0))
     weight = np.abs(weight)
     centre_term = np.abs(mean) * ivar
-    if folded:  # the x * slope32 term, |x| ivar |c|
+    if low is None or high is None:  # |x - hi - lo| ivar <= max |xhat| + 1 / 16
+        x_bound = math.sqrt(count) + 1.0 + (centre_term if folded else 0.0)
+    elif folded:  # the x * slope32 term, |x| ivar |c|
         x_bound = np.maximum(np.abs(low), np.abs(high)) * ivar
     else:  # (x - hi - lo) * slope32, |x - mean| ivar |c| (hi + lo within 2^-48 of the mean)
         x_bound = np.maximum(high - mean, mean - low) * ivar + 2.0**-40 * centre_term
@@ -545,16 +549,11 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
                 block = dyv[start:stop]
                 with np.errstate(over="ignore"):  # per thread; inf takes the float64 dx
                     found.append(np.einsum(layout.subscripts, block, block))
-                found.append(np.min(xv[start:stop], axis=axes))
-                found.append(np.max(xv[start:stop], axis=axes))
             partial.append(np.stack(found))
         return partial
 
     with np.errstate(invalid="ignore", over="ignore"):
-        blocks = np.stack([block for run in _run_parallel(sums, _parts(spans)) for block in run])
-        total = np.add.reduce(blocks[:, :3], axis=0)  # in block order, as `_in_order`
-        if single:  # x's range per feature, for the float32 dx's error bound
-            low, high = np.min(blocks[:, 3], axis=0), np.max(blocks[:, 4], axis=0)
+        total = _in_order(_run_parallel(sums, _parts(spans)))
         dbeta = total[0]
         # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy) when taken about 0.
         sum_dy_d = total[1] - mean * dbeta if expanded else total[1]
@@ -564,9 +563,14 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     mean_dy = dbeta / count
     slope = ivar * dgamma / count  # xhat * mean(dy * xhat) = (x - mean) * slope
     folded = single and bool(np.all(np.abs(mean) * ivar <= 1.0))
-    if single and float32_dx_is_exact(dbeta, sum_dy_d, total[2], gamma, mean, var, ivar,
-                                      low, high, count, folded,
-                                      square_terms=max(a - b for b, a in spans) * layout.B) \
+    def float32_exact(low: np.ndarray | None, high: np.ndarray | None) -> bool:
+        return float32_dx_is_exact(dbeta, sum_dy_d, total[2], gamma, mean, var, ivar, low,
+                                   high, count, folded,
+                                   square_terms=max(a - b for b, a in spans) * layout.B)
+
+    # Taken with max |xhat| <= sqrt(count) first (large counts pass so), else with x's range
+    # per feature, a read of x that makes the bound as tight as max |xhat| allows.
+    if single and (float32_exact(None, None) or float32_exact(*_feature_range(xv, layout, spans))) \
             and float32_factors_fit(gamma * ivar, slope, mean_dy, mean_dy - mean * slope):
         dx = dx_float32(xv, dyv, gamma * ivar, slope, mean_dy, mean, folded, spans)
         return dx.reshape(x.shape), dgamma, dbeta
@@ -594,6 +598,18 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     with np.errstate(invalid="ignore", over="ignore"):
         _run_parallel(combine, _parts(spans))
     return dx, dgamma, dbeta
+
+
+def _feature_range(xv: np.ndarray, layout: Layout, spans: list[tuple[int, int]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The least and the largest x of each feature, (K,) float64, by blocks."""
+    def run(run_: list[tuple[int, int]]) -> list[np.ndarray]:
+        return [np.stack([np.min(xv[start:stop], axis=layout.axes),
+                          np.max(xv[start:stop], axis=layout.axes)]) for start, stop in run_]
+
+    blocks = np.stack([block for run in _run_parallel(run, _parts(spans)) for block in run])
+    return (np.min(blocks[:, 0], axis=0).astype(np.float64),
+            np.max(blocks[:, 1], axis=0).astype(np.float64))
 
 
 def dx_float32(xv: np.ndarray, dyv: np.ndarray, scale: np.ndarray, slope: np.ndarray,
