@@ -850,8 +850,8 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
     """`row_backward` where gamma is constant along each channel's S values (group norm).
 
     Everything a row needs follows from two float64 sums per channel over its S values,
-    sum(dy) and sum(dy * (x - mean)) (and sum(dy^2) for float32, for `float32_dx_bound`),
-    taken in a first pass. With a = ivar * gamma per channel, mean(g) = sum_c gamma sum(dy)
+    sum(dy) and sum(dy * (x - mean)) (and, for float32, sum(dy^2) and each row's least and
+    largest x, for `float32_dx_bound`), taken in a first pass. With a = ivar * gamma per channel, mean(g) = sum_c gamma sum(dy)
     / (C S) and mean(g * xhat) = ivar sum_c gamma sum(dy * (x - mean)) / (C S) per row,
         dx = a * dy - k * (x - mean) - ivar * mean(g),   k = ivar^2 mean(g * xhat),
     formed in a second pass, in float32 where the bound holds for every row, else in
