@@ -851,8 +851,9 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
 
     Everything a row needs follows from two float64 sums per channel over its S values,
     sum(dy) and sum(dy * (x - mean)) (and, for float32, sum(dy^2) and each row's least and
-    largest x, for `float32_dx_bound`), taken in a first pass. With a = ivar * gamma per channel, mean(g) = sum_c gamma sum(dy)
-    / (C S) and mean(g * xhat) = ivar sum_c gamma sum(dy * (x - mean)) / (C S) per row,
+    largest x, for `float32_dx_bound`), taken in a first pass. With a = ivar * gamma per
+    channel, mean(g) = sum_c gamma sum(dy) / (C S) and mean(g * xhat) = ivar sum_c gamma
+    sum(dy * (x - mean)) / (C S) per row,
         dx = a * dy - k * (x - mean) - ivar * mean(g),   k = ivar^2 mean(g * xhat),
     formed in a second pass, in float32 where the bound holds for every row, else in
     float64. Two passes, each a few numpy calls per block, cost less than one pass with the
