@@ -8,7 +8,13 @@ that let everything through would fail here.
 import numpy as np
 import pytest
 
-from benchmarks.exactness import Case, errors_in_eps, exact_normalization, run_case
+from benchmarks.exactness import (
+    Case,
+    error_in_eps,
+    errors_in_eps,
+    exact_normalization,
+    run_case,
+)
 from tinygrad_bn import fast
 from tinygrad_bn.fast import kernels
 from tinygrad_bn.norm import norm_spec
@@ -109,7 +115,8 @@ def test_the_float32_dx_itself_fails_where_the_check_refuses(numpy_backend):
     d64 = dout.astype(np.float64)
     sum_dy, sum_dy_d = d64.sum(axis=0), (d64 * (x - mean64)).sum(axis=0)
     assert not kernels.float32_dx_is_exact(sum_dy, sum_dy_d, (d64 * d64).sum(axis=0), gamma,
-                                           mean64, var64, ivar, 4096, True, square_terms=1)
+                                           mean64, var64, ivar, x.min(axis=0), x.max(axis=0),
+                                           4096, True, square_terms=1)
     forced = kernels.dx_float32(x, dout, gamma * ivar, ivar * ivar * sum_dy_d / 4096,
                                 sum_dy / 4096, mean64, True, kernels._spans(layout))
     exact = exact_normalization(x, case.gamma, case.beta, dout, norm_spec("batch", x.shape))[1]
@@ -188,4 +195,64 @@ def test_many_blocks_give_the_same_bits_on_any_thread_count(kind, shape, groups,
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert np.array_equal(a, b)
+    _exact_enough(case)
+
+
+def _per_statistic(array, spec):
+    # One row per statistic (column, channel or group), its reduced values along the row.
+    grouped = np.asarray(spec.grouped(array))
+    kept = [a for a in range(grouped.ndim) if a not in spec.reduce_axes]
+    moved = np.moveaxis(grouped, kept, list(range(len(kept))))
+    return moved.reshape(-1, spec.count)
+
+
+def _worst_statistic_error(case):
+    # The largest normwise dx error of any one statistic's values, in eps32.
+    spec = norm_spec(case.kind, case.x.shape, groups=case.groups)
+    dx = run_case(case)[1]
+    exact = exact_normalization(case.x, case.gamma, case.beta, case.dout, spec)[1]
+    return max(error_in_eps(r, e, np.float32)
+               for r, e in zip(_per_statistic(dx, spec), _per_statistic(exact, spec)))
+
+
+@pytest.mark.parametrize("kind, shape, groups", CASES)
+def test_one_statistic_whose_dx_cancels_is_exact_on_its_own(kind, shape, groups,
+                                                            float32_calls):
+    # The first statistic's dout is 1e-3 of nearly a line in xhat, the others random: the
+    # array's dx is dominated by the others, the first's own dx is 1e-7 of its dout.
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape).astype(np.float32)
+    spec = norm_spec(kind, shape, groups=groups)
+    xs = spec.grouped(x.astype(np.float64))
+    xhat = (xs - xs.mean(axis=spec.reduce_axes, keepdims=True)) \
+        / xs.std(axis=spec.reduce_axes, keepdims=True)
+    dout = spec.grouped(rng.standard_normal(shape))
+    first = (slice(None), 0) if kind != "group" else (0, 0)
+    dout[first] = 1e-3 * (xhat[first] + 0.3 + 1e-4 * rng.standard_normal(xhat[first].shape))
+    case = _case(kind, x, dout.reshape(shape), groups)
+    if kind == "batch":
+        case = Case(case.family, kind, x, np.ones_like(case.gamma), case.beta, case.dout)
+    assert _worst_statistic_error(case) <= A_FEW_EPS or not float32_calls
+
+
+@pytest.mark.parametrize("kind, shape, groups", [("batch", (4096, 16), None)] + CASES)
+def test_dx_next_to_the_float32_maximum_stays_finite(kind, shape, groups, numpy_backend):
+    # dout scaled so that the exact max |dx| is float32's largest value: float32 factors
+    # whose product rounds up past it would give inf.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dout = rng.standard_normal(shape)
+    spec = norm_spec(kind, shape, groups=groups)
+    gamma = np.full(spec.param_shape, 1e30, np.float32)
+    beta = np.zeros(spec.param_shape, np.float32)
+    largest, scale = float(np.finfo(np.float32).max), 1.0
+    for _ in range(8):  # rounding dout to float32 may carry the exact dx past the range:
+        scaled = (dout * scale).astype(np.float32)  # kept where it still rounds to finite
+        top = float(np.max(np.abs(exact_normalization(x, gamma, beta, scaled, spec)[1])))
+        if largest * (1 - 1e-7) <= top <= largest * (1 + 0.97 * 2.0**-25):
+            break
+        scale *= largest / top
+    assert largest * (1 - 1e-7) <= top <= largest * (1 + 0.97 * 2.0**-25)
+    case = Case("float32 dx", kind, x, gamma, beta, scaled, groups)
+    assert np.all(np.isfinite(run_case(case)[1]))
     _exact_enough(case)

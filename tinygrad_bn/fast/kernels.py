@@ -16,9 +16,9 @@ Why it is exact (at least as the textbook, on every input the textbook handles):
   into a float64 scratch block as it is centred), and results are rounded once to x's dtype;
 - float32 dx is the one exception: it is formed in float32 (`dx_float32`, `row_dx_float32`:
   a third of the float64 work) only where an error bound taken from the float64 sums
-  (`float32_dx_bound`: a few eps32 normwise, nothing out of float32's range) holds, which
-  rules out the inputs where float32 would lose digits (dx cancelling out of dy, x - mean
-  past float32's range); everywhere else it is worked in float64 like the rest;
+  (`float32_dx_bound`: a few eps32 normwise per statistic, nothing out of float32's range)
+  holds, which rules out the inputs where float32 would lose digits (dx cancelling out of
+  dy, x - mean past float32's range); everywhere else it is worked in float64 like the rest;
 - the statistics are sums of d = x - shift with the shift the mean of a few leading rows,
   combined as mean = shift + mean(d), var = mean(d^2) - mean(d)^2. That cancels only when
   the shift is far from the mean (|mean(d)| above the spread): then a second pass about
@@ -411,63 +411,101 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.ndarray,
                         gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, ivar: np.ndarray,
-                        count: int, folded: bool, square_terms: int) -> bool:
+                        low: np.ndarray | None, high: np.ndarray | None, count: int,
+                        folded: bool, square_terms: int) -> bool:
     """Whether dx = a * (dy - m - k * (x - mean)) worked elementwise in float32 (a, k, m the
     per-feature float64 factors rounded to float32) stays within `FLOAT32_DX_BOUND` eps32 of
-    the exact dx, normwise, judged from the float64 sums of dy and dy * (x - mean), and the
-    sums of dy^2 (float32 partial sums of at most `square_terms` terms, added in float64).
+    the exact dx, normwise over each feature's own values, judged from the float64 sums of dy
+    and dy * (x - mean), the sums of dy^2 (float32 partial sums of at most `square_terms`
+    terms, added in float64) and each feature's least and largest x (`low`, `high`; None:
+    not known, max |xhat| <= sqrt(count) is used instead, the mean of xhat^2 being below 1).
 
     Each float32 operation rounds by at most eps32 / 2 of its own result. Of the
     intermediates, only two can be larger than dx itself: k * (x - mean) = c * xhat with
-    c = mean(dy * xhat), and m = mean(dy) (when `folded`, dx is taken as dy - k * x - (m -
-    k * mean), which adds |c| |mean| ivar to both). Summing the roundings,
-        |error| <= eps32 * (|a| (|c| X + |m'|) + 2 |dx|),   X >= max |xhat| (+ |mean| ivar),
-    so the normwise error, |error| / (2 max |dx|) in eps32, is at most
-        1 + max |a| (|c| X + |m'|) / (2 max |dx|).
-    max |xhat| <= sqrt(count) (the mean of xhat^2 is below 1) and max |dx| >= max |a| rms(r),
+    c = mean(dy * xhat), and m = mean(dy). When `folded`, dx is taken as dy - k * x - (m -
+    k * mean): x * k32 rounds twice (k, the product), |c| X with X = max |x| ivar, and m' =
+    m - k * mean adds |c| |mean| ivar to m. Otherwise x - hi - lo rounds twice (x - hi is
+    exact only for x within a factor 2 of hi, which x crossing 0 is not) and k32 and the
+    product twice more: 2 |c| X with X = max |x - mean| ivar. Summing the roundings,
+        |error| <= eps32 * (|a| (q |c| X + |m'|) + 2 |dx|),   q = 1 folded, else 2,
+    so a feature's normwise error, |error| / (2 max |dx|) over its values, in eps32, is at
+    most
+        1 + |a| (q |c| X + |m'|) / (2 max |dx|),
+    taken for every feature (a feature's small dx that cancels is not hidden behind the
+    others' larger one). X follows from x's range; max |dx| >= |a| rms(r),
     r = dy - m - c xhat, whose mean square follows from the sums:
         mean(r^2) = mean(dy^2) - m^2 - c^2 (2 - var * ivar^2).
     That difference is taken with a margin for the sums' own rounding (a float32 sum of n
     squares is within (n + 1) eps32 of its value, relatively: its terms are positive), so
     a dx that cancels (dy nearly a line in xhat, where float32 would lose it) is never
-    passed. Ranges are checked as well: nothing overflows float32 and nothing underflows
-    to where its absolute rounding (2^-149) would matter (`float32_factors_fit`).
+    passed. Ranges are checked as well: |dx| <= |a| (sqrt(count mean(dy^2)) + |m'| + |c| X)
+    stays below 2^126, a margin of 4 under float32's largest value for the roundings on the
+    way, and nothing underflows to where its absolute rounding (2^-149) would matter
+    (`float32_factors_fit`).
     """
     with np.errstate(all="ignore"):
         m, c = sum_dy / count, sum_dy_d * ivar / count
-        bound = float32_dx_bound(m, c, sum_dy2 / count, mean, var, ivar, gamma * ivar, count,
-                                 folded, scaled_first=False, square_terms=square_terms)
+        bound = float32_dx_bound(m, c, sum_dy2 / count, mean, var, ivar, gamma * ivar, low,
+                                 high, count, folded, scaled_first=False,
+                                 square_terms=square_terms)
     return bound <= FLOAT32_DX_BOUND
 
 
 def float32_dx_bound(m: np.ndarray, c: np.ndarray, mean_square: np.ndarray, mean: np.ndarray,
-                     var: np.ndarray, ivar: np.ndarray, weight: np.ndarray, count: int,
-                     folded: bool, scaled_first: bool, square_terms: int) -> float:
+                     var: np.ndarray, ivar: np.ndarray, weight: np.ndarray,
+                     low: np.ndarray | None, high: np.ndarray | None, count: int, folded: bool,
+                     scaled_first: bool,
+                     square_terms: int) -> float:
     """The float32 dx's normwise error bound in eps32 (inf outside float32's safe range), per
     statistic from m = mean(g), c = mean(g * xhat), mean(g^2), the statistics and the
     factor `weight` that multiplies g - m - c * xhat into dx (all float64 arrays of one
     shape); see `float32_dx_is_exact`. `scaled_first`: g is formed in float32 first (row
-    passes: dy * gamma * ivar, rounded before the subtractions), which doubles the terms.
-    `square_terms`: the terms of each float32 partial sum behind mean(g^2)."""
+    passes: dy * gamma * ivar, rounded before the subtractions): that product rounds twice
+    more, by eps32 |g| <= eps32 (|dx| / weight + |m'| + |c| X), which makes the terms
+    (q + 1) |c| X + 2 |m'|.
+    `square_terms`: the terms of each float32 partial sum behind mean(g^2); `low`, `high`:
+    the least and largest x of each statistic, or None (then max |xhat| <= sqrt(count))."""
     ms_r = mean_square - m * m - c * c * (2.0 - var * ivar * ivar)
     margin = (8.0 * (count + 1) * _EPS64 + (square_terms + 1) * _EPS32) * mean_square
     rms_r = np.sqrt(np.maximum(ms_r - margin, 0.0))
     weight = np.abs(weight)
     centre_term = np.abs(mean) * ivar
-    x_bound = math.sqrt(count) + 1.0 + (centre_term if folded else 0.0)
+    if low is None or high is None:  # |x - hi - lo| ivar <= max |xhat| + 1 / 16
+        x_bound = math.sqrt(count) + 1.0 + (centre_term if folded else 0.0)
+    elif folded:  # the x * slope32 term, |x| ivar |c|
+        x_bound = np.maximum(np.abs(low), np.abs(high)) * ivar
+    else:  # (x - hi - lo) * slope32, |x - mean| ivar |c| (hi + lo within 2^-48 of the mean)
+        x_bound = np.maximum(high - mean, mean - low) * ivar + 2.0**-40 * centre_term
+    x_bound = x_bound * (1.0 + 2.0**-20) + 2.0**-40  # for the rounding of these factors
     offset = np.abs(m) + (np.abs(c) * centre_term if folded else 0.0)
-    lower = float(np.max(weight * rms_r))  # <= max |dx|
-    worst = float(np.max(weight * (np.abs(c) * x_bound + offset)))
+    # x - hi, - lo and the product with slope32 round three times (x - hi is exact only for x
+    # within a factor 2 of hi), slope32 once: 2 eps32 |c| X; folded, x * slope32, 1 eps32.
+    line = np.abs(c) * x_bound
+    if scaled_first:
+        worst = weight * ((2.0 if folded else 3.0) * line + 2.0 * offset)
+    else:
+        worst = weight * ((1.0 if folded else 2.0) * line + offset)
+    lower = weight * rms_r  # <= max |dx| of the statistic's values
+    # max |dx| <= weight * max |g - m - c xhat| <= weight * (sqrt(count mean(g^2)) + |m| +
+    # |c| X): a margin of 4 below float32's largest value for the roundings on the way.
+    largest = float(np.max(weight * (np.sqrt(count * mean_square) + offset + line)))
     largest_weight = float(np.max(weight))
+    # A statistic whose g is 0 (a unit that got no gradient) has dx = 0 exactly.
+    idle = (worst == 0) & (mean_square == 0)
     in_range = bool(np.all(np.isfinite(mean_square) & np.isfinite(c) & np.isfinite(m)
                            & (ivar > 0))) \
         and float(np.max(np.sqrt(count * var) + np.abs(mean))) <= 2.0**120 \
         and float(np.max(np.sqrt(mean_square) + np.abs(m))) <= 2.0**100 \
-        and largest_weight <= 2.0**100 and lower >= 2.0**-100 * max(1.0, largest_weight) \
+        and largest_weight <= 2.0**100 and largest <= 2.0**126 \
+        and bool(np.all(idle | (lower >= 2.0**-100 * np.maximum(1.0, weight)))) \
         and float(np.max(centre_term)) <= SPLIT_MEAN_RATIO
     if not in_range:
         return math.inf
-    return 1.0 + worst / (lower if scaled_first else 2.0 * lower)
+    # Each statistic's worst term against its own dx: a statistic whose dx is small and
+    # cancels is not hidden behind the others' larger dx.
+    with np.errstate(all="ignore"):
+        ratio = np.where(idle, 0.0, worst / (2.0 * lower))
+    return 1.0 + float(np.max(ratio))
 
 
 def float32_factors_fit(*factors: np.ndarray) -> bool:
@@ -525,9 +563,14 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     mean_dy = dbeta / count
     slope = ivar * dgamma / count  # xhat * mean(dy * xhat) = (x - mean) * slope
     folded = single and bool(np.all(np.abs(mean) * ivar <= 1.0))
-    if single and float32_dx_is_exact(dbeta, sum_dy_d, total[2], gamma, mean, var, ivar,
-                                      count, folded, square_terms=max(a - b for b, a in spans)
-                                      * layout.B) \
+    def float32_exact(low: np.ndarray | None, high: np.ndarray | None) -> bool:
+        return float32_dx_is_exact(dbeta, sum_dy_d, total[2], gamma, mean, var, ivar, low,
+                                   high, count, folded,
+                                   square_terms=max(a - b for b, a in spans) * layout.B)
+
+    # Taken with max |xhat| <= sqrt(count) first (large counts pass so), else with x's range
+    # per feature, a read of x that makes the bound as tight as max |xhat| allows.
+    if single and (float32_exact(None, None) or float32_exact(*_feature_range(xv, layout, spans))) \
             and float32_factors_fit(gamma * ivar, slope, mean_dy, mean_dy - mean * slope):
         dx = dx_float32(xv, dyv, gamma * ivar, slope, mean_dy, mean, folded, spans)
         return dx.reshape(x.shape), dgamma, dbeta
@@ -555,6 +598,18 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     with np.errstate(invalid="ignore", over="ignore"):
         _run_parallel(combine, _parts(spans))
     return dx, dgamma, dbeta
+
+
+def _feature_range(xv: np.ndarray, layout: Layout, spans: list[tuple[int, int]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The least and the largest x of each feature, (K,) float64, by blocks."""
+    def run(run_: list[tuple[int, int]]) -> list[np.ndarray]:
+        return [np.stack([np.min(xv[start:stop], axis=layout.axes),
+                          np.max(xv[start:stop], axis=layout.axes)]) for start, stop in run_]
+
+    blocks = np.stack([block for run in _run_parallel(run, _parts(spans)) for block in run])
+    return (np.min(blocks[:, 0], axis=0).astype(np.float64),
+            np.max(blocks[:, 1], axis=0).astype(np.float64))
 
 
 def dx_float32(xv: np.ndarray, dyv: np.ndarray, scale: np.ndarray, slope: np.ndarray,
@@ -795,11 +850,12 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
     """`row_backward` where gamma is constant along each channel's S values (group norm).
 
     Everything a row needs follows from two float64 sums per channel over its S values,
-    sum(dy) and sum(dy * (x - mean)) (and sum(dy^2) for float32, for `float32_dx_bound`),
-    taken in a first pass. With a = ivar * gamma per channel, mean(g) = sum_c gamma sum(dy)
-    / (C S) and mean(g * xhat) = ivar sum_c gamma sum(dy * (x - mean)) / (C S) per row,
+    sum(dy) and sum(dy * (x - mean)) (and, for float32, sum(dy^2) and each row's least and
+    largest x, for `float32_dx_bound`), taken in a first pass. With a = ivar * gamma per
+    channel, mean(g) = sum_c gamma sum(dy) / (C S) and mean(g * xhat) = ivar sum_c gamma
+    sum(dy * (x - mean)) / (C S) per row,
         dx = a * dy - k * (x - mean) - ivar * mean(g),   k = ivar^2 mean(g * xhat),
-    formed in a second pass, in float32 where the bound holds for the whole array, else in
+    formed in a second pass, in float32 where the bound holds for every row, else in
     float64. Two passes, each a few numpy calls per block, cost less than one pass with the
     per-row factors and the bound taken block by block (dozens of calls on tiny arrays).
     """
@@ -814,6 +870,8 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
     expanded = about_zero(x.dtype, mean, ivar, sums=True)
     sum_dy, sum_dy_d = np.empty(channels[:3]), np.empty(channels[:3])
     sum_dy2 = np.empty(channels[:3]) if single else None
+    # x's range per row, for the float32 dx's error bound
+    low, high = (np.empty(channels[:2], np.float32) for _ in range(2))
     spans = _sample_spans(rows)
 
     def block_x(start: int, stop: int, buffer: np.ndarray, centred: bool) -> np.ndarray:
@@ -840,6 +898,9 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
                 if sum_dy2 is not None:  # float32 sums, for the bound (error bounded)
                     block = dyv[start:stop].reshape(d.shape)
                     sum_dy2[start:stop] = np.vecdot(block, block)
+                    xs = xv[start:stop].reshape(d.shape)
+                    np.min(xs, axis=(2, 3), out=low[start:stop])
+                    np.max(xs, axis=(2, 3), out=high[start:stop])
 
     _run_parallel(sums, _parts(spans))
     mean_r, ivar_r, var_r = (v.reshape(rows.N, rows.G) for v in (mean, ivar, var))
@@ -860,7 +921,8 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
         folded = bool(np.all(np.abs(mean_r) * ivar_r <= 1.0))
         with np.errstate(all="ignore"):
             mean_square = np.einsum("ngc,gc->ng", sum_dy2, gamma * gamma) / width
-            bound = float32_dx_bound(m, c, mean_square, mean_r, var_r, ivar_r, ivar_r, width,
+            bound = float32_dx_bound(m, c, mean_square, mean_r, var_r, ivar_r, ivar_r,
+                                     low.astype(np.float64), high.astype(np.float64), width,
                                      folded, scaled_first=True, square_terms=rows.S)
         if bound <= FLOAT32_DX_BOUND and float32_factors_fit(scale, slope, offset,
                                                             offset - slope * mean_r):
