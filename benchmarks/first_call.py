@@ -3,7 +3,8 @@
     python -m benchmarks.first_call
 
 Runs each of the four normalizations once, forward and backward, in float32 and float64,
-in fresh processes: first with an empty numba cache (every pass compiled), then again with
+at a size the parallel passes take and at one the small inputs' single call takes, in fresh
+processes: first with an empty numba cache (every pass compiled), then again with
 the cache that run left (passes loaded from disk).
 """
 
@@ -20,8 +21,10 @@ start = time.perf_counter()
 import numpy as np, tinygrad_bn as tb
 imported = time.perf_counter()
 rng = np.random.default_rng(0)
-cases = [("batch", (4096, 64), None), ("spatial", (16, 8, 16, 16), None),
-         ("layer", (256, 256), None), ("group", (16, 8, 16, 16), 4)]
+cases = [("batch", (4096, 64), None), ("spatial", (16, 8, 32, 32), None),
+         ("layer", (512, 256), None), ("group", (16, 8, 32, 32), 4),  # the parallel passes
+         ("batch", (64, 64), None), ("spatial", (4, 8, 8, 8), None),  # one serial call each
+         ("layer", (64, 64), None), ("group", (4, 8, 8, 8), 4)]
 for dtype in (np.float32, np.float64):
     for kind, shape, groups in cases:
         x = tb.Node(rng.standard_normal(shape).astype(dtype))
@@ -45,7 +48,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as cache:
         cold = run(cache)
         warm = run(cache)
-    print("| numba cache | import s | first forward+backward of all 8 cases, s |")
+    print("| numba cache | import s | first forward+backward of all 16 cases, s |")
     print("|---|---:|---:|")
     print(f"| empty (compiles) | {cold[0]:.2f} | {cold[1]:.2f} |")
     print(f"| on disk | {warm[0]:.2f} | {warm[1]:.2f} |")
