@@ -162,6 +162,41 @@ def factor_text(k: float, n: int) -> str:
     return f"times {k:.6g}"
 
 
+# A forward stage named after a variable only where the line could have made it: gamma *
+# xhat needs gamma among the arguments it was made from, out gamma and beta too (positions
+# among the judged forward's array arguments: x, gamma, beta).
+_NEEDS = {"gammax": {1}, "out": {1, 2}}
+
+
+def _arguments_reached(index: int, by_index: dict[int, Snapshot], top: str) -> set[int]:
+    """The positions among `top`'s array arguments of those snapshot `index` was made from."""
+    arguments = sorted(i for i, s in by_index.items() if s.parameter and s.function == top)
+    position = {i: k for k, i in enumerate(arguments)}
+    reached: set[int] = set()
+    seen: set[int] = set()
+    todo = [index]
+    while todo:
+        i = todo.pop()
+        if i in seen or i not in by_index:
+            continue
+        seen.add(i)
+        if i in position:
+            reached.add(position[i])
+        todo.extend(by_index[i].deps)
+    return reached
+
+
+def _stage_it_could_be(stage: str, reached: set[int], catalogue: Catalogue) -> str:
+    """`stage` if the arguments reached allow it, else the furthest forward stage they do
+    (`scaled = xmu / std` is xhat, whatever its name says)."""
+    if _NEEDS[stage] <= reached:
+        return stage
+    for candidate in ("gammax", "xhat"):
+        if _NEEDS.get(candidate, set()) <= reached and catalogue.named(candidate) is not None:
+            return candidate
+    return stage
+
+
 def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: list[str],
                      catalogue: Catalogue, origin: list[Snapshot] | None = None,
                      origin_out: int | None = None
@@ -270,6 +305,8 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
                           f"{wrong_match.quantity.meaning}"))
             return departure, matches
     stage = wrong_match.quantity.stage if wrong_match is not None else named(choice)
+    if wrong_match is None and output_name is None and stage in _NEEDS and "forward" in top:
+        stage = _stage_it_could_be(stage, _arguments_reached(choice, by_index, top), catalogue)
     if output_name is not None:
         stage = output_name
     expected_q: Quantity | None = catalogue.named(stage) if stage else None
