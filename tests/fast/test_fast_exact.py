@@ -219,3 +219,17 @@ def test_long_non_contiguous_rows_sum_as_the_textbook_does(backend):
     for together in (False, True):
         fast_error, textbook_error = errors_in_eps(case, together)
         assert fast_error <= max(A_FEW_EPS, 1.5 * textbook_error), (together, fast_error)
+
+
+def test_long_runs_of_one_feature_sum_as_the_textbook_does(backend):
+    # Spatial batch norm over 128 x 128 pixels of two values 2^-20 apart: each channel's
+    # values come in runs of 16,384, whose product sums, added one term at a time (einsum),
+    # made dgamma 12 eps off on the numpy passes where the textbook is within 1.
+    rng = np.random.default_rng(0)
+    shape = (2, 4, 128, 128)
+    x = 3.0 + 2.0**-20 * (np.indices(shape).sum(0) % 2)
+    case = Case("alternating pixels", "spatial", x, 1 + 0.5 * rng.standard_normal(4),
+                rng.standard_normal(4), rng.standard_normal(shape))
+    for together in (False, True):
+        fast_error, textbook_error = errors_in_eps(case, together)
+        assert fast_error <= max(A_FEW_EPS, 1.5 * textbook_error), (together, fast_error)
