@@ -203,8 +203,7 @@ def fast_statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarr
     if path == "lean":
         return lean.statistics(x, spec)
     if path == "small":
-        mean, var = (compiled.row_statistics if layout.rows else compiled.column_statistics)(
-            x, layout.view)
+        mean, var = compiled.statistics(x, layout.view, layout.rows)
         return mean.reshape(layout.kept), var.reshape(layout.kept)
     threads = _threads_for(x)
     if path == "columns":
@@ -226,9 +225,8 @@ def fast_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, spec: No
     if path == "lean":
         return lean.normalize(x, gamma, beta, mean, var, spec)
     if path == "small":
-        normalize = compiled.row_normalize if layout.rows else compiled.column_normalize
-        return normalize(x, _small_param(gamma, layout), _small_param(beta, layout),
-                         _flat64(mean), _flat64(var), spec.eps, layout.view)
+        return compiled.normalize(x, _small_param(gamma, layout), _small_param(beta, layout),
+                                  _flat64(mean), _flat64(var), spec.eps, layout.view, layout.rows)
     mean, var = _flat64(mean), _flat64(var)
     if path == "blocked rows":
         return kernels.row_normalize(x, _per(gamma, layout), _per(beta, layout), mean, var,
@@ -250,9 +248,9 @@ def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
     (`FusedNorm.forward_with_statistics`)."""
     path, layout, compiled = _route(x, spec)
     if path == "small":
-        forward = compiled.row_forward if layout.rows else compiled.column_forward
-        out, mean, var = forward(x, _small_param(gamma, layout), _small_param(beta, layout),
-                                 spec.eps, layout.view)
+        out, mean, var = compiled.forward(x, _small_param(gamma, layout),
+                                          _small_param(beta, layout), spec.eps, layout.view,
+                                          layout.rows)
         return out, mean.reshape(layout.kept), var.reshape(layout.kept)
     if path == "lean":
         return lean.forward_with_statistics(x, gamma, beta, spec)
@@ -283,10 +281,9 @@ def fast_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: 
     if path == "lean":
         dx, dgamma, dbeta = lean.backward(upstream, x, gamma, mean, var, spec)
     elif path == "small":
-        backward = compiled.row_backward if layout.rows else compiled.column_backward
-        dx, dgamma, dbeta = backward(np.ascontiguousarray(upstream), x,
-                                     _small_param(gamma, layout), _flat64(mean), _flat64(var),
-                                     spec.eps, layout.view)
+        dx, dgamma, dbeta = compiled.backward(np.ascontiguousarray(upstream), x,
+                                              _small_param(gamma, layout), _flat64(mean),
+                                              _flat64(var), spec.eps, layout.view, layout.rows)
     elif path == "rows":
         dx, dgamma, dbeta = compiled.row_backward_of(upstream, x, _per(gamma, layout),
                                                      _flat64(mean), _flat64(var), spec.eps,

@@ -34,8 +34,7 @@ import numpy as np
 
 from .numba_kernels import _writable_cache_dir
 
-__all__ = ["column_forward", "column_statistics", "column_normalize",
-           "column_backward", "row_forward", "row_statistics", "row_normalize", "row_backward"]
+__all__ = ["forward", "statistics", "normalize", "backward"]
 
 _FASTMATH = {"reassoc", "nsz"}  # SIMD sums; no fused multiply-adds (a - a stays 0); finite or not
 
@@ -339,72 +338,42 @@ def _row_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
 _lock = threading.Lock()
 
 
-def column_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
-                   view: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """out (x's shape and dtype), mean and var (K,) float64; gamma, beta flat (K,)."""
+def forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+            view: tuple[int, int, int], rows: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """out (x's shape and dtype), mean and var float64 flat, of a training-mode forward; as
+    rows (N * G, C, S), gamma and beta (G, C), or as columns (A, K, B), gamma and beta (K,)."""
     out = np.empty(x.shape, x.dtype)
     with _lock:
-        mean, var = _col_forward(x.reshape(view), gamma, beta, eps, out.reshape(view))
+        mean, var = (_row_forward if rows else _col_forward)(x.reshape(view), gamma, beta, eps,
+                                                             out.reshape(view))
     return out, mean, var
 
 
-def column_statistics(x: np.ndarray, view: tuple[int, int, int]
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """mean and var (K,) float64, two passes."""
+def statistics(x: np.ndarray, view: tuple[int, int, int], rows: bool
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """mean and var float64 flat, per row (N * G,) or per feature (K,), two passes."""
     with _lock:
-        return _col_stats(x.reshape(view))
+        return (_row_stats if rows else _col_stats)(x.reshape(view))
 
 
-def column_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
-                     var: np.ndarray, eps: float, view: tuple[int, int, int]) -> np.ndarray:
-    """out = (x - mean) * gamma * ivar + beta per feature, in x's dtype; mean, var flat (K,)."""
+def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+              var: np.ndarray, eps: float, view: tuple[int, int, int], rows: bool) -> np.ndarray:
+    """out = (x - mean) * ivar * gamma + beta per row or per feature, in x's dtype; mean and
+    var flat."""
     out = np.empty(x.shape, x.dtype)
     with _lock:
-        _col_normalize(x.reshape(view), gamma, beta, mean, var, eps, out.reshape(view))
+        (_row_normalize if rows else _col_normalize)(x.reshape(view), gamma, beta, mean, var,
+                                                     eps, out.reshape(view))
     return out
 
 
-def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
-                    var: np.ndarray, eps: float, view: tuple[int, int, int]
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dx (x's shape and dtype), dgamma and dbeta (K,) float64; upstream C-contiguous."""
+def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
+             var: np.ndarray, eps: float, view: tuple[int, int, int], rows: bool
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dx (x's shape and dtype), dgamma and dbeta float64 ((G, C) or (K,)); upstream
+    C-contiguous."""
     dx = np.empty(x.shape, x.dtype)
     with _lock:
-        dgamma, dbeta = _col_backward(upstream.reshape(view), x.reshape(view), gamma, mean, var,
-                                      eps, dx.reshape(view))
-    return dx, dgamma, dbeta
-
-
-def row_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
-                view: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """out (x's shape and dtype), mean and var (N * G,) float64; gamma, beta as (G, C)."""
-    out = np.empty(x.shape, x.dtype)
-    with _lock:
-        mean, var = _row_forward(x.reshape(view), gamma, beta, eps, out.reshape(view))
-    return out, mean, var
-
-
-def row_statistics(x: np.ndarray, view: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """mean and var (N * G,) float64, two passes per row."""
-    with _lock:
-        return _row_stats(x.reshape(view))
-
-
-def row_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
-                  var: np.ndarray, eps: float, view: tuple[int, int, int]) -> np.ndarray:
-    """out = (x - mean) * ivar * gamma + beta per row, in x's dtype; mean, var flat."""
-    out = np.empty(x.shape, x.dtype)
-    with _lock:
-        _row_normalize(x.reshape(view), gamma, beta, mean, var, eps, out.reshape(view))
-    return out
-
-
-def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
-                 var: np.ndarray, eps: float, view: tuple[int, int, int]
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """dx (x's shape and dtype), dgamma and dbeta (G, C) float64; upstream C-contiguous."""
-    dx = np.empty(x.shape, x.dtype)
-    with _lock:
-        dgamma, dbeta = _row_backward(upstream.reshape(view), x.reshape(view), gamma, mean, var,
-                                      eps, dx.reshape(view))
+        dgamma, dbeta = (_row_backward if rows else _col_backward)(
+            upstream.reshape(view), x.reshape(view), gamma, mean, var, eps, dx.reshape(view))
     return dx, dgamma, dbeta
