@@ -214,33 +214,13 @@ def test_the_readme_example_with_two_slips():
     assert alt.status == "pass" and not report.ok
 
 
-NAMED_OTHERWISE = '''import numpy as np
-
-
-def batchnorm_forward(x, gamma, beta, bn_param):
-    mode = bn_param["mode"]
-    eps = bn_param.get("eps", 1e-5)
-    momentum = bn_param.get("momentum", 0.9)
-    N, D = x.shape
-    running_mean = bn_param.get("running_mean", np.zeros(D, dtype=x.dtype))
-    running_var = bn_param.get("running_var", np.zeros(D, dtype=x.dtype))
-    out, cache = None, None
-    if mode == "train":
-        mu = x.mean(axis=0)
-        var = x.var(axis=0)
-        out = gamma * (x - mu) / np.sqrt(var + eps) + beta
-        running_mean = momentum * running_mean + (1 - momentum) * mu
-        running_var = momentum * running_var + (1 - momentum) * var
-        cache = (x, mu, var, gamma, eps)
-    elif mode == "test":
-        shifted = x - running_mean
-        scaled = shifted / (running_var + eps) ** 0.25
-        stretched = gamma * scaled
-        out = stretched + beta
-    bn_param["running_mean"] = running_mean
-    bn_param["running_var"] = running_var
-    return out, cache
-'''
+# Test mode in three lines, a fourth root where the square root belongs, in a variable named
+# as gamma * xhat is (`scaled`).
+NAMED_OTHERWISE = planted(COMPLETE, [(
+    "        out = gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta\n",
+    "        shifted = x - running_mean\n"
+    "        scaled = shifted / (running_var + eps) ** 0.25\n"
+    "        out = gamma * scaled + beta\n")])
 
 
 def test_a_line_matching_no_slip_is_told_the_stage_its_inputs_can_make(tmp_path):
