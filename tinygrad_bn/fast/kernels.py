@@ -624,6 +624,32 @@ def _feature_range(xv: np.ndarray, layout: Layout, spans: list[tuple[int, int]]
             np.max(blocks[:, 1], axis=0).astype(np.float64))
 
 
+def _float32_factors(slope: np.ndarray, offset: np.ndarray, mean: np.ndarray, folded: bool,
+                     shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """slope and offset in float32 (shaped `shape`), and the float64 mean split as hi + lo,
+    two float32s (None when `folded`: the mean is then taken into the offset, offset - slope
+    * mean, and x is used about 0)."""
+    single = np.float32
+    slope32 = slope.astype(single).reshape(shape)
+    if folded:
+        return slope32, (offset - slope * mean).astype(single).reshape(shape), None, None
+    hi = mean.astype(single)
+    lo = (mean - hi).astype(single).reshape(shape)
+    return slope32, offset.astype(single).reshape(shape), hi.reshape(shape), lo
+
+
+def _slope_times_centred(x: np.ndarray, slope32: np.ndarray, hi: Any, lo: Any,
+                         out: np.ndarray) -> None:
+    """out = slope * (x - hi - lo) in float32 (x - hi exact: Sterbenz, see `dx_float32`),
+    or slope * x when the mean is folded into the offset (hi None)."""
+    if hi is None:
+        np.multiply(x, slope32, out=out)
+        return
+    np.subtract(x, hi, out=out)
+    np.subtract(out, lo, out=out)
+    np.multiply(out, slope32, out=out)
+
+
 def dx_float32(xv: np.ndarray, dyv: np.ndarray, scale: np.ndarray, slope: np.ndarray,
                mean_dy: np.ndarray, mean: np.ndarray, folded: bool,
                spans: list[tuple[int, int]]) -> np.ndarray:
@@ -638,14 +664,8 @@ def dx_float32(xv: np.ndarray, dyv: np.ndarray, scale: np.ndarray, slope: np.nda
     """
     single = np.float32
     pview = xv.shape[1:2] if xv.ndim == 2 else (xv.shape[1], 1)
-    scale32, slope32 = (v.astype(single).reshape(pview) for v in (scale, slope))
-    if folded:
-        offset32 = (mean_dy - mean * slope).astype(single).reshape(pview)
-    else:
-        offset32 = mean_dy.astype(single).reshape(pview)
-        hi = mean.astype(single)
-        lo = (mean - hi).astype(single).reshape(pview)
-        hi = hi.reshape(pview)
+    scale32 = scale.astype(single).reshape(pview)
+    slope32, offset32, hi, lo = _float32_factors(slope, mean_dy, mean, folded, pview)
     dxv = np.empty(xv.shape, single)
 
     def run(run_: list[tuple[int, int]]) -> None:
@@ -654,12 +674,7 @@ def dx_float32(xv: np.ndarray, dyv: np.ndarray, scale: np.ndarray, slope: np.nda
                 one_block(dxv[start:stop], start, stop)
 
     def one_block(t: np.ndarray, start: int, stop: int) -> None:
-        if folded:
-            np.multiply(xv[start:stop], slope32, out=t)
-        else:
-            np.subtract(xv[start:stop], hi, out=t)
-            np.subtract(t, lo, out=t)
-            np.multiply(t, slope32, out=t)
+        _slope_times_centred(xv[start:stop], slope32, hi, lo, t)
         np.subtract(dyv[start:stop], t, out=t)
         np.subtract(t, offset32, out=t)
         np.multiply(t, scale32, out=t)
@@ -973,16 +988,9 @@ def row_dx_float32(x: np.ndarray, dy: np.ndarray, scale: np.ndarray, slope: np.n
     float64. Exact where `float32_dx_bound` says so; x - mean as in `dx_float32` (hi - lo,
     or about 0 when `folded`: offset - slope * mean then goes into the offset)."""
     single = np.float32
-    per_row = slope.shape + (1, 1)
-    slope32 = slope.astype(single).reshape(per_row)
     scale32 = scale.astype(single)[..., None]
-    if folded:
-        offset32 = (offset - slope * mean).astype(single).reshape(per_row)
-    else:
-        offset32 = offset.astype(single).reshape(per_row)
-        hi = mean.astype(single)
-        lo = (mean - hi).astype(single).reshape(per_row)
-        hi = hi.reshape(per_row)
+    slope32, offset32, hi, lo = _float32_factors(slope, offset, mean, folded,
+                                                 slope.shape + (1, 1))
 
     def run(run_: list[tuple[int, int]]) -> None:
         samples = run_[0][1] - run_[0][0]
@@ -992,12 +1000,9 @@ def row_dx_float32(x: np.ndarray, dy: np.ndarray, scale: np.ndarray, slope: np.n
             for start, stop in run_:
                 t = dx[start:stop]
                 u = scratch[: t.size].reshape(t.shape)
-                if folded:
-                    np.multiply(x[start:stop], slope32[start:stop], out=t)
-                else:
-                    np.subtract(x[start:stop], hi[start:stop], out=t)
-                    np.subtract(t, lo[start:stop], out=t)
-                    np.multiply(t, slope32[start:stop], out=t)
+                _slope_times_centred(x[start:stop], slope32[start:stop],
+                                     None if folded else hi[start:stop],
+                                     None if folded else lo[start:stop], t)
                 np.multiply(dy[start:stop], scale32[start:stop], out=u)
                 np.subtract(u, t, out=t)
                 np.subtract(t, offset32[start:stop], out=t)
