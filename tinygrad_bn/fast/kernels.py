@@ -54,7 +54,11 @@ MIN_ELEMENTS = 1 << 16      # below this the closed form in plain numpy is as fa
 # matter more than staying inside a 512 KB L2 (measured: 1 MB faster than 0.25 or 0.5 MB).
 BLOCK_BYTES = 1 << 20
 LEAD_ROWS = 16              # rows whose mean is the shift of the one-pass statistics
-NEAR_ZERO = 0.25            # |lead mean| / lead spread up to which the statistics shift by 0
+# |lead mean| / lead spread up to which the statistics are taken about 0 (no subtraction in
+# the pass): float64 only where that costs almost nothing to cancellation; float32 wherever
+# the sums' cancellation stays under FAR_SHIFT below (|mean| / spread up to 2^10, checked
+# by `combine_moments` afterwards), with a factor 4 for the lead rows' rough estimate.
+NEAR_ZERO = {np.dtype(np.float64): 0.25, np.dtype(np.float32): float(1 << 8)}
 # (mean(d) / spread)^2 above which the shifted one-pass variance has lost digits that matter
 # (its relative error is about eps64 * (1 + ratio)): float64 results need every digit,
 # float32 ones are rounded to 2^-24 and can afford 2^20 times more.
@@ -308,15 +312,16 @@ def _lead_rows(xv: np.ndarray, layout: Layout) -> np.ndarray:
 
 
 def _near_zero_or(xv: np.ndarray, layout: Layout) -> np.ndarray:
-    """0 when the leading rows put every mean within a quarter of a standard deviation of
-    zero (the sums about 0 then lose almost nothing to cancellation, and the pass saves its
-    subtraction; `combine_moments` still checks the shift afterwards), else their mean."""
+    """0 when the leading rows put every mean within `NEAR_ZERO` standard deviations of
+    zero (the sums about 0 then lose nothing x's dtype keeps to cancellation, and the pass
+    saves its subtraction; `combine_moments` still checks the shift afterwards), else
+    their mean."""
     lead = _lead_rows(xv, layout)
     shift = lead.mean(axis=layout.axes, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         spread = np.sqrt(np.mean(np.square(lead - shift.reshape(layout.param_view),
                                            dtype=np.float64), axis=layout.axes))
-        near = bool(np.all(np.abs(shift) <= NEAR_ZERO * spread))
+        near = bool(np.all(np.abs(shift) <= NEAR_ZERO[np.dtype(xv.dtype)] * spread))
     return np.zeros_like(shift) if near else shift
 
 
@@ -361,12 +366,43 @@ def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
         shift = mean
 
 
+# |mean| / std up to which a float32 out may be taken as scale * (x - (mean - beta / scale)):
+# FAR_SHIFT's float32 limit, where the folded centre's rounding costs 2^-19 eps32 at most.
+BETA_FOLD_RATIO = float(1 << 10)
+
+
+def beta_folded_centre(scale: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray
+                       ) -> np.ndarray | None:
+    """mean - beta / scale per feature ((K,) float64), for float32 outs taken as
+    scale * (x - centre) in float64: two operations per value (x - centre, the product
+    rounded once to float32 as it is stored) instead of three; None where that would not
+    be as exact.
+
+    out = scale * (x - mean) + beta = scale * (x - centre) exactly. x - centre and the
+    product round relatively (2^-53 of |out| / |scale| and of |out|: as exact as the
+    textbook, near zero too); only forming the centre rounds on other terms, by
+    2^-53 (2 |beta / scale| + |mean|) at most, 2^-53 (2 |beta| + |gamma| C) in out with
+    C = |mean| ivar. A feature's largest |out| is at least |beta| (the mean of its out) and
+    at least |gamma| R / 2 (R = sqrt(var) ivar, the root mean square of xhat), so normwise
+    that is at most 2^-30 (2 + 2 |mean| / sqrt(var)) eps32: 2^-19 eps32 for |mean| / std
+    up to `BETA_FOLD_RATIO`. Refused for any feature with scale 0 (gamma 0: out = beta),
+    a centre that is not finite (non-finite statistics, beta / scale past float64), or
+    |mean| / std above the ratio (a constant feature included)."""
+    with np.errstate(all="ignore"):
+        centre = mean - beta / scale
+        fits = np.all((scale != 0) & np.isfinite(centre) & np.isfinite(var)
+                      & (mean * mean <= BETA_FOLD_RATIO * BETA_FOLD_RATIO * var))
+    return centre if bool(fits) else None
+
+
 def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
               var: np.ndarray, eps: float, layout: Layout) -> np.ndarray:
     """out = gamma * (x - mean) / sqrt(var + eps) + beta; gamma, beta, mean, var: (K,) float64."""
     xv = x.reshape(layout.view)
     pview = layout.param_view
-    scale = (gamma / np.sqrt(var + eps)).reshape(pview)
+    scale = gamma / np.sqrt(var + eps)
+    centre = beta_folded_centre(scale, beta, mean, var) if x.dtype == np.float32 else None
+    scale = scale.reshape(pview)
     mean_b, beta_b = mean.reshape(pview), beta.reshape(pview)
     out = np.empty(x.shape, x.dtype)
     ov = out.reshape(layout.view)
@@ -374,6 +410,10 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarr
     def run(spans: list[tuple[int, int]]) -> None:
         buffer = _scratch_block((spans[0][1] - spans[0][0], *layout.view[1:]))
         for start, stop in spans:
+            if centre is not None:  # scale * (x - centre), rounded once as it is stored
+                t = _centred(xv[start:stop], centre.reshape(pview), buffer[: stop - start])
+                np.multiply(t, scale, out=ov[start:stop])
+                continue
             t = _centred(xv[start:stop], mean_b, buffer[: stop - start])
             np.multiply(t, scale, out=t)
             if ov.dtype == np.float64:
