@@ -326,14 +326,20 @@ def _near_zero_or(xv: np.ndarray, layout: Layout) -> np.ndarray:
 
 
 LONG_SEGMENT = 256  # a feature's contiguous run of values longer than this: pairwise sums
+FLOAT32_LONG_SEGMENT = 1 << 20  # the same for float32 data (summed in float64, see below)
 
 
-def _feature_products(a: np.ndarray, b: np.ndarray, layout: Layout) -> np.ndarray:
-    """sum(a * b) per feature over a block (K,): einsum (no product array) where each
-    feature's values come in short runs; where they come in long runs (spatial batch norm's
-    H * W), the product summed pairwise along them, as the textbook's sums are (einsum adds
-    one term at a time: over a run of 16,384 values it lost ten times the textbook's digits)."""
-    if layout.B <= LONG_SEGMENT:
+def _feature_products(a: np.ndarray, b: np.ndarray, layout: Layout, dtype: np.dtype
+                      ) -> np.ndarray:
+    """sum(a * b) per feature over a float64 block (K,) of data of `dtype`: einsum (no
+    product array) where each feature's values come in short runs; where they come in long
+    runs (spatial batch norm's H * W) of float64 data, the product summed pairwise along
+    them, as the textbook's sums are (einsum adds one term at a time: over a run of 16,384
+    values it lost ten times the textbook's digits). float32 data takes einsum for runs up
+    to `FLOAT32_LONG_SEGMENT`: a block's n <= max(2^17, B) terms per feature added one at a
+    time in float64 are within n eps64 <= 2^-32 of the sum of their magnitudes, 2^-9 eps32,
+    far below what float32 results keep."""
+    if layout.B <= LONG_SEGMENT or (dtype == np.float32 and layout.B <= FLOAT32_LONG_SEGMENT):
         return np.einsum(layout.subscripts, a, b)
     return np.add.reduce(np.multiply(a, b), axis=layout.axes)
 
@@ -355,7 +361,8 @@ def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
                     d = _as_float64(xv[start:stop], buffer[: stop - start])
                 else:
                     d = _centred(xv[start:stop], shift_b, buffer[: stop - start])
-                partial.append(np.stack([d.sum(axis=axes), _feature_products(d, d, layout)]))
+                partial.append(np.stack([d.sum(axis=axes),
+                                      _feature_products(d, d, layout, xv.dtype)]))
             return partial
 
         with np.errstate(over="ignore", invalid="ignore"):
@@ -596,7 +603,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
         for start, stop in run:
             dy = _as_float64(dyv[start:stop], dy64[: stop - start])
             d = centred(xv[start:stop], work[: stop - start], expanded)
-            found = [dy.sum(axis=axes), _feature_products(dy, d, layout)]
+            found = [dy.sum(axis=axes), _feature_products(dy, d, layout, x.dtype)]
             if single:  # for the float32 dx's error bound: float32 sums, bounded error
                 block = dyv[start:stop]
                 with np.errstate(over="ignore"):  # per thread; inf takes the float64 dx
