@@ -256,3 +256,119 @@ def test_dx_next_to_the_float32_maximum_stays_finite(kind, shape, groups, numpy_
     case = Case("float32 dx", kind, x, gamma, beta, scaled, groups)
     assert np.all(np.isfinite(run_case(case)[1]))
     _exact_enough(case)
+
+
+# --- the float32 forward: out = scale * (x - (mean - beta / scale)) ------------------------
+
+
+@pytest.fixture
+def folded_centres(monkeypatch, numpy_backend):
+    """What `kernels.beta_folded_centre` answered, one entry per normalize pass."""
+    answers = []
+    original = kernels.beta_folded_centre
+
+    def spy(*args, **kwargs):
+        answer = original(*args, **kwargs)
+        answers.append(answer is not None)
+        return answer
+
+    monkeypatch.setattr(kernels, "beta_folded_centre", spy)
+    return answers
+
+
+@pytest.mark.parametrize("kind, shape", [("batch", (4096, 64)), ("spatial", (32, 8, 16, 16))])
+@pytest.mark.parametrize("center", [0.0, 3.0, 500.0])
+def test_float32_out_takes_the_folded_centre_and_stays_exact(kind, shape, center,
+                                                             folded_centres):
+    rng = np.random.default_rng(7)
+    x = (center + rng.standard_normal(shape)).astype(np.float32)
+    case = _case(kind, x, rng.standard_normal(shape))
+    case.beta = (3 * rng.standard_normal(case.beta.shape)).astype(np.float32)  # beta matters
+    out = run_case(case)[0]
+    assert folded_centres == [True]
+    exact = exact_normalization(case.x, case.gamma, case.beta, case.dout,
+                                norm_spec(kind, shape))[0]
+    # Rounded once from a float64 result within 2^-19 eps32: half an eps32, normwise.
+    assert _normwise_eps(out, exact) <= 0.5 + 2.0**-10
+    _exact_enough(case)
+
+
+def test_the_folded_centre_is_refused_where_it_cannot_hold(folded_centres):
+    # gamma 0 (out = beta, while beta / scale is inf), a mean 2^12 spreads from 0, a constant
+    # feature: each takes the float64 normalize, and each out is the textbook's.
+    rng = np.random.default_rng(8)
+    x = (1 + rng.standard_normal((4096, 16))).astype(np.float32)
+    zero_gamma = _case("batch", x, rng.standard_normal(x.shape))
+    zero_gamma.gamma[3] = 0
+    far = _case("batch", (x + 4096).astype(np.float32), rng.standard_normal(x.shape))
+    constant = x.copy()
+    constant[:, 5] = 2.5
+    flat = _case("batch", constant, rng.standard_normal(x.shape))
+    for case in (zero_gamma, far, flat):
+        folded_centres.clear()
+        _exact_enough(case)
+        assert folded_centres == [False]
+    assert np.all(run_case(zero_gamma)[0][:, 3] == zero_gamma.beta[3])
+
+
+def test_the_folded_centre_is_mean_minus_beta_over_scale():
+    scale = np.array([2.0, -0.5, 1e-3])
+    beta = np.array([1.0, 3.0, -2.0])
+    mean = np.array([0.5, -1.0, 4.0])
+    var = np.array([1.0, 1.0, 1.0])
+    centre = kernels.beta_folded_centre(scale, beta, mean, var)
+    x = np.array([0.25, 7.0, -3.0])
+    np.testing.assert_allclose(scale * (x - centre), scale * (x - mean) + beta, rtol=1e-14)
+    assert kernels.beta_folded_centre(scale, beta, mean, np.array([1.0, 0.0, 1.0])) is None
+    assert kernels.beta_folded_centre(scale, beta, np.array([0.5, np.nan, 4.0]), var) is None
+    limit = kernels.BETA_FOLD_RATIO
+    assert kernels.beta_folded_centre(scale, beta, np.array([0.5, limit, 4.0]), var) is not None
+    assert kernels.beta_folded_centre(scale, beta, np.array([0.5, 2 * limit, 4.0]), var) is None
+
+
+def test_float32_statistics_about_zero_up_to_far_means(numpy_backend, monkeypatch):
+    # float32 data with its mean up to 2^8 spreads from 0 takes one pass about 0; further
+    # off, the lead rows' shift. Either way the statistics keep every float32 digit.
+    passes = []
+    original = kernels.combine_moments
+
+    def spy(*args, **kwargs):
+        passes.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "combine_moments", spy)
+    rng = np.random.default_rng(9)
+    for center, one_pass in ((0.0, True), (100.0, True), (3e3, True), (3e5, True)):
+        x = (center + rng.standard_normal((4096, 32))).astype(np.float32)
+        passes.clear()
+        mean, var = kernels.statistics(x, kernels.layout_for(x, (0,)))
+        assert (len(passes) == 1) == one_pass
+        wide = x.astype(np.longdouble)
+        exact_var = ((wide - wide.mean(axis=0)) ** 2).mean(axis=0)
+        assert np.max(np.abs(var - exact_var) / exact_var) <= 2.0**-30, center
+        spread = np.sqrt(exact_var)
+        assert np.max(np.abs(mean - wide.mean(axis=0)) / spread) <= 2.0**-30, center
+
+
+def test_float32_long_runs_sum_in_float64(numpy_backend):
+    # Spatial batch norm over 128 x 128 pixels: each channel's product sums run over 16,384
+    # values one term at a time (einsum); in float64 they keep every float32 digit, where
+    # float32 accumulation (shown) is far off.
+    rng = np.random.default_rng(10)
+    shape = (2, 4, 128, 128)
+    x = (3.0 + 2.0**-10 * (np.indices(shape).sum(0) % 2) + 0.01
+         * rng.standard_normal(shape)).astype(np.float32)
+    case = _case("spatial", x, rng.standard_normal(shape))
+    _exact_enough(case)
+    exact = exact_normalization(case.x, case.gamma, case.beta, case.dout,
+                                norm_spec("spatial", shape))
+    assert error_in_eps(run_case(case)[2], exact[2], np.float32) <= 1.0
+    # The mean accumulated in float32 one term at a time, the rest exact: out is far off.
+    mean32 = (np.einsum("nchw->c", case.x) / (2 * 128 * 128)).astype(np.longdouble)
+    wide = case.x.astype(np.longdouble)
+    centred = wide - mean32[None, :, None, None]
+    spread = np.sqrt(((wide - wide.mean(axis=(0, 2, 3), keepdims=True)) ** 2).mean(
+        axis=(0, 2, 3), keepdims=True) + np.longdouble(1e-5))
+    out = (case.gamma[None, :, None, None] * centred / spread
+           + case.beta[None, :, None, None])
+    assert error_in_eps(out, exact[0], np.float32) > 8
