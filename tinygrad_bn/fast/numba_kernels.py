@@ -5,7 +5,8 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
 
 - **columns** (batch and spatial batch norm): x viewed as (A, K) or (A, K, B), one
   statistic per feature k over A (and B). Forward: one pass for the statistics, one to
-  normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx. Spatial
+  normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx (the
+  second pass of each direction starts on the rows the first left in cache). Spatial
   batch norm whose channel (A segments of B values) fits `CHANNEL_BYTES` goes channel by
   channel instead: the training-mode forward takes a channel's mean, its centred sums and
   its output while the channel is in cache, the backward its two sums and its dx, so memory
