@@ -115,12 +115,6 @@ PAGE_BYTES = 4096
 REVERSED_BLOCK_BYTES = 1 << 18
 
 
-@numba.njit(cache=True)
-def _part(index, parts, rows):  # pragma: no cover - compiled
-    """Rows lo..hi of part `index` of `parts` equal runs of consecutive rows."""
-    return index * rows // parts, (index + 1) * rows // parts
-
-
 @_compile(fastmath=_FASTMATH)
 def col_sums2(x, shift, step):  # pragma: no cover - compiled
     rows, features = x.shape
@@ -128,7 +122,7 @@ def col_sums2(x, shift, step):  # pragma: no cover - compiled
     s1 = np.zeros((chunks, features))
     s2 = np.zeros((chunks, features))
     for c in prange(chunks):
-        lo, hi = _part(c, chunks, rows)
+        lo, hi = c * rows // chunks, (c + 1) * rows // chunks
         t1, t2 = s1[c], s2[c]
         a = lo
         while a + 4 * step <= hi:  # rows a + i + {0, 1, 2, 3} * step, i < step
@@ -175,7 +169,7 @@ def col_sums3(x, shift):  # pragma: no cover - compiled
 def col_normalize2(x, mean, scale, beta, out, parts, block):  # pragma: no cover - compiled
     rows, features = x.shape
     for p in prange(parts):
-        lo, hi = _part(p, parts, rows)
+        lo, hi = p * rows // parts, (p + 1) * rows // parts
         for top in range(hi, lo, -block):  # last block first, see above
             for a in range(max(lo, top - block), top):
                 for k in range(features):
@@ -186,7 +180,7 @@ def col_normalize2(x, mean, scale, beta, out, parts, block):  # pragma: no cover
 def col_normalize3(x, mean, scale, beta, out, parts, block):  # pragma: no cover - compiled
     rows, features, inner = x.shape
     for p in prange(parts):
-        lo, hi = _part(p, parts, rows)
+        lo, hi = p * rows // parts, (p + 1) * rows // parts
         for top in range(hi, lo, -block):
             for a in range(max(lo, top - block), top):
                 for k in range(features):
@@ -202,7 +196,7 @@ def col_grad_sums2(dy, x, mean, ivar, step):  # pragma: no cover - compiled
     s_dy = np.zeros((chunks, features))
     s_dy_xhat = np.zeros((chunks, features))
     for c in prange(chunks):
-        lo, hi = _part(c, chunks, rows)
+        lo, hi = c * rows // chunks, (c + 1) * rows // chunks
         t1, t2 = s_dy[c], s_dy_xhat[c]
         a = lo
         while a + 4 * step <= hi:  # four rows a page apart, as in `col_sums2`
@@ -253,7 +247,7 @@ def col_dx2(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx, parts, block
             ):  # pragma: no cover - compiled
     rows, features = x.shape
     for p in prange(parts):
-        lo, hi = _part(p, parts, rows)
+        lo, hi = p * rows // parts, (p + 1) * rows // parts
         for top in range(hi, lo, -block):  # last block first, see above
             for a in range(max(lo, top - block), top):
                 for k in range(features):
@@ -267,7 +261,7 @@ def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx, parts, block
             ):  # pragma: no cover - compiled
     rows, features, inner = x.shape
     for p in prange(parts):
-        lo, hi = _part(p, parts, rows)
+        lo, hi = p * rows // parts, (p + 1) * rows // parts
         for top in range(hi, lo, -block):
             for a in range(max(lo, top - block), top):
                 for k in range(features):
