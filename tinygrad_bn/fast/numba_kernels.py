@@ -5,7 +5,8 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
 
 - **columns** (batch and spatial batch norm): x viewed as (A, K) or (A, K, B), one
   statistic per feature k over A (and B). Forward: one pass for the statistics, one to
-  normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx. Spatial
+  normalize; backward: one pass for both sums (over dy and dy * xhat), one for dx (the
+  second pass of each direction starts on the rows the first left in cache). Spatial
   batch norm whose channel (A segments of B values) fits `CHANNEL_BYTES` goes channel by
   channel instead: the training-mode forward takes a channel's mean, its centred sums and
   its output while the channel is in cache, the backward its two sums and its dx, so memory
@@ -100,18 +101,46 @@ def _compile(**options: Any) -> Callable[[Callable[..., Any]], Any]:
 
 
 # --- columns: x as (A, K) or (A, K, B), statistics per feature k ---------------------
+# (A, K)'s sums take four rows at a time, so that a feature's two running sums are loaded
+# and stored once per four values, not once per value (which made the float32 sums
+# compute-bound, slower than reading x). The four rows are a page apart (`_row_step`):
+# four rows of one page read side by side are streams the hardware prefetcher loses, and
+# measured slower than one row at a time. A chunk's sums are added in an order fixed by
+# the shape: the same bits on any thread count. The second pass of each direction
+# (normalize, dx) takes each thread's rows in blocks of `REVERSED_BLOCK_BYTES`, last block
+# first, rows in order inside a block: it starts on the rows the first pass left in the
+# shared cache and still streams forward (rows taken one by one last first measured
+# slower than in order).
+PAGE_BYTES = 4096
+REVERSED_BLOCK_BYTES = 1 << 18
+
+
 @_compile(fastmath=_FASTMATH)
-def col_sums2(x, shift):  # pragma: no cover - compiled
+def col_sums2(x, shift, step):  # pragma: no cover - compiled
     rows, features = x.shape
     chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     s1 = np.zeros((chunks, features))
     s2 = np.zeros((chunks, features))
     for c in prange(chunks):
-        for a in range(c * rows // chunks, (c + 1) * rows // chunks):
+        lo, hi = c * rows // chunks, (c + 1) * rows // chunks
+        t1, t2 = s1[c], s2[c]
+        a = lo
+        while a + 4 * step <= hi:  # rows a + i + {0, 1, 2, 3} * step, i < step
+            for i in range(a, a + step):
+                for k in range(features):
+                    m = shift[k]
+                    d0 = np.float64(x[i, k]) - m
+                    d1 = np.float64(x[i + step, k]) - m
+                    d2 = np.float64(x[i + 2 * step, k]) - m
+                    d3 = np.float64(x[i + 3 * step, k]) - m
+                    t1[k] += (d0 + d1) + (d2 + d3)
+                    t2[k] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            a += 4 * step
+        for i in range(a, hi):
             for k in range(features):
-                d = np.float64(x[a, k]) - shift[k]
-                s1[c, k] += d
-                s2[c, k] += d * d
+                d = np.float64(x[i, k]) - shift[k]
+                t1[k] += d
+                t2[k] += d * d
     return s1, s2
 
 
@@ -137,35 +166,58 @@ def col_sums3(x, shift):  # pragma: no cover - compiled
 
 
 @_compile(fastmath=_FASTMATH)
-def col_normalize2(x, mean, scale, beta, out):  # pragma: no cover - compiled
+def col_normalize2(x, mean, scale, beta, out, parts, block):  # pragma: no cover - compiled
     rows, features = x.shape
-    for a in prange(rows):
-        for k in range(features):
-            out[a, k] = (np.float64(x[a, k]) - mean[k]) * scale[k] + beta[k]
+    for p in prange(parts):
+        lo, hi = p * rows // parts, (p + 1) * rows // parts
+        for top in range(hi, lo, -block):  # last block first, see above
+            for a in range(max(lo, top - block), top):
+                for k in range(features):
+                    out[a, k] = (np.float64(x[a, k]) - mean[k]) * scale[k] + beta[k]
 
 
 @_compile(fastmath=_FASTMATH)
-def col_normalize3(x, mean, scale, beta, out):  # pragma: no cover - compiled
+def col_normalize3(x, mean, scale, beta, out, parts, block):  # pragma: no cover - compiled
     rows, features, inner = x.shape
-    for a in prange(rows):
-        for k in range(features):
-            m, s, o = mean[k], scale[k], beta[k]
-            for b in range(inner):
-                out[a, k, b] = (np.float64(x[a, k, b]) - m) * s + o
+    for p in prange(parts):
+        lo, hi = p * rows // parts, (p + 1) * rows // parts
+        for top in range(hi, lo, -block):
+            for a in range(max(lo, top - block), top):
+                for k in range(features):
+                    m, s, o = mean[k], scale[k], beta[k]
+                    for b in range(inner):
+                        out[a, k, b] = (np.float64(x[a, k, b]) - m) * s + o
 
 
 @_compile(fastmath=_FASTMATH)
-def col_grad_sums2(dy, x, mean, ivar):  # pragma: no cover - compiled
+def col_grad_sums2(dy, x, mean, ivar, step):  # pragma: no cover - compiled
     rows, features = x.shape
     chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
     s_dy = np.zeros((chunks, features))
     s_dy_xhat = np.zeros((chunks, features))
     for c in prange(chunks):
-        for a in range(c * rows // chunks, (c + 1) * rows // chunks):
+        lo, hi = c * rows // chunks, (c + 1) * rows // chunks
+        t1, t2 = s_dy[c], s_dy_xhat[c]
+        a = lo
+        while a + 4 * step <= hi:  # four rows a page apart, as in `col_sums2`
+            for i in range(a, a + step):
+                for k in range(features):
+                    m, r = mean[k], ivar[k]
+                    g0 = np.float64(dy[i, k])
+                    g1 = np.float64(dy[i + step, k])
+                    g2 = np.float64(dy[i + 2 * step, k])
+                    g3 = np.float64(dy[i + 3 * step, k])
+                    t1[k] += (g0 + g1) + (g2 + g3)
+                    t2[k] += ((g0 * ((np.float64(x[i, k]) - m) * r)
+                               + g1 * ((np.float64(x[i + step, k]) - m) * r))
+                              + (g2 * ((np.float64(x[i + 2 * step, k]) - m) * r)
+                                 + g3 * ((np.float64(x[i + 3 * step, k]) - m) * r)))
+            a += 4 * step
+        for i in range(a, hi):
             for k in range(features):
-                g = np.float64(dy[a, k])
-                s_dy[c, k] += g
-                s_dy_xhat[c, k] += g * ((np.float64(x[a, k]) - mean[k]) * ivar[k])
+                g = np.float64(dy[i, k])
+                t1[k] += g
+                t2[k] += g * ((np.float64(x[i, k]) - mean[k]) * ivar[k])
     return s_dy, s_dy_xhat
 
 
@@ -191,23 +243,32 @@ def col_grad_sums3(dy, x, mean, ivar):  # pragma: no cover - compiled
 
 
 @_compile(fastmath=_FASTMATH)
-def col_dx2(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no cover
+def col_dx2(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx, parts, block
+            ):  # pragma: no cover - compiled
     rows, features = x.shape
-    for a in prange(rows):
-        for k in range(features):
-            xhat = (np.float64(x[a, k]) - mean[k]) * ivar[k]
-            dx[a, k] = scale[k] * (np.float64(dy[a, k]) - mean_dy[k] - xhat * mean_dy_xhat[k])
+    for p in prange(parts):
+        lo, hi = p * rows // parts, (p + 1) * rows // parts
+        for top in range(hi, lo, -block):  # last block first, see above
+            for a in range(max(lo, top - block), top):
+                for k in range(features):
+                    xhat = (np.float64(x[a, k]) - mean[k]) * ivar[k]
+                    dx[a, k] = scale[k] * (np.float64(dy[a, k]) - mean_dy[k]
+                                           - xhat * mean_dy_xhat[k])
 
 
 @_compile(fastmath=_FASTMATH)
-def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx):  # pragma: no cover
+def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx, parts, block
+            ):  # pragma: no cover - compiled
     rows, features, inner = x.shape
-    for a in prange(rows):
-        for k in range(features):
-            m, r, s, md, mdx = mean[k], ivar[k], scale[k], mean_dy[k], mean_dy_xhat[k]
-            for b in range(inner):
-                xhat = (np.float64(x[a, k, b]) - m) * r
-                dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
+    for p in prange(parts):
+        lo, hi = p * rows // parts, (p + 1) * rows // parts
+        for top in range(hi, lo, -block):
+            for a in range(max(lo, top - block), top):
+                for k in range(features):
+                    m, r, s, md, mdx = mean[k], ivar[k], scale[k], mean_dy[k], mean_dy_xhat[k]
+                    for b in range(inner):
+                        xhat = (np.float64(x[a, k, b]) - m) * r
+                        dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
 
 
 # Spatial batch norm channel by channel: a channel k is A segments of B contiguous values,
@@ -685,9 +746,13 @@ class _ThreadCount(threading.local):
 _thread_count = _ThreadCount()
 
 
+def _usable(threads: int) -> int:
+    return max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
 def run(kernel: Any, threads: int, *args: Any) -> Any:
     """Call one compiled pass with `threads` threads, one caller at a time."""
-    threads = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    threads = _usable(threads)
     with _lock:
         if _thread_count.current != threads:
             numba.set_num_threads(threads)
@@ -699,14 +764,35 @@ def _col(kernel2: Any, kernel3: Any, layout: Layout) -> Any:
     return kernel2 if layout.B == 1 else kernel3
 
 
+def _elementwise_runs(layout: Layout, dtype: np.dtype, threads: int) -> tuple[int, int]:
+    """How an elementwise column pass goes through the rows (any choice gives the same
+    values): one run of rows per thread, as the sums pass's chunks are shared out (in
+    order, in equal runs), so that a thread's run ends on the rows it read last there; and
+    the rows of a block of about `REVERSED_BLOCK_BYTES`, the blocks taken last first."""
+    row_bytes = layout.K * layout.B * dtype.itemsize
+    return max(1, min(layout.A, _usable(threads))), max(1, REVERSED_BLOCK_BYTES // row_bytes)
+
+
+def _row_step(layout: Layout, dtype: np.dtype) -> int:
+    """Rows between the four rows the (A, K) sums passes take side by side: a page apart
+    (one row when a row fills a page), at most 16 (a group of 64 rows)."""
+    return max(1, min(16, PAGE_BYTES // (layout.K * dtype.itemsize)))
+
+
+def _column_sums(kernel2: Any, kernel3: Any, layout: Layout, dtype: np.dtype, threads: int,
+                 *args: Any) -> Any:
+    if layout.B == 1:
+        return run(kernel2, threads, *args, _row_step(layout, dtype))
+    return run(kernel3, threads, *args)
+
+
 def column_statistics(x: np.ndarray, layout: Layout, threads: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature float64 mean and biased variance (K,): one pass, two when far off."""
     xv = x.reshape(layout.view)
     shift = lead_shift(xv, layout)
-    sums = _col(col_sums2, col_sums3, layout)
     while True:
-        s1, s2 = run(sums, threads, xv, shift)
+        s1, s2 = _column_sums(col_sums2, col_sums3, layout, x.dtype, threads, xv, shift)
         mean, var, again = combine_moments(s1.sum(axis=0), s2.sum(axis=0), shift, layout.count,
                                            x.dtype)
         if not again:
@@ -720,7 +806,7 @@ def column_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: n
     out = np.empty(x.shape, x.dtype)
     scale = gamma * (1.0 / np.sqrt(var + eps))
     run(_col(col_normalize2, col_normalize3, layout), threads, x.reshape(layout.view), mean,
-        scale, beta, out.reshape(layout.view))
+        scale, beta, out.reshape(layout.view), *_elementwise_runs(layout, x.dtype, threads))
     return out
 
 
@@ -759,12 +845,13 @@ def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
         run(channel_backward, threads, dyv, xv, gamma, mean, ivar, dx.reshape(layout.view),
             dgamma, dbeta)
         return dx, dgamma, dbeta
-    s_dy, s_dy_xhat = run(_col(col_grad_sums2, col_grad_sums3, layout), threads, dyv, xv, mean,
-                          ivar)
+    s_dy, s_dy_xhat = _column_sums(col_grad_sums2, col_grad_sums3, layout, x.dtype, threads,
+                                   dyv, xv, mean, ivar)
     dbeta, dgamma = s_dy.sum(axis=0), s_dy_xhat.sum(axis=0)
     dx = np.empty(x.shape, x.dtype)
     run(_col(col_dx2, col_dx3, layout), threads, dyv, xv, mean, ivar, gamma * ivar,
-        dbeta / layout.count, dgamma / layout.count, dx.reshape(layout.view))
+        dbeta / layout.count, dgamma / layout.count, dx.reshape(layout.view),
+        *_elementwise_runs(layout, x.dtype, threads))
     return dx, dgamma, dbeta
 
 
