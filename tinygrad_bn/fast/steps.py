@@ -105,17 +105,17 @@ def _mul(g: np.ndarray, node: Node) -> tuple[Any, Any]:
     if reduces_products(g, x, y, node.data):  # what the seam of Mul's VJP would run
         if a.requires_grad and b.requires_grad:
             return mul_backward_reduced(g, x, y, node.data)
-        return (product_sum(g, y, np.shape(x)) if a.requires_grad else None,
-                product_sum(g, x, np.shape(y)) if b.requires_grad else None)
-    return (reduce_to(g * y, np.shape(x)) if a.requires_grad else None,
-            reduce_to(g * x, np.shape(y)) if b.requires_grad else None)
+        return (product_sum(g, y, x.shape) if a.requires_grad else None,
+                product_sum(g, x, y.shape) if b.requires_grad else None)
+    return (reduce_to(g * y, x.shape) if a.requires_grad else None,
+            reduce_to(g * x, y.shape) if b.requires_grad else None)
 
 
 def _div(g: np.ndarray, node: Node) -> tuple[Any, Any]:
     a, b = node.parents
     y = b.data
-    return (reduce_to(g / y, np.shape(a.data)) if a.requires_grad else None,
-            reduce_to(-g * node.data / y, np.shape(y)) if b.requires_grad else None)
+    return (reduce_to(g / y, a.data.shape) if a.requires_grad else None,
+            reduce_to(-g * node.data / y, y.shape) if b.requires_grad else None)
 
 
 def _pow_const(g: np.ndarray, node: Node) -> tuple[Any]:
