@@ -478,8 +478,9 @@ class _GradStore:
 
     def keep(self, node: Node, upstream: Any) -> None:
         data = node.data
-        if type(upstream) is type(data) and type(data) is not np.ndarray:
-            # A numpy scalar of the node's own type (0-d values): immutable, kept as it is.
+        if type(data) is not np.ndarray:  # a 0-d node: numpy scalars are immutable, kept as they are
+            if type(upstream) is not type(data):
+                upstream = _like(upstream, data)
             node.grad = upstream if node.grad is None else node.grad + upstream
             return
         if type(upstream) is not np.ndarray or upstream.dtype != data.dtype \
@@ -487,8 +488,6 @@ class _GradStore:
             upstream = _like(upstream, data)
         if node.grad is not None:
             node.grad = node.grad + upstream
-        elif type(upstream) is not np.ndarray:  # numpy scalars are immutable: kept as they are
-            node.grad = upstream
         elif node._op is None:
             node.grad = self._own_array(upstream)
         else:
@@ -503,11 +502,10 @@ class _GradStore:
         return upstream
 
     def _read_only_view(self, upstream: np.ndarray) -> np.ndarray:
-        owner = id(_owner(upstream))
-        if self.shown.get(owner):  # a leaf's editable gradient must not show through here
+        if self.shown.setdefault(id(_owner(upstream)), False):
+            # a leaf's editable gradient must not show through here
             upstream = upstream.copy()
-            owner = id(upstream)
-        self.shown.setdefault(owner, False)
+            self.shown[id(upstream)] = False
         view = upstream.view()
         view.setflags(write=False)
         return view
