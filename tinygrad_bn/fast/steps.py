@@ -19,6 +19,7 @@ inputs; the loop, the order and what a `.grad` keeps stay the core's.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -164,8 +165,8 @@ ARRAY_STEPS = {
     Div: _div,
     PowConst: _pow_const,
     Sqrt: _sqrt,
-    Sum: lambda g, node: _reduction(g, node, count_divides=False),
-    Mean: lambda g, node: _reduction(g, node, count_divides=True),
+    Sum: functools.partial(_reduction, count_divides=False),
+    Mean: functools.partial(_reduction, count_divides=True),
 }
 
 textbook_vjp = core_node.vjp.seam.textbook
