@@ -400,14 +400,16 @@ class Node:
 
 def apply(op: type[Op], parents: tuple[Node, ...], **params: Any) -> Node:
     """Run `op` on the parents' values and record the result as a node of the graph."""
-    out = op.forward(*[parent.data for parent in parents], **params)
+    inputs = []  # the parents' values, and whether any parent needs a gradient: one pass
+    requires_grad = False
+    for parent in parents:
+        inputs.append(parent.data)
+        requires_grad = requires_grad or parent.requires_grad
+    out = op.forward(*inputs, **params)
     if type(out) is np.ndarray and out.ndim == 0:  # 0-d values are kept as numpy scalars
         out = out[()]
     if not grad_mode.enabled:  # inside no_grad(): a leaf that remembers nothing
         return Node._result(out, None, (), NO_PARAMS, False)
-    requires_grad = False
-    for parent in parents:
-        requires_grad = requires_grad or parent.requires_grad
     return Node._result(out, op, parents, params or NO_PARAMS, requires_grad)
 
 
