@@ -234,6 +234,22 @@ def test_grad_of_a_float32_scalar_is_float32():
     assert type(dx) is np.float32 and dx == 3.0
 
 
+def test_a_scalar_nodes_grad_is_a_numpy_scalar_of_its_dtype_whatever_arrives():
+    # float64 gradients reach a float32 leaf; a 0-d array arrives from the sum's VJP (a
+    # broadcast to shape ()); a second pass adds to the first.
+    x = tb.Node(np.float32(2.0))
+    y = x * np.float64(3.0)
+    for _ in range(2):
+        y.backward()
+    assert type(x.grad) is np.float32 and x.grad == 6.0
+    z = tb.Node(2.0)
+    total = z.sum() * z
+    total.backward()
+    assert type(z.grad) is np.float64 and z.grad == 4.0
+    assert all(type(node.grad) is np.float64 for node in tb.graph_nodes(total)
+               if node.requires_grad)
+
+
 def test_a_seam_names_the_function_its_calls_go_to(engine_path):
     from tinygrad_bn.core.seams import SEAMS, seam, textbook_only
 

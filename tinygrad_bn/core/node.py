@@ -34,8 +34,6 @@ NO_PARAMS: dict[str, Any] = {}  # the params of ops without any (shared: never w
 # Creation numbers: a node's parents are always created before it (see Node.backward).
 _creation_order = itertools.count()
 _creation_number = operator.attrgetter("_seq")
-_value_of = operator.attrgetter("data")
-_requires_grad_of = operator.attrgetter("requires_grad")
 class _Freed(dict):
     """The params of a node that backward(free_graph=True) let go of its graph; the root's
     remembers the leaves that pass reached, so that zero_grad can still clear them."""
@@ -120,11 +118,11 @@ class Node:
         self._params: Any = NO_PARAMS
         self._seq = next(_creation_order)
 
-    @classmethod
-    def _result(cls, data: Any, op: type[Op] | None, parents: tuple[Node, ...], params: Any,
+    @staticmethod
+    def _result(data: Any, op: type[Op] | None, parents: tuple[Node, ...], params: Any,
                 requires_grad: bool) -> Node:
         """An op's output (data is already a checked float array or numpy scalar)."""
-        node = cls.__new__(cls)
+        node = object.__new__(Node)
         node.data = data
         node.grad = None
         node.name = None
@@ -402,23 +400,30 @@ class Node:
 
 def apply(op: type[Op], parents: tuple[Node, ...], **params: Any) -> Node:
     """Run `op` on the parents' values and record the result as a node of the graph."""
-    out = op.forward(*map(_value_of, parents), **params)
+    inputs = []  # the parents' values, and whether any parent needs a gradient: one pass
+    requires_grad = False
+    for parent in parents:
+        inputs.append(parent.data)
+        requires_grad = requires_grad or parent.requires_grad
+    out = op.forward(*inputs, **params)
     if type(out) is np.ndarray and out.ndim == 0:  # 0-d values are kept as numpy scalars
         out = out[()]
     if not grad_mode.enabled:  # inside no_grad(): a leaf that remembers nothing
         return Node._result(out, None, (), NO_PARAMS, False)
-    requires_grad = any(map(_requires_grad_of, parents))
     return Node._result(out, op, parents, params or NO_PARAMS, requires_grad)
 
 
 def record(op: type[Op], parents: tuple[Node, ...], out: Any, **params: Any) -> Node:
     """Record `out`, the value `op.forward` gives on the parents' values with `params`, as a
     node of the graph: `apply` for an op whose output was computed with its parameters."""
-    if type(out) is np.ndarray and out.ndim == 0:
+    if type(out) is np.ndarray and out.ndim == 0:  # 0-d values are kept as numpy scalars
         out = out[()]
-    if not grad_mode.enabled:
+    if not grad_mode.enabled:  # inside no_grad(): a leaf that remembers nothing
         return Node._result(out, None, (), NO_PARAMS, False)
-    return Node._result(out, op, parents, params or NO_PARAMS, any(map(_requires_grad_of, parents)))
+    requires_grad = False
+    for parent in parents:
+        requires_grad = requires_grad or parent.requires_grad
+    return Node._result(out, op, parents, params or NO_PARAMS, requires_grad)
 
 
 def value(x: Any) -> Any:
@@ -475,8 +480,9 @@ class _GradStore:
 
     def keep(self, node: Node, upstream: Any) -> None:
         data = node.data
-        if type(upstream) is type(data) and type(data) is not np.ndarray:
-            # A numpy scalar of the node's own type (0-d values): immutable, kept as it is.
+        if type(data) is not np.ndarray:  # a 0-d node: numpy scalars are immutable, kept as they are
+            if type(upstream) is not type(data):
+                upstream = _like(upstream, data)
             node.grad = upstream if node.grad is None else node.grad + upstream
             return
         if type(upstream) is not np.ndarray or upstream.dtype != data.dtype \
@@ -484,8 +490,6 @@ class _GradStore:
             upstream = _like(upstream, data)
         if node.grad is not None:
             node.grad = node.grad + upstream
-        elif type(upstream) is not np.ndarray:  # numpy scalars are immutable: kept as they are
-            node.grad = upstream
         elif node._op is None:
             node.grad = self._own_array(upstream)
         else:
@@ -500,11 +504,10 @@ class _GradStore:
         return upstream
 
     def _read_only_view(self, upstream: np.ndarray) -> np.ndarray:
-        owner = id(_owner(upstream))
-        if self.shown.get(owner):  # a leaf's editable gradient must not show through here
+        if self.shown.setdefault(id(_owner(upstream)), False):
+            # a leaf's editable gradient must not show through here
             upstream = upstream.copy()
-            owner = id(upstream)
-        self.shown.setdefault(owner, False)
+            self.shown[id(upstream)] = False
         view = upstream.view()
         view.setflags(write=False)
         return view

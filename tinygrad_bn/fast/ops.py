@@ -47,8 +47,8 @@ def reduces_products(upstream: np.ndarray, a: Any, b: Any, out: Any) -> bool:
     # float64 only: einsum adds every term to one running total, which in float32 loses
     # what numpy's pairwise sum keeps (2^20 terms of 0.1: 1.6 off instead of 0.02), and
     # summing float32 products in float64 block by block costs more than it saves.
-    return (upstream.nbytes >= LARGE_BYTES and np.shape(a) != np.shape(b)
-            and upstream.dtype == np.float64 and np.result_type(a, b) == np.float64)
+    return (upstream.nbytes >= LARGE_BYTES and upstream.dtype == np.float64
+            and np.shape(a) != np.shape(b) and np.result_type(a, b) == np.float64)
 
 
 @fast_variant(Mul, "backward", when=reduces_products)

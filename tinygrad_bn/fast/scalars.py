@@ -23,15 +23,26 @@ def _pow_const(g: Any, n: Node) -> tuple[Any]:
     p = n.params["p"]
     if p == 0:  # x^0 is the constant 1: no gradient (as the textbook rule)
         return (type(g)(0.0),)
-    return (g * (p * n.parents[0].data ** (p - 1)),)
+    (base,) = n.parents
+    return (g * (p * base.data ** (p - 1)),)
+
+
+def _mul(g: Any, n: Node) -> tuple[Any, Any]:
+    a, b = n.parents
+    return g * b.data, g * a.data
+
+
+def _div(g: Any, n: Node) -> tuple[Any, Any]:
+    y = n.parents[1].data
+    return g / y, -g * n.data / y
 
 
 # op -> (upstream, node) -> one gradient per parent, for numpy-scalar values.
 SCALAR_VJPS = {
     Add: lambda g, n: (g, g),
     Sub: lambda g, n: (g, -g),
-    Mul: lambda g, n: (g * n.parents[1].data, g * n.parents[0].data),
-    Div: lambda g, n: (g / n.parents[1].data, -g * n.data / n.parents[1].data),
+    Mul: _mul,
+    Div: _div,
     Neg: lambda g, n: (-g,),
     Identity: lambda g, n: (g,),
     Sqrt: lambda g, n: (g / (2 * n.data),),

@@ -19,6 +19,7 @@ inputs; the loop, the order and what a `.grad` keeps stay the core's.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -105,17 +106,17 @@ def _mul(g: np.ndarray, node: Node) -> tuple[Any, Any]:
     if reduces_products(g, x, y, node.data):  # what the seam of Mul's VJP would run
         if a.requires_grad and b.requires_grad:
             return mul_backward_reduced(g, x, y, node.data)
-        return (product_sum(g, y, np.shape(x)) if a.requires_grad else None,
-                product_sum(g, x, np.shape(y)) if b.requires_grad else None)
-    return (reduce_to(g * y, np.shape(x)) if a.requires_grad else None,
-            reduce_to(g * x, np.shape(y)) if b.requires_grad else None)
+        return (product_sum(g, y, x.shape) if a.requires_grad else None,
+                product_sum(g, x, y.shape) if b.requires_grad else None)
+    return (reduce_to(g * y, x.shape) if a.requires_grad else None,
+            reduce_to(g * x, y.shape) if b.requires_grad else None)
 
 
 def _div(g: np.ndarray, node: Node) -> tuple[Any, Any]:
     a, b = node.parents
     y = b.data
-    return (reduce_to(g / y, np.shape(a.data)) if a.requires_grad else None,
-            reduce_to(-g * node.data / y, np.shape(y)) if b.requires_grad else None)
+    return (reduce_to(g / y, a.data.shape) if a.requires_grad else None,
+            reduce_to(-g * node.data / y, y.shape) if b.requires_grad else None)
 
 
 def _pow_const(g: np.ndarray, node: Node) -> tuple[Any]:
@@ -164,8 +165,8 @@ ARRAY_STEPS = {
     Div: _div,
     PowConst: _pow_const,
     Sqrt: _sqrt,
-    Sum: lambda g, node: _reduction(g, node, count_divides=False),
-    Mean: lambda g, node: _reduction(g, node, count_divides=True),
+    Sum: functools.partial(_reduction, count_divides=False),
+    Mean: functools.partial(_reduction, count_divides=True),
 }
 
 textbook_vjp = core_node.vjp.seam.textbook
