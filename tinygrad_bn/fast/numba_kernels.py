@@ -316,7 +316,10 @@ def _row_shift(x, i, g):  # pragma: no cover - compiled
 SUM_BLOCK = 256  # a channel longer than this sums its dy and dy * xhat in blocks
 
 
-@numba.njit(cache=True)
+# Compiled eagerly, with their signatures, on their own options: numba compiles a function
+# compiled lazily on the options of its first caller, so called first from a fast-math pass
+# these were reassociated (the carry folded away to zero, the sums left uncompensated).
+@numba.njit("UniTuple(float64, 2)(float64, float64, float64)", cache=True)
 def _carry_add(total, carry, value):  # pragma: no cover - compiled
     """total + value, its rounding error added to carry (Neumaier's two-sum): a long sum
     of blocks loses no more than one block does. Compiled without fast-math on purpose:
@@ -329,7 +332,7 @@ def _carry_add(total, carry, value):  # pragma: no cover - compiled
     return new, carry
 
 
-@numba.njit(cache=True)
+@numba.njit("float64(float64, float64)", cache=True)
 def _carried(total, carry):  # pragma: no cover - compiled
     # A sum that overflowed keeps its inf (its carry is inf - inf, NaN, not an error term).
     return total + carry if carry - carry == 0.0 else total
