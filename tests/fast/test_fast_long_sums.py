@@ -54,17 +54,6 @@ def _case(kind, shape, groups, pair, dout_in_step):
     return Case("long sums", kind, x, gamma, rng.standard_normal(spec.param_shape), dout, groups)
 
 
-# Known losses, each with where it comes from: the test fails loudly once a fix lands.
-_SMALL = ("the small inputs' serial passes sum a channel's values (S or B) as one running "
-          "total, and their blocks of rows or of 256 values uncarried")
-KNOWN_LOSSES = {
-    ("layer", (2, 32768), True): _SMALL, ("group", (2, 1, 128, 256), True): _SMALL,
-    ("spatial", (2, 1, 128, 256), False): _SMALL, ("spatial", (2, 1, 128, 256), True): _SMALL,
-    ("spatial", (2, 2, 128, 128), False): _SMALL, ("spatial", (2, 2, 128, 128), True): _SMALL,
-    ("batch", (65536, 1), True): _SMALL,
-}
-
-
 @pytest.fixture
 def compiled():
     """The compiled passes (the numpy passes are judged by the same cases elsewhere)."""
@@ -79,11 +68,7 @@ def compiled():
 @pytest.mark.parametrize(("kind", "shape", "groups", "pair", "path"), CASES,
                          ids=[f"{c[0]} {c[1]}" for c in CASES])
 def test_long_compiled_sums_with_a_far_pair_keep_their_digits(kind, shape, groups, pair, path,
-                                                              dout_in_step, compiled,
-                                                              request):
-    known = KNOWN_LOSSES.get((kind, shape, dout_in_step))
-    if known:
-        request.node.add_marker(pytest.mark.xfail(reason=known, strict=True))
+                                                              dout_in_step, compiled):
     case = _case(kind, shape, groups, pair, dout_in_step)
     assert fast_norm._route(case.x, norm_spec(kind, shape, groups=groups))[0] == path
     spec = norm_spec(kind, shape, groups=groups)
