@@ -191,3 +191,18 @@ def test_carried_sums_keep_their_carry_when_a_fast_math_pass_compiles_first(tmp_
                                 env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)})
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.split() == ["2.0", "(1e+16,", "1.0)"], result.stdout
+
+
+@pytest.mark.parametrize(("kind", "shape", "groups"), [("layer", (70000, 1), None),
+                                                       ("group", (70000, 2, 1, 1), 2),
+                                                       ("group", (2, 70000, 1, 1), 70000)])
+def test_rows_of_one_value_have_a_zero_dx(kind, shape, groups, backend):
+    # One value per statistic (D = 1; a group of one channel with H * W = 1): xhat = 0 and
+    # g - mean(g) = 0 exactly, so the textbook's dx is exactly zero. A multiply-add fusing
+    # gamma * dy into the subtraction of its own rounded value left ~1e-14 there.
+    spec, x, gamma, beta, dout = _inputs(kind, shape, groups, np.float64, center=5.0)
+    results = _passes(spec, x, gamma, beta, dout)
+    with fast.disabled():
+        textbook = _passes(spec, x, gamma, beta, dout)
+    assert not np.any(textbook[6])
+    assert not np.any(results[6]), np.abs(results[6]).max()

@@ -508,12 +508,16 @@ def row_forward(flat, x, gamma, beta, eps, far, out):  # pragma: no cover - comp
     return mean, var
 
 
-@numba.njit(fastmath={"contract"}, cache=True)
+# Eagerly, on its own options, as `_carry_add` (a lazy compile would take the first
+# caller's fast-math flags).
+@numba.njit("float64(float64, float64, float64, float64, float64)", cache=True)
 def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
     """ivar * (g - mean(g) - xhat * mean(g * xhat)) for one value. Compiled without
-    reassociation on purpose: allowed it, the compiler folds the row's two divisions by the
-    count into the dx loop, one vector division per element, (sum_g + xhat * sum_gx) /
-    count, and the backward becomes compute-bound."""
+    fast-math on purpose: allowed reassociation, the compiler folds the row's two divisions
+    by the count into the dx loop, one vector division per element, (sum_g + xhat * sum_gx)
+    / count, and the backward becomes compute-bound; allowed contraction, g = gamma * dy is
+    fused into g - mean(g), so that a row of one value (mean(g) = g rounded) gets the
+    product's rounding error as its dx instead of the textbook's exact zero."""
     return q * (gd - mean_g - xhat * mean_gx)
 
 
