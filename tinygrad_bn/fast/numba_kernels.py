@@ -314,15 +314,15 @@ def _row_shift(x, i, g):  # pragma: no cover - compiled
 
 
 SUM_BLOCK = 256  # a channel longer than this sums its dy and dy * xhat in blocks
-# _block_index: layer norm's blocks go by number (lo = block * SUM_BLOCK) and a block's loop
-# indexes lo + j for j in range(count): with `for lo in range(0, n, SUM_BLOCK)` or `for c in
+# Layer norm's blocks go by number (lo = block * SUM_BLOCK) and a block's loop indexes
+# lo + j for j in range(count): with `for lo in range(0, n, SUM_BLOCK)` or `for c in
 # range(lo, hi)` numba cannot tell an index is >= 0 and checks each one for wraparound, which
 # keeps the loop out of SIMD lanes (measured: 4-5x slower).
 
 
-# Compiled eagerly, with their signatures, on their own options: numba compiles a function
-# compiled lazily on the options of its first caller, so called first from a fast-math pass
-# these were reassociated (the carry folded away to zero, the sums left uncompensated).
+# Compiled eagerly, with their signatures, on their own options: a function numba compiles
+# lazily takes the options of its first caller, so, called first from a fast-math pass, these
+# were reassociated (the carry folded away to zero, the sums left uncompensated).
 @numba.njit("UniTuple(float64, 2)(float64, float64, float64)", cache=True)
 def _carry_add(total, carry, value):  # pragma: no cover - compiled
     """total + value, its rounding error added to carry (Neumaier's two-sum): a long sum
@@ -416,7 +416,7 @@ def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: n
                 out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
             return s1, s2
         for block in range(-(-channels // SUM_BLOCK)):  # the next row's sums in blocks, carried
-            lo = block * SUM_BLOCK  # see `_block_index`
+            lo = block * SUM_BLOCK  # by number: see SUM_BLOCK
             b1 = 0.0
             b2 = 0.0
             for j in range(min(SUM_BLOCK, channels - lo)):
@@ -560,7 +560,7 @@ def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - c
     if inner == 1:  # in blocks, carried: a row of thousands of values keeps its digits
         k_g = k_gx = 0.0
         for block in range(-(-channels // SUM_BLOCK)):
-            lo = block * SUM_BLOCK  # see `_block_index`
+            lo = block * SUM_BLOCK  # by number: see SUM_BLOCK
             b_g = 0.0
             b_gx = 0.0
             for j in range(min(SUM_BLOCK, channels - lo)):
@@ -612,7 +612,7 @@ def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2
         # The next row's sums in blocks, carried (as in `_grad_sums`).
         k_g = k_gx = 0.0
         for block in range(-(-channels // SUM_BLOCK)):
-            lo = block * SUM_BLOCK  # see `_block_index`
+            lo = block * SUM_BLOCK  # by number: see SUM_BLOCK
             b_g = 0.0
             b_gx = 0.0
             if add == 1:
