@@ -163,3 +163,46 @@ def test_long_rows_with_an_outlier_keep_their_digits(kind, shape, groups):
                                                                              fast_error)
     finally:
         fast.use_numba(previous)
+
+
+CARRIED_SUM = """
+import numpy as np
+from tinygrad_bn.fast import numba_kernels
+# Three blocks: 1e16, then 1 and 1. Summed block after block, each 1 rounds away (ties to
+# even); carried, the two come back: 1e16 + 2. The pass is the first compiled call here.
+flat = np.zeros((1, 3 * numba_kernels.SUM_BLOCK))
+flat[0, 0] = 1e16
+flat[0, numba_kernels.SUM_BLOCK] = flat[0, 2 * numba_kernels.SUM_BLOCK] = 1.0
+print(numba_kernels._shifted_sums(flat, 0, 0.0)[0] - 1e16, numba_kernels._carry_add(1e16, 0.0, 1.0))
+"""
+
+
+def test_carried_sums_keep_their_carry_when_a_fast_math_pass_compiles_first(tmp_path):
+    # numba compiles a lazily compiled function on the options of its first caller: called
+    # first from a fast-math pass, the two-sum was reassociated and its carry folded to 0.
+    pytest.importorskip("numba")
+    import os
+    import subprocess
+    import sys
+
+    for _ in range(2):  # compiled into an empty cache, then loaded from it
+        result = subprocess.run([sys.executable, "-c", CARRIED_SUM], capture_output=True,
+                                text=True, timeout=300,
+                                env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split() == ["2.0", "(1e+16,", "1.0)"], result.stdout
+
+
+@pytest.mark.parametrize(("kind", "shape", "groups"), [("layer", (70000, 1), None),
+                                                       ("group", (70000, 2, 1, 1), 2),
+                                                       ("group", (2, 70000, 1, 1), 70000)])
+def test_rows_of_one_value_have_a_zero_dx(kind, shape, groups, backend):
+    # One value per statistic (D = 1; a group of one channel with H * W = 1): xhat = 0 and
+    # g - mean(g) = 0 exactly, so the textbook's dx is exactly zero. A multiply-add fusing
+    # gamma * dy into the subtraction of its own rounded value left ~1e-14 there.
+    spec, x, gamma, beta, dout = _inputs(kind, shape, groups, np.float64, center=5.0)
+    results = _passes(spec, x, gamma, beta, dout)
+    with fast.disabled():
+        textbook = _passes(spec, x, gamma, beta, dout)
+    assert not np.any(textbook[6])
+    assert not np.any(results[6]), np.abs(results[6]).max()

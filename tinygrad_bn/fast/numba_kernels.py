@@ -375,9 +375,16 @@ def _row_shift(x, i, g):  # pragma: no cover - compiled
 
 
 SUM_BLOCK = 256  # a channel longer than this sums its dy and dy * xhat in blocks
+# Layer norm's blocks go by number (lo = block * SUM_BLOCK) and a block's loop indexes
+# lo + j for j in range(count): with `for lo in range(0, n, SUM_BLOCK)` or `for c in
+# range(lo, hi)` numba cannot tell an index is >= 0 and checks each one for wraparound, which
+# keeps the loop out of SIMD lanes (measured: 4-5x slower).
 
 
-@numba.njit(cache=True)
+# Compiled eagerly, with their signatures, on their own options: a function numba compiles
+# lazily takes the options of its first caller, so, called first from a fast-math pass, these
+# were reassociated (the carry folded away to zero, the sums left uncompensated).
+@numba.njit("UniTuple(float64, 2)(float64, float64, float64)", cache=True)
 def _carry_add(total, carry, value):  # pragma: no cover - compiled
     """total + value, its rounding error added to carry (Neumaier's two-sum): a long sum
     of blocks loses no more than one block does. Compiled without fast-math on purpose:
@@ -390,7 +397,7 @@ def _carry_add(total, carry, value):  # pragma: no cover - compiled
     return new, carry
 
 
-@numba.njit(cache=True)
+@numba.njit("float64(float64, float64)", cache=True)
 def _carried(total, carry):  # pragma: no cover - compiled
     # A sum that overflowed keeps its inf (its carry is inf - inf, NaN, not an error term).
     return total + carry if carry - carry == 0.0 else total
@@ -468,13 +475,20 @@ def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: n
         if i2 < 0:
             for c in range(channels):
                 out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
-        else:
-            for c in range(channels):
+            return s1, s2
+        for block in range(-(-channels // SUM_BLOCK)):  # the next row's sums in blocks, carried
+            lo = block * SUM_BLOCK  # by number: see SUM_BLOCK
+            b1 = 0.0
+            b2 = 0.0
+            for j in range(min(SUM_BLOCK, channels - lo)):
+                c = lo + j
                 out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
                 d = np.float64(x[i2, g2, c, 0]) - shift
-                s1 += d
-                s2 += d * d
-        return s1, s2
+                b1 += d
+                b2 += d * d
+            s1, k1 = _carry_add(s1, k1, b1)
+            s2, k2 = _carry_add(s2, k2, b2)
+        return _carried(s1, k1), _carried(s2, k2)
     # The next row's sums in blocks (parts of a long channel, or short channels together,
     # up to 2 * SUM_BLOCK values), each carried into the row's (`_shifted_sums`).
     b1 = 0.0
@@ -555,12 +569,16 @@ def row_forward(flat, x, gamma, beta, eps, far, out):  # pragma: no cover - comp
     return mean, var
 
 
-@numba.njit(fastmath={"contract"}, cache=True)
+# Eagerly, on its own options, as `_carry_add` (a lazy compile would take the first
+# caller's fast-math flags).
+@numba.njit("float64(float64, float64, float64, float64, float64)", cache=True)
 def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
     """ivar * (g - mean(g) - xhat * mean(g * xhat)) for one value. Compiled without
-    reassociation on purpose: allowed it, the compiler folds the row's two divisions by the
-    count into the dx loop, one vector division per element, (sum_g + xhat * sum_gx) /
-    count, and the backward becomes compute-bound."""
+    fast-math on purpose: allowed reassociation, the compiler folds the row's two divisions
+    by the count into the dx loop, one vector division per element, (sum_g + xhat * sum_gx)
+    / count, and the backward becomes compute-bound; allowed contraction, g = gamma * dy is
+    fused into g - mean(g), so that a row of one value (mean(g) = g rounded) gets the
+    product's rounding error as its dx instead of the textbook's exact zero."""
     return q * (gd - mean_g - xhat * mean_gx)
 
 
@@ -600,12 +618,20 @@ def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - c
     channels, inner = x.shape[2], x.shape[3]
     sum_g = 0.0
     sum_gx = 0.0
-    if inner == 1:
-        for c in range(channels):
-            gd = gamma[g, c] * np.float64(dy[i, g, c, 0])
-            sum_g += gd
-            sum_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
-        return sum_g, sum_gx
+    if inner == 1:  # in blocks, carried: a row of thousands of values keeps its digits
+        k_g = k_gx = 0.0
+        for block in range(-(-channels // SUM_BLOCK)):
+            lo = block * SUM_BLOCK  # by number: see SUM_BLOCK
+            b_g = 0.0
+            b_gx = 0.0
+            for j in range(min(SUM_BLOCK, channels - lo)):
+                c = lo + j
+                gd = gamma[g, c] * np.float64(dy[i, g, c, 0])
+                b_g += gd
+                b_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
+            sum_g, k_g = _carry_add(sum_g, k_g, b_g)
+            sum_gx, k_gx = _carry_add(sum_gx, k_gx, b_gx)
+        return _carried(sum_g, k_g), _carried(sum_gx, k_gx)
     for c in range(channels):
         if inner <= SUM_BLOCK:
             t_dy, t_dyx = _channel_sums(dy, x, i, g, c, m, q, 0, inner)
@@ -643,37 +669,49 @@ def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2
                     dbeta[g, c] += d
                     dgamma[g, c] += d * xhat
                 dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
-        elif add == 1:
-            for c in range(channels):
-                d = np.float64(dy[i, g, c, 0])
-                xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                dbeta[g, c] += d
-                dgamma[g, c] += d * xhat
-                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
-                gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
-                sum_g += gd2
-                sum_gx += gd2 * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
-        elif add == 2:  # rows (i, g) and (i2, g2) of the same group: one update for both
-            for c in range(channels):
-                d = np.float64(dy[i, g, c, 0])
-                xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
-                d2 = np.float64(dy[i2, g2, c, 0])
-                xhat2 = (np.float64(x[i2, g2, c, 0]) - m2) * q2
-                gd2 = gamma[g2, c] * d2
-                sum_g += gd2
-                sum_gx += gd2 * xhat2
-                dbeta[g, c] += d + d2
-                dgamma[g, c] += d * xhat + d2 * xhat2
-        else:
-            for c in range(channels):
-                d = np.float64(dy[i, g, c, 0])
-                xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
-                gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
-                sum_g += gd2
-                sum_gx += gd2 * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
-        return sum_g, sum_gx
+            return sum_g, sum_gx
+        # The next row's sums in blocks, carried (as in `_grad_sums`).
+        k_g = k_gx = 0.0
+        for block in range(-(-channels // SUM_BLOCK)):
+            lo = block * SUM_BLOCK  # by number: see SUM_BLOCK
+            b_g = 0.0
+            b_gx = 0.0
+            if add == 1:
+                for j in range(min(SUM_BLOCK, channels - lo)):
+                    c = lo + j
+                    d = np.float64(dy[i, g, c, 0])
+                    xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                    dbeta[g, c] += d
+                    dgamma[g, c] += d * xhat
+                    dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+                    gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
+                    b_g += gd2
+                    b_gx += gd2 * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
+            elif add == 2:  # rows (i, g) and (i2, g2) of the same group: one update for both
+                for j in range(min(SUM_BLOCK, channels - lo)):
+                    c = lo + j
+                    d = np.float64(dy[i, g, c, 0])
+                    xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                    dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+                    d2 = np.float64(dy[i2, g2, c, 0])
+                    xhat2 = (np.float64(x[i2, g2, c, 0]) - m2) * q2
+                    gd2 = gamma[g2, c] * d2
+                    b_g += gd2
+                    b_gx += gd2 * xhat2
+                    dbeta[g, c] += d + d2
+                    dgamma[g, c] += d * xhat + d2 * xhat2
+            else:
+                for j in range(min(SUM_BLOCK, channels - lo)):
+                    c = lo + j
+                    d = np.float64(dy[i, g, c, 0])
+                    xhat = (np.float64(x[i, g, c, 0]) - m) * q
+                    dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
+                    gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
+                    b_g += gd2
+                    b_gx += gd2 * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
+            sum_g, k_g = _carry_add(sum_g, k_g, b_g)
+            sum_gx, k_gx = _carry_add(sum_gx, k_gx, b_gx)
+        return _carried(sum_g, k_g), _carried(sum_gx, k_gx)
     if i2 < 0:
         for c in range(channels):
             gam = gamma[g, c]

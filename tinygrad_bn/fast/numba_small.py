@@ -17,10 +17,10 @@ d^2 (passes over data in cache): mean = m + mean(d), var = mean(d^2) - mean(d)^2
 correction is at rounding level (m is the mean within rounding), so nothing cancels and a
 mean far from zero costs no digits. The backward multiplies by xhat = (x - mean) * ivar, so
 a variance that overflows gives the textbook's finite answer. Sums are blocked (per
-statistic, blocks of 64 rows, blocks of 64 of those, then the rest; a row's values in
-chunks of 256), so no running sum takes more than a few hundred terms; within a block they
-may be reassociated (SIMD lanes), as the parallel passes' are; nothing assumes finite
-values.
+statistic, blocks of 64 rows; a row's, a channel's or a segment's values in chunks of 256)
+and each block is added to its total with its rounding error carried (Neumaier), so a sum
+of thousands of blocks loses no more than one block does; within a block they may be
+reassociated (SIMD lanes), as the parallel passes' are; nothing assumes finite values.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .numba_kernels import _writable_cache_dir
+from .numba_kernels import _carried, _carry_add, _writable_cache_dir
 
 __all__ = ["forward", "statistics", "normalize", "backward"]
 
@@ -52,26 +52,62 @@ def _compile(fn: Callable[..., Any]) -> Any:
         return numba.njit(fastmath=_FASTMATH)(fn)
 
 
-# --- blocked sums: per-statistic totals of up to 64 rows, of up to 64 such, then the rest ---
-BLOCK = 64
+# --- blocked sums: per-statistic blocks of 64 rows (or a row's or channel's 256 values),
+# each added to its total with the rounding error carried (`numba_kernels._carry_add`): a
+# sum of thousands of blocks keeps its digits ---
+BLOCK = 64  # rows per block
+CHUNK = 256  # values per block along a row or a channel
 
 
 @_compile
-def _fold(part, mid, total, block):  # pragma: no cover - compiled
-    # After row block `block`: its sums join the running block sums, every 64 blocks the total.
+def _fold(part, total, carry):  # pragma: no cover - compiled
+    # A block's sums (part) into the totals, carried; part cleared for the next block.
     for k in range(part.size):
-        mid[k] += part[k]
+        total[k], carry[k] = _carry_add(total[k], carry[k], part[k])
         part[k] = 0.0
-    if block % BLOCK == BLOCK - 1:
-        for k in range(mid.size):
-            total[k] += mid[k]
-            mid[k] = 0.0
 
 
 @_compile
-def _finish(part, mid, total):  # pragma: no cover - compiled
+def _finish(part, total, carry):  # pragma: no cover - compiled
+    _fold(part, total, carry)
     for k in range(total.size):
-        total[k] += mid[k] + part[k]
+        total[k] = _carried(total[k], carry[k])
+
+
+@_compile
+def _segment_sums(x, a, k, m, square):  # pragma: no cover - compiled
+    # sum over b of (x[a, k, b] - m), or of its square, in chunks, carried. Chunks go by
+    # number and index lo + j (j >= 0 known): numba checks an index it cannot prove >= 0 for
+    # wraparound, which keeps a loop out of SIMD lanes.
+    inner = x.shape[2]
+    total = 0.0
+    carry = 0.0
+    for chunk in range(-(-inner // CHUNK)):
+        lo = chunk * CHUNK
+        t = 0.0
+        for j in range(min(CHUNK, inner - lo)):
+            d = np.float64(x[a, k, lo + j]) - m
+            t += d * d if square else d
+        total, carry = _carry_add(total, carry, t)
+    return _carried(total, carry)
+
+
+@_compile
+def _segment_grad_sums(dy, x, a, k, m, q):  # pragma: no cover - compiled
+    # sum over b of dy and of dy * xhat at (a, k), in chunks, carried (as `_segment_sums`).
+    inner = x.shape[2]
+    t_dy = k_dy = t_dyx = k_dyx = 0.0
+    for chunk in range(-(-inner // CHUNK)):
+        lo = chunk * CHUNK
+        b_dy = 0.0
+        b_dyx = 0.0
+        for j in range(min(CHUNK, inner - lo)):
+            d = np.float64(dy[a, k, lo + j])
+            b_dy += d
+            b_dyx += d * ((np.float64(x[a, k, lo + j]) - m) * q)
+        t_dy, k_dy = _carry_add(t_dy, k_dy, b_dy)
+        t_dyx, k_dyx = _carry_add(t_dyx, k_dyx, b_dyx)
+    return _carried(t_dy, k_dy), _carried(t_dyx, k_dyx)
 
 
 @_compile
@@ -80,13 +116,14 @@ def _row_sum(x, r, shift):  # pragma: no cover - compiled
     rows, channels, inner = x.shape
     n = channels * inner
     flat = x[r].reshape(n) if inner == 1 else x[r].ravel()
-    total = 0.0
-    for j0 in range(0, n, 256):
+    total = carry = 0.0
+    for chunk in range(-(-n // CHUNK)):  # see `_segment_sums`
+        lo = chunk * CHUNK
         t = 0.0
-        for j in range(j0, min(j0 + 256, n)):
-            t += np.float64(flat[j]) - shift
-        total += t
-    return total
+        for j in range(min(CHUNK, n - lo)):
+            t += np.float64(flat[lo + j]) - shift
+        total, carry = _carry_add(total, carry, t)
+    return _carried(total, carry)
 
 
 @_compile
@@ -94,14 +131,15 @@ def _row_squares(x, r, shift):  # pragma: no cover - compiled
     rows, channels, inner = x.shape
     n = channels * inner
     flat = x[r].reshape(n) if inner == 1 else x[r].ravel()
-    total = 0.0
-    for j0 in range(0, n, 256):
+    total = carry = 0.0
+    for chunk in range(-(-n // CHUNK)):  # see `_segment_sums`
+        lo = chunk * CHUNK
         t = 0.0
-        for j in range(j0, min(j0 + 256, n)):
-            d = np.float64(flat[j]) - shift
+        for j in range(min(CHUNK, n - lo)):
+            d = np.float64(flat[lo + j]) - shift
             t += d * d
-        total += t
-    return total
+        total, carry = _carry_add(total, carry, t)
+    return _carried(total, carry)
 
 
 # --- columns: x as (A, K, B) (B = 1 for (N, D) batch norm), statistics per feature k ---------
@@ -110,7 +148,7 @@ def _col_sums(x, shift, square):  # pragma: no cover - compiled
     # Per feature k: sum over a and b of (x - shift[k]), or of its square.
     rows, features, inner = x.shape
     part = np.zeros(features)
-    mid = np.zeros(features)
+    carry = np.zeros(features)
     total = np.zeros(features)
     for a in range(rows):
         if inner == 1:  # (N, D): the loop over features is the vectorized one
@@ -121,17 +159,13 @@ def _col_sums(x, shift, square):  # pragma: no cover - compiled
             else:
                 for k in range(features):
                     part[k] += np.float64(x[a, k, 0]) - shift[k]
-        else:
+        else:  # a segment of B values: its own chunks, carried into the total
             for k in range(features):
-                m = shift[k]
-                t = 0.0
-                for b in range(inner):
-                    d = np.float64(x[a, k, b]) - m
-                    t += d * d if square else d
-                part[k] += t
+                part[k] = _segment_sums(x, a, k, shift[k], square)
+            _fold(part, total, carry)
         if a % BLOCK == BLOCK - 1:
-            _fold(part, mid, total, a // BLOCK)
-    _finish(part, mid, total)
+            _fold(part, total, carry)
+    _finish(part, total, carry)
     return total
 
 
@@ -185,30 +219,24 @@ def _col_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
     ivar = np.empty(features)
     for k in range(features):
         ivar[k] = 1.0 / np.sqrt(var[k] + eps)
-    part_dy, mid_dy, dbeta = np.zeros(features), np.zeros(features), np.zeros(features)
-    part_dyx, mid_dyx, dgamma = np.zeros(features), np.zeros(features), np.zeros(features)
+    part_dy, carry_dy, dbeta = np.zeros(features), np.zeros(features), np.zeros(features)
+    part_dyx, carry_dyx, dgamma = np.zeros(features), np.zeros(features), np.zeros(features)
     for a in range(rows):
         if inner == 1:
             for k in range(features):
                 d = np.float64(dy[a, k, 0])
                 part_dy[k] += d
                 part_dyx[k] += d * ((np.float64(x[a, k, 0]) - mean[k]) * ivar[k])
-        else:
+        else:  # a segment of B values: its own chunks, carried into the totals
             for k in range(features):
-                m, q = mean[k], ivar[k]
-                t_dy = 0.0
-                t_dyx = 0.0
-                for b in range(inner):
-                    d = np.float64(dy[a, k, b])
-                    t_dy += d
-                    t_dyx += d * ((np.float64(x[a, k, b]) - m) * q)
-                part_dy[k] += t_dy
-                part_dyx[k] += t_dyx
+                part_dy[k], part_dyx[k] = _segment_grad_sums(dy, x, a, k, mean[k], ivar[k])
+            _fold(part_dy, dbeta, carry_dy)
+            _fold(part_dyx, dgamma, carry_dyx)
         if a % BLOCK == BLOCK - 1:
-            _fold(part_dy, mid_dy, dbeta, a // BLOCK)
-            _fold(part_dyx, mid_dyx, dgamma, a // BLOCK)
-    _finish(part_dy, mid_dy, dbeta)
-    _finish(part_dyx, mid_dyx, dgamma)
+            _fold(part_dy, dbeta, carry_dy)
+            _fold(part_dyx, dgamma, carry_dyx)
+    _finish(part_dy, dbeta, carry_dy)
+    _finish(part_dyx, dgamma, carry_dyx)
     scale = np.empty(features)
     mean_dy = np.empty(features)
     mean_dy_xhat = np.empty(features)
@@ -279,8 +307,8 @@ def _row_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
     groups = gamma.shape[0]
     count = channels * inner
     size = groups * channels
-    part_dy, mid_dy, dbeta = np.zeros(size), np.zeros(size), np.zeros(size)
-    part_dyx, mid_dyx, dgamma = np.zeros(size), np.zeros(size), np.zeros(size)
+    part_dy, carry_dy, dbeta = np.zeros(size), np.zeros(size), np.zeros(size)
+    part_dyx, carry_dyx, dgamma = np.zeros(size), np.zeros(size), np.zeros(size)
     for r in range(rows):
         g = r % groups
         m, q = mean[r], 1.0 / np.sqrt(var[r] + eps)
@@ -290,15 +318,18 @@ def _row_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
         sum_g = 0.0
         sum_gx = 0.0
         if inner == 1:  # layer norm: gamma per value; the row's sums, then its dx
-            for c0 in range(0, channels, 256):
+            k_g = k_gx = 0.0
+            for chunk in range(-(-channels // CHUNK)):  # see `_segment_sums`
+                lo = chunk * CHUNK
                 t_g = 0.0
                 t_gx = 0.0
-                for c in range(c0, min(c0 + 256, channels)):
-                    gd = np.float64(gamma[g, c]) * np.float64(dy[r, c, 0])
+                for j in range(min(CHUNK, channels - lo)):
+                    gd = np.float64(gamma[g, lo + j]) * np.float64(dy[r, lo + j, 0])
                     t_g += gd
-                    t_gx += gd * ((np.float64(x[r, c, 0]) - m) * q)
-                sum_g += t_g
-                sum_gx += t_gx
+                    t_gx += gd * ((np.float64(x[r, lo + j, 0]) - m) * q)
+                sum_g, k_g = _carry_add(sum_g, k_g, t_g)
+                sum_gx, k_gx = _carry_add(sum_gx, k_gx, t_gx)
+            sum_g, sum_gx = _carried(sum_g, k_g), _carried(sum_gx, k_gx)
             mean_g, mean_gx = sum_g / count, sum_gx / count
             for c in range(channels):
                 d = np.float64(dy[r, c, 0])
@@ -306,19 +337,19 @@ def _row_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
                 pdy[c] += d
                 pdyx[c] += d * xhat
                 dx[r, c, 0] = q * (np.float64(gamma[g, c]) * d - mean_g - xhat * mean_gx)
-        else:
+        else:  # a channel of S values: its own chunks; channels and rows carried
+            k_g = k_gx = 0.0
             for c in range(channels):
                 gam = np.float64(gamma[g, c])
-                t_dy = 0.0
-                t_dyx = 0.0
-                for s in range(inner):
-                    d = np.float64(dy[r, c, s])
-                    t_dy += d
-                    t_dyx += d * ((np.float64(x[r, c, s]) - m) * q)
-                pdy[c] += t_dy
-                pdyx[c] += t_dyx
-                sum_g += gam * t_dy
-                sum_gx += gam * t_dyx
+                t_dy, t_dyx = _segment_grad_sums(dy, x, r, c, m, q)
+                pdy[c] = t_dy
+                pdyx[c] = t_dyx
+                sum_g, k_g = _carry_add(sum_g, k_g, gam * t_dy)
+                sum_gx, k_gx = _carry_add(sum_gx, k_gx, gam * t_dyx)
+            sum_g, sum_gx = _carried(sum_g, k_g), _carried(sum_gx, k_gx)
+            own = slice(g * channels, (g + 1) * channels)  # this group's totals only
+            _fold(pdy, dbeta[own], carry_dy[own])
+            _fold(pdyx, dgamma[own], carry_dyx[own])
             mean_g, mean_gx = sum_g / count, sum_gx / count
             for c in range(channels):
                 gam = np.float64(gamma[g, c])
@@ -326,10 +357,10 @@ def _row_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
                     xhat = (np.float64(x[r, c, s]) - m) * q
                     dx[r, c, s] = q * (gam * np.float64(dy[r, c, s]) - mean_g - xhat * mean_gx)
         if r % BLOCK == BLOCK - 1:
-            _fold(part_dy, mid_dy, dbeta, r // BLOCK)
-            _fold(part_dyx, mid_dyx, dgamma, r // BLOCK)
-    _finish(part_dy, mid_dy, dbeta)
-    _finish(part_dyx, mid_dyx, dgamma)
+            _fold(part_dy, dbeta, carry_dy)
+            _fold(part_dyx, dgamma, carry_dyx)
+    _finish(part_dy, dbeta, carry_dy)
+    _finish(part_dyx, dgamma, carry_dyx)
     return dgamma.reshape((groups, channels)), dbeta.reshape((groups, channels))
 
 
