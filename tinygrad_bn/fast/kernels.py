@@ -325,23 +325,40 @@ def _near_zero_or(xv: np.ndarray, layout: Layout) -> np.ndarray:
     return np.zeros_like(shift) if near else shift
 
 
-LONG_SEGMENT = 256  # a feature's contiguous run of values longer than this: pairwise sums
+LONG_SEGMENT = 256  # a run of contiguous values longer than this: pairwise sums
 FLOAT32_LONG_SEGMENT = 1 << 20  # the same for float32 data (summed in float64, see below)
+
+
+def _pairwise(run: int, dtype: np.dtype) -> bool:
+    """Whether float64 sums over contiguous runs of `run` values (of data of `dtype`) are
+    taken pairwise, as the textbook's sums along such runs are, instead of one term at a time
+    (einsum, vecdot: no product array, but over a run of 16,384 values they lost ten times
+    the textbook's digits, and hundreds of eps where one pair of values dominates). float32
+    data affords running sums up to `FLOAT32_LONG_SEGMENT` terms: n <= 2^20 terms added one
+    at a time in float64 are within n eps64 <= 2^-32 of the sum of their magnitudes, 2^-9
+    eps32, far below what float32 results keep."""
+    return run > (FLOAT32_LONG_SEGMENT if dtype == np.float32 else LONG_SEGMENT)
 
 
 def _feature_products(a: np.ndarray, b: np.ndarray, layout: Layout, dtype: np.dtype
                       ) -> np.ndarray:
-    """sum(a * b) per feature over a float64 block (K,) of data of `dtype`: einsum (no
-    product array) where each feature's values come in short runs; where they come in long
-    runs (spatial batch norm's H * W) of float64 data, the product summed pairwise along
-    them, as the textbook's sums are (einsum adds one term at a time: over a run of 16,384
-    values it lost ten times the textbook's digits). float32 data takes einsum for runs up
-    to `FLOAT32_LONG_SEGMENT`: a block's n <= max(2^17, B) terms per feature added one at a
-    time in float64 are within n eps64 <= 2^-32 of the sum of their magnitudes, 2^-9 eps32,
-    far below what float32 results keep."""
-    if layout.B <= LONG_SEGMENT or (dtype == np.float32 and layout.B <= FLOAT32_LONG_SEGMENT):
+    """sum(a * b) per feature over a float64 block (K,) of data of `dtype`: einsum where
+    each feature's values come in short runs (the textbook adds those runs one after
+    another too), pairwise where they come in long runs (`_pairwise`): spatial batch norm's
+    H * W, or a single feature, whose whole block is one run."""
+    run = layout.B if layout.K > 1 else a.shape[0] * layout.B
+    if not _pairwise(run, dtype):
         return np.einsum(layout.subscripts, a, b)
     return np.add.reduce(np.multiply(a, b), axis=layout.axes)
+
+
+def _row_products(a: np.ndarray, b: np.ndarray, dtype: np.dtype,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """sum(a * b) along the last axis of float64 arrays (rows of data of `dtype`): vecdot
+    for short rows, pairwise for long ones (`_pairwise`), as the textbook sums a row."""
+    if not _pairwise(a.shape[-1], dtype):
+        return np.vecdot(a, b, out=out)
+    return np.add.reduce(np.multiply(a, b), axis=-1, out=out)
 
 
 def statistics(x: np.ndarray, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
@@ -789,7 +806,7 @@ def row_statistics(x: np.ndarray, rows: RowLayout) -> tuple[np.ndarray, np.ndarr
             d, mean = _centred_rows(block, buffer[: (stop - start) * rows.G])
             # errstate is per thread: squares past float64 give inf, as the textbook's.
             with np.errstate(over="ignore", invalid="ignore"):
-                found.append((mean, np.vecdot(d, d) / width))
+                found.append((mean, _row_products(d, d, x.dtype) / width))
         return found
 
     with np.errstate(over="ignore", invalid="ignore"):  # squares past float64: inf, as the textbook
@@ -858,7 +875,7 @@ def row_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndarr
                 flat = slice(start * rows.G, stop * rows.G)
                 block = xv[start:stop].reshape(_row_block(rows, count))
                 d, mean[flat] = _centred_rows(block, buffer[: count * rows.G])
-                var[flat] = np.vecdot(d, d) / width
+                var[flat] = _row_products(d, d, x.dtype) / width
                 _affine_rows(d, 1.0 / np.sqrt(var[flat] + eps), gamma, beta, ov[start:stop],
                              rows, count)
 
@@ -902,7 +919,7 @@ def row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: n
             g = np.multiply(dy_a, gamma_b, out=grad[: count * rows.G].reshape(dy_a.shape))
             g = g.reshape(block)
             mean_g = np.add.reduce(g, axis=1) / width
-            mean_gx = np.vecdot(g, xhat) / width
+            mean_gx = _row_products(g, xhat, x.dtype) / width
             xhat *= mean_gx[:, None]
             np.subtract(g, xhat, out=xhat)
             xhat -= mean_g[:, None]
@@ -968,7 +985,7 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
                 dy = _as_float64(dyv[start:stop].reshape(_row_block(rows, count)),
                                  grad[: count * rows.G]).reshape(d.shape)
                 np.add.reduce(dy, axis=3, out=sum_dy[start:stop])
-                np.vecdot(dy, d, out=sum_dy_d[start:stop])
+                _row_products(dy, d, x.dtype, out=sum_dy_d[start:stop])
                 if sum_dy2 is not None:  # float32 sums, for the bound (error bounded)
                     block = dyv[start:stop].reshape(d.shape)
                     sum_dy2[start:stop] = np.vecdot(block, block)
