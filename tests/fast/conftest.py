@@ -20,3 +20,13 @@ def backend(request):
     fast.use_numba(request.param == "numba")
     yield request.param
     fast.use_numba(previous)
+
+
+@pytest.fixture
+def compiled():
+    """The numba-compiled passes alone (for tests of the compiled kernels themselves)."""
+    pytest.importorskip("numba")
+    previous = fast.numba_enabled()
+    fast.use_numba(True)
+    yield
+    fast.use_numba(previous)

@@ -20,14 +20,6 @@ FITTING = [(37, 5, 23, 19), (99, 3, 17, 17), (32, 64, 32, 32), (1100, 6, 4, 4), 
 NOT_FITTING = [(160, 3, 32, 32), (4096, 4, 3, 3), (4096, 3, 1, 8)]
 
 
-@pytest.fixture
-def compiled():
-    previous = fast.numba_enabled()
-    fast.use_numba(True)
-    yield
-    fast.use_numba(previous)
-
-
 def _case(shape, dtype, center=0.0, seed=0) -> Case:
     rng = np.random.default_rng(seed)
     x = (center + rng.standard_normal(shape)).astype(dtype)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from benchmarks.exactness import Case, errors_in_eps, run_case
-from tinygrad_bn import fast
 from tinygrad_bn.fast import kernels
 from tinygrad_bn.fast import norm as fast_norm
 from tinygrad_bn.norm import norm_spec
@@ -18,14 +17,6 @@ A_FEW_EPS = 8.0
 # (A, K): row steps 1 (a row fills a page), 2, 3, 16 (the cap) in float32 and float64;
 # rows per chunk not a multiple of four steps, runs not a multiple of the block.
 SHAPES = [(4099, 1024), (8191, 512), (3001, 341), (20000, 7), (1203, 1537), (40000, 5)]
-
-
-@pytest.fixture
-def compiled():
-    previous = fast.numba_enabled()
-    fast.use_numba(True)
-    yield
-    fast.use_numba(previous)
 
 
 def _layout(shape, dtype):
