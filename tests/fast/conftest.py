@@ -30,3 +30,23 @@ def compiled():
     fast.use_numba(True)
     yield
     fast.use_numba(previous)
+
+
+@pytest.fixture
+def on_thread_counts():
+    """results(case, counts): `run_case(case, together=True)` on each thread count in turn
+    (the thread count set back to 2 afterwards), for tests that results do not depend on it."""
+    from benchmarks.exactness import run_case
+    from tinygrad_bn.fast import kernels
+
+    def results(case, counts):
+        found = []
+        for threads in counts:
+            kernels.set_num_threads(threads)
+            try:
+                found.append(run_case(case, together=True))
+            finally:
+                kernels.set_num_threads(2)
+        return found
+
+    return results

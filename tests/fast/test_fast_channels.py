@@ -6,7 +6,6 @@ import pytest
 
 from benchmarks.exactness import Case, errors_in_eps, run_case
 from tinygrad_bn import fast
-from tinygrad_bn.fast import kernels
 from tinygrad_bn.fast import norm as fast_norm
 from tinygrad_bn.norm import norm_spec
 
@@ -88,15 +87,10 @@ def test_channel_passes_equal_the_column_passes(dtype, monkeypatch, compiled):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_channel_passes_give_the_same_bits_on_any_thread_count(dtype, compiled):
+def test_channel_passes_give_the_same_bits_on_any_thread_count(dtype, compiled,
+                                                                on_thread_counts):
     case = _case((32, 8, 24, 24), dtype, center=1.0, seed=2)
-    results = []
-    for threads in (1, 2, 3, 4):
-        kernels.set_num_threads(threads)
-        try:
-            results.append(run_case(case, together=True))
-        finally:
-            kernels.set_num_threads(2)
+    results = on_thread_counts(case, (1, 2, 3, 4))
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert np.array_equal(a, b)

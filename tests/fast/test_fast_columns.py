@@ -6,8 +6,7 @@ textbook."""
 import numpy as np
 import pytest
 
-from benchmarks.exactness import Case, errors_in_eps, run_case
-from tinygrad_bn.fast import kernels
+from benchmarks.exactness import Case, errors_in_eps
 from tinygrad_bn.fast import norm as fast_norm
 from tinygrad_bn.norm import norm_spec
 
@@ -96,20 +95,14 @@ def test_column_passes_are_as_exact_as_the_textbook(shape, dtype, center, compil
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_column_passes_give_the_same_bits_on_any_thread_count(dtype, compiled):
+def test_column_passes_give_the_same_bits_on_any_thread_count(dtype, compiled, on_thread_counts):
     rng = np.random.default_rng(3)
     for shape in SHAPES[:4]:
         features = shape[1]
         case = Case("columns", "batch", (3 + rng.standard_normal(shape)).astype(dtype),
                     np.ones(features, dtype), np.zeros(features, dtype),
                     rng.standard_normal(shape).astype(dtype))
-        results = []
-        for threads in (1, 2, 3):
-            kernels.set_num_threads(threads)
-            try:
-                results.append(run_case(case, together=True))
-            finally:
-                kernels.set_num_threads(2)
+        results = on_thread_counts(case, (1, 2, 3))
         for other in results[1:]:
             for a, b in zip(results[0], other):
                 assert np.array_equal(a, b), shape
