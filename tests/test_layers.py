@@ -104,6 +104,93 @@ def test_the_check_catches_upward_and_sideways_imports(tmp_path):
         assert len(violations([path], tmp_path)) == 1, relative
 
 
+# --- inside the core: one import pair at most ------------------------------------------
+def core_import_graph(folder: pathlib.Path) -> dict[str, set[str]]:
+    """Which files of the core folder each of its files imports, by file stem: relative and
+    `tinygrad_bn.core...` imports, at the top, inside functions or for type checking alike."""
+    files = {path.stem for path in folder.glob("*.py")} - {"__init__"}
+    graph = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                parts = ["tinygrad_bn", "core"][: 3 - node.level] if node.level else []
+                stem = ".".join(parts + ([node.module] if node.module else []))
+                # `from . import ops` and `from tinygrad_bn.core import ops` import modules.
+                modules = [stem] + [f"{stem}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            found |= {m.split(".")[2] for m in modules if m.startswith("tinygrad_bn.core.")}
+        graph[path.stem] = found & files - {path.stem}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The files that import each other, directly or around a loop: every strongly connected
+    set of more than one file."""
+    def reachable(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for following in graph.get(todo.pop(), ()):
+                if following not in seen:
+                    seen.add(following)
+                    todo.append(following)
+        return seen
+
+    reach = {name: reachable(name) for name in graph}
+    circles: list[set[str]] = []
+    for name in sorted(graph):
+        circle = {name} | {other for other in reach[name] if name in reach[other]}
+        if len(circle) > 1 and circle not in circles:
+            circles.append(circle)
+    return circles
+
+
+def core_circle_problems(folder: pathlib.Path) -> list[str]:
+    """Every loop of three or more files, and every pair beyond the first (DESIGN: at most the
+    one pair of Node and what builds Nodes)."""
+    circles = import_circles(core_import_graph(folder))
+    problems = [f"a loop of {len(c)} files: {', '.join(sorted(c))}" for c in circles if len(c) > 2]
+    pairs = [" <-> ".join(sorted(c)) for c in circles if len(c) == 2]
+    if len(pairs) > 1:
+        problems.append(f"{len(pairs)} import pairs (at most one): {'; '.join(pairs)}")
+    return problems
+
+
+def test_the_core_has_at_most_one_import_pair_and_no_loop():
+    problems = core_circle_problems(ROOT / "tinygrad_bn" / "core")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_circle_check_sees_every_kind_of_import(tmp_path):
+    def core(files: dict[str, str]) -> list[str]:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        for name, text in {"__init__": "from .a import x\n", **files}.items():
+            (folder / f"{name}.py").write_text(text)
+        return core_circle_problems(folder)
+
+    one_pair = {"a": "from .b import y\n", "b": "def f():\n    from . import a\n", "c": "from .a import x\n"}
+    assert core(one_pair) == []
+    loops = {  # three files in a loop, each drawn with another kind of import
+        "inside a function": {"b": "def f():\n    from .c import z\n"},
+        "from . import": {"b": "from . import c\n"},
+        "absolute": {"b": "from tinygrad_bn.core.c import z\n"},
+        "absolute package": {"b": "from tinygrad_bn.core import c\n"},
+        "plain import": {"b": "import tinygrad_bn.core.c\n"},
+        "for type checking": {"b": "if TYPE_CHECKING:\n    from .c import z\n"},
+        "from the package above": {"b": "from ..core.c import z\n"},
+    }
+    for kind, files in loops.items():
+        problems = core({"a": "from .b import y\n", "c": "from .a import x\n", **files})
+        assert problems == ["a loop of 3 files: a, b, c"], kind
+    two_pairs = {"a": "from .b import y\n", "b": "from .a import x\n",
+                 "c": "from .d import w\n", "d": "from .c import z\n"}
+    assert core(two_pairs) == ["2 import pairs (at most one): a <-> b; c <-> d"]
+
+
 # --- the seams: where the fast layer may stand in ------------------------------------
 def test_fast_variants_stand_in_only_at_seams_the_core_declares():
     import tinygrad_bn as tb

@@ -1,7 +1,9 @@
 """What VJPs are written with: helpers that work on numpy arrays and on Nodes alike.
 
-On arrays they are plain numpy; given a Node they record ops, so that the same VJP code
-gives first-order gradients on arrays and a differentiable graph on Nodes.
+On numpy values they are plain numpy. A Node is a `GraphValue`: given one, each helper calls
+the Node's method of the same name, which records the op, so that the same VJP code gives
+first-order gradients on arrays and a differentiable graph on Nodes. The helpers ask the
+value rather than import the graph: the ops import this file, and the graph imports the ops.
 """
 
 from __future__ import annotations
@@ -10,10 +12,39 @@ from typing import Any
 
 import numpy as np
 
-from .node import Node, apply, value
-from .operands import operand_pair
+__all__ = ["GraphValue", "unbroadcast", "broadcast_to", "where", "log_of", "exp_of", "value"]
 
-__all__ = ["unbroadcast", "broadcast_to", "where", "log_of", "exp_of"]
+
+class GraphValue:
+    """A value that records the ops done to it: node.py's `Node` (its one subclass).
+
+    The helpers below call these methods for it; `data` is its numpy value.
+    """
+
+    __slots__ = ()
+    data: Any
+
+    def broadcast_to(self, shape: tuple[int, ...]) -> GraphValue:
+        """This value broadcast to `shape`, recorded as the broadcast_to op."""
+        raise NotImplementedError
+
+    def log(self) -> GraphValue:
+        """The natural logarithm, recorded as the log op."""
+        raise NotImplementedError
+
+    def exp(self) -> GraphValue:
+        """e**self, recorded as the exp op."""
+        raise NotImplementedError
+
+    @staticmethod
+    def where(condition: np.ndarray, a: Any, b: Any) -> GraphValue:
+        """a where `condition` (a boolean array) holds, else b, recorded as the where op."""
+        raise NotImplementedError
+
+
+def value(x: Any) -> Any:
+    """The numpy value of a Node; anything else as it is."""
+    return x.data if isinstance(x, GraphValue) else x
 
 
 def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
@@ -34,8 +65,8 @@ def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
 
 def broadcast_to(x: Any, shape: tuple[int, ...]) -> Any:
     """numpy's broadcast_to for arrays (a read-only view); the `broadcast_to` op for Nodes."""
-    if isinstance(x, Node):
-        return apply(_ops.BroadcastTo, (x,), shape=tuple(shape))
+    if isinstance(x, GraphValue):
+        return x.broadcast_to(shape)
     return np.broadcast_to(x, shape)
 
 
@@ -45,20 +76,18 @@ def where(condition: Any, a: Any, b: Any) -> Any:
     Unlike `condition * a`, an infinite or NaN `a` where the condition fails gives b, not NaN.
     """
     condition = np.asarray(value(condition), dtype=bool)
-    if isinstance(a, Node) or isinstance(b, Node):
-        return apply(_ops.Where, operand_pair(a, b), condition=condition)
+    for operand in (a, b):
+        if isinstance(operand, GraphValue):
+            return operand.where(condition, a, b)
     out = np.where(condition, a, b)
     return out[()] if out.ndim == 0 else out
 
 
 def log_of(x: Any) -> Any:
     """The natural logarithm of an array (numpy's) or of a Node (the log op)."""
-    return x.log() if isinstance(x, Node) else np.log(x)
+    return x.log() if isinstance(x, GraphValue) else np.log(x)
 
 
 def exp_of(x: Any) -> Any:
     """e**x of an array (numpy's) or of a Node (the exp op)."""
-    return x.exp() if isinstance(x, Node) else np.exp(x)
-
-
-from . import ops as _ops  # noqa: E402  (two of the ops are recorded here; the ops use these helpers)
+    return x.exp() if isinstance(x, GraphValue) else np.exp(x)

@@ -1,22 +1,25 @@
 """The functional API: `tb.add(a, b)`, `tb.mean(x, axis=0)`, ... (what Node's operators call).
 
-Each function turns its operands into Nodes (`operands.py`), checks its arguments
-(`axes.py`) and records one op of `ops.py`.
+Each function turns its operands into Nodes (below: a Python number becomes a shared
+constant), checks its arguments (`axes.py`) and records one op of `ops.py`. This file and
+`node.py` are the core's one import pair: Node's operators call these functions, which
+record Nodes. Everything else in the core imports one way, downwards.
 """
 
 from __future__ import annotations
 
 import builtins
+import math
 import numbers
 from typing import Any
 
 import numpy as np
 
 from .axes import Axis, normalize_axis, normalize_axis_order
-from .node import FLOAT_DTYPES, Node, apply, value
-from .operands import as_operand, operand_pair
+from .node import FLOAT_DTYPES, Constant, Node, apply, value
 from .ops import (
     Add,
+    BroadcastTo,
     Cast,
     Div,
     Exp,
@@ -35,12 +38,53 @@ from .ops import (
     Sum,
     Tanh,
     Transpose,
+    Where,
 )
 
 __all__ = ["add", "sub", "mul", "div", "pow", "neg", "identity", "sqrt", "exp", "log", "relu",
-           "tanh", "sum", "mean", "reshape", "transpose", "matmul", "astype"]
+           "tanh", "sum", "mean", "reshape", "transpose", "matmul", "astype", "broadcast_to",
+           "where", "as_operand", "operand_pair", "number_constant", "MAX_SHARED_CONSTANTS"]
 
 
+# --- operands: what an op's inputs become ---------------------------------------------
+# `x * 0.5` multiplies two Nodes: the number becomes a `Constant` of x's dtype (so float32
+# stays float32), and since a Constant is immutable, one per number and dtype serves every
+# graph (at most `MAX_SHARED_CONSTANTS` are kept; further numbers get constants of their
+# own). Arrays and numpy numbers become constant leaves of their own dtype.
+MAX_SHARED_CONSTANTS = 1024
+_shared_constants: dict[tuple[Any, ...], Constant] = {}
+
+
+def number_constant(number: Any, dtype: np.dtype) -> Node:
+    """A Python number as a Constant of `dtype`; anything else as `as_operand` makes it."""
+    kind = type(number)
+    if kind is float or kind is int:
+        # 0.0 and -0.0 are equal keys: the sign tells them apart.
+        key = (number, dtype) if number else (number, dtype, math.copysign(1, number))
+        node = _shared_constants.get(key)
+        if node is None:
+            node = Constant(np.asarray(number, dtype=dtype))
+            if len(_shared_constants) < MAX_SHARED_CONSTANTS:
+                _shared_constants[key] = node
+        return node
+    return as_operand(number)
+
+
+def as_operand(a: Any) -> Node:
+    """A Node as it is; anything else as a constant leaf (requires_grad=False)."""
+    return a if isinstance(a, Node) else Node(a, requires_grad=False)
+
+
+def operand_pair(a: Any, b: Any) -> tuple[Node, Node]:
+    """Both operands of a binary op as Nodes; a Python number takes the other's dtype."""
+    if isinstance(a, Node):
+        return a, b if isinstance(b, Node) else number_constant(b, a.dtype)
+    if isinstance(b, Node):
+        return number_constant(a, b.dtype), b
+    return as_operand(a), as_operand(b)
+
+
+# --- the ops ---------------------------------------------------------------------------
 def add(a: Any, b: Any) -> Node:
     """a + b with numpy broadcasting; gradients reduced back to each input's shape."""
     return apply(Add, operand_pair(a, b))
@@ -143,3 +187,14 @@ def transpose(a: Any, axes: tuple[int, ...] | None = None) -> Node:
 def matmul(a: Any, b: Any) -> Node:
     """a @ b with numpy's matmul rules (1-D operands, batch broadcasting)."""
     return apply(MatMul, operand_pair(a, b))
+
+
+def broadcast_to(a: Any, shape: tuple[int, ...]) -> Node:
+    """a broadcast to `shape` with numpy's rules; the gradient is summed back. (D,) -> (N, D)."""
+    return apply(BroadcastTo, (as_operand(a),), shape=tuple(shape))
+
+
+def where(condition: Any, a: Any, b: Any) -> Node:
+    """a where `condition` holds, else b, as a Node (`tb.where` gives arrays for arrays)."""
+    condition = np.asarray(value(condition), dtype=bool)
+    return apply(Where, operand_pair(a, b), condition=condition)

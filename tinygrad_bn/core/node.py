@@ -2,9 +2,11 @@
 
 A Node holds a numpy value, its gradient, the op that produced it, that op's parameters
 and its parents. The ops themselves live in `ops.py`; this file knows how to record them
-and how to walk the graph backwards. Backward reads in four steps, collect -> order ->
-seed -> loop, never recurses (graphs of any depth work), and a node keeps no reference
-to its children, so a graph holds no reference cycles and reference counting frees it.
+and how to walk the graph backwards. Node's operators call the functional API
+(`functional.py`), which records the ops: that pair is the core's one import circle.
+Backward reads in four steps, collect -> order -> seed -> loop, never recurses (graphs of
+any depth work), and a node keeps no reference to its children, so a graph holds no
+reference cycles and reference counting frees it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .dual import GraphValue, value
 from .seams import seam
 from .switch import Switch
 
@@ -89,7 +92,7 @@ def as_float_array(value: Any, argname: str = "data") -> np.ndarray:
     )
 
 
-class Node:
+class Node(GraphValue):
     """A value in the graph: `data` (an ndarray; a numpy scalar when 0-d), `grad`, the `op`
     that made it, its `parents`.
 
@@ -397,6 +400,14 @@ class Node:
     def T(self) -> Node:  # noqa: N802 - numpy's name
         return _functional.transpose(self, None)
 
+    def broadcast_to(self, shape: tuple[int, ...]) -> Node:
+        return _functional.broadcast_to(self, shape)
+
+    @staticmethod
+    def where(condition: Any, a: Any, b: Any) -> Node:
+        """a where `condition` holds, else b, recorded as the where op (`tb.where` on Nodes)."""
+        return _functional.where(condition, a, b)
+
 
 def apply(op: type[Op], parents: tuple[Node, ...], **params: Any) -> Node:
     """Run `op` on the parents' values and record the result as a node of the graph."""
@@ -424,11 +435,6 @@ def record(op: type[Op], parents: tuple[Node, ...], out: Any, **params: Any) -> 
     for parent in parents:
         requires_grad = requires_grad or parent.requires_grad
     return Node._result(out, op, parents, params or NO_PARAMS, requires_grad)
-
-
-def value(x: Any) -> Any:
-    """The numpy value of a Node; anything else as it is."""
-    return x.data if isinstance(x, Node) else x
 
 
 class Constant(Node):
@@ -689,6 +695,6 @@ def stages(root: Node) -> dict[str, Node]:
     return {node.name: node for node in graph_nodes(root) if node.name is not None}
 
 
-# Node's operators call the functional API, whose ops record Nodes: imported last, once
-# Node exists (the one import of this file from below itself).
+# Node's operators call the functional API, which records Nodes: imported last, once Node
+# exists (the core's one import pair; every other import in the core points one way).
 from . import functional as _functional  # noqa: E402

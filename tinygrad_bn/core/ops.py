@@ -22,13 +22,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .dual import broadcast_to, exp_of, log_of, unbroadcast, where
-from .node import apply, value
+# The op classes import no Node: `dual.py`'s helpers record on a Node through its own
+# methods, and `functional.py` records the ops (Node's operators call it).
+from .dual import broadcast_to, exp_of, log_of, unbroadcast, value, where
 from .seams import seam
 
 # The helpers VJPs are written with are part of this page's vocabulary, so they are listed too.
-__all__ = ["Op", "OPS", "register", "apply", "value", "unbroadcast", "broadcast_to", "where",
-           "log_of", "exp_of"]
+__all__ = ["Op", "OPS", "register", "value", "unbroadcast", "broadcast_to", "where", "log_of",
+           "exp_of"]
 OPS: dict[str, type[Op]] = {}
 REGISTRY = OPS  # deprecated name: OPS
 

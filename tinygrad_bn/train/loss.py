@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.node import Node
-from ..core.ops import Op, apply, exp_of, value
+from ..core.node import Node, apply
+from ..core.ops import Op, exp_of, value
 
 __all__ = ["softmax_cross_entropy"]
 
