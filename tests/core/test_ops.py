@@ -251,6 +251,20 @@ def test_norm_axis_errors_name_axis(axis, error, message):
             norm(x, np.ones(3), np.zeros(3), axis=axis)
 
 
+def test_the_vjp_helpers_give_arrays_for_arrays_and_record_ops_on_nodes():
+    x = tb.Node(np.array([1.0, -2.0], dtype=np.float32))
+    picked = tb.where(np.array([True, False]), 0.5, x)
+    assert picked.op == "where" and picked.parents[1] is x  # the operands in their order
+    assert picked.parents[0].dtype == np.float32  # the number takes the Node's dtype
+    np.testing.assert_array_equal(picked.data, np.array([0.5, -2.0], np.float32))
+    assert type(tb.where([True, False], [1, 2], [3, 4])) is np.ndarray
+    spread = tb.ops.broadcast_to(x, (3, 2))
+    assert spread.op == "broadcast_to" and spread.parents == (x,) and spread.shape == (3, 2)
+    assert type(tb.ops.broadcast_to(x.data, (3, 2))) is np.ndarray
+    assert tb.ops.log_of(x * x).op == "log" and tb.ops.exp_of(x).op == "exp"
+    assert tb.ops.value(x) is x.data and tb.ops.value(x.data) is x.data
+
+
 def test_number_constants_are_immutable():
     x = tb.Node(np.ones(2))
     half = (x * 0.5).parents[1]

@@ -400,12 +400,14 @@ class Node(GraphValue):
     def T(self) -> Node:  # noqa: N802 - numpy's name
         return _functional.transpose(self, None)
 
+    # What dual.py's helpers (which VJPs are written with) call on a Node.
     def broadcast_to(self, shape: tuple[int, ...]) -> Node:
+        """This node broadcast to `shape` with numpy's rules: (D,) -> (N, D)."""
         return _functional.broadcast_to(self, shape)
 
     @staticmethod
     def where(condition: Any, a: Any, b: Any) -> Node:
-        """a where `condition` holds, else b, recorded as the where op (`tb.where` on Nodes)."""
+        """a where `condition` holds, else b (all broadcast together), recorded as the where op."""
         return _functional.where(condition, a, b)
 
 
