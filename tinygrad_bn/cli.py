@@ -20,8 +20,8 @@ import numpy as np
 from . import __version__, fast
 from .check.compare import compare_normalization
 from .check.explain import explain_normalization, format_values
+from .files import check_writable, describe_os_error, prepare_folder
 from .norm import NORMS, norm_spec
-from .train.files import check_writable, check_writable_folder, describe_os_error
 
 __all__ = ["main", "build_parser", "sample_batch"]
 
@@ -35,6 +35,7 @@ DEFAULT_SHAPES = {
     "group": ((2, 6, 4, 5), (2, 6, 4, 5)),
 }
 DEFAULT_GROUPS = 2
+DEFAULT_FOLDER = pathlib.Path("graphs")  # render's and demo's pictures
 
 
 # Argument parsers: argparse prefixes each message with "argument --option:", so the
@@ -183,8 +184,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from .check.layers import FUNCTIONS, check_layers
 
-    if not args.path.is_file():
+    try:
+        readable = args.path.is_file()
+    except OSError as error:  # a name too long, a loop of links
+        return _usage_error(args, f"path: cannot read {args.path}: {describe_os_error(error)}")
+    if not readable:
         return _usage_error(args, f"no such file: {args.path}")
+    for option, output in (("--save-case", args.save_case), ("--html", args.html)):
+        if output is not None:  # before the check, not after it
+            try:
+                check_writable(output)
+            except OSError as error:
+                return _runtime_error(args, f"{option}: cannot write {output}: "
+                                            f"{describe_os_error(error)}")
     only = None
     if args.only is not None:
         only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -212,7 +224,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if report.error is not None:
         return 2
     if args.save_case is not None:
-        saved = report.save_case(args.save_case)
+        try:
+            saved = report.save_case(args.save_case)
+        except OSError as error:
+            return _runtime_error(args, f"--save-case: cannot write {args.save_case}: "
+                                        f"{describe_os_error(error)}")
         print(f"saved the case of {saved} to {args.save_case}" if saved else
               "nothing fails: no case saved")
     if args.html is not None and report.results:
@@ -225,7 +241,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                                   timeout=args.timeout, memory=int(args.memory * 2**30),
                                   functions=mapping)
         except OSError as error:
-            return _runtime_error(args, f"--html: cannot write {args.html}: {error.strerror}")
+            return _runtime_error(args, f"--html: cannot write {args.html}: "
+                                        f"{describe_os_error(error)}")
         print(f"wrote {args.html}: {shown} step by step beside the staged backward pass")
     elif args.html is not None:
         print(f"no page written to {args.html}: no function was checked")
@@ -279,7 +296,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     path = args.out
     known = (*FORMATS, "html")
     if path is None:
-        path = pathlib.Path("graphs") / f"{args.norm}norm_{args.graph}.{fmt or 'svg'}"
+        path = DEFAULT_FOLDER / f"{args.norm}norm_{args.graph}.{fmt or 'svg'}"
+        try:  # the default folder is made when missing, and said so
+            if prepare_folder(DEFAULT_FOLDER):
+                print(f"created the folder {DEFAULT_FOLDER}/")
+        except OSError as error:
+            return _runtime_error(args, f"--out: cannot write {path}: {describe_os_error(error)}")
     else:
         suffix = path.suffix.lstrip(".").lower()
         if suffix and suffix not in known:
@@ -321,7 +343,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     if args.plot is not None:  # before the run, not after it
         try:
-            check_writable_folder(args.plot)
+            if prepare_folder(args.plot):
+                print(f"created the folder {args.plot}/")
         except OSError as error:
             return _usage_error(args, f"--plot: cannot write to {args.plot}: "
                                       f"{describe_os_error(error)}")
@@ -379,7 +402,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     folder = args.out_dir  # checked first: no work is done for nothing
     try:
-        check_writable_folder(folder)
+        if prepare_folder(folder):
+            print(f"created the folder {folder}/")
     except OSError as error:
         return _usage_error(args, f"--out-dir: cannot write graphs to {folder}: "
                                   f"{describe_os_error(error)}")
@@ -488,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: from --out's suffix, else svg; html writes the "
                              "backward-pass stepper (one page to open in a browser)")
     render.add_argument("--out", type=pathlib.Path, default=None,
-                        help="file to write (default graphs/NORMnorm_GRAPH.FORMAT)")
+                        help="file to write, in a folder that exists (default "
+                             "graphs/NORMnorm_GRAPH.FORMAT, the folder made if missing)")
     render.add_argument("--backward", action="store_true",
                         help="also draw the backward edges, labelled with gradient norms")
     render.set_defaults(run=cmd_render)
@@ -502,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--seed", type=parse_seed, default=0)
     experiment.add_argument("--plot", type=pathlib.Path, default=None, metavar="DIR",
                             help="also draw the per-layer statistics and loss curves (SVG and "
-                                 "PNG, with matplotlib) into DIR")
+                                 "PNG, with matplotlib) into DIR (made if missing, inside a "
+                                 "folder that exists)")
     experiment.set_defaults(run=cmd_experiment)
 
     bench = commands.add_parser(
@@ -523,8 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shape", type=parse_shape, default=None,
                       help="batch for compare (default 200,50)")
     demo.add_argument("--seed", type=parse_seed, default=0)
-    demo.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("graphs"),
-                      help="folder for the graphs (default graphs)")
+    demo.add_argument("--out-dir", type=pathlib.Path, default=DEFAULT_FOLDER,
+                      help="folder for the graphs (default graphs; made if missing, inside a "
+                           "folder that exists)")
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -33,6 +33,7 @@ from tinygrad_bn.check.locate import StageMatch
 from tinygrad_bn.check.sandbox import run_isolated
 from tinygrad_bn.check.student import student_loader
 from tinygrad_bn.core.node import Node
+from tinygrad_bn.files import write_atomic
 from tinygrad_bn.norm import norm_staged
 
 from .draw import draw
@@ -231,15 +232,7 @@ def check_report_page(report: LayersReport, path: str | os.PathLike, *,
         "SVG": _svg_body(graph.svg()),
         "DATA": page_json(data),
     })
-    target = pathlib.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.partial")
-    try:
-        temporary.write_text(page, encoding="utf-8")
-        temporary.replace(target)  # a whole page or none
-    finally:
-        temporary.unlink(missing_ok=True)
-    return target
+    return write_atomic(pathlib.Path(path), page)  # a whole page or none
 
 
 # The stepper's page with the verdicts above it. Inserted at two anchors of the stepper's

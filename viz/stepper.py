@@ -32,7 +32,7 @@ import numpy as np
 
 from tinygrad_bn.check.parts import backward_steps, broadcast_note
 from tinygrad_bn.core.node import Node
-from tinygrad_bn.train.files import write_atomic
+from tinygrad_bn.files import write_atomic
 
 from .code import send_line, sum_line
 from .draw import draw
