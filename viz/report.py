@@ -37,6 +37,7 @@ from tinygrad_bn.files import write_atomic
 from tinygrad_bn.norm import norm_staged
 
 from .draw import draw
+from .labels import visible_surrogates
 from .stepper import (
     PAGE,
     StudentRecord,
@@ -228,7 +229,8 @@ def check_report_page(report: LayersReport, path: str | os.PathLike, *,
     data = {"steps": steps, "student": None if record is None else _student_data(record),
             "report": _verdicts(report, name, case)}
     page = fill_template(REPORT_PAGE, {
-        "TITLE": html.escape(f"{name} in {report.source}: the check beside the backward pass"),
+        "TITLE": html.escape(visible_surrogates(f"{name} in {report.source}: the check beside "
+                                                "the backward pass")),
         "SVG": _svg_body(graph.svg()),
         "DATA": page_json(data),
     })
