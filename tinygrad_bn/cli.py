@@ -119,6 +119,35 @@ def _data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
         raise SystemExit(_usage_error(args, message)) from None
 
 
+# Peak bytes per value of x that explain and render take (the staged graph's stages and
+# gradients, the drawing's summaries), measured at x (2000, 1000) float64: 140 (render's
+# comparison graph, which runs compare, is judged by compare's own estimate).
+SAMPLE_MEMORY_PER_VALUE = 256
+
+
+def _sample_too_large(args: argparse.Namespace) -> int | None:
+    """Exit code 2 with one line when --shape's sample data would not fit in memory (before
+    any array exists); None when it fits."""
+    from .check.compare import _one_two_five_below, available_memory, format_bytes
+
+    if args.shape is None:
+        return None
+    shape = tuple(args.shape)
+    limit = available_memory() // 2
+    values = math.prod(shape)
+    need = values * SAMPLE_MEMORY_PER_VALUE
+    if need <= limit:
+        return None
+    smaller = list(shape)
+    for axis, smallest in ((0, min(2, shape[0])), (len(shape) - 1, 1)):
+        while math.prod(smaller) * SAMPLE_MEMORY_PER_VALUE > limit and smaller[axis] > smallest:
+            smaller[axis] = max(smallest, _one_two_five_below(smaller[axis] - 1))
+    return _usage_error(args, f"--shape: x {shape} has {values:.3g} values; {args.command} needs "
+                              f"about {format_bytes(need)}, more than half the memory available "
+                              f"now ({format_bytes(limit)}); try --shape "
+                              f"{','.join(map(str, smaller))}")
+
+
 def _usage_error(args: argparse.Namespace, message: str) -> int:
     print(f"tinygrad-bn {args.command}: error: {message}", file=sys.stderr)
     return 2
@@ -129,15 +158,25 @@ def _runtime_error(args: argparse.Namespace, message: str) -> int:
     return 1
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def cmd_compare_cost(args: argparse.Namespace) -> int | None:
+    """Exit code 2 with one line when comparing on --shape would take too much memory or
+    time (before a single array is drawn); None when it fits."""
     from .check.compare import compare_cost, format_bytes
 
-    if args.shape is not None:  # before a single array is drawn
-        _, too_large, smaller = compare_cost(args.shape, args.norm)
-        if too_large is not None:
-            estimate = format_bytes(compare_cost(smaller, args.norm)[0])
-            return _usage_error(args, f"--shape: {too_large}; try --shape "
-                                      f"{','.join(map(str, smaller))} (about {estimate})")
+    if args.shape is None:
+        return None
+    _, too_large, smaller = compare_cost(args.shape, args.norm)
+    if too_large is None:
+        return None
+    estimate = format_bytes(compare_cost(smaller, args.norm)[0])
+    return _usage_error(args, f"--shape: {too_large}; try --shape "
+                              f"{','.join(map(str, smaller))} (about {estimate})")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    too_large = cmd_compare_cost(args)
+    if too_large is not None:
+        return too_large
     x, gamma, beta, dout = _data(args)
     report = compare_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
                                    groups=args.groups, progress=progress_printer("numeric check"))
@@ -166,9 +205,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         from .check.explain import explain
         try:
             explanation = explain(load=args.load)
-        except (OSError, ValueError) as error:
-            return _usage_error(args, f"--load: cannot read {args.load}: {error}")
+        except OSError as error:
+            return _usage_error(args, f"--load: cannot read {args.load}: "
+                                      f"{describe_os_error(error)}")
+        except (ValueError, TypeError) as error:
+            reason = str(error)  # the library's own reason names the file already
+            return _usage_error(args, "--" + reason if reason.startswith("load: ") else
+                                f"--load: cannot explain {args.load}: {reason}")
     else:
+        too_large = _sample_too_large(args)
+        if too_large is not None:
+            return too_large
         x, gamma, beta, dout = _data(args)
         explanation = explain_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
                                             groups=args.groups)
@@ -292,6 +339,10 @@ def write_stepper(args: argparse.Namespace, kind: str, path: pathlib.Path) -> pa
 def cmd_render(args: argparse.Namespace) -> int:
     import viz
 
+    # Before anything is drawn or made: a sample too large for memory.
+    too_large = cmd_compare_cost(args) if args.graph == "compare" else _sample_too_large(args)
+    if too_large is not None:
+        return too_large
     fmt = args.format
     path = args.out
     known = (*FORMATS, "html")
@@ -400,7 +451,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import viz
 
-    folder = args.out_dir  # checked first: no work is done for nothing
+    sized = _namespace(command="demo", shape=args.shape)  # checked first: no work for nothing
+    too_large = cmd_compare_cost(sized) or _sample_too_large(sized)
+    if too_large is not None:
+        return too_large
+    folder = args.out_dir
     try:
         if prepare_folder(folder):
             print(f"created the folder {folder}/")
@@ -562,6 +617,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fast.configure()  # a program's choice, not the library's: large temporaries reuse memory
     try:
         return args.run(args)
+    except MemoryError:
+        # The sizes are checked before the work starts; this is what is left (memory taken
+        # by others meanwhile).
+        shape = getattr(args, "shape", None)
+        given = f" for x {tuple(shape)}" if shape is not None else ""
+        return _runtime_error(args, f"out of memory{given}: try a smaller --shape")
     except BrokenPipeError:
         # The reader went away (`tinygrad-bn explain | head`): stop quietly. Python would
         # otherwise complain again when it flushes stdout at exit.
