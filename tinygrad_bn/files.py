@@ -21,7 +21,7 @@ could not write before doing the work; `prepare_folder` makes the one folder a c
 told to fill.
 
 A layer of its own, below everything that writes files (`check`, `train`, `viz`, the
-command line), above nothing it needs.
+command line, which are peers or above one another) and importing nothing of the project.
 """
 
 from __future__ import annotations
