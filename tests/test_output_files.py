@@ -120,18 +120,22 @@ def test_a_temporary_name_planted_as_a_link_is_never_followed(tmp_path, monkeypa
     assert (tmp_path / "page.html").read_text() == "the page"
 
 
-def test_a_read_only_file_is_refused_and_a_replaced_file_keeps_its_mode(tmp_path):
+def test_a_read_only_file_is_refused_and_a_replaced_file_keeps_its_mode(tmp_path, monkeypatch):
     target = tmp_path / "page.html"
     target.write_text("old")
     target.chmod(0o640)
     write_atomic(target, "new")
     assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o640
     target.chmod(0o440)
-    if os.access(target, os.W_OK):
-        pytest.skip("running as a user who may write any file")
+    real_access = os.access
+    # As the system answers for an ordinary user (a superuser may write any file).
+    monkeypatch.setattr(os, "access", lambda path, mode, **kwargs: False if mode == os.W_OK
+                        else real_access(path, mode, **kwargs))
     with pytest.raises(PermissionError, match="read-only"):
         write_atomic(target, "newer")
-    assert target.read_text() == "new"
+    with pytest.raises(PermissionError, match="read-only"):
+        check_writable(target)
+    assert target.read_text() == "new" and sorted(tmp_path.iterdir()) == [target]
 
 
 def test_a_long_name_fits_its_temporary_and_a_too_long_one_says_so(tmp_path):
@@ -261,6 +265,13 @@ def test_check_outputs_are_refused_before_the_check(tmp_path, option):
         assert words in result.stderr
     assert stat.S_ISFIFO(os.stat(pipe).st_mode)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_the_case_and_the_page_need_files_of_their_own(tmp_path):
+    result = run_cli([*CHECK, "--save-case", "out", "--html", "./out"], tmp_path)
+    assert result.returncode == 2 and "functions pass" not in result.stdout
+    assert "--html: the same file as --save-case (out)" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_check_writes_exactly_the_paths_given_and_through_links(tmp_path):

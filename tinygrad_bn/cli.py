@@ -237,6 +237,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _usage_error(args, f"path: cannot read {args.path}: {describe_os_error(error)}")
     if not readable:
         return _usage_error(args, f"no such file: {args.path}")
+    if (args.save_case is not None and args.html is not None
+            and os.path.realpath(args.save_case) == os.path.realpath(args.html)):
+        return _usage_error(args, f"--html: the same file as --save-case ({args.html}); give "
+                                  f"each its own")
     for option, output in (("--save-case", args.save_case), ("--html", args.html)):
         if output is not None:  # before the check, not after it
             try:
