@@ -377,7 +377,7 @@ def machine_description() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinygrad_bn.train.files import check_writable, describe_os_error, write_atomic
+    from tinygrad_bn.files import check_writable, describe_os_error, write_atomic
 
     parser = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.split("\n")[0])
     size = parser.add_mutually_exclusive_group()

@@ -91,3 +91,78 @@ def test_reports_show_as_tables_in_notebooks():
 def test_the_public_modules_are_attributes():
     assert tb.optim.SGD and tb.loss.softmax_cross_entropy and tb.nn.BatchNorm
     assert tb.cs231n.batchnorm_forward
+
+
+# Sizes and names the machine cannot take: one line, before any work, never a traceback.
+LONG = "é" * 200  # 400 bytes: longer than any file system's name limit
+
+
+def _one_line(result, code, *words):
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["explain", "--values", "--shape", "65536,65536"],
+     ["explain: error: --shape: x (65536, 65536) has 4.29e+09 values; explain needs about",
+      "try --shape "]),
+    (["render", "--shape", "100000000,100000000"],
+     ["render: error: --shape: x (100000000, 100000000) has 1e+16 values; render needs"]),
+    (["render", "--graph", "compare", "--shape", "100000000,100000000"],
+     ["render: error: --shape: x (100000000, 100000000) has 1e+16 values; compare needs"]),
+    (["demo", "--shape", "100000000,10"], ["demo: error: --shape: x (100000000, 10)"]),
+])
+def test_a_sample_too_large_for_memory_is_refused_before_any_array(args, words, tmp_path):
+    result = run(*args, cwd=tmp_path)
+    _one_line(result, 2, *words)
+    assert list(tmp_path.iterdir()) == []  # not even the default folder
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["render", "--out", LONG + ".svg"], 1, "--out: cannot write"),
+    (["render", "--out", LONG + "/g.svg"], 1, "--out: cannot write"),
+    (["check", LONG + ".py"], 2, "path: cannot read"),
+    (["explain", "--load", LONG + ".npz"], 2, "--load: cannot read"),
+    (["experiment", "--plot", LONG], 2, "--plot: cannot write to"),
+    (["demo", "--out-dir", LONG], 2, "--out-dir: cannot write graphs to"),
+])
+def test_a_name_too_long_for_the_file_system_says_so(args, code, words, tmp_path):
+    _one_line(run(*args, cwd=tmp_path), code, words, "too long")
+
+
+def _headers_only(path, arrays):
+    """An .npz whose members have headers (shape, dtype) and no data: what a huge case
+    looks like before anything is read."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, (shape, descr) in arrays.items():
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                header, {"descr": descr, "fortran_order": False, "shape": shape})
+            archive.writestr(f"{name}.npy", header.getvalue())
+
+
+def test_explain_load_checks_each_array_before_loading_it(tmp_path):
+    _headers_only(tmp_path / "huge.npz", {"kind": ((), "<U5"), "x": ((65536, 65536), "<f8"),
+                                          "gamma": ((65536,), "<f8"), "beta": ((65536,), "<f8"),
+                                          "dout": ((65536, 65536), "<f8")})
+    np.savez(tmp_path / "text.npz", kind=np.array("batch"), x=np.array([["a", "b"]] * 2),
+             gamma=np.ones(2), beta=np.ones(2), dout=np.ones((2, 2)))
+    np.savez(tmp_path / "objects.npz", kind=np.array("batch"), gamma=np.ones(2),
+             x=np.array([[1, None]] * 2, dtype=object), beta=np.ones(2), dout=np.ones((2, 2)))
+    np.savez(tmp_path / "kind.npz", kind=np.ones(1), x=np.ones((2, 2)), gamma=np.ones(2),
+             beta=np.ones(2), dout=np.ones((2, 2)))
+    np.save(tmp_path / "plain.npy", np.ones(3))
+    for name, words in (("huge.npz", "huge.npz holds 8.59e+09 values; explaining them needs"),
+                        ("text.npz", "text.npz: x holds <U1 values of shape (2, 2), expected "
+                                     "float32 or float64 numbers"),
+                        ("objects.npz", "objects.npz: x holds object values"),
+                        ("kind.npz", "kind.npz: kind holds float64 values of shape (1,), "
+                                     "expected one string"),
+                        ("plain.npy", "plain.npy is not a saved case (not an .npz archive)")):
+        _one_line(run("explain", "--values", "--load", name, cwd=tmp_path), 2,
+                  f"explain: error: --load: {words}")

@@ -12,6 +12,7 @@ LAYER_OF_PREFIX = {
     "tinygrad_bn.core": "core",      # Node, backward, the textbook primitives
     "tinygrad_bn.norm": "norm",      # staged and fused normalization
     "tinygrad_bn.fast": "fast",      # registers faster variants on the two layers below
+    "tinygrad_bn.files": "files",    # output files written whole or not at all
     "tinygrad_bn.check": "check",    # gradcheck, compare, explain
     "tinygrad_bn.train": "train",    # modules, loss, optimizers, the experiment
     "tinygrad_bn.cs231n": "cs231n",  # the assignment's functional API
@@ -21,7 +22,8 @@ LAYER_OF_PREFIX = {
     "tinygrad_bn": "top",            # the package's own __init__: the public API
 }
 # Lowest first. Equal numbers are peers: they may not import each other.
-RANK = {"core": 0, "norm": 1, "fast": 2, "check": 3, "train": 3, "cs231n": 4, "viz": 5, "top": 6}
+RANK = {"core": 0, "norm": 1, "fast": 2, "files": 3, "check": 4, "train": 4, "cs231n": 5, "viz": 6,
+        "top": 7}
 
 
 def layer_of(module: str) -> str:

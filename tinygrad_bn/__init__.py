@@ -7,8 +7,8 @@
     print(tb.compare_batchnorm(x.data, np.ones(50), np.zeros(50)))
 
 Layers (each imports only the ones below it): core (Node, ops) < norm < fast (faster
-variants at the seams core and norm declare) < check, train < cs231n < viz < top (this
-package's __init__ and the command line).
+variants at the seams core and norm declare) < files (output files written whole) < check,
+train < cs231n < viz < top (this package's __init__ and the command line).
 """
 
 from . import (

@@ -20,8 +20,8 @@ import numpy as np
 from . import __version__, fast
 from .check.compare import compare_normalization
 from .check.explain import explain_normalization, format_values
+from .files import check_writable, describe_os_error, prepare_folder
 from .norm import NORMS, norm_spec
-from .train.files import check_writable, check_writable_folder, describe_os_error
 
 __all__ = ["main", "build_parser", "sample_batch"]
 
@@ -35,6 +35,7 @@ DEFAULT_SHAPES = {
     "group": ((2, 6, 4, 5), (2, 6, 4, 5)),
 }
 DEFAULT_GROUPS = 2
+DEFAULT_FOLDER = pathlib.Path("graphs")  # render's and demo's pictures
 
 
 # Argument parsers: argparse prefixes each message with "argument --option:", so the
@@ -118,6 +119,35 @@ def _data(args: argparse.Namespace) -> tuple[np.ndarray, ...]:
         raise SystemExit(_usage_error(args, message)) from None
 
 
+# Peak bytes per value of x that explain and render take (the staged graph's stages and
+# gradients, the drawing's summaries), measured at x (2000, 1000) float64: 140 (render's
+# comparison graph, which runs compare, is judged by compare's own estimate).
+SAMPLE_MEMORY_PER_VALUE = 256
+
+
+def _sample_too_large(args: argparse.Namespace) -> int | None:
+    """Exit code 2 with one line when --shape's sample data would not fit in memory (before
+    any array exists); None when it fits."""
+    from .check.compare import _one_two_five_below, available_memory, format_bytes
+
+    if args.shape is None:
+        return None
+    shape = tuple(args.shape)
+    limit = available_memory() // 2
+    values = math.prod(shape)
+    need = values * SAMPLE_MEMORY_PER_VALUE
+    if need <= limit:
+        return None
+    smaller = list(shape)
+    for axis, smallest in ((0, min(2, shape[0])), (len(shape) - 1, 1)):
+        while math.prod(smaller) * SAMPLE_MEMORY_PER_VALUE > limit and smaller[axis] > smallest:
+            smaller[axis] = max(smallest, _one_two_five_below(smaller[axis] - 1))
+    return _usage_error(args, f"--shape: x {shape} has {values:.3g} values; {args.command} needs "
+                              f"about {format_bytes(need)}, more than half the memory available "
+                              f"now ({format_bytes(limit)}); try --shape "
+                              f"{','.join(map(str, smaller))}")
+
+
 def _usage_error(args: argparse.Namespace, message: str) -> int:
     print(f"tinygrad-bn {args.command}: error: {message}", file=sys.stderr)
     return 2
@@ -128,15 +158,25 @@ def _runtime_error(args: argparse.Namespace, message: str) -> int:
     return 1
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
+def cmd_compare_cost(args: argparse.Namespace) -> int | None:
+    """Exit code 2 with one line when comparing on --shape would take too much memory or
+    time (before a single array is drawn); None when it fits."""
     from .check.compare import compare_cost, format_bytes
 
-    if args.shape is not None:  # before a single array is drawn
-        _, too_large, smaller = compare_cost(args.shape, args.norm)
-        if too_large is not None:
-            estimate = format_bytes(compare_cost(smaller, args.norm)[0])
-            return _usage_error(args, f"--shape: {too_large}; try --shape "
-                                      f"{','.join(map(str, smaller))} (about {estimate})")
+    if args.shape is None:
+        return None
+    _, too_large, smaller = compare_cost(args.shape, args.norm)
+    if too_large is None:
+        return None
+    estimate = format_bytes(compare_cost(smaller, args.norm)[0])
+    return _usage_error(args, f"--shape: {too_large}; try --shape "
+                              f"{','.join(map(str, smaller))} (about {estimate})")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    too_large = cmd_compare_cost(args)
+    if too_large is not None:
+        return too_large
     x, gamma, beta, dout = _data(args)
     report = compare_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
                                    groups=args.groups, progress=progress_printer("numeric check"))
@@ -165,9 +205,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         from .check.explain import explain
         try:
             explanation = explain(load=args.load)
-        except (OSError, ValueError) as error:
-            return _usage_error(args, f"--load: cannot read {args.load}: {error}")
+        except OSError as error:
+            return _usage_error(args, f"--load: cannot read {args.load}: "
+                                      f"{describe_os_error(error)}")
+        except (ValueError, TypeError) as error:
+            reason = str(error)  # the library's own reason names the file already
+            return _usage_error(args, "--" + reason if reason.startswith("load: ") else
+                                f"--load: cannot explain {args.load}: {reason}")
     else:
+        too_large = _sample_too_large(args)
+        if too_large is not None:
+            return too_large
         x, gamma, beta, dout = _data(args)
         explanation = explain_normalization(args.norm, x, gamma, beta, dout, eps=args.eps,
                                             groups=args.groups)
@@ -183,8 +231,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from .check.layers import FUNCTIONS, check_layers
 
-    if not args.path.is_file():
+    try:
+        readable = args.path.is_file()
+    except OSError as error:  # a name too long, a loop of links
+        return _usage_error(args, f"path: cannot read {args.path}: {describe_os_error(error)}")
+    if not readable:
         return _usage_error(args, f"no such file: {args.path}")
+    if (args.save_case is not None and args.html is not None
+            and os.path.realpath(args.save_case) == os.path.realpath(args.html)):
+        return _usage_error(args, f"--html: the same file as --save-case ({args.html}); give "
+                                  f"each its own")
+    for option, output in (("--save-case", args.save_case), ("--html", args.html)):
+        if output is not None:  # before the check, not after it
+            try:
+                check_writable(output)
+            except OSError as error:
+                return _runtime_error(args, f"{option}: cannot write {output}: "
+                                            f"{describe_os_error(error)}")
     only = None
     if args.only is not None:
         only = [name.strip() for name in args.only.split(",") if name.strip()]
@@ -212,7 +275,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     if report.error is not None:
         return 2
     if args.save_case is not None:
-        saved = report.save_case(args.save_case)
+        try:
+            saved = report.save_case(args.save_case)
+        except OSError as error:
+            return _runtime_error(args, f"--save-case: cannot write {args.save_case}: "
+                                        f"{describe_os_error(error)}")
         print(f"saved the case of {saved} to {args.save_case}" if saved else
               "nothing fails: no case saved")
     if args.html is not None and report.results:
@@ -225,7 +292,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                                   timeout=args.timeout, memory=int(args.memory * 2**30),
                                   functions=mapping)
         except OSError as error:
-            return _runtime_error(args, f"--html: cannot write {args.html}: {error.strerror}")
+            return _runtime_error(args, f"--html: cannot write {args.html}: "
+                                        f"{describe_os_error(error)}")
         print(f"wrote {args.html}: {shown} step by step beside the staged backward pass")
     elif args.html is not None:
         print(f"no page written to {args.html}: no function was checked")
@@ -275,11 +343,20 @@ def write_stepper(args: argparse.Namespace, kind: str, path: pathlib.Path) -> pa
 def cmd_render(args: argparse.Namespace) -> int:
     import viz
 
+    # Before anything is drawn or made: a sample too large for memory.
+    too_large = cmd_compare_cost(args) if args.graph == "compare" else _sample_too_large(args)
+    if too_large is not None:
+        return too_large
     fmt = args.format
     path = args.out
     known = (*FORMATS, "html")
     if path is None:
-        path = pathlib.Path("graphs") / f"{args.norm}norm_{args.graph}.{fmt or 'svg'}"
+        path = DEFAULT_FOLDER / f"{args.norm}norm_{args.graph}.{fmt or 'svg'}"
+        try:  # the default folder is made when missing, and said so
+            if prepare_folder(DEFAULT_FOLDER):
+                print(f"created the folder {DEFAULT_FOLDER}/")
+        except OSError as error:
+            return _runtime_error(args, f"--out: cannot write {path}: {describe_os_error(error)}")
     else:
         suffix = path.suffix.lstrip(".").lower()
         if suffix and suffix not in known:
@@ -321,7 +398,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     if args.plot is not None:  # before the run, not after it
         try:
-            check_writable_folder(args.plot)
+            if prepare_folder(args.plot):
+                print(f"created the folder {args.plot}/")
         except OSError as error:
             return _usage_error(args, f"--plot: cannot write to {args.plot}: "
                                       f"{describe_os_error(error)}")
@@ -377,9 +455,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import viz
 
-    folder = args.out_dir  # checked first: no work is done for nothing
+    sized = _namespace(command="demo", shape=args.shape)  # checked first: no work for nothing
+    too_large = cmd_compare_cost(sized) or _sample_too_large(sized)
+    if too_large is not None:
+        return too_large
+    folder = args.out_dir
     try:
-        check_writable_folder(folder)
+        if prepare_folder(folder):
+            print(f"created the folder {folder}/")
     except OSError as error:
         return _usage_error(args, f"--out-dir: cannot write graphs to {folder}: "
                                   f"{describe_os_error(error)}")
@@ -488,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: from --out's suffix, else svg; html writes the "
                              "backward-pass stepper (one page to open in a browser)")
     render.add_argument("--out", type=pathlib.Path, default=None,
-                        help="file to write (default graphs/NORMnorm_GRAPH.FORMAT)")
+                        help="file to write, in a folder that exists (default "
+                             "graphs/NORMnorm_GRAPH.FORMAT, the folder made if missing)")
     render.add_argument("--backward", action="store_true",
                         help="also draw the backward edges, labelled with gradient norms")
     render.set_defaults(run=cmd_render)
@@ -502,7 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--seed", type=parse_seed, default=0)
     experiment.add_argument("--plot", type=pathlib.Path, default=None, metavar="DIR",
                             help="also draw the per-layer statistics and loss curves (SVG and "
-                                 "PNG, with matplotlib) into DIR")
+                                 "PNG, with matplotlib) into DIR (made if missing, inside a "
+                                 "folder that exists)")
     experiment.set_defaults(run=cmd_experiment)
 
     bench = commands.add_parser(
@@ -523,8 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--shape", type=parse_shape, default=None,
                       help="batch for compare (default 200,50)")
     demo.add_argument("--seed", type=parse_seed, default=0)
-    demo.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("graphs"),
-                      help="folder for the graphs (default graphs)")
+    demo.add_argument("--out-dir", type=pathlib.Path, default=DEFAULT_FOLDER,
+                      help="folder for the graphs (default graphs; made if missing, inside a "
+                           "folder that exists)")
     demo.set_defaults(run=cmd_demo)
     return parser
 
@@ -535,6 +621,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fast.configure()  # a program's choice, not the library's: large temporaries reuse memory
     try:
         return args.run(args)
+    except MemoryError:
+        # The sizes are checked before the work starts; this is what is left (memory taken
+        # by others meanwhile).
+        shape = getattr(args, "shape", None)
+        given = f" for x {tuple(shape)}" if shape is not None else ""
+        return _runtime_error(args, f"out of memory{given}: try a smaller --shape")
     except BrokenPipeError:
         # The reader went away (`tinygrad-bn explain | head`): stop quietly. Python would
         # otherwise complain again when it flushes stdout at exit.

@@ -11,6 +11,8 @@ import os
 import shutil
 import subprocess
 
+from .labels import visible_surrogates
+
 __all__ = ["FORMATS", "RenderError", "render_source", "backend_name", "timeout_for"]
 
 FORMATS = ("svg", "png", "pdf", "dot")
@@ -47,6 +49,7 @@ def render_source(source: str, format: str = "svg", backend: str = "auto",  # no
     timeout: seconds the layout may take (default: `timeout_for(nodes)`, or MIN_TIMEOUT); a
     slower layout raises RenderError saying how large the graph is and what to do.
     """
+    source = visible_surrogates(source)  # every writer and `dot` take UTF-8
     limit = timeout if timeout is not None else timeout_for(nodes or 0)
     if not limit > 0:
         raise ValueError(f"timeout: expected a number of seconds > 0, got {timeout!r}")

@@ -14,8 +14,8 @@ import numpy as np
 
 from tinygrad_bn.check.compare import COLUMNS, compare_normalization
 from tinygrad_bn.core.node import Constant, Node, graph_nodes, vjp
+from tinygrad_bn.files import write_atomic
 from tinygrad_bn.norm import STAGE_NAMES, as_node, norm_fused, norm_staged
-from tinygrad_bn.train.files import write_atomic
 
 from .backend import FORMATS, render_source
 from .labels import escape, join_lines, node_label, role, shape_text

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import graphviz
 import numpy as np
 
 from tinygrad_bn.core.node import Node
 
 MAX_NAME = 32  # characters of a name shown before it is cut with an ellipsis
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def visible_surrogates(text: str, backslash: str = "\\") -> str:
+    """`text` with each lone surrogate (a str from undecodable bytes, or made by hand; no
+    encoding can write it) shown as its escape, the six characters \\udXXX (`backslash`
+    is written for the backslash: "\\\\" inside JSON text)."""
+    return _SURROGATE.sub(lambda match: f"{backslash}u{ord(match.group()):04x}", text)
 
 
 def escape(text: str, limit: int | None = None) -> str:
@@ -18,7 +28,7 @@ def escape(text: str, limit: int | None = None) -> str:
     """
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
-    text = "".join(ch if ch >= " " else " " for ch in text)
+    text = "".join(ch if ch >= " " else " " for ch in visible_surrogates(text))
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 

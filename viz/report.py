@@ -33,9 +33,11 @@ from tinygrad_bn.check.locate import StageMatch
 from tinygrad_bn.check.sandbox import run_isolated
 from tinygrad_bn.check.student import student_loader
 from tinygrad_bn.core.node import Node
+from tinygrad_bn.files import write_atomic
 from tinygrad_bn.norm import norm_staged
 
 from .draw import draw
+from .labels import visible_surrogates
 from .stepper import (
     PAGE,
     StudentRecord,
@@ -227,19 +229,12 @@ def check_report_page(report: LayersReport, path: str | os.PathLike, *,
     data = {"steps": steps, "student": None if record is None else _student_data(record),
             "report": _verdicts(report, name, case)}
     page = fill_template(REPORT_PAGE, {
-        "TITLE": html.escape(f"{name} in {report.source}: the check beside the backward pass"),
+        "TITLE": html.escape(visible_surrogates(f"{name} in {report.source}: the check beside "
+                                                "the backward pass")),
         "SVG": _svg_body(graph.svg()),
         "DATA": page_json(data),
     })
-    target = pathlib.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.partial")
-    try:
-        temporary.write_text(page, encoding="utf-8")
-        temporary.replace(target)  # a whole page or none
-    finally:
-        temporary.unlink(missing_ok=True)
-    return target
+    return write_atomic(pathlib.Path(path), page)  # a whole page or none
 
 
 # The stepper's page with the verdicts above it. Inserted at two anchors of the stepper's

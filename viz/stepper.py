@@ -32,10 +32,11 @@ import numpy as np
 
 from tinygrad_bn.check.parts import backward_steps, broadcast_note
 from tinygrad_bn.core.node import Node
-from tinygrad_bn.train.files import write_atomic
+from tinygrad_bn.files import write_atomic
 
 from .code import send_line, sum_line
 from .draw import draw
+from .labels import visible_surrogates
 
 __all__ = ["stepper", "steps_of", "step_name", "StudentStage", "StudentRecord", "page_json",
            "fill_template"]
@@ -202,7 +203,9 @@ def page_json(data: Any) -> str:
     text = json.dumps(data, ensure_ascii=False)
     for char in ("<", ">", "&", "\u2028", "\u2029"):
         text = text.replace(char, f"\\u{ord(char):04x}")
-    return text
+    # A lone surrogate (which no encoding writes) reaches the page as the text \udXXX: its
+    # backslash escaped for JSON, so names compare alike wherever they appear.
+    return visible_surrogates(text, backslash="\\\\")
 
 
 _PLACEHOLDER = re.compile(r"\$(TITLE|SVG|DATA)\b")
@@ -231,8 +234,8 @@ def stepper(root: Node, path: str | pathlib.Path, *, upstream: Any = None,
     steps = [step for step in steps_of(root, upstream, graph.ids, graph.copies) if step["ids"]]
     data = {"steps": steps, "student": None if student is None else _student_data(student)}
     page = fill_template(PAGE, {
-        "TITLE": html.escape(title if title is not None
-                             else f"Backward pass of {root.name or root.op}"),
+        "TITLE": html.escape(visible_surrogates(title if title is not None
+                                                else f"Backward pass of {root.name or root.op}")),
         "SVG": _svg_body(graph.svg()),
         "DATA": page_json(data),
     })
@@ -339,21 +342,24 @@ const DATA = $DATA;
 const STEPS = DATA.steps;
 const STUDENT = DATA.student;
 const svg = document.querySelector("#graph svg");
-const nodes = {};
-const edges = {};
+// Every table keyed by a name is a Map: a name is data, even "__proto__" or "constructor".
+const nodes = new Map();
+const edges = new Map();
+function listIn(map, key) {
+  if (!map.has(key)) { map.set(key, []); }
+  return map.get(key);
+}
 document.querySelectorAll("#graph g.node").forEach(function (g) {
   const title = g.querySelector("title");
-  if (title) { nodes[title.textContent] = g; }
+  if (title) { nodes.set(title.textContent, g); }
 });
 document.querySelectorAll("#graph g.edge").forEach(function (g) {
   const title = g.querySelector("title");
-  if (!title) { return; }
-  const key = title.textContent;
-  (edges[key] = edges[key] || []).push(g);
+  if (title) { listIn(edges, title.textContent).push(g); }
 });
-const stepOf = {};
+const stepOf = new Map();
 STEPS.forEach(function (step, i) {
-  step.ids.forEach(function (ident) { stepOf[ident] = i; });
+  step.ids.forEach(function (ident) { stepOf.set(ident, i); });
 });
 function element(tag, text, className) {
   const made = document.createElement(tag);
@@ -362,7 +368,7 @@ function element(tag, text, className) {
   return made;
 }
 function graphNodes(step) {
-  return step.ids.map(function (ident) { return nodes[ident]; }).filter(Boolean);
+  return step.ids.map(function (ident) { return nodes.get(ident); }).filter(Boolean);
 }
 
 // Zoom: 1 is the drawing's own size (its 10 pt text is 13.3 px); the default fits the
@@ -389,12 +395,10 @@ document.getElementById("zoom-out").addEventListener("click", function () { setZ
 document.getElementById("zoom-fit").addEventListener("click", function () { setZoom(fitZoom()); });
 
 // The student's record: rows by quantity name, the departure's step.
-const rowsByName = {};
+const rowsByName = new Map();
 let departureStep = -1;
 if (STUDENT) {
-  STUDENT.stages.forEach(function (row) {
-    (rowsByName[row.name] = rowsByName[row.name] || []).push(row);
-  });
+  STUDENT.stages.forEach(function (row) { listIn(rowsByName, row.name).push(row); });
   STEPS.forEach(function (step, i) {
     if (STUDENT.departure !== null && step.quantities.indexOf(STUDENT.departure) >= 0 &&
         departureStep < 0) { departureStep = i; }
@@ -403,9 +407,7 @@ if (STUDENT) {
 function rowsOf(step) {
   let found = [];
   step.quantities.forEach(function (name) {
-    if (Object.prototype.hasOwnProperty.call(rowsByName, name)) {
-      found = found.concat(rowsByName[name]);
-    }
+    if (rowsByName.has(name)) { found = found.concat(rowsByName.get(name)); }
   });
   return found;
 }
@@ -442,7 +444,7 @@ if (STUDENT) {
   });
   if (STUDENT.departure !== null) {
     const banner = document.getElementById("departure");
-    const rows = rowsByName[STUDENT.departure] || [];
+    const rows = rowsByName.get(STUDENT.departure) || [];
     banner.hidden = false;
     banner.append(element("strong", "Your code departs from the correct backward pass at " +
                                     STUDENT.departure));
@@ -475,7 +477,7 @@ function show(index) {
     g.classList.remove("traversed");
   });
   step.edges.forEach(function (key) {
-    (edges[key] || []).forEach(function (g) { g.classList.add("traversed"); });
+    (edges.get(key) || []).forEach(function (g) { g.classList.add("traversed"); });
   });
   document.getElementById("step").textContent = step.name;
   document.getElementById("title").textContent =
@@ -539,10 +541,10 @@ function show(index) {
     if (g.scrollIntoView) { g.scrollIntoView({block: "center", inline: "center"}); }
   });
 }
-Object.keys(nodes).forEach(function (ident) {
-  if (!Object.prototype.hasOwnProperty.call(stepOf, ident)) { return; }
-  nodes[ident].classList.add("has-step");
-  nodes[ident].addEventListener("click", function () { show(stepOf[ident]); });
+nodes.forEach(function (g, ident) {
+  if (!stepOf.has(ident)) { return; }
+  g.classList.add("has-step");
+  g.addEventListener("click", function () { show(stepOf.get(ident)); });
 });
 document.getElementById("prev").addEventListener("click", function () { show(current - 1); });
 document.getElementById("next").addEventListener("click", function () { show(current + 1); });

@@ -88,6 +88,13 @@ def _trained_batchnorm():
     return bn
 
 
+class _Agreeable(np.ndarray):
+    """An array whose every test says nothing is wrong."""
+
+    def any(self, *args, **kwargs):
+        return False
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("running_var", np.array([1.0, -0.5, 1.0]),
      r"state\['running_var'\]: expected variances >= 0, got -0.5 at index \(1,\)"),
@@ -99,6 +106,13 @@ def _trained_batchnorm():
     ("gamma", tb.Node(np.ones(3)), r"state\['gamma'\]: expected a numpy array, got Node"),
     ("running_var", np.ones(3, dtype=np.int64),
      r"state\['running_var'\]: expected a float32 or float64 array, got int64"),
+    # A subclass's own rules hide nothing: a mask over every entry, a matrix.
+    ("running_var", np.ma.masked_array([np.nan, -1.0, np.inf], mask=True),
+     r"state\['running_var'\]: expected finite values in float64, got nan at index \(0,\)"),
+    ("running_var", np.ma.masked_array([1.0, -1.0, 1.0], mask=[False, True, False]),
+     r"state\['running_var'\]: expected variances >= 0, got -1.0 at index \(1,\)"),
+    ("gamma", np.array([1.0, np.inf, 1.0]).view(_Agreeable),
+     r"state\['gamma'\]: expected finite values in float64, got inf at index \(1,\)"),
 ])
 def test_load_state_dict_rejects_bad_values_and_changes_nothing(key, value, message):
     bn = _trained_batchnorm()

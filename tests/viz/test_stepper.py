@@ -296,3 +296,68 @@ def test_a_student_record_as_plain_mappings_and_bad_records(tmp_path):
     with pytest.raises(TypeError, match=r"student.stages\[0\].line: expected an int or None"):
         viz.stepper(out, tmp_path / "bad.html", upstream=dout,
                     student={"stages": [{"name": "mu", "line": "4", "expected": 1}]})
+
+
+# JavaScript's own property names, and a lone surrogate (no encoding writes one).
+OBJECT_NAMES = ["__proto__", "constructor", "toString", "hasOwnProperty"]
+SURROGATE = "x\udc80"
+
+
+def test_every_name_is_data_even_javascripts_own(browser, tmp_path):
+    rng = np.random.default_rng(9)
+    x, gamma, beta = (tb.Node(rng.standard_normal(s), name=n)
+                      for s, n in (((4, 3), "constructor"), (3, "__proto__"), (3, "toString")))
+    out = tb.batchnorm_staged(x, gamma, beta)
+    stages = [{"name": name, "expected": np.ones(3), "matches": name != "constructor",
+               "line": 1} for name in [*OBJECT_NAMES, "mu"]]
+    record = {"stages": stages, "departure": "constructor", "file": "f.py", "source": ["a = 1"]}
+    page = viz.stepper(out, tmp_path / "names.html", upstream=rng.standard_normal((4, 3)),
+                       student=record)
+    browser.get(page.as_uri())
+    rows = browser.find_elements(By.CSS_SELECTOR, "#student-table tbody tr")
+    assert [r.text.split()[0] for r in rows] == [*OBJECT_NAMES, "mu"]
+    assert text(browser, "departure").startswith(
+        "Your code departs from the correct backward pass at constructor: f.py line 1")
+    browser.find_element(By.ID, "show-departure").click()
+    assert text(browser, "step") == "constructor"
+    assert "constructor: differs (first departure)" in text(browser, "student-rows")
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.END)
+    shown = {text(browser, "step")}
+    for _ in range(3):
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_LEFT)
+        shown.add(text(browser, "step"))
+    assert {"__proto__", "toString"} <= shown
+    no_errors_and_nothing_loaded(browser, page)
+
+
+def test_a_lone_surrogate_is_shown_escaped_on_the_page(browser, tmp_path):
+    rng = np.random.default_rng(10)
+    x = tb.Node(rng.standard_normal((4, 3)), name=SURROGATE)
+    out = tb.batchnorm_staged(x, tb.Node(np.ones(3), name="gamma"), tb.Node(np.zeros(3)))
+    record = {"stages": [{"name": SURROGATE, "expected": np.ones(3), "matches": False,
+                          "line": 1}], "departure": SURROGATE, "file": "f\ud801.py",
+              "source": ["a = 1"]}
+    page = viz.stepper(out, tmp_path / "surrogates.html", upstream=rng.standard_normal((4, 3)),
+                       student=record, title="t\udfff")
+    browser.get(page.as_uri())
+    assert browser.title == "t\\udfff"
+    assert text(browser, "departure").startswith(
+        "Your code departs from the correct backward pass at x\\udc80: f\\ud801.py line 1")
+    browser.find_element(By.ID, "show-departure").click()
+    assert text(browser, "step") == "x\\udc80"  # the student's name and the node's agree
+    no_errors_and_nothing_loaded(browser, page)
+
+
+@pytest.mark.parametrize("backend", ["system", "embedded"])
+def test_a_lone_surrogate_in_a_name_is_shown_escaped_in_every_picture(backend, tmp_path):
+    from viz.backend import _system_dot, render_source
+
+    if backend == "system" and _system_dot() is None:
+        pytest.skip("no system Graphviz")
+    out = tb.Node(np.ones(3), name=SURROGATE).sum().named("total\ud800")
+    graph = viz.draw(out)
+    assert '"x\\\\udc80: input' in graph.source  # the DOT label's escaped backslash
+    svg = render_source(graph.source, "svg", backend=backend).decode("utf-8")
+    assert "x\\udc80: input" in svg and "total\\ud800: sum" in svg
+    assert "x\\udc80: input" in viz.render(graph, tmp_path / "g.svg").read_text()
+    assert '"x\\\\udc80: input' in viz.render(graph, tmp_path / "g.dot").read_text()

@@ -174,6 +174,10 @@ def test_a_shared_constant_is_never_a_hub():
 
 def test_render_paths_and_formats(tmp_path, no_system_dot):
     out = staged_graph()
+    with pytest.raises(FileNotFoundError, match="no folder .*deep/folder"):  # never made
+        viz.render(out, tmp_path / "deep" / "folder" / "g.svg")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "deep" / "folder").mkdir(parents=True)
     written = viz.render(out, tmp_path / "deep" / "folder" / "g.svg")
     assert written.exists() and ET.fromstring(written.read_text()).tag == f"{SVG}svg"
     dot = viz.render(viz.draw(out), tmp_path / "g.dot")
@@ -202,6 +206,9 @@ def test_node_ids_are_stable():
 
 def test_cli_render_and_demo(tmp_path, no_system_dot, capsys):
     target = tmp_path / "out" / "compare.svg"
+    assert cli_main(["render", "--graph", "compare", "--out", str(target)]) == 1
+    assert f"--out: cannot write {target}: no folder {tmp_path / 'out'}" in capsys.readouterr().err
+    target.parent.mkdir()
     assert cli_main(["render", "--graph", "compare", "--out", str(target)]) == 0
     assert target.exists() and "embedded Graphviz" in capsys.readouterr().out
     assert cli_main(["render", "--format", "png", "--out", str(tmp_path / "g.png")]) == 1
@@ -210,7 +217,9 @@ def test_cli_render_and_demo(tmp_path, no_system_dot, capsys):
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [
         "backward.svg", "backward_steps.html", "compare.svg", "fused.svg", "init_statistics.png",
         "init_statistics.svg", "staged.svg", "training_loss.png", "training_loss.svg"]
-    assert f"written to {tmp_path / 'demo'}/" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"created the folder {tmp_path / 'demo'}/" in said
+    assert f"written to {tmp_path / 'demo'}/" in said
 
 
 @pytest.mark.parametrize("norm", ["layer", "spatial", "group"])

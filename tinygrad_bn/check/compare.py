@@ -51,7 +51,8 @@ MAX_VALUE_PASSES = 2e9
 PASSES_PER_COORDINATE = 6
 
 
-def _available_memory() -> int:
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable; else the physical memory)."""
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -105,7 +106,7 @@ def compare_cost(shape: tuple[int, ...], kind: str = "batch",
     of what is available now when None).
     """
     shape = tuple(int(s) for s in shape)
-    limit = _available_memory() // 2 if memory is None else memory
+    limit = available_memory() // 2 if memory is None else memory
     values, estimate, work = _cost(shape, kind)
 
     def fits(candidate: tuple[int, ...]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 
 from ..core.node import Node, graph_nodes, vjp
 from ..norm import STAGE_NAMES, NormSpec, norm_spec, staged_nodes
+from .compare import available_memory, format_bytes
 from .parts import backward_steps, branch_lines, broadcast_lines
 
 __all__ = ["StageRow", "explain", "explain_staged", "explain_batchnorm", "explain_normalization",
@@ -131,15 +133,70 @@ def explain_normalization(kind: str, x: Any, gamma: Any, beta: Any, dout: Any, *
     return explanation
 
 
+# Peak bytes per value of x that explaining takes (the staged graph's stages and gradients),
+# measured at x (2000, 1000) float64: 140; the command line's render takes about as much.
+MEMORY_PER_VALUE = 256
+_CASE_TEXT = ("kind", "function")  # the case's strings; every other entry holds numbers
+
+
+def _array_headers(path: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each array's (shape, dtype) in the .npz archive at `path`, read from the headers alone
+    (nothing is loaded). Raises ValueError for anything that is not such an archive."""
+    headers = {}
+    with open(path, "rb") as stream:  # OSError when missing or unreadable
+        if not zipfile.is_zipfile(stream):
+            raise ValueError(f"load: {path} is not a saved case (not an .npz archive)")
+        stream.seek(0)
+        archive = zipfile.ZipFile(stream)
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(member)
+            headers[info.filename[:-len(".npy")]] = (tuple(shape), np.dtype(dtype))
+    return headers
+
+
 def load_case(path: Any) -> dict[str, Any]:
     """A case written by `tinygrad-bn check --save-case` (or `LayersReport.save_case`):
-    kind, eps, groups, function, x, gamma, beta, dout and the student's and correct arrays."""
-    with np.load(path, allow_pickle=False) as data:
-        case = {key: data[key] for key in data.files}
-    missing = [k for k in ("kind", "x", "gamma", "beta", "dout") if k not in case]
+    kind, eps, groups, function, x, gamma, beta, dout and the student's and correct arrays.
+
+    Each array's header is checked before anything is loaded (no pickles; numbers where
+    numbers belong, text only in kind and function; sizes that fit in memory): ValueError
+    says what is wrong."""
+    try:
+        headers = _array_headers(path)
+    except (zipfile.BadZipFile, EOFError, ValueError) as error:
+        if str(error).startswith("load: "):
+            raise
+        raise ValueError(f"load: {path} is not a saved case ({error})") from None
+    missing = [k for k in ("kind", "x", "gamma", "beta", "dout") if k not in headers]
     if missing:
         raise ValueError(f"load: {path} is not a saved case (it lacks {', '.join(missing)})")
-    return case
+    for name, (shape, dtype) in headers.items():
+        if name in _CASE_TEXT:
+            fits, expected = dtype.kind == "U" and shape == (), "one string"
+        elif name in ("eps", "groups"):
+            fits, expected = dtype.kind in "iuf" and shape == (), "one number"
+        elif name in ("x", "gamma", "beta", "dout"):
+            fits, expected = dtype in (np.float32, np.float64), "float32 or float64 numbers"
+        else:  # the student's outputs as they were, the correct stages: any numbers
+            fits, expected = dtype.kind in "biufc", "numbers"
+        if not fits:
+            raise ValueError(f"load: {path}: {name} holds {dtype} values of shape {shape}, "
+                             f"expected {expected}")
+    values = sum(int(np.prod(shape)) for name, (shape, _) in headers.items()
+                 if name not in _CASE_TEXT)
+    need, limit = values * MEMORY_PER_VALUE, available_memory() // 2
+    if need > limit:
+        raise ValueError(f"load: {path} holds {values:.3g} values; explaining them needs about "
+                         f"{format_bytes(need)}, more than half the memory available now "
+                         f"({format_bytes(limit)})")
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
 
 
 def explain(x: Any = None, gamma: Any = None, beta: Any = None, dout: Any = None, *,

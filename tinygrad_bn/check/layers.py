@@ -28,6 +28,7 @@ line where a wrong one departs.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import pathlib
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import write_atomic
 from .assignment import FUNCTIONS
 from .judge import judge_function
 from .locate import StageMatch
@@ -114,13 +116,16 @@ class LayersReport:
             r.ok for r in self.results.values())
 
     def save_case(self, path: str | os.PathLike) -> str | None:
-        """Write the first failing function's case to an .npz file (inputs, the student's
-        outputs, every correct stage value and gradient); its name, or None if none fails."""
+        """Write the first failing function's case to an .npz file at exactly `path`, whole
+        or not at all (inputs, the student's outputs, every correct stage value and
+        gradient); its name, or None if none fails."""
         for name, result in self.results.items():
             if result.status == "fail" and result.case:
                 arrays = {k: np.asarray(v) for k, v in result.case.items()}
                 arrays["function"] = np.array(name)
-                np.savez(path, **arrays)
+                buffer = io.BytesIO()  # np.savez(path) would add ".npz" and write in place
+                np.savez(buffer, **arrays)
+                write_atomic(path, buffer.getvalue())
                 return name
         return None
 

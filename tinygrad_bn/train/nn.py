@@ -118,8 +118,9 @@ class Module:
         """Set every parameter and buffer from `state` (as `state_dict` returns it).
 
         Every entry must be a float32 or float64 numpy array of the right shape with finite
-        values (variances, such as BatchNorm's running_var, also >= 0); nothing is changed
-        unless everything fits (KeyError names missing or unexpected names, ValueError the
+        values (variances, such as BatchNorm's running_var, also >= 0), checked on the data
+        that is loaded (a masked array's mask is ignored, as everywhere in the engine);
+        nothing is changed unless everything fits (KeyError names missing or unexpected names, ValueError the
         entry that does not fit).
 
         dtype rule, per module (a Linear, a BatchNorm, ...): a module whose dtype is still
@@ -157,7 +158,8 @@ class Module:
                 targets = dict.fromkeys(names, dtypes[first])
                 adopting.append((module, dtypes[first]))
             for name in names:
-                arrays[name] = _converted_entry(name, state[name], np.shape(_data_of(own[name])),
+                arrays[name] = _converted_entry(name, _checked_entry(name, state[name]),
+                                                np.shape(_data_of(own[name])),
                                                 targets[name],
                                                 name.rpartition(".")[2] in module.NONNEGATIVE)
         for module, dtype in adopting:  # only now that every entry fits
@@ -224,6 +226,9 @@ def _short(name: str) -> str:
 def _checked_entry(name: str, value: Any) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         raise ValueError(f"state[{name!r}]: expected a numpy array, got {type(value).__name__}")
+    # The data itself, as a plain array: a subclass's own rules (a masked array's mask, whose
+    # tests answer "masked" rather than True) must not hide values that would be loaded.
+    value = np.asarray(value)
     if value.dtype not in (np.float32, np.float64):
         raise ValueError(f"state[{name!r}]: expected a float32 or float64 array, got "
                          f"{value.dtype}")

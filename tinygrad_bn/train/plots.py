@@ -13,8 +13,8 @@ import math
 import pathlib
 from typing import Any
 
+from ..files import check_writable_folder, write_atomic
 from .experiment import NORMALIZATIONS, ExperimentResult
-from .files import check_writable_folder, write_atomic
 
 __all__ = ["plot_experiment", "PLOT_HINT"]
 
@@ -22,8 +22,8 @@ PLOT_HINT = "the plots need matplotlib: pip install -e \".[plot]\" (or pip insta
 
 
 def plot_experiment(result: ExperimentResult, folder: str | pathlib.Path) -> list[pathlib.Path]:
-    """Write init_statistics.{svg,png} and training_loss.{svg,png} to `folder`; returns the
-    paths. Raises ImportError (with how to install it) when matplotlib is missing."""
+    """Write init_statistics.{svg,png} and training_loss.{svg,png} to `folder` (which must
+    exist); returns the paths. Raises ImportError (with how to install it) when matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
