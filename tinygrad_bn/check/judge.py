@@ -46,6 +46,7 @@ from .lines import (
     test_mode_departure,
     trace_student_backward,
 )
+from .replay import ReplayError
 
 __all__ = ["judge_function"]
 
@@ -70,6 +71,8 @@ def judge_function(loader: Callable, name: str, seed: int) -> dict[str, Any]:
         result.update(status="fail", diagnosis=str(failure), stage=failure.stage)
     except StudentExitError as error:
         result.update(status="error", diagnosis=str(error))
+    except ReplayError as error:
+        result.update(status="error", diagnosis=f"cannot be judged: {error}")
     except NotImplementedError as stub:
         result.update(status="not implemented", diagnosis=f"raises NotImplementedError{student_frame(stub)}")
     except Exception as error:  # noqa: BLE001 - the student's code raised
