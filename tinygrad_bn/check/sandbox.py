@@ -59,7 +59,8 @@ REPLY_LIMIT = 256 * 2**20  # bytes of reply the caller reads at most
 MAX_ARRAYS = 200_000
 MAX_DEPTH = 64      # nesting of the reply's JSON
 REPLY_FD = 3
-POLL = 0.05         # seconds between looks at the tree's memory and state
+POLL = 0.05         # seconds between looks at the pipes and the warden
+MEMORY_POLL = 0.1   # seconds between walks of the process tree adding up its memory
 _FRAME = struct.Struct(">cI")
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -365,7 +366,7 @@ def _watch(pid: int, output: int, reply: int, warden: int, deadline: float,
         if status is not None or now >= deadline:
             break
         if memory is not None and now >= next_poll:
-            next_poll = now + POLL
+            next_poll = now + MEMORY_POLL
             used = _tree_memory(pid)
             outcome.peak_memory = max(outcome.peak_memory, used)
             if used > memory:
