@@ -19,9 +19,11 @@ should be and which known slip it matches. `result.stages` is the per-stage reco
 `StageMatch` per correct quantity (name, formula, line, variable, function, value,
 expected, matches, departure), `result.to_dict()` the whole result as JSON-friendly data.
 
-Each function is judged in a child process (`sandbox.py`): own process group killed at the
-verdict, time and address-space limits, output captured, no pickle back. This file holds the
-verdicts and the report; `student.py` loads the student's file, `assignment.py` calls its
+Each function's calls run in a box (`sandbox.py`, walls in `walls.py`): the student's code
+runs there and nothing else; its calls are recorded and the judging runs here, on the
+checker's own inputs, with the recorded results (`replay.py`), so no verdict comes from the
+process that ran the student's code. This file holds the verdicts and the report (student
+text escaped, `text.py`); `student.py` loads the student's file, `assignment.py` calls its
 functions on the checker's inputs, `judge.py` judges one function and `lines.py` finds the
 line where a wrong one departs.
 """
