@@ -187,9 +187,11 @@ def _print_isolation() -> int:
     print("the box students' code runs in, on this machine:")
     for name, (meaning, _) in WALLS.items():
         print(f"  {'holds  ' if name in held else 'MISSING'}  {name}: {meaning}")
-    for name, (_, needs) in WALLS.items():
-        if name not in held:
-            print(f"{name} is missing: it needs {needs}")
+    missing = [name for name in WALLS if name not in held]
+    if missing:
+        print("what the missing walls need:")
+    for name in missing:
+        print(f"  {name}: {WALLS[name][1]}")
     return 0
 
 

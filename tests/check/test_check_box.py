@@ -188,12 +188,16 @@ def test_the_memory_budget_covers_the_whole_process_tree(tmp_path, box):
 
 
 def _attack(caller: pathlib.Path, token: str) -> str:
-    """A student reaching for the caller's secrets, folders, terminal and processes."""
+    """A student reaching for the caller's secrets, folders, terminal and processes (through
+    its parent's /proc entries where the walls say they are out of reach)."""
+    parent_environ = "[f'/proc/{os.getppid()}/environ']" if "environment" in WALLS else "[]"
+    parent_output = ("[f'/proc/{os.getppid()}/fd/1', f'/proc/{os.getppid()}/fd/2']"
+                     if "descriptors" in WALLS else "[]")
     lines = [
         "import os, pathlib, signal",
         "found = []",
         "found.append(os.environ.get('TB_SECRET', ''))",
-        "for where in ['/proc/self/environ', f'/proc/{os.getppid()}/environ']:",
+        f"for where in ['/proc/self/environ'] + {parent_environ}:",
         "    try:",
         "        found.append(open(where, 'rb').read().decode('latin-1'))",
         "    except OSError:",
@@ -204,7 +208,7 @@ def _attack(caller: pathlib.Path, token: str) -> str:
         "        os.write(fd, b'FOR' + b'GED on a descriptor')",
         "    except OSError:",
         "        pass",
-        "for tty in ['/dev/tty', f'/proc/{os.getppid()}/fd/1', f'/proc/{os.getppid()}/fd/2']:",
+        f"for tty in ['/dev/tty'] + {parent_output}:",
         "    try:",
         "        with open(tty, 'w') as handle:",
         "            handle.write('FOR' + 'GED to the terminal')",
@@ -272,13 +276,14 @@ def test_walls_that_are_missing_are_said_so():
     result = subprocess.run([str(EXE), "check", "--isolation"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0
-    for name in ("process tree", "clock", "memory", "environment", "descriptors"):
+    for name in ("process tree", "clock", "memory"):
         assert f"holds    {name}:" in result.stdout
-    for name in ("pid namespace", "read-only filesystem", "no network"):
+    for name in ("environment", "descriptors", "pid namespace", "read-only filesystem",
+                 "no network", "no privileges"):
         word = "holds  " if name in WALLS else "MISSING"
         assert f"{word}  {name}:" in result.stdout
     assert "MISSING  fresh interpreter" in result.stdout
-    assert "fresh interpreter is missing: it needs" in result.stdout
+    assert "what the missing walls need:\n  fresh interpreter: a design" in result.stdout
 
 
 def test_the_students_text_is_printed_as_data(tmp_path):

@@ -174,7 +174,6 @@ def _warden(work: Callable[[], Any], folder: pathlib.Path, home: pathlib.Path, o
             _first(work, folder, home, output, reply, told, entered, memory)
         os.close(output)
         os.close(reply)
-        _tell(told, {"walls": entered})
         os.close(told)
         while True:
             try:
@@ -215,10 +214,11 @@ def _first(work: Callable[[], Any], folder: pathlib.Path, home: pathlib.Path, ou
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # dies with the warden
         walls = build_walls(folder, entered)
+        _tell(told, {"walls": walls})
         student = os.fork()
         if student == 0:
             os.close(told)
-            _student(work, folder, home, output, reply, walls, memory)
+            _student(work, folder, home, output, reply, memory)
         os.close(output)
         os.close(reply)
         while True:
@@ -233,13 +233,12 @@ def _first(work: Callable[[], Any], folder: pathlib.Path, home: pathlib.Path, ou
 
 
 def _student(work: Callable[[], Any], folder: pathlib.Path, home: pathlib.Path, output: int,
-             reply: int, walls: list[str], memory: int | None) -> None:
+             reply: int, memory: int | None) -> None:
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         faulthandler.disable()  # a crash is the student's, reported by its signal
-        if drop_privileges():
-            walls = [*walls, "no privileges"]
+        walls = ["no privileges"] if drop_privileges() else []
         try:
             os.setsid()  # no controlling terminal to write to
         except OSError:
@@ -488,10 +487,10 @@ def _read_reply(data: bytes, outcome: ChildOutcome) -> None:
     walls = _frames(data, b"W")
     try:
         told = json.loads(walls[0]) if walls else []
-        outcome.walls = process_walls() + outcome.walls + [
-            w for w in told if isinstance(w, str) and w not in outcome.walls][:20]
+        told = [w for w in told if w == "no privileges"] if isinstance(told, list) else []
     except (ValueError, RecursionError, TypeError):
-        pass
+        told = []
+    outcome.walls = process_walls(outcome.walls + told)
     try:
         value = parse_value(values[-1])
         if not isinstance(value, dict) or not (set(value) == {"ok"} or set(value) == {"raised"}):

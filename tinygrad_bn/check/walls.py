@@ -39,9 +39,10 @@ WALLS = {
                       "Linux (prctl, capset)"),
     "fresh interpreter": ("the code runs in a new interpreter, not in a copy of the "
                           "checker's process (which holds what the checker holds in memory)",
-                          "never: the box is a fork of the checker, so that functions given "
-                          "in memory can be judged; run checks from a process that holds no "
-                          "secrets (the CLI holds none but its scrubbed environment)"),
+                          "a design this box does not have: it is a fork of the checker, so "
+                          "that functions given in memory can be judged; run checks from a "
+                          "process that holds no secrets (the CLI holds none but its "
+                          "environment, which the box scrubs)"),
 }
 
 _CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
@@ -88,12 +89,15 @@ def enter_namespaces() -> list[str]:
 
 def build_walls(folder: pathlib.Path, entered: list[str]) -> list[str]:
     """In the box's first process (PID 1 of its namespace), before the student's process
-    starts: a fresh /proc, the filesystem read-only but `folder`, a private /dev/shm. The
-    names of the walls that hold."""
+    starts: a fresh /proc (without it the PID namespace is not claimed: the checker's
+    processes would show there), the filesystem read-only but `folder`, a private /dev/shm.
+    The names of the walls that hold."""
     libc = _libc()
     if libc is None or "pid namespace" not in entered:
         return []
-    return ["read-only filesystem"] if _mount_walls(libc, folder) else []
+    proc, read_only = _mount_walls(libc, folder)
+    held = [w for w in entered if w != "pid namespace" or proc]
+    return held + (["read-only filesystem"] if read_only else [])
 
 
 def drop_privileges() -> bool:
@@ -114,14 +118,15 @@ def _mount(libc: ctypes.CDLL, source: str | None, target: str, kind: str | None,
                       encode(data)) == 0
 
 
-def _mount_walls(libc: ctypes.CDLL, folder: pathlib.Path) -> bool:
+def _mount_walls(libc: ctypes.CDLL, folder: pathlib.Path) -> tuple[bool, bool]:
+    """(a fresh /proc is mounted, everything but `folder` and it is read-only)."""
     if not _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE):
-        return False
+        return False, False
     if not _mount(libc, "proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC):
-        return False  # the checker's /proc would show its processes and descriptors
+        return False, False
     box = str(folder)
     if not _mount(libc, box, box, None, _MS_BIND | _MS_REC):
-        return False
+        return True, False
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     if shm is not None and not _mount(libc, "tmpfs", shm, "tmpfs", _MS_NOSUID | _MS_NODEV,
                                       "size=64m"):
@@ -130,7 +135,7 @@ def _mount_walls(libc: ctypes.CDLL, folder: pathlib.Path) -> bool:
     try:
         mounts = pathlib.Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
-        return False
+        return True, False
     ok = True
     for line in mounts:
         fields = line.split()
@@ -146,7 +151,7 @@ def _mount_walls(libc: ctypes.CDLL, folder: pathlib.Path) -> bool:
                 not _mount(libc, None, point, None, flags & ~(_MS_NOATIME | _MS_NODIRATIME
                                                              | _MS_RELATIME)):
             ok = ok and not os.path.exists(point)  # a mount over a folder now gone
-    return ok
+    return True, ok
 
 
 class _CapHeader(ctypes.Structure):
@@ -178,18 +183,22 @@ def _drop_privileges(libc: ctypes.CDLL) -> bool:
     return len(sets) == 3 and not any(sets.values())
 
 
-def process_walls() -> list[str]:
-    """The walls the checker's own process machinery raises whatever the platform: it kills
-    the process tree, keeps time, budgets memory, scrubs the environment, closes descriptors
-    (on Linux, where /proc lets it find the tree)."""
-    walls = ["clock", "environment", "descriptors"]
+def process_walls(held: list[str]) -> list[str]:
+    """All the walls that hold, given those the box raised (`held`): the checker's own
+    machinery kills the process tree, keeps time and budgets memory (on Linux, where /proc
+    lets it find the tree); the scrubbed environment and the closed descriptors are walls only
+    where the checker's processes are out of the box's reach through /proc: a PID namespace
+    with its own /proc, or a checker holding capabilities the box has dropped."""
+    walls = ["clock"]
     if os.path.isdir("/proc/self/task"):
-        walls[1:1] = ["process tree", "memory"]
-    return walls
+        walls[:0] = ["process tree", "memory"]
+    if "pid namespace" in held or (os.geteuid() == 0 and "no privileges" in held):
+        walls += ["environment", "descriptors"]
+    return walls + [w for w in WALLS if w in held and w not in walls]
 
 
 def probe_walls() -> list[str]:
     """The walls that hold on this machine (a box is raised and asked)."""
     from .sandbox import run_isolated
     outcome = run_isolated(lambda: True, timeout=30, memory=None)
-    return outcome.walls if outcome.failure is None else process_walls()
+    return outcome.walls if outcome.failure is None else process_walls([])
