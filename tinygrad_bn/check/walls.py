@@ -32,8 +32,8 @@ WALLS = {
     "descriptors": ("none of the caller's open files, no controlling terminal", "-"),
     "pid namespace": ("the checker's processes are invisible and cannot be signalled; the "
                       "box's first process takes every other with it", NAMESPACES),
-    "read-only filesystem": ("everything outside the box's folder is read-only",
-                             NAMESPACES),
+    "read-only filesystem": ("everything outside the box's folder is read-only; /run (the "
+                             "system's sockets) hidden", NAMESPACES),
     "no network": ("no network but a loopback of its own", NAMESPACES),
     "no privileges": ("no capabilities, and none to be gained (no-new-privileges)",
                       "Linux (prctl, capset)"),
@@ -127,6 +127,11 @@ def _mount_walls(libc: ctypes.CDLL, folder: pathlib.Path) -> tuple[bool, bool]:
     box = str(folder)
     if not _mount(libc, box, box, None, _MS_BIND | _MS_REC):
         return True, False
+    # The system's sockets (a service manager's, a container engine's) live under /run:
+    # connecting to a socket needs no write access, so the folder is hidden, not made read-only
+    if os.path.isdir("/run") and not box.startswith("/run/"):
+        _mount(libc, "tmpfs", "/run", "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_RDONLY,
+               "size=16k")
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
     if shm is not None and not _mount(libc, "tmpfs", shm, "tmpfs", _MS_NOSUID | _MS_NODEV,
                                       "size=64m"):
