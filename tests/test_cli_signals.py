@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM end a long command with one line, "interrupted", and exit 130 or 143:
 no traceback, and nothing it started left running. (`check` with a student's processes
-running: tests/check/test_check_box.py.)"""
+running: tests/grading/test_check_box.py.)"""
 
 import os
 import pathlib

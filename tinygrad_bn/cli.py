@@ -181,7 +181,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _print_isolation() -> int:
-    from .check.walls import WALLS, probe_walls
+    from .grading.walls import WALLS, probe_walls
 
     held = probe_walls()
     print("the box students' code runs in, on this machine:")
@@ -198,7 +198,7 @@ def _print_isolation() -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     import math
 
-    from .check.layers import FUNCTIONS, check_layers
+    from .grading.layers import FUNCTIONS, check_layers
 
     if args.isolation:
         return _print_isolation()

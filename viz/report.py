@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from tinygrad_bn.check.assignment import FORWARD_OF, FUNCTIONS, GROUPS, case_inputs
-from tinygrad_bn.check.layers import DEFAULT_MEMORY, LayersReport
-from tinygrad_bn.check.lines import trace_student_backward
-from tinygrad_bn.check.locate import StageMatch
-from tinygrad_bn.check.replay import judge_in_box
-from tinygrad_bn.check.student import student_loader
 from tinygrad_bn.core.node import Node
+from tinygrad_bn.grading.assignment import FORWARD_OF, FUNCTIONS, GROUPS, case_inputs
+from tinygrad_bn.grading.layers import DEFAULT_MEMORY, LayersReport
+from tinygrad_bn.grading.lines import trace_student_backward
+from tinygrad_bn.grading.locate import StageMatch
+from tinygrad_bn.grading.replay import judge_in_box
+from tinygrad_bn.grading.student import student_loader
 from tinygrad_bn.norm import norm_staged
 
 from .draw import draw

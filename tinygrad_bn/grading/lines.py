@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..check.gradcheck import scaled_error
 from ..norm import NormSpec
 from .assignment import (
     FORWARD_OF,
@@ -28,7 +29,6 @@ from .assignment import (
     student_file,
 )
 from .catalogue import build_catalogue, build_test_catalogue
-from .gradcheck import scaled_error
 from .locate import locate_departure, stage_records
 from .trace import LineTracer
 

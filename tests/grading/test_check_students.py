@@ -208,7 +208,7 @@ def test_hostile_code_is_reported_as_the_students(name, tmp_path):
 
 
 def test_the_reply_cannot_run_code_in_the_caller():
-    from tinygrad_bn.check.sandbox import run_isolated
+    from tinygrad_bn.grading.sandbox import run_isolated
     outcome = run_isolated(lambda: {"a": np.arange(3.0), "b": [1, "two"], "c": object()}, 10)
     assert outcome.failure is None
     assert np.array_equal(outcome.value["a"], [0, 1, 2])

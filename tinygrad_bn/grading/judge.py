@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..check.diagnose import describe_departure, find_departure, staged_gradients
+from ..check.gradcheck import scaled_error
 from ..core.node import Node
 from ..norm import NormSpec, staged_nodes
 from .assignment import (
@@ -36,8 +38,6 @@ from .assignment import (
     staged_out,
     student_frame,
 )
-from .diagnose import describe_departure, find_departure, staged_gradients
-from .gradcheck import scaled_error
 from .lines import (
     assigned_text,
     forward_departure,
