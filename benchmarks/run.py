@@ -104,8 +104,10 @@ class Worker:
         command = [sys.executable, "-m", "benchmarks.worker"] + (["--torch"] if torch else [])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        # A session of its own: Ctrl-C reaches the benchmark alone, which ends the worker
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, text=True,
+                                        start_new_session=True)
 
     def ask(self, **request) -> dict:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -118,6 +120,11 @@ class Worker:
         if "error" in answer:
             raise RuntimeError(f"benchmark worker failed on {request}: {answer['error']}")
         return answer
+
+    def kill(self) -> None:
+        """End the worker now (the run was interrupted)."""
+        self.process.kill()
+        self.process.wait()
 
     def close(self) -> None:
         try:
@@ -185,10 +192,14 @@ def measure(settings: Settings, use_torch: bool, use_numba: bool, progress=print
                                       ops=settings.scalar_ops, reps=settings.reps)
                     results.scalar.setdefault(kind, {}).setdefault(impl, []).extend(
                         answer["us_per_op"])
-    finally:
-        numpy_side.close()
+    except BaseException:  # interrupted or failed: the workers end now, without a word
+        numpy_side.kill()
         if torch_side is not None:
-            torch_side.close()
+            torch_side.kill()
+        raise
+    numpy_side.close()
+    if torch_side is not None:
+        torch_side.close()
     shape_text = ",".join(map(str, settings.memory_shape))
     for variant in ("fused", "staged", "staged_free"):
         output = subprocess.run([sys.executable, "-m", "benchmarks.memory", variant, shape_text],

@@ -8,7 +8,8 @@
 
 Layers (each imports only the ones below it): core (Node, ops) < norm < fast (faster
 variants at the seams core and norm declare) < files (output files written whole) < check,
-train < cs231n < viz < top (this package's __init__ and the command line).
+train < cs231n, grading (a student's own code judged) < viz < top (this package's __init__
+and the command line).
 """
 
 from . import (
@@ -18,7 +19,6 @@ from . import (
 from .check.compare import NormReport, compare_batchnorm, compare_normalization
 from .check.explain import explain
 from .check.gradcheck import GradcheckResult, gradcheck, numerical_gradient, rel_error, scaled_error
-from .check.layers import LayersReport, check_layers
 from .core import ops
 from .core.dual import unbroadcast, where
 from .core.functional import (
@@ -41,6 +41,7 @@ from .core.functional import (
                    transpose,
 )
 from .core.node import Constant, Node, enable_grad, grad, graph_nodes, is_grad_enabled, no_grad, stages
+from .grading.layers import LayersReport, check_layers
 from .norm import (
                    STAGE_NAMES,
                    batchnorm_fused,

@@ -11,7 +11,9 @@ import dataclasses
 import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -226,11 +228,30 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_isolation() -> int:
+    from .grading.walls import WALLS, probe_walls
+
+    held = probe_walls()
+    print("the box students' code runs in, on this machine:")
+    for name, (meaning, _) in WALLS.items():
+        print(f"  {'holds  ' if name in held else 'MISSING'}  {name}: {meaning}")
+    missing = [name for name in WALLS if name not in held]
+    if missing:
+        print("what the missing walls need:")
+    for name in missing:
+        print(f"  {name}: {WALLS[name][1]}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     import math
 
-    from .check.layers import FUNCTIONS, check_layers
+    from .grading.layers import FUNCTIONS, check_layers
 
+    if args.isolation:
+        return _print_isolation()
+    if args.path is None:
+        return _usage_error(args, "path: expected your layers.py (or --isolation), got nothing")
     try:
         readable = args.path.is_file()
     except OSError as error:  # a name too long, a loop of links
@@ -540,7 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "assignment's signatures and judges it against the staged graph; a wrong "
                     "backward is traced to the step of the backward pass it departs at. "
                     "Exits 0 when every defined function passes, 1 otherwise.")
-    check.add_argument("path", type=pathlib.Path, help="your layers.py")
+    check.add_argument("path", type=pathlib.Path, nargs="?", default=None,
+                       help="your layers.py")
+    check.add_argument("--isolation", action="store_true",
+                       help="print the walls of the box students' code runs in, here, and "
+                            "which are missing")
     check.add_argument("--only", default=None, help="comma-separated function names")
     check.add_argument("--seed", type=parse_seed, default=0, help="random seed (default 0)")
     check.add_argument("--timeout", type=float, default=60.0,
@@ -615,12 +640,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so that every `finally` runs (the checker's box
+    kills its processes and removes its folder)."""
+
+
+def _interrupted(number: int, frame: object) -> None:
+    # Further signals would cut the cleanup short: once is enough.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated() if number == signal.SIGTERM else KeyboardInterrupt()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+    """Entry point; returns the exit code (130 after Ctrl-C, 143 after SIGTERM)."""
     args = build_parser().parse_args(argv)
     fast.configure()  # a program's choice, not the library's: large temporaries reuse memory
+    handled = threading.current_thread() is threading.main_thread()
+    if handled:
+        previous = {s: signal.signal(s, _interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         return args.run(args)
+    except (KeyboardInterrupt, Terminated) as signalled:
+        handled = False  # the signals stay ignored until the program ends
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        print("interrupted", file=sys.stderr)
+        return 143 if isinstance(signalled, Terminated) else 130
     except MemoryError:
         # The sizes are checked before the work starts; this is what is left (memory taken
         # by others meanwhile).
@@ -633,6 +681,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    finally:
+        if handled:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from tinygrad_bn.check.assignment import FORWARD_OF, FUNCTIONS, GROUPS, case_inputs
-from tinygrad_bn.check.layers import DEFAULT_MEMORY, LayersReport
-from tinygrad_bn.check.lines import trace_student_backward
-from tinygrad_bn.check.locate import StageMatch
-from tinygrad_bn.check.sandbox import run_isolated
-from tinygrad_bn.check.student import student_loader
 from tinygrad_bn.core.node import Node
 from tinygrad_bn.files import write_atomic
+from tinygrad_bn.grading.assignment import FORWARD_OF, FUNCTIONS, GROUPS, case_inputs
+from tinygrad_bn.grading.layers import DEFAULT_MEMORY, LayersReport
+from tinygrad_bn.grading.lines import trace_student_backward
+from tinygrad_bn.grading.locate import StageMatch
+from tinygrad_bn.grading.replay import judge_in_box
+from tinygrad_bn.grading.student import student_loader
 from tinygrad_bn.norm import norm_staged
 
 from .draw import draw
@@ -123,21 +123,16 @@ def _trace_passing_backward(source: pathlib.Path, name: str, seed: int, timeout:
     kind = FUNCTIONS[name][0]
     loader = student_loader(source.resolve(), dict(functions))
 
-    def work() -> dict[str, Any]:
-        found = loader()[0]
+    def trace(found: dict[str, Any]) -> dict[str, Any]:  # in the box and again here
         result: dict[str, Any] = {}
         trace_student_backward(found[name], found[FORWARD_OF[kind]], name, kind, seed, [],
                                result)
-        return {"stages": [s.__dict__ for s in result.get("stages", [])],
-                "case": result.get("case", {})}
+        return result
 
-    outcome = run_isolated(work, timeout, memory)
-    if outcome.failure is not None or not outcome.value.get("case"):
+    result, outcome, misfit = judge_in_box(loader, trace, timeout, memory)
+    if result is None or not result.get("case"):
         return None
-    stages = [StageMatch(**{k: (None if v is None else np.asarray(v))
-                            if k in ("value", "expected") else v for k, v in s.items()})
-              for s in outcome.value["stages"]]
-    return stages, {k: np.asarray(v) for k, v in outcome.value["case"].items()}
+    return list(result.get("stages", [])), dict(result["case"])
 
 
 def report_case(report: LayersReport, name: str, *, seed: int = 0, timeout: float = 60.0,

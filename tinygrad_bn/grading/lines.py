@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..check.gradcheck import scaled_error
 from ..norm import NormSpec
 from .assignment import (
     FORWARD_OF,
@@ -28,7 +29,6 @@ from .assignment import (
     student_file,
 )
 from .catalogue import build_catalogue, build_test_catalogue
-from .gradcheck import scaled_error
 from .locate import locate_departure, stage_records
 from .trace import LineTracer
 
@@ -127,7 +127,11 @@ def assigned_text(function: Callable, places: list[int], result: dict[str, Any])
     import inspect
     import textwrap
     try:
-        lines, first = inspect.getsourcelines(function)
+        recorded = getattr(function, "recorded_source", None)  # a stand-in for the box's
+        if recorded is not None:
+            lines, first = recorded.splitlines(keepends=True), function.first_line
+        else:
+            lines, first = inspect.getsourcelines(function)
         tree = ast.parse(textwrap.dedent("".join(lines)))
     except (OSError, TypeError, SyntaxError):
         return ""

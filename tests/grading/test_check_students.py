@@ -4,7 +4,6 @@ bug patterns (each must be reported at the line planted), isolation of hostile c
 import pathlib
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -208,30 +207,8 @@ def test_hostile_code_is_reported_as_the_students(name, tmp_path):
         assert "bytes in all" in result.output
 
 
-def test_forked_processes_do_not_outlive_the_verdict(tmp_path):
-    marker = tmp_path / "pids"
-    code = (f"import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n"
-            f"        open({str(marker)!r}, 'a').write(str(os.getpid()) + ' ')\n"
-            f"        time.sleep(60)\n        os._exit(0)\ntime.sleep(0.2)\n")
-    body = "".join("    " + line + "\n" for line in code.splitlines())
-    text = COMPLETE.replace("def layernorm_forward(x, gamma, beta, ln_param):\n",
-                            "def layernorm_forward(x, gamma, beta, ln_param):\n" + body)
-    tb.check_layers(write(tmp_path, text), timeout=20, only=["layernorm_forward"])
-    pids = [int(p) for p in marker.read_text().split()]
-    assert pids
-    def alive(pid):
-        try:
-            return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (FileNotFoundError, ProcessLookupError):
-            return False
-    deadline = time.monotonic() + 5  # SIGKILL is delivered asynchronously
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [p for p in pids if alive(p)]
-
-
 def test_the_reply_cannot_run_code_in_the_caller():
-    from tinygrad_bn.check.sandbox import run_isolated
+    from tinygrad_bn.grading.sandbox import run_isolated
     outcome = run_isolated(lambda: {"a": np.arange(3.0), "b": [1, "two"], "c": object()}, 10)
     assert outcome.failure is None
     assert np.array_equal(outcome.value["a"], [0, 1, 2])

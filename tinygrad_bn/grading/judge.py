@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..check.diagnose import describe_departure, find_departure, staged_gradients
+from ..check.gradcheck import scaled_error
 from ..core.node import Node
 from ..norm import NormSpec, staged_nodes
 from .assignment import (
@@ -36,8 +38,6 @@ from .assignment import (
     staged_out,
     student_frame,
 )
-from .diagnose import describe_departure, find_departure, staged_gradients
-from .gradcheck import scaled_error
 from .lines import (
     assigned_text,
     forward_departure,
@@ -46,6 +46,7 @@ from .lines import (
     test_mode_departure,
     trace_student_backward,
 )
+from .replay import ReplayError
 
 __all__ = ["judge_function"]
 
@@ -70,6 +71,8 @@ def judge_function(loader: Callable, name: str, seed: int) -> dict[str, Any]:
         result.update(status="fail", diagnosis=str(failure), stage=failure.stage)
     except StudentExitError as error:
         result.update(status="error", diagnosis=str(error))
+    except ReplayError as error:
+        result.update(status="error", diagnosis=f"cannot be judged: {error}")
     except NotImplementedError as stub:
         result.update(status="not implemented", diagnosis=f"raises NotImplementedError{student_frame(stub)}")
     except Exception as error:  # noqa: BLE001 - the student's code raised

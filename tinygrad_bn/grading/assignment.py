@@ -83,6 +83,8 @@ class StudentExitError(Exception):
 
 def exception_text(error: BaseException) -> str:
     import traceback
+    if hasattr(error, "replayed_text"):  # raised in the box; its text was written there
+        return str(error.replayed_text)
     text = "".join(traceback.format_exception_only(type(error), error)).strip()
     if isinstance(error, SystemExit):
         text = f"calls sys.exit({error.code!r})"
@@ -98,6 +100,8 @@ def exception_text(error: BaseException) -> str:
 
 def student_frame(error: BaseException) -> str:
     import traceback
+    if hasattr(error, "replayed_frame"):
+        return str(error.replayed_frame)
     frames = [f for f in traceback.extract_tb(error.__traceback__)
               if "tinygrad_bn" not in f.filename.replace("\\", "/").split("/")]
     if not frames:
@@ -107,8 +111,17 @@ def student_frame(error: BaseException) -> str:
 
 
 def _call(function: Callable, label: str, *args: Any, tracer: LineTracer | None = None) -> Any:
-    """function(*args), under the tracer if given; builtins the student's code replaces are
-    put back afterwards, so the judging that follows uses the real ones."""
+    """function(*args), under the tracer if given. In the box the call is recorded; in the
+    checker it is served from the box's recording (`replay.py`): no student code runs here."""
+    from .replay import active
+    through = active()
+    if through is None:
+        return _run(function, label, args, tracer)
+    return through.call(function, label, args, tracer, lambda: _run(function, label, args, tracer))
+
+
+def _run(function: Callable, label: str, args: tuple[Any, ...], tracer: LineTracer | None) -> Any:
+    """function(*args); builtins the student's code replaces are put back afterwards."""
     import builtins
     namespace = vars(builtins)
     kept = dict(namespace)
@@ -203,8 +216,8 @@ def float_array(value: Any, what: str) -> np.ndarray:
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise CheckFailedError(f"{what} is not an array of numbers (got "
-                                f"{type(value).__name__})") from None
+        kind = value.type_name if hasattr(value, "type_name") else type(value).__name__
+        raise CheckFailedError(f"{what} is not an array of numbers (got {kind})") from None
     return array
 
 

@@ -19,9 +19,11 @@ should be and which known slip it matches. `result.stages` is the per-stage reco
 `StageMatch` per correct quantity (name, formula, line, variable, function, value,
 expected, matches, departure), `result.to_dict()` the whole result as JSON-friendly data.
 
-Each function is judged in a child process (`sandbox.py`): own process group killed at the
-verdict, time and address-space limits, output captured, no pickle back. This file holds the
-verdicts and the report; `student.py` loads the student's file, `assignment.py` calls its
+Each function's calls run in a box (`sandbox.py`, walls in `walls.py`): the student's code
+runs there and nothing else; its calls are recorded and the judging runs here, on the
+checker's own inputs, with the recorded results (`replay.py`), so no verdict comes from the
+process that ran the student's code. This file holds the verdicts and the report (student
+text escaped, `text.py`); `student.py` loads the student's file, `assignment.py` calls its
 functions on the checker's inputs, `judge.py` judges one function and `lines.py` finds the
 line where a wrong one departs.
 """
@@ -43,8 +45,10 @@ from ..files import write_atomic
 from .assignment import FUNCTIONS
 from .judge import judge_function
 from .locate import StageMatch
+from .replay import judge_in_box
 from .sandbox import run_isolated
 from .student import from_namespace, loaded_names, student_loader
+from .text import clean, shown
 
 __all__ = ["FUNCTIONS", "FunctionResult", "LayersReport", "check_layers", "DEFAULT_MEMORY"]
 
@@ -132,32 +136,36 @@ class LayersReport:
     def _repr_markdown_(self) -> str:
         """The verdicts as a Markdown table (how Jupyter shows it)."""
         if self.error is not None:
-            return f"**{self.source}** cannot be loaded: {self.error}"
+            return f"**{shown(self.source)}** cannot be loaded: {shown(self.error)}"
         lines = [f"**{self.source}** against the staged graphs", "",
                  "| function | status | line | diagnosis |", "|---|---|---|---|"]
         for name, result in self.results.items():
-            diagnosis = result.diagnosis.replace("|", "\\|")
+            diagnosis = shown(result.diagnosis).replace("|", "\\|")
             lines.append(f"| {name} | {result.status} | {result.line or ''} | {diagnosis} |")
         return "\n".join(lines)
 
     def __str__(self) -> str:
-        lines = [f"checking {self.source} against the staged graphs"]
-        lines += [f"note: {note}" for note in self.notes]
+        # Every text the student's code could have chosen is escaped (`text.shown`): the
+        # statuses, the summary and the layout are the checker's alone.
+        lines = [f"checking {shown(self.source)} against the staged graphs"]
+        lines += [f"note: {shown(note)}" for note in self.notes]
         if self.error is not None:
-            lines.append(f"cannot load it: {self.error}")
+            lines.append(f"cannot load it: {shown(self.error)}")
             return "\n".join(lines)
         for name, similar in self.missing.items():
-            lines.append(f"{name}: not found; did you mean {similar}? map it with "
-                         f"--function {name}={similar}")
+            lines.append(f"{name}: not found; did you mean {shown(similar)}? map it with "
+                         f"--function {name}={shown(similar)}")
         if not self.results and not self.missing:
             lines.append("it defines none of: " + ", ".join(FUNCTIONS))
         width = max((len(name) for name in self.results), default=0)
         for name, result in self.results.items():
-            stage = f" [stage {result.stage}]" if result.stage else ""
-            lines.append(f"{name:<{width}}  {result.status.upper():<15}{stage} {result.diagnosis}")
-            lines += [f"{'':<{width}}  warning: {w}" for w in result.warnings]
+            stage = f" [stage {shown(result.stage)}]" if result.stage else ""
+            lines.append(f"{name:<{width}}  {result.status.upper():<15}{stage} "
+                         f"{shown(result.diagnosis)}")
+            lines += [f"{'':<{width}}  warning: {shown(w)}" for w in result.warnings]
             if result.output:
-                text = result.output.rstrip("\n").replace("\n", "\n" + " " * (width + 4) + "| ")
+                text = shown(result.output.rstrip("\n"), newlines=True).replace(
+                    "\n", "\n" + " " * (width + 4) + "| ")
                 lines.append(f"{'':<{width}}  it printed:\n{' ' * (width + 4)}| {text}")
         passed = sum(r.ok for r in self.results.values())
         lines.append(f"{passed} of {len(self.results)} functions pass"
@@ -209,7 +217,10 @@ def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 
     if loaded.failure is not None:
         report.error = _process_failure_text(loaded, timeout, memory, loading=True)
         return report
-    info = loaded.value
+    info = _names_from(loaded.value)
+    if info is None:
+        report.error = "the box's list of the file's functions cannot be read"
+        return report
     if info.get("syntax"):
         report.error = info["syntax"]
         return report
@@ -220,19 +231,47 @@ def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 
     report.missing = {k: v for k, v in info["missing"].items() if k in wanted}
     defined = info["defined"]
     for name in (n for n in FUNCTIONS if n in wanted and n in defined):
-        outcome = run_isolated(lambda name=name: judge_function(loader, name, seed), timeout, memory)
+        verdict, outcome, misfit = judge_in_box(
+            loader, lambda functions, name=name: judge_function(lambda: (functions, [], {}),
+                                                                name, seed), timeout, memory)
         if outcome.failure is not None:
             result = FunctionResult(name, "error",
                                     _process_failure_text(outcome, timeout, memory, name=name))
+        elif misfit is not None:
+            result = FunctionResult(name, "error", f"cannot be judged: {misfit}")
         else:
-            result = _result_from(outcome.value)
+            result = _result_from(verdict)
         result.output = outcome.output
+        result.diagnosis = clean(result.diagnosis)  # texts of the student's are written out
+        result.warnings = [clean(w) for w in result.warnings]
         report.results[name] = result
     return report
 
 
+def _names_from(info: Any) -> dict[str, Any] | None:
+    """The box's account of the file's names, checked (None when malformed)."""
+    if not isinstance(info, dict):
+        return None
+    if isinstance(info.get("syntax"), str) or isinstance(info.get("error"), str):
+        return {k: clean(info[k])[:2000] for k in ("syntax", "error")
+                if isinstance(info.get(k), str)}
+    defined, notes, missing = info.get("defined"), info.get("notes"), info.get("missing")
+    if not isinstance(defined, list) or not isinstance(notes, list) or \
+            not isinstance(missing, dict):
+        return None
+    return {"defined": [n for n in defined if n in FUNCTIONS],
+            "notes": [clean(n)[:500] for n in notes if isinstance(n, str)][:50],
+            "missing": {k: clean(v)[:200] for k, v in missing.items()
+                        if k in FUNCTIONS and isinstance(v, str)}}
+
+
 def _process_failure_text(outcome: Any, timeout: float, memory: int | None,
                           name: str | None = None, loading: bool = False) -> str:
+    return clean(_failure_text(outcome, timeout, memory, name, loading))
+
+
+def _failure_text(outcome: Any, timeout: float, memory: int | None, name: str | None,
+                  loading: bool) -> str:
     running = outcome.running or name or "the file's top level"
     what = "loading it" if loading else f"while running {running}"
     if outcome.failure == "timeout":
@@ -240,6 +279,9 @@ def _process_failure_text(outcome: Any, timeout: float, memory: int | None,
             return (f"loading it timed out after {timeout:g} s (while running "
                     f"{outcome.running or 'its top level'})")
         return f"timed out after {timeout:g} s while running {running} (an endless loop? a sleep?)"
+    if outcome.failure == "memory":
+        return (f"your code used more than the memory budget ({memory / 2**30:.3g} GiB across "
+                f"all its processes) {what}")
     if outcome.failure == "signal":
         extra = " (the memory limit?)" if outcome.signal_name == "SIGKILL" and memory else ""
         return f"your code was killed by {outcome.signal_name} {what}{extra}"
