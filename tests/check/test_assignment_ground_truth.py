@@ -275,7 +275,7 @@ def p_means_keep(m: ModuleType) -> bool:
 
 def dropout_outputs(m: ModuleType, keep: float, seed: int):
     p = keep if p_means_keep(m) else 1 - keep
-    x = rng_for("dropout", seed).uniform(1.0, 2.0, (200, 500))  # never zero, so zeros are drops
+    x = rng_for("dropout", seed).uniform(1.0, 2.0, (100, 300))  # never zero, so zeros are drops
     out, cache = call(m.dropout_forward, x.copy(), {"mode": "train", "p": p, "seed": seed})
     return x, np.asarray(out), cache, p
 
@@ -501,7 +501,6 @@ def ground_truth() -> dict[str, Any]:
 
 
 TABLE = ground_truth() if ASSIGNMENT.is_dir() else {}
-ROWS = [(file, name) for file, entry in TABLE.items() for name in entry["functions"]]
 
 
 @pytest.fixture(scope="module")
@@ -517,11 +516,12 @@ def test_the_table_covers_every_file_and_every_function_of_each():
 
 
 def test_every_verdict_of_the_table_is_a_known_kind_with_a_reason_for_each_slip():
-    for file, name in ROWS:
-        row = TABLE[file]["functions"][name]
-        assert row["verdict"] in ("pass", "fail", "error", "not implemented"), (file, name)
-        if row["verdict"] in ("fail", "error"):
-            assert row["slip"] and len(row["reason"].split()) >= 6 and row["marker"].startswith("# SLIP:")
+    for file, entry in TABLE.items():
+        for name, row in entry["functions"].items():
+            assert row["verdict"] in ("pass", "fail", "error", "not implemented"), (file, name)
+            if row["verdict"] in ("fail", "error"):
+                assert row["slip"] and len(row["reason"].split()) >= 6, (file, name)
+                assert row["marker"].startswith("# SLIP:"), (file, name)
 
 
 def marked_lines(function: Callable) -> list[tuple[int, str]]:
@@ -529,24 +529,31 @@ def marked_lines(function: Callable) -> list[tuple[int, str]]:
     return [(first + i, line) for i, line in enumerate(source) if "# SLIP:" in line]
 
 
-@pytest.mark.parametrize("file,name", ROWS, ids=[f"{f}::{n}" for f, n in ROWS])
-def test_verdict_agrees_with_the_references_and_the_slip_is_marked_on_its_line(modules, file, name):
+def disagreements(module: ModuleType, file: str, name: str) -> list[str]:
+    """What differs between the table's row for `name` and what the references find."""
     row = TABLE[file]["functions"][name]
-    module = modules[file]
     got, seen = verdict(module, name)
-    assert got == row["verdict"], f"{file} {name}: {got} ({seen}), table says {row['verdict']}"
-
+    if got != row["verdict"]:
+        return [f"{name}: {got} ({seen}), table says {row['verdict']}"]
     own = marked_lines(getattr(module, name))
     if row["verdict"] not in ("fail", "error"):
-        assert own == [], f"{file} {name} carries a slip marker but is not a failure"
-        return
+        return [f"{name} carries a slip marker but is not a failure"] if own else []
     holder = row.get("marker_in", name)
     marked = marked_lines(getattr(module, holder))
-    assert len(marked) == 1, f"{file} {holder}: marked lines {marked}"
-    assert row["marker"] in marked[0][1], f"{file} {holder}: the marker's text differs"
-    if holder != name:
-        assert row["slip"] == "from-the-forward" and own == [], f"{file} {name}"
-        assert TABLE[file]["functions"][holder]["marker"] == row["marker"]
+    if len(marked) != 1:
+        return [f"{name}: {holder} has marked lines {marked}"]
+    if row["marker"] not in marked[0][1]:
+        return [f"{name}: the marker's text differs on {holder}'s line {marked[0][0]}"]
+    if holder != name and not (row["slip"] == "from-the-forward" and own == []
+                               and TABLE[file]["functions"][holder].get("marker") == row["marker"]):
+        return [f"{name}: a slip from {holder} must be called from-the-forward, with {holder}'s marker"]
+    return []
+
+
+@pytest.mark.parametrize("file", list(TABLE))
+def test_verdicts_agree_with_the_references_and_each_slip_is_marked_on_its_line(modules, file):
+    problems = [p for name in FUNCTIONS for p in disagreements(modules[file], file, name)]
+    assert problems == [], f"{file}: " + "; ".join(problems)
 
 
 def test_every_slip_marker_in_a_file_belongs_to_a_row():
