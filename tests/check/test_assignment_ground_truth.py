@@ -356,6 +356,32 @@ def judge_max_pool_backward_naive(m: ModuleType) -> None:
         right = checked_grads(as_torch(reference), reference, [x], dout, (0,))[0]
         _, cache = m.max_pool_forward_naive(x.copy(), dict(param))
         agree(call(m.max_pool_backward_naive, dout.copy(), cache), right, f"dx in case {case}")
+    judge_pool_ties(m)
+
+
+def judge_pool_ties(m: ModuleType) -> None:
+    """Windows with tied maxima (small integers): any one maximum or an even split passes."""
+    rng = rng_for("pool-ties", 0)
+    x = rng.integers(0, 3, (2, 2, 4, 6)).astype(np.float64)
+    dout = rng.standard_normal((2, 2, 2, 3))
+    _, cache = m.max_pool_forward_naive(x.copy(), {"pool_height": 2, "pool_width": 2, "stride": 2})
+    dx = np.asarray(call(m.max_pool_backward_naive, dout.copy(), cache))
+    if dx.shape != x.shape:
+        raise WrongError(f"dx on tied inputs has shape {dx.shape}, should be {x.shape}")
+    rounding = FLOAT32_TOLERANCE if dx.dtype == np.float32 else 1e-12
+    for n, c, i, j in np.ndindex(*dout.shape):
+        window = x[n, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+        grad = dx[n, c, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+        top = window == window.max()
+        d, close = dout[n, c, i, j], rounding * max(1.0, abs(dout[n, c, i, j]))
+        if np.any(np.abs(grad[~top]) > close):
+            raise WrongError("on tied inputs, gradient reaches an entry that is not the maximum")
+        tied = grad[top]
+        one = np.count_nonzero(np.abs(tied) > close) == 1 and abs(tied.sum() - d) <= close
+        split = np.all(np.abs(tied - d / top.sum()) <= close)
+        if not (one or split):
+            raise WrongError(f"a window with {top.sum()} tied maxima passes on {tied.sum() / d:.3g} "
+                             f"times its gradient (one maximum or an even split is right)")
 
 
 def judge_loss(m: ModuleType, name: str, reference: Callable) -> None:

@@ -15,6 +15,7 @@ Verdicts were derived without the project, against torch and central differences
 (tests/check/test_assignment_ground_truth.py).
 """
 
+
 FILES = {
     "complete.py": {
         "about": "Every function right, the plain way (tuple caches, loops, keep-probability dropout).",
@@ -69,7 +70,7 @@ FILES = {
         },
     },
     "habits_loops.py": {
-        "about": "Right: loops, float32 arithmetic, other cache orders, equality-mask pooling.",
+        "about": "Right: loops, float32 arithmetic, other cache orders, equality-mask pooling split over ties.",
         "functions": {
             "affine_forward": {"verdict": "pass"},
             "affine_backward": {"verdict": "pass"},
@@ -884,6 +885,35 @@ FILES = {
                 "marker_in": "spatial_groupnorm_forward",
                 "marker": "# SLIP: one row per pixel: statistics over C // G values, not the whole group",
                 "reason": "Its result is wrong because the forward's slip flows into it (through the cache or a call): fix the forward first. (A group's mean and variance are over all its channels and pixels of one sample; rows of one pixel each give every pixel its own statistics.)"},
+        },
+    },
+    "slips_max_pool_ties.py": {
+        "about": "Max pool slip: an equality mask routes the whole gradient to every tied maximum of a window (windows of zeros after a ReLU tie all their entries).",
+        "functions": {
+            "affine_forward": {"verdict": "pass"},
+            "affine_backward": {"verdict": "pass"},
+            "relu_forward": {"verdict": "pass"},
+            "relu_backward": {"verdict": "pass"},
+            "dropout_forward": {"verdict": "pass"},
+            "dropout_backward": {"verdict": "pass"},
+            "conv_forward_naive": {"verdict": "pass"},
+            "conv_backward_naive": {"verdict": "pass"},
+            "max_pool_forward_naive": {"verdict": "pass"},
+            "max_pool_backward_naive": {
+                "verdict": "fail", "slip": "pool-ties-duplicated",
+                "marker": "# SLIP: every tied maximum receives the whole gradient",
+                "reason": "When several entries of a window tie for the maximum, the window's gradient must go to one of them or be split evenly; the equality mask gives each of them all of it."},
+            "svm_loss": {"verdict": "pass"},
+            "softmax_loss": {"verdict": "pass"},
+            "batchnorm_forward": {"verdict": "pass"},
+            "batchnorm_backward": {"verdict": "pass"},
+            "batchnorm_backward_alt": {"verdict": "pass"},
+            "layernorm_forward": {"verdict": "pass"},
+            "layernorm_backward": {"verdict": "pass"},
+            "spatial_batchnorm_forward": {"verdict": "pass"},
+            "spatial_batchnorm_backward": {"verdict": "pass"},
+            "spatial_groupnorm_forward": {"verdict": "pass"},
+            "spatial_groupnorm_backward": {"verdict": "pass"},
         },
     },
 }

@@ -1,8 +1,8 @@
 """Right, written with loops and habits of their own: float32 arithmetic in affine, relu, conv
 and pooling (within float32's rounding), caches in other orders ((w, b, x), (pool_param, x)),
 int() of true division for output sizes, per-sample loops for the losses, a max pool backward
-that routes through an equality mask and adds, np.float64 accumulators. Every function must
-pass."""
+that routes through an equality mask split evenly over ties and adds, np.float64 accumulators.
+Every function must pass."""
 
 import numpy as np
 
@@ -138,7 +138,7 @@ def max_pool_forward_naive(x, pool_param):
 
 
 def max_pool_backward_naive(dout, cache):
-    """An equality mask per window, added into dx."""
+    """An equality mask per window, split evenly over tied maxima, added into dx."""
     pool_param, x = cache
     ph, pw, s = pool_param["pool_height"], pool_param["pool_width"], pool_param["stride"]
     N, C, Ho, Wo = dout.shape
@@ -149,7 +149,8 @@ def max_pool_backward_naive(dout, cache):
                 for j in range(Wo):
                     window = x[n, c, i * s:i * s + ph, j * s:j * s + pw]
                     mask = window == window.max()
-                    dx[n, c, i * s:i * s + ph, j * s:j * s + pw] += mask * dout[n, c, i, j]
+                    share = mask / mask.sum()  # tied maxima split the gradient evenly
+                    dx[n, c, i * s:i * s + ph, j * s:j * s + pw] += share * dout[n, c, i, j]
     return dx
 
 
