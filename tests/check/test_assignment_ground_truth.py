@@ -4,10 +4,12 @@ references written here from other sources (torch's conv2d, max_pool2d, cross_en
 multi_margin_loss, batch_norm, layer_norm, group_norm for forwards; central differences of those
 references for backwards; the kept fraction and scaling for dropout), on inputs that expose what
 the notebook's checks hide: non-square images and filters, strides 2 and 3, pad 0 and 2,
-overlapping pools, N = 1, 3-D and 4-D inputs to affine, scores shifted near 1000, small variances.
+overlapping pools, tied maxima, N = 1, 3-D and 4-D inputs to affine, scores shifted near 1000,
+small variances, running statistics and gamma, beta away from their defaults.
 
 Each function's verdict must equal the table's, and each slip's marker must sit on exactly one
-line of its function.
+line: of the function itself, or of the forward or helper it names (`marker_in`) when the slip
+reaches the function from there.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional
-
-torch.set_num_threads(1)  # small tensors; threads only contend on a shared machine
 
 ASSIGNMENT = pathlib.Path(__file__).resolve().parents[1] / "students" / "assignment"
 
@@ -532,6 +532,15 @@ TABLE = ground_truth() if ASSIGNMENT.is_dir() else {}
 @pytest.fixture(scope="module")
 def modules() -> dict[str, ModuleType]:
     return {file: load(ASSIGNMENT / file) for file in TABLE}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The references' tensors are tiny: more threads only contend on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_the_table_covers_every_file_and_every_function_of_each():
