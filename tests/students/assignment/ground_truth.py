@@ -285,7 +285,7 @@ FILES = {
             "conv_forward_naive": {
                 "verdict": "fail", "slip": "conv-stride-ignored",
                 "marker": "# SLIP: windows start at i and j, not i * stride and j * stride",
-                "reason": "Output pixel (i, j) reads the window starting at (i * stride, j * stride); without the stride it is only right for stride 1, which is all the notebook tries."},
+                "reason": "Output pixel (i, j) reads the window starting at (i * stride, j * stride); without the stride it is only right for stride 1."},
             "conv_backward_naive": {
                 "verdict": "error", "slip": "size-float-division",
                 "marker": "# SLIP: true division makes the output height a float",
@@ -508,7 +508,7 @@ FILES = {
             "svm_loss": {
                 "verdict": "fail", "slip": "svm-correct-class-counted",
                 "marker": "# SLIP: the correct class's own margin of 1 is counted",
-                "reason": "The margin of the correct class against itself is always 1 and must be excluded (set to zero) before summing; here it adds 1 to the loss."},
+                "reason": "The margin of the correct class against itself is always 1 and must be excluded (set to zero) before summing; here it adds 1 to the loss and an extra count to the correct class's gradient."},
             "softmax_loss": {
                 "verdict": "fail", "slip": "softmax-dx-not-averaged",
                 "marker": "# SLIP: dx is not divided by N",
@@ -839,7 +839,7 @@ FILES = {
             "batchnorm_forward": {
                 "verdict": "fail", "slip": "test-mode-eps-outside-sqrt",
                 "marker": "# SLIP: eps outside the square root in test mode",
-                "reason": "Test mode divides by sqrt(running_var + eps), as training divides by sqrt(var + eps); sqrt(running_var) + eps is a different number, off by about eps / (2 * running_var)."},
+                "reason": "Test mode divides by sqrt(running_var + eps), as training divides by sqrt(var + eps); sqrt(running_var) + eps is a slightly different number, which matters when the variance is small."},
             "batchnorm_backward": {"verdict": "pass"},
             "batchnorm_backward_alt": {"verdict": "pass"},
             "layernorm_forward": {"verdict": "pass"},
@@ -848,7 +848,7 @@ FILES = {
                 "verdict": "fail", "slip": "from-the-forward",
                 "marker_in": "batchnorm_forward",
                 "marker": "# SLIP: eps outside the square root in test mode",
-                "reason": "Its result is wrong because the forward's slip flows into it (through the cache or a call): fix the forward first. (Test mode divides by sqrt(running_var + eps), as training divides by sqrt(var + eps); sqrt(running_var) + eps is a different number, off by about eps / (2 * running_var).)"},
+                "reason": "Its result is wrong because the forward's slip flows into it (through the cache or a call): fix the forward first. (Test mode divides by sqrt(running_var + eps), as training divides by sqrt(var + eps); sqrt(running_var) + eps is a slightly different number, which matters when the variance is small.)"},
             "spatial_batchnorm_backward": {"verdict": "pass"},
             "spatial_groupnorm_forward": {"verdict": "pass"},
             "spatial_groupnorm_backward": {"verdict": "pass"},

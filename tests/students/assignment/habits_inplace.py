@@ -1,7 +1,6 @@
 """Right, but writing into its own arguments, as many students do: relu and dropout backward
-zero and scale dout in place and return it, softmax shifts x in place, the conv backward reuses
-dout's memory for nothing harmful. Each result is right; a checker that hands these functions
-copies sees no difference."""
+zero and scale dout in place and return it, softmax shifts x in place. Each result is right; a
+checker that hands these functions copies sees no difference."""
 
 import numpy as np
 
