@@ -96,7 +96,7 @@ FILES = {
         },
     },
     "habits_old_dropout.py": {
-        "about": "Right, as written in 2016-2017: the template's docstring then said p is the probability",
+        "about": "Right, as written in 2016-2017: the template's docstring then said p is the probability of DROPPING a unit, and this file follows its docstring (keep with probability 1 - p, scale by 1 / (1 - p)). Layer and group norm did not exist yet and batchnorm_backward_alt was optional: their template stubs are left as they were (not implemented).",
         "functions": {
             "affine_forward": {"verdict": "pass"},
             "affine_backward": {"verdict": "pass"},
@@ -122,7 +122,7 @@ FILES = {
         },
     },
     "habits_inplace.py": {
-        "about": "Right, but writing into its own arguments, as many students do: relu and dropout backward",
+        "about": "Right, but writing into its own arguments, as many students do: relu and dropout backward zero and scale dout in place and return it, softmax shifts x in place. Each result is right; a checker that hands these functions copies sees no difference.",
         "functions": {
             "affine_forward": {"verdict": "pass"},
             "affine_backward": {"verdict": "pass"},
