@@ -11,6 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYER_OF_PREFIX = {
     "tinygrad_bn.core": "core",      # Node, backward, the textbook primitives
     "tinygrad_bn.norm": "norm",      # staged and fused normalization
+    "tinygrad_bn.layers": "layers",  # the assignment's other layers staged
     "tinygrad_bn.fast": "fast",      # registers faster variants on the two layers below
     "tinygrad_bn.check": "check",    # gradcheck, compare, explain
     "tinygrad_bn.train": "train",    # modules, loss, optimizers, the experiment
@@ -21,7 +22,7 @@ LAYER_OF_PREFIX = {
     "tinygrad_bn": "top",            # the package's own __init__: the public API
 }
 # Lowest first. Equal numbers are peers: they may not import each other.
-RANK = {"core": 0, "norm": 1, "fast": 2, "check": 3, "train": 3, "cs231n": 4, "viz": 5, "top": 6}
+RANK = {"core": 0, "norm": 1, "layers": 1, "fast": 2, "check": 3, "train": 3, "cs231n": 4, "viz": 5, "top": 6}
 
 
 def layer_of(module: str) -> str:

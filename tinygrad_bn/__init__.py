@@ -6,9 +6,9 @@
     out.backward(np.random.randn(200, 50))      # x.grad, and every stage node's .grad
     print(tb.compare_batchnorm(x.data, np.ones(50), np.zeros(50)))
 
-Layers (each imports only the ones below it): core (Node, ops) < norm < fast (faster
-variants at the seams core and norm declare) < check, train < cs231n < viz < top (this
-package's __init__ and the command line).
+Layers (each imports only the ones below it): core (Node, ops) < norm, layers (the
+assignment's other layers staged) < fast (faster variants at the seams core and norm
+declare) < check, train < cs231n < viz < top (this package's __init__ and the command line).
 """
 
 from . import (

@@ -124,14 +124,17 @@ class WindowSum(Op):
         out = np.zeros(shape, dtype=g.dtype)
         positions = window_out_shape(shape, window_shape, axis)
         lead = len(shape)
-        # One strided add per offset inside the window (window_shape's product of them),
-        # each over every window position at once.
+        # The window axes first, in one copy, so that each offset's values are contiguous.
+        by_offset = np.ascontiguousarray(np.moveaxis(g, tuple(range(lead, g.ndim)),
+                                                     tuple(range(len(window_shape)))))
+        # One add per offset inside the window (window_shape's product of them), each over
+        # every window position at once.
         for offset in itertools.product(*(range(size) for size in window_shape)):
             start = [0] * lead
             for k, ax in zip(offset, axis):
                 start[ax] += k
             target = tuple(slice(s, s + n) for s, n in zip(start, positions))
-            out[target] += g[(Ellipsis, *offset)]
+            out[target] += by_offset[offset]
         return out
 
     @staticmethod
