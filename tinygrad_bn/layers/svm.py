@@ -1,5 +1,5 @@
-"""Multiclass SVM loss staged: correct = x[rows, y]; margins = relu(x - correct + 1) off the
-correct class; loss = the mean over N of each row's summed margins."""
+"""Multiclass SVM loss staged: correct = x[rows, y]; margins = relu(x - correct + 1) times
+`others` (0 at the correct class, 1 elsewhere); loss = the mean over N of each row's summed margins."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from ..core.dual import where
 from ..core.node import Node
 from .inputs import as_input, check_labels, check_ndim
 
@@ -23,11 +22,12 @@ def svm_staged(x: Any, y: Any) -> dict[str, Node]:
     labels = check_labels(y, x)
     n = x.shape[0]
     rows = np.arange(n)
-    is_correct = np.zeros(x.shape, dtype=bool)
-    is_correct[rows, labels] = True
+    others = np.ones(x.shape, dtype=x.dtype)  # 1 off the correct class, 0 on it
+    others[rows, labels] = 0
+    others = Node(others, name="others", requires_grad=False)
     correct = x[rows, labels].named("correct")                        # 1  the correct class's score
     diffs = (x - correct.reshape(n, 1) + 1).named("diffs")            # 2  each class's margin
-    margins = where(is_correct, 0.0, diffs.relu()).named("margins")   # 3  hinge, off the correct class
+    margins = (diffs.relu() * others).named("margins")               # 3  hinge, off the correct class
     losses = margins.sum(axis=1).named("losses")                      # 4  each example's loss
     loss = losses.mean().named("loss")                                # 5  mean over N
     return {"correct": correct, "diffs": diffs, "margins": margins, "losses": losses, "loss": loss}
