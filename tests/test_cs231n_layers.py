@@ -80,7 +80,7 @@ def test_loss_layers_notebook_checks(loss_fn, expected_loss):
     dx_num = eval_numerical_gradient(lambda x: loss_fn(x, y)[0], x)
     loss, dx = loss_fn(x, y)
     assert abs(loss - expected_loss) < 0.01
-    assert rel_error(dx_num, dx) < 1e-7
+    assert rel_error(dx_num, dx) < 1e-8  # the notebook prints 1.4e-9 (svm) and 9.4e-9 (softmax)
     assert isinstance(loss, float) and dx.shape == x.shape
 
 
