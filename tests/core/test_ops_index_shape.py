@@ -141,3 +141,12 @@ def test_bad_arguments_get_one_line_errors_naming_them(call, error, message):
 def test_iterating_a_node_stops_at_its_length():
     rows = list(tb.Node(np.arange(6.0).reshape(3, 2)))
     assert [row.data.tolist() for row in rows] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+
+
+def test_changing_the_index_array_afterwards_changes_nothing():
+    x = tb.Node(np.arange(4.0))
+    rows = np.array([0, 0, 3])
+    picked = x[rows]
+    rows[:] = 1  # the caller reuses its array
+    picked.backward(np.ones(3))
+    np.testing.assert_array_equal(x.grad, [2.0, 0.0, 0.0, 1.0])

@@ -39,12 +39,15 @@ def normalize_index(index: Any, shape: tuple[int, ...]) -> tuple[IndexItem, ...]
         elif isinstance(item, numbers.Integral):
             normalized.append(int(item))
         else:
-            array = np.asarray(item)
+            # A copy, read-only: the node's backward must see the index its forward used,
+            # whatever the caller does to its array afterwards.
+            array = np.array(item)
             if array.size == 0 and array.dtype.kind == "f":  # [] picks nothing, as in numpy
                 array = array.astype(np.intp)
             elif array.dtype.kind not in "iub":
                 raise TypeError(f"index: expected ints, slices, None, ..., or integer or "
                                 f"boolean arrays, got {type(item).__name__} of dtype {array.dtype}")
+            array.flags.writeable = False
             normalized.append(array)
     result = tuple(normalized)
     try:  # numpy's own check, on an empty stand-in of the input's shape (no data touched)
