@@ -1,10 +1,15 @@
 """The assignment's other layers staged: each against PyTorch (values, first and second
-order), central differences, and the assignment's closed-form backward where it has one."""
+order), central differences, and the assignment's closed-form backward where it has one.
+The random-geometry searches run 25 cases each; TINYGRAD_BN_LONG_SEARCH=500 runs a longer one."""
+
+import os
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 - PyTorch's own convention
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import tinygrad_bn as tb
 from tinygrad_bn import layers
@@ -178,3 +183,58 @@ def test_bad_arguments_get_one_line_errors_naming_them(call, error, message):
     with pytest.raises(error, match=message) as caught:
         call()
     assert "\n" not in str(caught.value)
+
+
+@st.composite
+def conv_geometry(draw):
+    n, c, f = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pad, stride = draw(st.integers(0, 2)), draw(st.integers(1, 3))
+    hh, ww = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    out_h, out_w = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    height = max((out_h - 1) * stride + hh - 2 * pad, 1)
+    width = max((out_w - 1) * stride + ww - 2 * pad, 1)
+    assume((height + 2 * pad - hh) % stride == 0 and (width + 2 * pad - ww) % stride == 0)
+    assume(height + 2 * pad >= hh and width + 2 * pad >= ww)
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = scale * rng.standard_normal((n, c, height, width))
+    if draw(st.booleans()):  # a non-contiguous input: the transpose of a contiguous one
+        x = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    return x, rng.standard_normal((f, c, hh, ww)), rng.standard_normal(f), stride, pad
+
+
+@settings(max_examples=int(os.environ.get("TINYGRAD_BN_LONG_SEARCH", "25")), deadline=None)
+@given(case=conv_geometry())
+def test_conv_matches_pytorch_on_random_geometries(case):
+    x, w, b, stride, pad = case
+    nodes = [tb.Node(a) for a in (x, w, b)]
+    out = layers.conv_staged(*nodes, stride=stride, padding=pad)["out"]
+    tensors = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    expected = F.conv2d(*tensors, stride=stride, padding=pad)
+    assert tb.scaled_error(out.data, expected.detach().numpy()) < 1e-13
+    upstream = np.random.default_rng(0).standard_normal(out.shape)
+    out.backward(upstream)
+    expected.backward(torch.tensor(upstream))
+    for node, tensor in zip(nodes, tensors):
+        assert tb.scaled_error(node.grad, tensor.grad.numpy()) < 1e-13
+
+
+@settings(max_examples=int(os.environ.get("TINYGRAD_BN_LONG_SEARCH", "25")), deadline=None)
+@given(size=st.tuples(st.integers(1, 3), st.integers(1, 3)), stride=st.integers(1, 3),
+       out_hw=st.tuples(st.integers(1, 3), st.integers(1, 3)), seed=st.integers(0, 2**32 - 1),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_max_pool_matches_pytorch_on_random_geometries(size, stride, out_hw, seed, dtype):
+    rng = np.random.default_rng(seed)
+    shape = (2, 2, *((o - 1) * stride + k for o, k in zip(out_hw, size)))
+    x = rng.permutation(int(np.prod(shape))).reshape(shape).astype(dtype) * dtype(0.25)  # no ties
+    node = tb.Node(x)
+    out = layers.max_pool_staged(node, *size, stride)["out"]
+    tensor = torch.tensor(x, requires_grad=True)
+    expected = F.max_pool2d(tensor, size, stride)
+    np.testing.assert_array_equal(out.data, expected.detach().numpy())
+    upstream = rng.standard_normal(out.shape).astype(dtype)
+    out.backward(upstream)
+    expected.backward(torch.tensor(upstream))
+    assert node.grad.dtype == dtype
+    # (overlapping windows' gradients add in another order than PyTorch's)
+    np.testing.assert_allclose(node.grad, tensor.grad.numpy(), rtol=1e-6 if dtype == np.float32 else 1e-14)
