@@ -25,7 +25,7 @@ def _extreme_backward(upstream: Any, a: Any, out: Any, axis: tuple[int, ...], ke
     a_value, out_value = value(a), value(out)
     kept_shape = tuple(1 if i in axis else size for i, size in enumerate(a_value.shape))
     hit = a_value == np.reshape(out_value, kept_shape)
-    count = hit.sum(axis=axis, keepdims=True).astype(a_value.dtype)
+    count = hit.sum(axis=axis, keepdims=True, dtype=a_value.dtype)  # exact: counts are small
     share = (upstream if keepdims else upstream.reshape(kept_shape)) / count
     return where(hit, broadcast_to(share, a_value.shape), 0.0)
 
