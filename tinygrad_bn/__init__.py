@@ -14,6 +14,7 @@ declare) < check, train < cs231n < viz < top (this package's __init__ and the co
 from . import (
                    cs231n,
                    fast,  # noqa: F401  (registers the fast variants of the core ops)
+                   layers,
 )
 from .check.compare import NormReport, compare_batchnorm, compare_normalization
 from .check.explain import explain
@@ -70,7 +71,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Node", "Constant", "grad", "no_grad", "enable_grad", "is_grad_enabled", "graph_nodes", "stages",
-    "ops", "fast", "nn", "loss", "optim", "cs231n",
+    "ops", "fast", "nn", "loss", "optim", "cs231n", "layers",
     "add", "sub", "mul", "div", "pow", "neg", "identity", "sqrt", "exp", "log", "relu", "tanh", "sum",
     "mean", "reshape", "transpose", "matmul", "unbroadcast", "where",
     "index", "max", "min", "maximum", "minimum", "pad", "concatenate", "stack", "sliding_window_view",
