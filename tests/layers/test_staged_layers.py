@@ -238,3 +238,45 @@ def test_max_pool_matches_pytorch_on_random_geometries(size, stride, out_hw, see
     assert node.grad.dtype == dtype
     # (overlapping windows' gradients add in another order than PyTorch's)
     np.testing.assert_allclose(node.grad, tensor.grad.numpy(), rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+@settings(max_examples=int(os.environ.get("TINYGRAD_BN_LONG_SEARCH", "25")), deadline=None)
+@given(case=conv_geometry(), dtype=st.sampled_from([np.float32, np.float64]))
+def test_conv_is_as_exact_as_its_sums_allow(case, dtype):
+    """Against a long-double reference: each output within K * eps of the sum of |x * w|
+    over its window (K products per output), in float32 and float64."""
+    x, w, b, stride, pad = case
+    out = layers.conv_staged(x.astype(dtype), w.astype(dtype), b.astype(dtype), stride=stride,
+                             padding=pad)["out"].data
+    assert out.dtype == dtype
+    exact_x, exact_w = (v.astype(dtype).astype(np.longdouble) for v in (x, w))
+    xpad = np.pad(exact_x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    windows = np.lib.stride_tricks.sliding_window_view(xpad, w.shape[2:], axis=(2, 3))
+    windows = windows[:, :, ::stride, ::stride]
+    bias = b.astype(dtype).astype(np.longdouble).reshape(1, -1, 1, 1)
+    reference = np.einsum("nchwij,fcij->nfhw", windows, exact_w) + bias
+    magnitude = np.einsum("nchwij,fcij->nfhw", np.abs(windows), np.abs(exact_w)) + np.abs(bias)
+    products = w[0].size
+    bound = (products + 2) * np.finfo(dtype).eps * magnitude
+    assert np.all(np.abs(out - reference) <= bound + np.finfo(dtype).tiny)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0.0, 1e4, -3e4])
+def test_softmax_loss_is_stable_far_from_zero(dtype, offset):
+    """Scores far from 0 (exp would overflow unshifted): the loss and dx against long double."""
+    rng = np.random.default_rng(int(abs(offset)))
+    scores = (offset + 5 * rng.standard_normal((8, 6))).astype(dtype)
+    labels = rng.integers(0, 6, 8)
+    node = tb.Node(scores)
+    loss = layers.softmax_staged(node, labels)["loss"]
+    loss.backward()
+    exact = scores.astype(np.longdouble)
+    shifted = exact - exact.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    expected_loss = -log_probs[np.arange(8), labels].mean()
+    expected_dx = np.exp(log_probs)
+    expected_dx[np.arange(8), labels] -= 1
+    eps = np.finfo(dtype).eps
+    assert abs(float(loss.data) - float(expected_loss)) <= 32 * eps * max(1.0, float(expected_loss))
+    assert np.max(np.abs(node.grad - (expected_dx / 8).astype(np.float64))) <= 32 * eps / 8
