@@ -1,7 +1,7 @@
 """Judging one function, in the child process: a forward in parts (train-mode output, running
 statistics, test-mode output), a backward's dx, dgamma and dbeta from the cache of the student's
-own forward (each judged on its own), and that no input is modified in place. A wrong value is
-then traced to its line (`lines.py`).
+own forward (each judged on its own); inputs are handed over as copies, a write into them
+noted. A wrong value is then traced to its line (`lines.py`).
 """
 
 from __future__ import annotations
@@ -98,8 +98,9 @@ def _judge_forward(forward: Callable, name: str, kind: str, seed: int,
             # the train output is judged as the assignment's first call gets it
             start = {}
         param = seeded_bn_param(kind, start, layout)
-        out, _ = call_forward(forward, name, kind, x, gamma, beta, param)
-        _check_unmodified((x, gamma, beta), originals, ("x", "gamma", "beta"))
+        given = [a.copy() for a in (x, gamma, beta)]
+        out, _ = call_forward(forward, name, kind, *given, param)
+        _note_writes(given, originals, ("x", "gamma", "beta"), result)
         out = float_array(out, "out")
         if out.shape != x.shape:
             raise CheckFailedError(f"out has shape {out.shape}, expected x's shape {x.shape}"
@@ -160,11 +161,15 @@ def _judge_forward(forward: Callable, name: str, kind: str, seed: int,
                            if kind in ("batch", "spatial") else "matches the staged graph (output)")
 
 
-def _check_unmodified(arrays: Iterable[np.ndarray], originals: Iterable[np.ndarray],
-                      names: Iterable[str]) -> None:
+def _note_writes(arrays: Iterable[np.ndarray], originals: Iterable[np.ndarray],
+                 names: Iterable[str], result: dict[str, Any]) -> None:
+    """One rule for every function: it is handed copies, so writing into its inputs changes
+    nothing the checker reads; the write is noted, not failed."""
     for array, original, name in zip(arrays, originals, names):
         if not np.array_equal(array, original, equal_nan=True):
-            raise CheckFailedError(f"modifies {name} in place")
+            note = f"writes into {name} in place (harmless here: the checker hands over copies)"
+            if note not in result.setdefault("warnings", []):
+                result["warnings"].append(note)
 
 
 def _running_statistics(param: dict, start: dict, spec: NormSpec, x: np.ndarray) -> str | None:
@@ -245,11 +250,9 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
             raise StubError(f"not implemented: {forward_name}, whose cache it takes, is not "
                              f"implemented yet") from None
         held = [(place, array, array.copy()) for place, array in arrays_in(cache)]
-        dout_copy = dout.copy()
-        raw = call_backward(backward, name, dout, cache)
-        if not np.array_equal(dout, dout_copy):
-            raise CheckFailedError("modifies dout in place: the caller's upstream gradient "
-                                    "changes; work on a copy or on new arrays")
+        dout_given = dout.copy()
+        raw = call_backward(backward, name, dout_given, cache)
+        _note_writes([dout_given], [dout], ["dout"], result)
         for place, array, copy in held:
             if not np.array_equal(array, copy, equal_nan=True):
                 raise CheckFailedError(f"modifies the cache's arrays in place ({place}): a "
@@ -308,8 +311,7 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
         raise CheckFailedError(text + ("" if not sentence else
                                         (sentence if sentence.startswith((".", " ")) else ". " + sentence)),
                                 result["stage"])
-    result["diagnosis"] = ("dx, dgamma, dbeta match the staged graph on 3 random inputs; nothing "
-                           "modified in place")
+    result["diagnosis"] = "dx, dgamma, dbeta match the staged graph on 3 random inputs"
 
 
 def _shape_text(grad: str, s: np.ndarray, c: np.ndarray, spec: NormSpec, x: np.ndarray,

@@ -9,7 +9,8 @@ Every function the source defines among FUNCTIONS is called with the assignment'
 signature on several random inputs and judged by its values against the staged graph: a
 forward in parts (train-mode output, running statistics, test-mode output; a float32
 input returned in float64 is a warning), a backward's dx, dgamma, dbeta (from the cache of
-the student's own forward; each judged on its own), and that no input is modified in place.
+the student's own forward; each judged on its own); inputs are handed over as copies (a
+write into them is noted, never read back).
 Layouts a student may choose pass: running statistics of shape (1, D), lists for tuples.
 
 A wrong function is run again under a line tracer and its own intermediates are matched
@@ -42,12 +43,14 @@ from typing import Any
 import numpy as np
 
 from ..files import write_atomic
-from .assignment import FUNCTIONS
+from .entries import judge_entry
 from .judge import judge_function
 from .locate import StageMatch
 from .replay import judge_in_box
 from .sandbox import run_isolated
 from .student import from_namespace, loaded_names, student_loader
+from .table import ASSIGNMENT_NAMES as FUNCTIONS
+from .table import NORMALIZATION_NAMES
 from .text import clean, shown
 
 __all__ = ["FUNCTIONS", "FunctionResult", "LayersReport", "check_layers", "DEFAULT_MEMORY"]
@@ -112,6 +115,19 @@ class LayersReport:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
+    others: list[str] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """How many functions of the file are in each state, every function counted once:
+        the judged by status, "not judged" (its own helpers, names only similar to the
+        assignment's), "absent" (assignment functions it does not define)."""
+        counts = {"pass": 0, "fail": 0, "error": 0, "not implemented": 0}
+        for result in self.results.values():
+            counts[result.status] = counts.get(result.status, 0) + 1
+        counts["not judged"] = len(self.others) + len(self.missing)
+        counts["absent"] = len(self.absent)
+        return counts
 
     @property
     def ok(self) -> bool:
@@ -167,8 +183,16 @@ class LayersReport:
                 text = shown(result.output.rstrip("\n"), newlines=True).replace(
                     "\n", "\n" + " " * (width + 4) + "| ")
                 lines.append(f"{'':<{width}}  it printed:\n{' ' * (width + 4)}| {text}")
-        passed = sum(r.ok for r in self.results.values())
+        for name in self.others:
+            lines.append(f"{shown(name):<{width}}  NOT JUDGED      not a function of the "
+                         f"assignment (a helper of yours?)")
+        counts = self.counts()
+        passed = counts["pass"]
+        rest = ", ".join(f"{v} {k}" for k, v in counts.items() if k not in ("pass", "absent") and v)
         lines.append(f"{passed} of {len(self.results)} functions pass"
+                     + (f" ({rest})" if rest else "")
+                     + (f"; {counts['absent']} of the assignment's not defined"
+                        if counts["absent"] else "")
                      + ("" if self.ok or not self.results else
                         "; `tinygrad-bn check --save-case case.npz` then `tinygrad-bn explain "
                         "--values --load case.npz` shows every stage on the same data"))
@@ -229,11 +253,17 @@ def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 
         return report
     report.notes = list(info["notes"])
     report.missing = {k: v for k, v in info["missing"].items() if k in wanted}
+    report.others = list(info.get("others", []))
+    report.absent = [n for n in wanted if n not in info["defined"] and n not in report.missing]
     defined = info["defined"]
     for name in (n for n in FUNCTIONS if n in wanted and n in defined):
-        verdict, outcome, misfit = judge_in_box(
-            loader, lambda functions, name=name: judge_function(lambda: (functions, [], {}),
-                                                                name, seed), timeout, memory)
+        if name in NORMALIZATION_NAMES:
+            def judge(functions: dict, name: str = name) -> Any:
+                return judge_function(lambda: (functions, [], {}), name, seed)
+        else:
+            def judge(functions: dict, name: str = name) -> Any:
+                return judge_entry(functions, name, seed)
+        verdict, outcome, misfit = judge_in_box(loader, judge, timeout, memory)
         if outcome.failure is not None:
             result = FunctionResult(name, "error",
                                     _process_failure_text(outcome, timeout, memory, name=name))
@@ -259,7 +289,10 @@ def _names_from(info: Any) -> dict[str, Any] | None:
     if not isinstance(defined, list) or not isinstance(notes, list) or \
             not isinstance(missing, dict):
         return None
+    others = info.get("others", [])
     return {"defined": [n for n in defined if n in FUNCTIONS],
+            "others": [clean(n)[:200] for n in others if isinstance(n, str)][:200]
+            if isinstance(others, list) else [],
             "notes": [clean(n)[:500] for n in notes if isinstance(n, str)][:50],
             "missing": {k: clean(v)[:200] for k, v in missing.items()
                         if k in FUNCTIONS and isinstance(v, str)}}

@@ -58,7 +58,7 @@ def encode(value: Any, arrays: list[np.ndarray], depth: int = 0) -> Any:
             return {"o": "int"}
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else {"f": repr(value)}
+        return value if math.isfinite(value) else {"f": repr(float(value))}  # np.float64 too
     if isinstance(value, (np.ndarray, np.generic)) or (
             hasattr(value, "__array__") and not isinstance(value, (list, tuple, dict))):
         try:

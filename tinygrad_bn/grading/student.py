@@ -13,7 +13,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from .assignment import FUNCTIONS, exception_text
+from .assignment import exception_text
+from .table import ASSIGNMENT_NAMES as FUNCTIONS
 
 __all__ = ["COURSE_MODULES", "student_loader", "from_namespace", "loaded_names"]
 
@@ -132,5 +133,10 @@ def loaded_names(loader: Callable) -> dict[str, Any]:
                           + (f": {text}" if text else "")}
     except BaseException as error:  # noqa: BLE001 - the file's own code failed
         return {"error": exception_text(error)}
-    return {"defined": sorted(functions), "notes": notes, "missing": missing}
+    module = sys.modules.get("student_layers")
+    others = sorted(k for k, v in vars(module).items()
+                    if callable(v) and getattr(v, "__module__", None) == "student_layers"
+                    and not k.startswith("_") and k not in FUNCTIONS
+                    and k not in missing.values()) if module is not None else []
+    return {"defined": sorted(functions), "notes": notes, "missing": missing, "others": others}
 
