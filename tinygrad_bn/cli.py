@@ -250,8 +250,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if args.isolation:
         return _print_isolation()
-    if args.path is None:
+    if not args.path:
         return _usage_error(args, "path: expected your layers.py (or --isolation), got nothing")
+    batch = len(args.path) > 1 or args.path[0].is_dir() or args.json is not None \
+        or args.gradescope is not None
+    if batch:
+        return _check_batch(args)
+    args.path = args.path[0]
     try:
         readable = args.path.is_file()
     except OSError as error:  # a name too long, a loop of links
@@ -319,6 +324,81 @@ def cmd_check(args: argparse.Namespace) -> int:
     elif args.html is not None:
         print(f"no page written to {args.html}: no function was checked")
     return 0 if report.ok else 1
+
+
+def _check_options(args: argparse.Namespace) -> dict | int:
+    """--only, --timeout, --memory checked: the options of `check_layers`, or an exit code."""
+    import math
+
+    from .grading.layers import FUNCTIONS
+    only = None
+    if args.only is not None:
+        only = [name.strip() for name in args.only.split(",") if name.strip()]
+        unknown = [name for name in only if name not in FUNCTIONS]
+        if not only or unknown:
+            return _usage_error(args, f"--only: expected comma-separated names among "
+                                      f"{', '.join(FUNCTIONS)}, got {args.only!r}")
+    if not (math.isfinite(args.timeout) and 0 < args.timeout <= 86400):
+        return _usage_error(args, f"--timeout: expected seconds in (0, 86400], got {args.timeout:g}")
+    if not (math.isfinite(args.memory) and 0.1 <= args.memory <= 1024):
+        return _usage_error(args, f"--memory: expected GiB in [0.1, 1024], got {args.memory:g}")
+    return {"only": only, "seed": args.seed, "timeout": args.timeout,
+            "memory": int(args.memory * 2**30)}
+
+
+def _check_batch(args: argparse.Namespace) -> int:
+    """Several submissions: each judged in its own boxes, in parallel; a class summary."""
+    from .grading.batch import check_many, submissions, write_json
+
+    for option in ("save_case", "html"):
+        if getattr(args, option) is not None:
+            return _usage_error(args, f"--{option.replace('_', '-')}: one file at a time; give "
+                                      f"a single layers.py")
+    if args.function:
+        return _usage_error(args, "--function: one file at a time; give a single layers.py")
+    if args.workers is not None and args.workers < 1:
+        return _usage_error(args, f"--workers: expected a positive number, got {args.workers}")
+    missing = [str(p) for p in args.path if not p.exists()]
+    if missing:
+        return _usage_error(args, f"path: no such file or folder: {', '.join(missing)}")
+    options = _check_options(args)
+    if isinstance(options, int):
+        return options
+    files = submissions(args.path)
+    if not files:
+        return _usage_error(args, "path: no layers.py or notebook found in "
+                                  + ", ".join(map(str, args.path)))
+    for option, output in (("--json", args.json), ("--gradescope", args.gradescope)):
+        if output is not None:
+            try:
+                check_writable(output)
+            except OSError as error:
+                return _runtime_error(args, f"{option}: cannot write {output}: "
+                                            f"{describe_os_error(error)}")
+    several = len(files) > 1
+
+    def progress(done: int, total: int, report: object) -> None:
+        if several:
+            counts = report.counts()  # type: ignore[attr-defined]
+            state = "cannot be loaded" if report.error is not None else ", ".join(  # type: ignore[attr-defined]
+                f"{v} {k}" for k, v in counts.items() if v and k != "absent")
+            print(f"[{done}/{total}] {report.source}: {state}", flush=True)  # type: ignore[attr-defined]
+        else:
+            print(report)
+
+    batch = check_many(files, workers=args.workers, progress=progress, **options)
+    if several:
+        print(batch.summary_text())
+    for option, output, data in (("--json", args.json, batch.to_json),
+                                 ("--gradescope", args.gradescope, batch.gradescope)):
+        if output is not None:
+            try:
+                write_json(data(), output)
+            except OSError as error:
+                return _runtime_error(args, f"{option}: cannot write {output}: "
+                                            f"{describe_os_error(error)}")
+            print(f"wrote {output}")
+    return 0 if all(r.ok for r in batch.reports) else 1
 
 
 def sample_graph(args: argparse.Namespace, kind: str) -> tuple[object, tuple, np.ndarray]:
@@ -557,12 +637,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check", help="judge your own CS231n layers.py against the staged graphs",
-        description="Calls each normalization function the file defines with the "
-                    "assignment's signatures and judges it against the staged graph; a wrong "
-                    "backward is traced to the step of the backward pass it departs at. "
-                    "Exits 0 when every defined function passes, 1 otherwise.")
-    check.add_argument("path", type=pathlib.Path, nargs="?", default=None,
-                       help="your layers.py")
+        description="Calls each function of the assignment the file defines with the "
+                    "assignment's signatures and judges it against the staged graphs; a wrong "
+                    "function is traced to the line it departs at, with the known slip it "
+                    "matches. Exits 0 when every defined function passes, 1 otherwise.")
+    check.add_argument("path", type=pathlib.Path, nargs="*", default=[],
+                       help="your layers.py; several files or folders of submissions: each "
+                            "file judged in its own boxes, a class summary printed")
+    check.add_argument("--json", type=pathlib.Path, default=None, metavar="FILE.json",
+                       help="write every verdict, line, variable and slip as JSON (schema: "
+                            "tinygrad_bn.grading.batch.JSON_SCHEMA)")
+    check.add_argument("--gradescope", type=pathlib.Path, default=None, metavar="results.json",
+                       help="write Gradescope's results.json (one test per function)")
+    check.add_argument("--workers", type=int, default=None,
+                       help="files checked at once (default: the cores available)")
     check.add_argument("--isolation", action="store_true",
                        help="print the walls of the box students' code runs in, here, and "
                             "which are missing")

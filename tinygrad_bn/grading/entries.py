@@ -32,6 +32,8 @@ def _copy(value: Any) -> Any:
         return value.copy()
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy(v) for v in value)
     return value
 
 
