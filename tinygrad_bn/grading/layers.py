@@ -85,6 +85,7 @@ class FunctionResult:
     output: str = ""
     stages: list[StageMatch] = field(default_factory=list)
     case: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    where: str | None = None  # the line told in the source's own terms ("cell 7, line 4")
 
     @property
     def ok(self) -> bool:
@@ -99,7 +100,8 @@ class FunctionResult:
         """The result as JSON-friendly data (arrays as nested lists; the case left out)."""
         return {"name": self.name, "status": self.status, "diagnosis": self.diagnosis,
                 "stage": self.stage, "line": self.line, "variable": self.variable,
-                "function": self.function, "variant": self.variant, "parts": dict(self.parts),
+                "function": self.function, "variant": self.variant, "where": self.where,
+                "parts": dict(self.parts),
                 "warnings": list(self.warnings), "output": self.output,
                 "stages": [s.to_dict() for s in self.stages]}
 
@@ -148,6 +150,11 @@ class LayersReport:
                 write_atomic(path, buffer.getvalue())
                 return name
         return None
+
+    def _repr_html_(self) -> str:
+        """The verdicts as HTML (how Jupyter shows a report inline)."""
+        from .inline import report_html
+        return report_html(self)
 
     def _repr_markdown_(self) -> str:
         """The verdicts as a Markdown table (how Jupyter shows it)."""
@@ -214,6 +221,11 @@ def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 
     for key in mapping:
         if key not in FUNCTIONS:
             raise ValueError(f"functions: expected keys among {', '.join(FUNCTIONS)}, got {key!r}")
+    if isinstance(source, (str, os.PathLike)) and pathlib.Path(source).suffix == ".ipynb" \
+            and pathlib.Path(source).is_file():
+        from .notebook import check_notebook
+        return check_notebook(pathlib.Path(source), only=only, seed=seed, timeout=timeout,
+                              memory=memory, functions=functions)
     if isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
         if not path.is_file():
