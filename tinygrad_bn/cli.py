@@ -205,6 +205,16 @@ def progress_printer(what: str, after: float = 1.0) -> Callable[[int, int], None
 def cmd_explain(args: argparse.Namespace) -> int:
     if getattr(args, "load", None) is not None:
         from .check.explain import explain
+        from .grading.casefile import explain_layer_case, is_layer_case
+        if is_layer_case(args.load):  # a function other than the normalizations
+            try:
+                print(explain_layer_case(args.load))
+            except OSError as error:
+                return _usage_error(args, f"--load: cannot read {args.load}: "
+                                          f"{describe_os_error(error)}")
+            except ValueError as error:
+                return _usage_error(args, "--" + str(error))
+            return 0
         try:
             explanation = explain(load=args.load)
         except OSError as error:
@@ -310,13 +320,17 @@ def cmd_check(args: argparse.Namespace) -> int:
               "nothing fails: no case saved")
     if args.html is not None and report.results:
         import viz
-        from viz.report import chosen_function
+        from viz.layer_page import layer_report_page, page_function
 
-        shown = chosen_function(report)
+        from .grading.table import TABLE
+        shown = page_function(report)
         try:
-            viz.check_report_page(report, args.html, function=shown, seed=args.seed,
-                                  timeout=args.timeout, memory=int(args.memory * 2**30),
-                                  functions=mapping)
+            if shown in TABLE:
+                layer_report_page(report, args.html, shown)
+            else:
+                viz.check_report_page(report, args.html, function=shown, seed=args.seed,
+                                      timeout=args.timeout, memory=int(args.memory * 2**30),
+                                      functions=mapping)
         except OSError as error:
             return _runtime_error(args, f"--html: cannot write {args.html}: "
                                         f"{describe_os_error(error)}")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .assignment import StubError, StudentExitError, _call, exception_text, student_file, student_frame
+from .casefile import case_arrays
 from .functions.common import agrees
 from .replay import ReplayError
 from .table import ENVIRONMENT_SLIPS, AssignmentFunction, Case, Seen, Slip, entry
@@ -211,6 +212,7 @@ def _judge(e: AssignmentFunction, functions: dict[str, Callable], result: dict[s
 def _fail(e: AssignmentFunction, functions: dict[str, Callable], case: Case, problem: str,
           result: dict[str, Any], facts: dict[str, Any]) -> None:
     seen = _run(e, functions, case, traced=True)
+    result["case"] = case_arrays(e.name, case, seen.outputs, seen.expected)
     status = "error" if seen.error is not None else "fail"
     slip = None if seen.extra.get("forward_raised") else _matching(e.slips + ENVIRONMENT_SLIPS, seen)
     where = f" on {case.label}"

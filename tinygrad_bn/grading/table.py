@@ -72,8 +72,10 @@ class AssignmentFunction:
     from the file: `reads` parses the function's source, e.g. dropout's docstring);
     reference(case) -> the staged graph's outputs; judge_case(seen) -> a problem sentence or
     None (default: every output within `tolerance`, normwise); slips: the known wrong
-    variants, in the order they are tried; part(case) -> (name, items) the correct items
-    a "part" rule matches snapshots against."""
+    variants, in the order they are tried; part(case) -> the correct items (one per row) a
+    "part" rule matches snapshots against; staged(case) -> (root node, upstream gradient) of
+    the staged graph whose backward pass the function's is (shown by `explain --load` and
+    `check --html`)."""
 
     name: str
     direction: str
@@ -87,6 +89,7 @@ class AssignmentFunction:
     judge_case: Callable[[Seen], str | None] | None = None
     reads: Callable[[str], dict[str, Any]] | None = None
     part: Callable[[Case], np.ndarray] | None = None
+    staged: Callable[[Case], tuple[Any, Any]] | None = None
     about: str = ""
     judged_by: str = "table"
 
@@ -123,9 +126,15 @@ NORMALIZATION_NAMES = ("batchnorm_forward", "batchnorm_backward", "batchnorm_bac
 
 
 def _table() -> dict[str, AssignmentFunction]:
+    import dataclasses
+
     from .functions import affine, conv, dropout, losses, pool, relu
     layers = (affine, relu, dropout, conv, pool, losses)
-    return {e.name: e for layer in layers for e in layer.ENTRIES}
+    table = {e.name: e for layer in layers for e in layer.ENTRIES}
+    for e in list(table.values()):  # a forward shows the staged graph its backward has
+        if e.forward is not None and e.staged is not None and table[e.forward].staged is None:
+            table[e.forward] = dataclasses.replace(table[e.forward], staged=e.staged)
+    return table
 
 
 TABLE: dict[str, AssignmentFunction] = _table()

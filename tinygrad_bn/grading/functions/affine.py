@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...core.node import Node
 from ...layers import affine_staged
 from ..table import AssignmentFunction, Case, Seen, Slip
 from .common import agrees, output
@@ -45,6 +46,11 @@ def _db_summed_whole(seen: Seen) -> bool:
     return db is not None and db.size == 1 and agrees(db.reshape(()), np.sum(seen.case.dout))
 
 
+def staged(case: Case):
+    leaves = [Node(a, name=n) for a, n in zip(case.args, ("x", "w", "b"))]
+    return affine_staged(*leaves)["out"], case.dout
+
+
 ENTRIES = (
     AssignmentFunction(
         "affine_forward", "forward", ("x", "w", "b"), ("out", "cache"), cases, forward_reference,
@@ -52,6 +58,7 @@ ENTRIES = (
     AssignmentFunction(
         "affine_backward", "backward", ("dout", "cache"), ("dx", "dw", "db"), cases,
         backward_reference, forward="affine_forward",
+        staged=staged,
         slips=(
             Slip("affine-dx-not-reshaped",
                  "x may have any number of dimensions (N, d_1, ..., d_k); dx must have x's "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...core.node import Node
 from ...layers import conv_staged
 from ..table import AssignmentFunction, Case, Seen, Slip
 from .common import agrees, output
@@ -97,6 +98,11 @@ def _dw_assigned(seen: Seen) -> bool:
     return agrees(output(seen, 1), wrong)
 
 
+def staged(case: Case):
+    leaves = [Node(a, name=n) for a, n in zip(case.args[:3], ("x", "w", "b"))]
+    return conv_staged(*leaves, **_options(case))["out"], case.dout
+
+
 ENTRIES = (
     AssignmentFunction(
         "conv_forward_naive", "forward", ("x", "w", "b", "conv_param"), ("out", "cache"), cases,
@@ -117,6 +123,7 @@ ENTRIES = (
     AssignmentFunction(
         "conv_backward_naive", "backward", ("dout", "cache"), ("dx", "dw", "db"), cases,
         backward_reference, forward="conv_forward_naive",
+        staged=staged,
         slips=(
             Slip("conv-unpad-negative",
                  "With pad = 0 the slice pad:-pad is 0:0, which is empty; slice pad:pad + H and "

@@ -10,6 +10,8 @@ import re
 
 import numpy as np
 
+from ...core.node import Node
+from ...layers import dropout_mask, dropout_staged
 from ..table import AssignmentFunction, Case, Seen, Slip
 from .common import agrees, output
 from .staged import rng_for
@@ -137,6 +139,14 @@ def _double_scale(seen: Seen) -> bool:
     return any(agrees(dx, expected / s) for s in (seen.case.facts["p"], seen.case.facts["keep"]))
 
 
+def staged(case: Case):
+    """The staged dropout with the mask of the checker's own draw for this case."""
+    x = case.args[0]
+    uniform = rng_for("dropout-mask", 0).uniform(size=x.shape)
+    mask = dropout_mask(x.shape, case.facts["keep"], uniform, x.dtype)
+    return dropout_staged(Node(x, name="x"), mask)["out"], case.dout
+
+
 _DRAW = "draw"
 
 ENTRIES = (
@@ -173,6 +183,7 @@ ENTRIES = (
     AssignmentFunction(
         "dropout_backward", "backward", ("dout", "cache"), ("dx",), cases,
         lambda case: (), forward="dropout_forward", judge_case=judge_backward_case, reads=reads,
+        staged=staged,
         slips=(Slip("dropout-backward-double-scale",
                     "The mask stored in the cache already holds the 1/p scaling, so the "
                     "backward is just dout * mask; dividing by p again scales the gradient "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...core.node import Node
 from ...layers import softmax_staged, svm_staged
 from ..table import AssignmentFunction, Case, Seen, Slip
 from .common import agrees, output
@@ -35,8 +36,7 @@ def _reference(stages):
     return reference
 
 
-def _leaf(x: np.ndarray):
-    from ...core.node import Node
+def _leaf(x: np.ndarray) -> Node:
     return Node(np.asarray(x, dtype=np.float64))
 
 
@@ -59,9 +59,16 @@ def _overflow(seen: Seen) -> bool:
     return seen.case.facts["shift"] > 100 and loss is not None and not np.all(np.isfinite(loss))
 
 
+def _staged(stages):
+    def staged(case: Case):
+        return stages(Node(case.args[0], name="x"), case.args[1])["loss"], None
+    return staged
+
+
 ENTRIES = (
     AssignmentFunction(
         "svm_loss", "loss", ("x", "y"), ("loss", "dx"), _cases("svm_loss"), _reference(svm_staged),
+        staged=_staged(svm_staged),
         slips=(
             Slip("svm-loss-not-averaged",
                  "The data loss is the mean over the N samples; without dividing by N it is N "
@@ -74,7 +81,7 @@ ENTRIES = (
         about="multiclass SVM loss (margin 1) and its gradient"),
     AssignmentFunction(
         "softmax_loss", "loss", ("x", "y"), ("loss", "dx"), _cases("softmax_loss"),
-        _reference(softmax_staged),
+        _reference(softmax_staged), staged=_staged(softmax_staged),
         slips=(
             Slip("softmax-no-shift",
                  "exp(1000) overflows to inf; subtracting each row's maximum first leaves the "

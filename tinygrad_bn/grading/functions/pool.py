@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...core.node import Node
 from ...layers import max_pool_staged
 from ..table import AssignmentFunction, Case, Seen, Slip
 from .common import FLOAT32_TOLERANCE, agrees, output
@@ -137,6 +138,10 @@ def _swapped(seen: Seen) -> bool:
         seen.error is not None and any(s.value.shape == shape for s in seen.snapshots)))
 
 
+def staged(case: Case):
+    return max_pool_staged(Node(case.args[0], name="x"), *_sizes(case))["out"], case.dout
+
+
 ENTRIES = (
     AssignmentFunction(
         "max_pool_forward_naive", "forward", ("x", "pool_param"), ("out", "cache"), cases,
@@ -153,6 +158,7 @@ ENTRIES = (
     AssignmentFunction(
         "max_pool_backward_naive", "backward", ("dout", "cache"), ("dx",), cases,
         backward_reference, forward="max_pool_forward_naive", judge_case=judge_backward_case,
+        staged=staged,
         slips=(
             Slip("pool-assign-overlap",
                  "When pooling windows overlap, one input can be the maximum of several windows "

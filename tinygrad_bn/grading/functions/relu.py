@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...core.node import Node
 from ...layers import relu_staged
 from ..table import AssignmentFunction, Case, Seen, Slip
 from .common import agrees, output
@@ -24,6 +25,10 @@ def _mask_from_dout(seen: Seen) -> bool:
     return agrees(output(seen, 0), dout * (dout > 0))
 
 
+def staged(case: Case):
+    return relu_staged(Node(case.args[0], name="x"))["out"], case.dout
+
+
 ENTRIES = (
     AssignmentFunction(
         "relu_forward", "forward", ("x",), ("out", "cache"), cases,
@@ -31,6 +36,7 @@ ENTRIES = (
     AssignmentFunction(
         "relu_backward", "backward", ("dout", "cache"), ("dx",), cases,
         lambda case: staged_grads(relu_staged, case.args, case.dout), forward="relu_forward",
+        staged=staged,
         slips=(Slip("relu-mask-from-dout",
                     "ReLU passes the gradient where its input x was positive; the sign of dout "
                     "says nothing about that.", _mask_from_dout),),
