@@ -2,12 +2,17 @@
 `students/assignment/` checked (as a class, in parallel) and compared with `ground_truth.py`:
 the verdict of every function, and for each slip its name, its line (the `# SLIP:` marker's)
 and a reason; then the class summary, the JSON and Gradescope files, the command line.
+
+Every file is checked. By default the slip files are checked on the table's functions (the
+normalizations' own tests judge those) and the correct files on every function;
+TINYGRAD_BN_FULL_GROUND_TRUTH=1 checks every function of every file (about twice as long).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -32,9 +37,19 @@ def _ground_truth() -> dict:
 TRUTH = _ground_truth()
 
 
+FULL = os.environ.get("TINYGRAD_BN_FULL_GROUND_TRUTH") == "1"
+
+
 @pytest.fixture(scope="module")
 def batch():
-    return check_many([ASSIGNMENT / f for f in TRUTH], workers=2)
+    if FULL:
+        return check_many([ASSIGNMENT / f for f in TRUTH], workers=2)
+    correct = [f for f in TRUTH if not f.startswith("slips_")]
+    whole = check_many([ASSIGNMENT / f for f in correct], workers=2)
+    table = check_many([ASSIGNMENT / f for f in TRUTH if f not in correct], workers=2,
+                       only=list(TABLE))
+    whole.reports += table.reports
+    return whole
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +77,8 @@ def test_every_verdict_agrees_with_the_ground_truth(reports, file):
     assert report.error is None, report.error
     disagreements = []
     for name, row in TRUTH[file]["functions"].items():
+        if name not in report.results and not FULL and name not in TABLE:
+            continue
         result = report.results[name]
         if result.status != row["verdict"]:
             disagreements.append(f"{name}: {result.status} ({result.diagnosis[:150]}), "
@@ -142,7 +159,9 @@ def test_the_class_summary_json_and_gradescope(batch):
     data = json.loads(json.dumps(batch.to_json()))
     validate(data, JSON_SCHEMA)
     counts = data["summary"]["functions"]["max_pool_backward_naive"]
-    assert counts["fail"] == 4 and sum(counts.values()) == len(TRUTH)
+    assert counts["fail"] == sum(e["functions"]["max_pool_backward_naive"]["verdict"] == "fail"
+                                 for e in TRUTH.values()) == 3
+    assert sum(counts.values()) == len(TRUTH)
     assert {"function": "conv_backward_naive", "slip": "conv-unpad-negative", "files": 1} in \
         data["summary"]["slips"]
     text = batch.summary_text()
@@ -180,3 +199,38 @@ def test_a_batch_from_the_command_line_survives_a_bad_submission(tmp_path):
     assert [pathlib.Path(f["path"]).parent.name for f in data["files"]] == ["broken", "good", "slips"]
     assert data["files"][0]["error"] and data["summary"]["unreadable"] == 1
     assert json.loads(grades.read_text())["tests"]
+
+
+HOSTILE = [
+    ("    out = None\n    x_rows", "    import sys\n    sys.exit(3)\n    out = None\n    x_rows"),
+    ("    out = np.maximum(0, x)\n", "    out = None\n"),  # the template's stub
+    ('    W\' = 1 + (W + 2 * pad - WW) / stride, and cache (x, w, b, conv_param).\n    """\n',
+     '    W\' = 1 + (W + 2 * pad - WW) / stride, and cache (x, w, b, conv_param).\n    """\n'
+     '    while True:\n        pass\n'),
+    ("    N = x.shape[0]\n    correct = x[np.arange(N), y]",
+     "    return object(), 'no gradient'\n    N = x.shape[0]\n    correct = x[np.arange(N), y]"),
+]
+
+
+def test_hostile_functions_are_told_apart_and_the_rest_still_judged(tmp_path):
+    source = (ASSIGNMENT / "complete.py").read_text()
+    for old, new in HOSTILE:
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    path = tmp_path / "layers.py"
+    path.write_text(source)
+    names = ["affine_forward", "affine_backward", "relu_forward", "relu_backward",
+             "conv_forward_naive", "conv_backward_naive", "svm_loss", "softmax_loss"]
+    report = check_layers(path, only=names, timeout=3.0)
+    results = report.results
+    assert results["affine_forward"].status == "error"
+    assert "sys.exit(3)" in results["affine_forward"].diagnosis
+    assert results["relu_forward"].status == "not implemented"
+    for name in ("conv_forward_naive", "conv_backward_naive"):
+        assert results[name].status == "error"
+        assert "timed out after 3 s while running conv_forward_naive" in results[name].diagnosis
+    assert results["svm_loss"].status == "error"
+    assert "loss is not an array of numbers" in results["svm_loss"].diagnosis
+    assert results["softmax_loss"].ok and results["relu_backward"].ok
+    assert report.counts() == {"pass": 2, "fail": 0, "error": 5, "not implemented": 1,
+                               "not judged": 0, "absent": 0}

@@ -405,6 +405,7 @@ def _watch(pid: int, output: int, reply: int, warden: int, deadline: float,
     outcome.output = _truncated(head, tail, size)
     if outcome.failure is None and status is None:
         outcome.failure = "timeout"
+        outcome.running = _running(bytes(replied))  # a forward its backward called, say
     elif outcome.failure is None:
         outcome.running = _running(bytes(replied))
         _status_failure(status, replied, outcome)
