@@ -262,8 +262,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _print_isolation()
     if not args.path:
         return _usage_error(args, "path: expected your layers.py (or --isolation), got nothing")
-    batch = len(args.path) > 1 or args.path[0].is_dir() or args.json is not None \
-        or args.gradescope is not None
+    try:
+        folder = args.path[0].is_dir()
+    except OSError:  # a name too long, a loop of links: said below, as for a file
+        folder = False
+    batch = len(args.path) > 1 or folder or args.json is not None or args.gradescope is not None
     if batch:
         return _check_batch(args)
     args.path = args.path[0]
@@ -372,7 +375,10 @@ def _check_batch(args: argparse.Namespace) -> int:
         return _usage_error(args, "--function: one file at a time; give a single layers.py")
     if args.workers is not None and args.workers < 1:
         return _usage_error(args, f"--workers: expected a positive number, got {args.workers}")
-    missing = [str(p) for p in args.path if not p.exists()]
+    try:
+        missing = [str(p) for p in args.path if not p.exists()]
+    except OSError as error:
+        return _usage_error(args, f"path: cannot read it: {describe_os_error(error)}")
     if missing:
         return _usage_error(args, f"path: no such file or folder: {', '.join(missing)}")
     options = _check_options(args)

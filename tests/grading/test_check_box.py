@@ -300,7 +300,7 @@ def test_the_students_text_is_printed_as_data(tmp_path):
     assert result.returncode == 1 and b"Traceback" not in result.stderr, result
     assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
     assert [line for line in out.splitlines() if re.match(r"\d+ of \d+ functions", line)] == [
-        "0 of 2 functions pass; `tinygrad-bn check --save-case case.npz` then `tinygrad-bn "
+        "0 of 2 functions pass (2 error); `tinygrad-bn check --save-case case.npz` then `tinygrad-bn "
         "explain --values --load case.npz` shows every stage on the same data"]
     assert "\\x1b[2K" in out and "\\ud800" in out and "\\u202e" in out
     assert [line.split()[:2] for line in out.splitlines() if line.startswith("layernorm_")] == [

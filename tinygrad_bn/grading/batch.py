@@ -81,14 +81,15 @@ class BatchReport:
     """One LayersReport per submission, in the order given."""
 
     reports: list[LayersReport] = field(default_factory=list)
+    names: tuple[str, ...] = ASSIGNMENT_NAMES  # the functions asked for (all, or --only's)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per function of the assignment: how many files pass, fail, ... or lack it."""
-        table = {name: dict.fromkeys(STATUSES, 0) for name in ASSIGNMENT_NAMES}
+        table = {name: dict.fromkeys(STATUSES, 0) for name in self.names}
         for report in self.reports:
             if report.error is not None:
                 continue
-            for name in ASSIGNMENT_NAMES:
+            for name in self.names:
                 result = report.results.get(name)
                 table[name][result.status if result is not None else "absent"] += 1
         return table
@@ -103,10 +104,11 @@ class BatchReport:
         unreadable = sum(r.error is not None for r in self.reports)
         lines = [f"class summary: {len(self.reports)} files"
                  + (f" ({unreadable} cannot be loaded)" if unreadable else "")]
-        width = max(len(n) for n in ASSIGNMENT_NAMES)
-        lines.append(f"{'function':<{width}}  " + "  ".join(f"{s:>15}" for s in STATUSES))
+        width = max(len(n) for n in self.names)
+        heads = ("pass", "fail", "error", "not impl.", "absent")
+        lines.append(f"{'function':<{width}}  " + "  ".join(f"{h:>9}" for h in heads))
         for name, row in self.counts().items():
-            lines.append(f"{name:<{width}}  " + "  ".join(f"{row[s]:>15}" for s in STATUSES))
+            lines.append(f"{name:<{width}}  " + "  ".join(f"{row[s]:>9}" for s in STATUSES))
         slips = self.slips()[:top]
         if slips:
             lines.append("most common slips:")
@@ -138,7 +140,7 @@ class BatchReport:
         several = len(self.reports) > 1
         for report in self.reports:
             prefix = f"{report.source}: " if several else ""
-            for name in ASSIGNMENT_NAMES:
+            for name in self.names:
                 result = report.results.get(name)
                 if report.error is not None:
                     output = f"the file cannot be loaded: {report.error}"
@@ -159,7 +161,11 @@ def submissions(paths: Iterable[str | os.PathLike]) -> list[pathlib.Path]:
     below it (sorted); duplicates once."""
     found: list[pathlib.Path] = []
     for path in map(pathlib.Path, paths):
-        if path.is_dir():
+        try:
+            folder = path.is_dir()
+        except OSError:  # judged as a file: its row says why it cannot be read
+            folder = False
+        if folder:
             found += sorted(p for p in path.rglob("*")
                             if p.is_file() and (p.name == "layers.py" or p.suffix == ".ipynb")
                             and ".ipynb_checkpoints" not in p.parts)
@@ -191,8 +197,8 @@ def check_many(paths: Iterable[str | os.PathLike], *, workers: int | None = None
             os.cpu_count() or 1)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers: expected a positive int, got {workers!r}")
-    options = {"seed": seed, "timeout": timeout, "memory": memory,
-               "only": None if only is None else list(only)}
+    only = None if only is None else list(only)
+    options = {"seed": seed, "timeout": timeout, "memory": memory, "only": only}
     reports: dict[int, LayersReport] = {}
     if workers == 1 or len(files) <= 1:
         for index, path in enumerate(files):
@@ -214,7 +220,8 @@ def check_many(paths: Iterable[str | os.PathLike], *, workers: int | None = None
                                                   error=f"the check's worker failed: {error}")
                 if progress is not None:
                     progress(len(reports), len(files), reports[index])
-    return BatchReport([reports[i] for i in range(len(files))])
+    names = ASSIGNMENT_NAMES if only is None else tuple(n for n in ASSIGNMENT_NAMES if n in only)
+    return BatchReport([reports[i] for i in range(len(files))], names)
 
 
 def write_json(data: dict[str, Any], path: str | os.PathLike) -> None:

@@ -220,16 +220,20 @@ def _fail(e: AssignmentFunction, functions: dict[str, Callable], case: Case, pro
         forward = _forward_slip(e, functions, case)
         if forward is not None:
             result.update(status=status, variant="from-the-forward",
-                          diagnosis=f"{problem}{where}. {FROM_THE_FORWARD} ({forward['reason']})",
+                          diagnosis=f"{problem}{where}. {FROM_THE_FORWARD} "
+                                    f"(Line {forward['line']} of {e.forward}: {forward['reason']})"
+                          if forward["line"] else f"{problem}{where}. {FROM_THE_FORWARD} "
+                                                  f"({forward['reason']})",
                           line=forward["line"], variable=forward["variable"],
                           function=e.forward)
             return
     student = functions[e.name]
     if slip is not None:
         line, variable = locate(slip.locate, seen, student, e.name, slip.output, e.part)
+        at = f"Line {line}" + (f", `{variable}`" if variable else "") + ": " if line else ""
         result.update(status=status, variant=slip.name, line=line, variable=variable,
-                      function=e.name, diagnosis=f"{problem}{where}. {slip.reason}" +
-                      (f" (line {line})" if line else ""))
+                      function=e.name,
+                      diagnosis=f"{problem}{where}. {at}{slip.reason} [{slip.name}]")
         return
     if seen.error is not None:
         line, variable = raised_line(seen.error), None
