@@ -30,7 +30,8 @@ STATUSES = ("pass", "fail", "error", "not implemented", "absent")
 # The schema of `BatchReport.to_json()` (JSON Schema, draft 2020-12).
 _RESULT = {
     "type": "object",
-    "required": ["status", "diagnosis", "line", "variable", "function", "slip", "warnings"],
+    "required": ["status", "diagnosis", "line", "variable", "function", "slip", "where",
+                 "warnings"],
     "properties": {
         "status": {"enum": ["pass", "fail", "error", "not implemented"]},
         "diagnosis": {"type": "string"},
@@ -38,6 +39,7 @@ _RESULT = {
         "variable": {"type": ["string", "null"]},
         "function": {"type": ["string", "null"]},
         "slip": {"type": ["string", "null"]},
+        "where": {"type": ["string", "null"]},
         "warnings": {"type": "array", "items": {"type": "string"}},
     },
 }
@@ -124,7 +126,7 @@ class BatchReport:
                 "functions": {name: {"status": r.status, "diagnosis": r.diagnosis,
                                      "line": r.line, "variable": r.variable,
                                      "function": r.function, "slip": r.variant,
-                                     "warnings": list(r.warnings)}
+                                     "where": r.where, "warnings": list(r.warnings)}
                               for name, r in report.results.items()},
                 "not_judged": list(report.others), "missing": dict(report.missing)})
         return {"version": 1, "files": files, "summary": {

@@ -5,8 +5,10 @@
     result = report.results["batchnorm_backward"]
     result.status, result.diagnosis, result.line, result.variable, result.stages
 
-Every function the source defines among FUNCTIONS is called with the assignment's
-signature on several random inputs and judged by its values against the staged graph: a
+Every function the source defines among FUNCTIONS (all of the assignment's) is called with
+the assignment's signature on several inputs and judged by its values against the staged
+graph. The functions other than the normalizations are judged from the table of the
+assignment (`table.py`, `functions/`, judged by `entries.py`). A normalization's
 forward in parts (train-mode output, running statistics, test-mode output; a float32
 input returned in float64 is a warning), a backward's dx, dgamma, dbeta (from the cache of
 the student's own forward; each judged on its own); inputs are handed over as copies (a
@@ -209,8 +211,8 @@ class LayersReport:
 def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 0,
                  timeout: float = 60.0, memory: int | None = DEFAULT_MEMORY,
                  functions: dict[str, str] | None = None) -> LayersReport:
-    """Judge the normalization functions of `source` (a path to a .py file, a module, or a
-    dict of functions) against the staged graphs.
+    """Judge every function of the assignment `source` defines (a path to a .py file or a
+    notebook, a module, or a dict of functions) against the staged graphs.
 
     only: the names to check (default all the source defines); timeout: seconds each
     function may take; memory: bytes of address space each may add to what the calling process
