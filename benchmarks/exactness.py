@@ -158,7 +158,8 @@ def _two_values(family: str, seeds: int) -> Iterator[Case]:
 
 _GRADIENT_SHAPES = [("batch", (256, 300), None), ("batch", (16, 4), None),
                     ("batch", (4096, 20), None), ("spatial", (16, 4, 16, 16), None),
-                    ("spatial", (4, 3, 5, 5), None), ("group", (16, 8, 16, 16), 4),
+                    ("spatial", (4, 3, 5, 5), None), ("spatial", (64, 4, 16, 16), None),
+                    ("group", (16, 8, 16, 16), 4), ("group", (16, 8, 24, 24), 8),
                     ("group", (2, 4, 6, 6), 2), ("layer", (256, 300), None),
                     ("layer", (8, 64), None)]
 
@@ -227,6 +228,8 @@ FAMILIES: dict[str, Callable[[], Iterator[Case]]] = {
         lambda: _gradients("|dout| ~ 1e306-1e307 float64", 1.0, (1e306, 1e307), 20),
     "x ~ 1e-160, dout ~ 1e-155 float64":
         lambda: _gradients("x ~ 1e-160, dout ~ 1e-155 float64", 1e-160, (1e-155,), 21),
+    "x ~ 1e111, dout ~ 1e-152 float64":
+        lambda: _gradients("x ~ 1e111, dout ~ 1e-152 float64", 1e111, (1e-152,), 23),
     "long single-feature columns float64":
         lambda: _long_columns("long single-feature columns float64", 22),
     "zeros, eps = 5e-324 float64": lambda: _zeros("zeros, eps = 5e-324 float64", 5e-324),

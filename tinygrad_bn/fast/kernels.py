@@ -483,6 +483,7 @@ SPLIT_MEAN_RATIO = float(1 << 20)
 FLOAT32_DX_BOUND = 4.0
 _EPS32 = float(np.finfo(np.float32).eps)
 _EPS64 = float(np.finfo(np.float64).eps)
+_TINY64 = float(np.finfo(np.float64).tiny)
 
 
 def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.ndarray,
@@ -1017,13 +1018,16 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
         dbeta = np.add.reduce(sum_dy, axis=0).reshape(-1)
         m = np.einsum("ngc,gc->ng", sum_dy, gamma) / width  # mean(g)
         scale = ivar_r[:, :, None] * gamma  # a, per channel
-        slope = ivar_r * (ivar_r * c)  # k, per row
+        slope_of_xhat = ivar_r * c
+        slope = ivar_r * slope_of_xhat  # k, per row
         offset = ivar_r * m
-        # ivar^2 past float64's range (a tiny eps over a tiny variance), where xhat * ivar * c
-        # is not: dx takes xhat first, then ivar * c.
-        xhat_first = not bool(np.all(np.isfinite(slope) | ~np.isfinite(ivar_r * c)))
+        # ivar^2 * c past float64's range (a tiny eps over a tiny variance: over; x ~ 1e111
+        # with dy ~ 1e-152: under) where ivar * c is not: dx takes xhat first, then ivar * c.
+        lost = ((~np.isfinite(slope) & np.isfinite(slope_of_xhat))
+                | ((np.abs(slope) < _TINY64) & (slope_of_xhat != 0)))
+        xhat_first = bool(np.any(lost))
         if xhat_first:
-            slope = ivar_r * c
+            slope = slope_of_xhat
     dx = np.empty(x.shape, x.dtype)
     dxv = dx.reshape(channels)
     if single and not xhat_first:
