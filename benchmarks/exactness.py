@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Case", "FAMILIES", "cases", "reference", "errors_in_eps", "run_case",
+__all__ = ["Case", "FAMILIES", "cases", "reference", "error_in_eps", "errors_in_eps", "run_case",
            "multiprecision_normalization", "exact_normalization", "mul_case"]
 
 
