@@ -234,3 +234,22 @@ def test_hostile_functions_are_told_apart_and_the_rest_still_judged(tmp_path):
     assert results["softmax_loss"].ok and results["relu_backward"].ok
     assert report.counts() == {"pass": 2, "fail": 0, "error": 5, "not implemented": 1,
                                "not judged": 0, "absent": 0}
+
+
+def test_code_for_python_2_or_an_older_numpy_is_named_so(tmp_path):
+    source = (ASSIGNMENT / "complete.py").read_text()
+    for old, new in (("    x_rows = x.reshape(x.shape[0], -1)\n",
+                      "    x_rows = x.reshape(x.shape[0], np.product(x.shape[1:]))\n"),
+                     ("    out = np.maximum(0, x)\n",
+                      "    out = np.array([max(0, v) for i in xrange(1) for v in x.ravel()])\n")):
+        assert source.count(old) == 1, old
+        source = source.replace(old, new)
+    path = tmp_path / "layers.py"
+    path.write_text(source)
+    lines = source.splitlines()
+    report = check_layers(path, only=["affine_forward", "relu_forward"])
+    for name, slip, text in (("affine_forward", "removed-numpy-api", "np.product("),
+                             ("relu_forward", "python-2", "xrange(1)")):
+        result = report.results[name]
+        assert (result.status, result.variant) == ("error", slip)
+        assert text in lines[result.line - 1]

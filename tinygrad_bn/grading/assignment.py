@@ -106,8 +106,17 @@ def student_frame(error: BaseException) -> str:
               if "tinygrad_bn" not in f.filename.replace("\\", "/").split("/")]
     if not frames:
         return ""
-    frame = frames[-1]
+    # the student's line, not numpy's (np.product raising in numpy's own __getattr__)
+    own = [f for f in frames if not _library_file(f.filename)]
+    frame = (own or frames)[-1]
     return f" (line {frame.lineno}: {frame.line.strip() if frame.line else ''})"
+
+
+def _library_file(filename: str) -> bool:
+    import sysconfig
+    parts = filename.replace("\\", "/").split("/")
+    return "site-packages" in parts or "dist-packages" in parts or \
+        filename.startswith(sysconfig.get_paths()["stdlib"])
 
 
 def _call(function: Callable, label: str, *args: Any, tracer: LineTracer | None = None) -> Any:

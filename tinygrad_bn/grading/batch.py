@@ -209,7 +209,9 @@ def check_many(paths: Iterable[str | os.PathLike], *, workers: int | None = None
                 progress(len(reports), len(files), reports[index])
     else:
         import multiprocessing
-        context = multiprocessing.get_context("forkserver")
+        # fork, as the box itself does: a script or notebook calling this is not re-run
+        # in the workers (forkserver and spawn would import the caller's main module)
+        context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=min(workers, len(files)), mp_context=context) as pool:
             futures = {pool.submit(_one, str(path), options): index
                        for index, path in enumerate(files)}
