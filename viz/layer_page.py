@@ -15,6 +15,7 @@ from tinygrad_bn.grading.layers import LayersReport
 from tinygrad_bn.grading.table import TABLE, entry
 
 from .draw import draw
+from .inline import ShownPage
 from .labels import visible_surrogates
 from .report import REPORT_PAGE
 from .stepper import _svg_body, fill_template, page_json, steps_of
@@ -74,4 +75,4 @@ def layer_report_page(report: LayersReport, path: str | os.PathLike, function: s
         "SVG": _svg_body(graph.svg()),
         "DATA": page_json({"steps": steps, "student": None, "report": verdicts}),
     })
-    return write_atomic(pathlib.Path(path), page)
+    return ShownPage(write_atomic(pathlib.Path(path), page))

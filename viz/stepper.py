@@ -36,6 +36,7 @@ from tinygrad_bn.files import write_atomic
 
 from .code import send_line, sum_line
 from .draw import draw
+from .inline import ShownPage
 from .labels import visible_surrogates
 
 __all__ = ["stepper", "steps_of", "step_name", "StudentStage", "StudentRecord", "page_json",
@@ -239,7 +240,7 @@ def stepper(root: Node, path: str | pathlib.Path, *, upstream: Any = None,
         "SVG": _svg_body(graph.svg()),
         "DATA": page_json(data),
     })
-    return write_atomic(pathlib.Path(path), page)  # whole or not at all
+    return ShownPage(write_atomic(pathlib.Path(path), page))  # whole or not at all
 
 
 def _svg_body(svg: str) -> str:

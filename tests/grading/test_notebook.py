@@ -114,3 +114,14 @@ def test_inline_html_escapes_the_students_text():
     report = tb.check_layers({"relu_forward": relu_forward})
     page = report._repr_html_()
     assert "<script>" not in page and "&lt;script&gt;" in page and ">ERROR<" in page
+
+
+def test_a_stepper_page_shows_itself_inline(tmp_path):
+    import numpy as np
+    import viz
+    x = tb.Node(np.arange(6.0).reshape(2, 3), name="x")
+    page = viz.stepper((x * x).sum(), tmp_path / "steps.html")
+    assert page == tmp_path / "steps.html" and page.is_file()
+    shown = page._repr_html_()
+    assert shown.startswith("<iframe sandbox='allow-scripts' srcdoc=\"&lt;!DOCTYPE html&gt;")
+    assert "<script" not in shown  # the page is escaped into the frame's srcdoc
