@@ -11,9 +11,11 @@ import sys
 
 import nbclient
 import nbformat
+import numpy as np
 import pytest
 
 import tinygrad_bn as tb
+import viz
 from tinygrad_bn.grading.notebook import notebook_program
 
 ASSIGNMENT = pathlib.Path(__file__).resolve().parents[1] / "students" / "assignment"
@@ -117,8 +119,6 @@ def test_inline_html_escapes_the_students_text():
 
 
 def test_a_stepper_page_shows_itself_inline(tmp_path):
-    import numpy as np
-    import viz
     x = tb.Node(np.arange(6.0).reshape(2, 3), name="x")
     page = viz.stepper((x * x).sum(), tmp_path / "steps.html")
     assert page == tmp_path / "steps.html" and page.is_file()
