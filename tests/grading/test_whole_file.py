@@ -241,15 +241,21 @@ def test_code_for_python_2_or_an_older_numpy_is_named_so(tmp_path):
     for old, new in (("    x_rows = x.reshape(x.shape[0], -1)\n",
                       "    x_rows = x.reshape(x.shape[0], np.product(x.shape[1:]))\n"),
                      ("    out = np.maximum(0, x)\n",
-                      "    out = np.array([max(0, v) for i in xrange(1) for v in x.ravel()])\n")):
+                      "    out = np.array([max(0, v) for i in xrange(1) for v in x.ravel()])\n"),
+                     ("    mode = bn_param[\"mode\"]\n    eps = bn_param.get(\"eps\", 1e-5)\n"
+                      "    momentum = bn_param.get(\"momentum\", 0.9)\n    N, D = x.shape\n",
+                      "    mode = bn_param[\"mode\"]\n    eps = bn_param.get(\"eps\", 1e-5)\n"
+                      "    momentum = bn_param.get(\"momentum\", 0.9)\n"
+                      "    N, D = x.shape[0], np.product(x.shape[1:])\n")):
         assert source.count(old) == 1, old
         source = source.replace(old, new)
     path = tmp_path / "layers.py"
     path.write_text(source)
     lines = source.splitlines()
-    report = check_layers(path, only=["affine_forward", "relu_forward"])
+    report = check_layers(path, only=["affine_forward", "relu_forward", "batchnorm_forward"])
     for name, slip, text in (("affine_forward", "removed-numpy-api", "np.product("),
-                             ("relu_forward", "python-2", "xrange(1)")):
+                             ("relu_forward", "python-2", "xrange(1)"),
+                             ("batchnorm_forward", "removed-numpy-api", "np.product(")):
         result = report.results[name]
         assert (result.status, result.variant) == ("error", slip)
         assert text in lines[result.line - 1]

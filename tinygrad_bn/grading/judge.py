@@ -77,9 +77,24 @@ def judge_function(loader: Callable, name: str, seed: int) -> dict[str, Any]:
         result.update(status="not implemented", diagnosis=f"raises NotImplementedError{student_frame(stub)}")
     except Exception as error:  # noqa: BLE001 - the student's code raised
         result.update(status="error", diagnosis=exception_text(error))
+        _environment(functions.get(name), name, result)
     if "stages" in result:
         result["stages"] = [s.__dict__ for s in result["stages"]]
     return result
+
+
+def _environment(function: Callable | None, name: str, result: dict[str, Any]) -> None:
+    """An error that is not the math (code for Python 2 or an older numpy) named so, at the
+    student's line, as for every other function of the assignment."""
+    from .table import ENVIRONMENT_SLIPS, Seen
+    from .where import locate
+    seen = Seen(None, None, (), error=result["diagnosis"])  # type: ignore[arg-type]
+    slip = next((s for s in ENVIRONMENT_SLIPS if s.matches(seen)), None)
+    if slip is None or function is None:
+        return
+    line, variable = locate(slip.locate, seen, function, name, 0)
+    result.update(variant=slip.name, line=line, variable=variable, function=name,
+                  diagnosis=f"{result['diagnosis']}. {slip.reason} [{slip.name}]")
 
 
 def _judge_forward(forward: Callable, name: str, kind: str, seed: int,
