@@ -696,7 +696,11 @@ def _row_step(layout: Layout, dtype: np.dtype) -> int:
 
 def _pairwise(parts: np.ndarray) -> np.ndarray:
     """The sum over axis 0 of (chunks, K) partial sums, pairwise (a tree fixed by the shape):
-    thousands of partials add without the error of a running sum."""
+    thousands of partials add without the error of a running sum. Up to CHUNKS partials (every
+    shape with more than a few features) numpy's sum over axis 0 is short enough and costs
+    one call, not one per level."""
+    if parts.shape[0] <= CHUNKS:
+        return parts.sum(axis=0)
     while parts.shape[0] > 1:
         half = parts.shape[0] // 2
         paired = parts[:half] + parts[half:2 * half]
