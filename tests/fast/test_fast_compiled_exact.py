@@ -83,3 +83,20 @@ def test_passes_never_take_more_threads_than_the_cores_available(monkeypatch):
     monkeypatch.setattr(nk.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7},
                         raising=False)
     assert nk._usable(2) == min(2, nk.numba.config.NUMBA_NUM_THREADS)
+
+
+@pytest.mark.parametrize("shape", [(129, 1024), (731, 91), (33, 70001)])
+def test_layer_rows_taken_in_pairs_give_the_same_bits_on_any_thread_count(shape, compiled,
+                                                                         on_thread_counts):
+    # The backward takes two rows of layer norm per dgamma, dbeta update; an odd row count per
+    # run, or per partial, leaves single rows: none of it may depend on the thread count.
+    rng = np.random.default_rng(11)
+    case = Case("pairs", "layer", 3 + rng.standard_normal(shape),
+                1 + 0.5 * rng.standard_normal(shape[1:]), rng.standard_normal(shape[1:]),
+                rng.standard_normal(shape))
+    assert fast_norm._route(case.x, norm_spec("layer", shape))[0] == "rows"
+    first, *others = on_thread_counts(case, (1, 2, 3))
+    for other in others:
+        for a, b in zip(first, other, strict=True):
+            assert np.array_equal(a, b)
+    _assert_as_exact(case)

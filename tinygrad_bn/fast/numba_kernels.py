@@ -12,12 +12,16 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
   its output while the channel is in cache, the backward its two sums and its dx, so memory
   is read once each way. (Batch norm's few columns of every row would be one cache line
   per row: measured several times slower than streaming whole rows, so it keeps the passes.)
-- **rows** (layer and group norm): x viewed as (N, G, C, S), one statistic per row (n, g)
+- **rows** (layer and group norm): x viewed as (N * G, C * S), one statistic per row (n, g)
   over its C * S values, gamma and beta per (g, c). A row is in cache once read, so each
   pass reads memory once: the statistics (one pass over the row about a shift sampled from
   it), the training-mode forward (the row's statistics, then its output) and the backward
-  (the row's sums, then its dx). The forward and backward are pipelined: the loop that
-  works row r from cache takes the sums of row r + 1 as it streams in.
+  (the row's sums, then its dx).
+
+Compute: every inner loop runs over a contiguous slice from index 0, so that it compiles to
+packed SIMD instructions; nothing a loop uses per row or per feature is divided or square-
+rooted inside it (see `_ratio`); sums go in short blocks whose SIMD lanes make them pairwise
+in effect, the blocks carried, rather than a two-sum per element.
 
 Exactness, on every input the textbook core handles: every value is worked in float64
 (float32 data is converted as it is read, results are rounded once when stored), and no
@@ -28,9 +32,10 @@ mean far from zero costs no digits; when the shift turns out far from the mean
 (adversarial data), a second pass about the mean itself follows. The
 backward multiplies by xhat = (x - mean) * ivar, never by ivar^2 * sum(dy * (x -
 mean)), so a variance that overflows (|x| ~ 1e200 in float64) gives the textbook's
-finite answer, not inf * 0. Sums are partial sums over a fixed number of chunks, added in
-order, or a channel's own sums taken by one thread: the result does not depend on the thread
-count.
+finite answer, not inf * 0; xhat is formed as written (`_xhat`), never reordered by
+fast-math into dy * (x - mean) or dy * ivar, which overflow where dy * xhat does not.
+Sums are partial sums over chunks fixed by the shape, added in a fixed order, or a row's or
+a channel's own sums taken by one thread: the result does not depend on the thread count.
 
 Safety: numba's parallel loops run on one threading layer per process. Not every layer can
 be entered from two Python threads at once (workqueue aborts), so calls are serialized;
@@ -593,6 +598,40 @@ def _row_grad_sums(dy, x, m, q, gamma, g, channels, inner, dgamma, dbeta
 
 
 @numba.njit(fastmath=_FASTMATH, cache=True)
+def _layer_grad_sums_pair(dy0, x0, m0, q0, dy1, x1, m1, q1, gamma, dgamma, dbeta
+                          ):  # pragma: no cover - compiled
+    """What `_row_grad_sums` gives for two rows of layer norm (S = 1, one group), their dy and
+    dy * xhat added to dbeta, dgamma in one update per value instead of two."""
+    channels = x0.size
+    s0 = k0 = sx0 = kx0 = s1 = k1 = sx1 = kx1 = 0.0
+    gam, dg, db = gamma[0], dgamma[0], dbeta[0]
+    for block in range(-(-channels // SUM_BLOCK)):
+        lo = block * SUM_BLOCK
+        hi = min(lo + SUM_BLOCK, channels)
+        xs0, ds0, xs1, ds1, gs = x0[lo:hi], dy0[lo:hi], x1[lo:hi], dy1[lo:hi], gam[lo:hi]
+        dgs, dbs = dg[lo:hi], db[lo:hi]
+        b0 = bx0 = b1 = bx1 = 0.0
+        for j in range(hi - lo):
+            d0 = np.float64(ds0[j])
+            d1 = np.float64(ds1[j])
+            xhat0 = _xhat(np.float64(xs0[j]), m0, q0)
+            xhat1 = _xhat(np.float64(xs1[j]), m1, q1)
+            dbs[j] += d0 + d1
+            dgs[j] += d0 * xhat0 + d1 * xhat1
+            g0 = gs[j] * d0
+            g1 = gs[j] * d1
+            b0 += g0
+            bx0 += g0 * xhat0
+            b1 += g1
+            bx1 += g1 * xhat1
+        s0, k0 = _carry_add(s0, k0, b0)
+        sx0, kx0 = _carry_add(sx0, kx0, bx0)
+        s1, k1 = _carry_add(s1, k1, b1)
+        sx1, kx1 = _carry_add(sx1, kx1, bx1)
+    return _carried(s0, k0), _carried(sx0, kx0), _carried(s1, k1), _carried(sx1, kx1)
+
+
+@numba.njit(fastmath=_FASTMATH, cache=True)
 def _row_dx(dy, x, m, q, gamma, g, channels, inner, mean_g, mean_gx, dx
             ):  # pragma: no cover - compiled
     """dx of a row from its means of g and g * xhat."""
@@ -631,16 +670,29 @@ def row_backward(dy, x, groups, channels, inner, mean, var, eps, gamma, dx
                          PARTIAL_VALUES // (runs * groups * channels)))
     dgamma = np.zeros((runs * per_run, groups, channels))
     dbeta = np.zeros((runs * per_run, groups, channels))
+    paired = inner == 1 and groups == 1  # layer norm: two rows per dgamma, dbeta update
     for run in prange(runs):
         start, stop = run * rows // runs, (run + 1) * rows // runs
-        for r in range(start, stop):
+        r = start
+        while r < stop:
             partial = run * per_run + (r - start) * per_run // (stop - start)
-            g = r % groups
             q = _inv_sqrt(var[r], eps)
-            sum_g, sum_gx = _row_grad_sums(dy[r], x[r], mean[r], q, gamma, g, channels, inner,
-                                           dgamma[partial], dbeta[partial])
-            _row_dx(dy[r], x[r], mean[r], q, gamma, g, channels, inner, _ratio(sum_g, count),
-                    _ratio(sum_gx, count), dx[r])
+            if paired and r + 1 < stop and (
+                    run * per_run + (r + 1 - start) * per_run // (stop - start) == partial):
+                q1 = _inv_sqrt(var[r + 1], eps)
+                sum_g, sum_gx, sum_g1, sum_gx1 = _layer_grad_sums_pair(
+                    dy[r], x[r], mean[r], q, dy[r + 1], x[r + 1], mean[r + 1], q1, gamma,
+                    dgamma[partial], dbeta[partial])
+                _row_dx(dy[r + 1], x[r + 1], mean[r + 1], q1, gamma, 0, channels, inner,
+                        _ratio(sum_g1, count), _ratio(sum_gx1, count), dx[r + 1])
+                step = 2
+            else:
+                sum_g, sum_gx = _row_grad_sums(dy[r], x[r], mean[r], q, gamma, r % groups,
+                                               channels, inner, dgamma[partial], dbeta[partial])
+                step = 1
+            _row_dx(dy[r], x[r], mean[r], q, gamma, r % groups, channels, inner,
+                    _ratio(sum_g, count), _ratio(sum_gx, count), dx[r])
+            r += step
     return dgamma, dbeta
 
 
