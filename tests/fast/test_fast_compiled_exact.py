@@ -100,3 +100,16 @@ def test_layer_rows_taken_in_pairs_give_the_same_bits_on_any_thread_count(shape,
         for a, b in zip(first, other, strict=True):
             assert np.array_equal(a, b)
     _assert_as_exact(case)
+
+
+def test_small_column_passes_take_one_thread_and_channel_passes_two(compiled):
+    # Batch norm's four column calls per step below 2^20 elements on one thread; spatial batch
+    # norm by channel (two calls per step, as the rows) and the rows on the configured count.
+    from tinygrad_bn.fast import kernels
+
+    kernels.set_num_threads(2)
+    for kind, shape, expected in [("batch", (256, 1024), 1), ("batch", (1024, 1024), 2),
+                                  ("spatial", (8, 64, 16, 16), 2), ("layer", (256, 1024), 2)]:
+        x = np.zeros(shape)
+        path, layout, _ = fast_norm._route(x, norm_spec(kind, shape))
+        assert fast_norm._threads_for(x, path, layout) == expected, (kind, shape)
