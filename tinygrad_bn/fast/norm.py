@@ -39,9 +39,10 @@ __all__ = ["use_numba", "numba_enabled", "COMPILED_MIN_ELEMENTS"]
 COMPILED_MIN_ELEMENTS = 1 << 12  # below this a compiled pass's launch costs more than it saves
 SMALL_MAX_ELEMENTS = 1 << 16  # up to this, one serial compiled call per seam (numba_small.py)
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this waking a second thread costs more than it saves
-# The column passes (batch and spatial batch norm) take four parallel calls per step, the
-# rows two: on a busy machine each call's wait for the second thread measured more than it
-# saved below this size (batch 256x1024: 1.2-2x slower with two threads than with one).
+# The column passes (batch norm, spatial batch norm not by channel) take four parallel calls
+# per step, the rows and the channel passes two: on a busy machine each call's wait for the
+# second thread measured more than it saved below this size (batch 256x1024: 1.2-2x slower
+# with two threads than with one).
 PARALLEL_MIN_COLUMN_ELEMENTS = 1 << 20
 
 
