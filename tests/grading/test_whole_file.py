@@ -17,6 +17,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tinygrad_bn.grading.batch import JSON_SCHEMA, check_many
@@ -259,3 +260,19 @@ def test_code_for_python_2_or_an_older_numpy_is_named_so(tmp_path):
         result = report.results[name]
         assert (result.status, result.variant) == ("error", slip)
         assert text in lines[result.line - 1]
+
+
+def test_values_no_entry_foresaw_are_that_functions_error_not_a_crash(monkeypatch):
+    import dataclasses
+
+    from tinygrad_bn.grading import table
+
+    def unforeseen(seen):
+        raise ZeroDivisionError("a judge meeting values it did not foresee")
+
+    monkeypatch.setitem(table.TABLE, "relu_forward",
+                        dataclasses.replace(table.TABLE["relu_forward"], judge_case=unforeseen))
+    report = check_layers({"relu_forward": lambda x: (np.maximum(x, 0), x)})
+    result = report.results["relu_forward"]
+    assert result.status == "error"
+    assert "cannot be judged: the check failed on its values (ZeroDivisionError" in result.diagnosis

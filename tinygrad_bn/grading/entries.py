@@ -164,7 +164,8 @@ def _matching(slips: tuple[Slip, ...], seen: Seen) -> Slip | None:
 
 
 def judge_entry(functions: dict[str, Callable], name: str, seed: int = 0) -> dict[str, Any]:
-    """The verdict on `functions[name]` as data (the schema of `FunctionResult`)."""
+    """The verdict on `functions[name]` as data (the schema of `FunctionResult`). The table's
+    cases are fixed (`seed` varies only the normalizations' inputs)."""
     e = entry(name)
     result: dict[str, Any] = {"name": name, "status": "pass", "diagnosis": ""}
     try:
@@ -178,6 +179,9 @@ def judge_entry(functions: dict[str, Callable], name: str, seed: int = 0) -> dic
     except NotImplementedError as stub:
         result.update(status="not implemented",
                       diagnosis=f"raises NotImplementedError{student_frame(stub)}")
+    except Exception as error:  # noqa: BLE001 - values no entry foresaw: this function's row
+        result.update(status="error", diagnosis=f"cannot be judged: the check failed on its "
+                                                f"values ({type(error).__name__}: {error})")
     return result
 
 
