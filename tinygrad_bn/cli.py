@@ -323,17 +323,13 @@ def cmd_check(args: argparse.Namespace) -> int:
               "nothing fails: no case saved")
     if args.html is not None and report.results:
         import viz
-        from viz.layer_page import layer_report_page, page_function
+        from viz.layer_page import page_function
 
-        from .grading.table import TABLE
         shown = page_function(report)
         try:
-            if shown in TABLE:
-                layer_report_page(report, args.html, shown)
-            else:
-                viz.check_report_page(report, args.html, function=shown, seed=args.seed,
-                                      timeout=args.timeout, memory=int(args.memory * 2**30),
-                                      functions=mapping)
+            viz.check_report_page(report, args.html, function=shown, seed=args.seed,
+                                  timeout=args.timeout, memory=int(args.memory * 2**30),
+                                  functions=mapping)
         except OSError as error:
             return _runtime_error(args, f"--html: cannot write {args.html}: "
                                         f"{describe_os_error(error)}")

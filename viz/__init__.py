@@ -11,7 +11,7 @@
 
 from .backend import FORMATS, RenderError, backend_name, render_source
 from .draw import Graph, draw, draw_backward, draw_comparison, render
-from .report import check_report_page
+from .layer_page import report_page as check_report_page
 from .stepper import stepper
 
 __all__ = ["Graph", "draw", "draw_backward", "draw_comparison", "stepper", "check_report_page",

@@ -24,15 +24,17 @@ __all__ = ["page_function", "layer_report_page"]
 
 
 def page_function(report: LayersReport, function: str | None = None) -> str:
-    """The function a page shows: `function`, else the first failing backward, the first
-    failing function, the first backward, the first function."""
-    if report.error is not None or not report.results:
-        raise ValueError(f"report: {report.source} has no checked function to show")
-    if function is not None:
-        if function not in report.results:
-            raise ValueError(f"function: expected one of the checked functions "
-                             f"{', '.join(report.results)}, got {function!r}")
+    """The function a page shows: `function`; for a report of normalizations only,
+    `report.chosen_function`'s choice; else the first failing backward, the first failing
+    function, the first backward, the first function."""
+    from .report import chosen_function
+    if not isinstance(report, LayersReport):
+        raise TypeError(f"report: expected the LayersReport of tb.check_layers, got "
+                        f"{type(report).__name__}")
+    if function is not None and function in TABLE and function in report.results:
         return function
+    if function is not None or not any(name in TABLE for name in report.results):
+        return chosen_function(report, function)  # its checks and its messages
     results = list(report.results.values())
 
     def backward(name: str) -> bool:
@@ -76,3 +78,15 @@ def layer_report_page(report: LayersReport, path: str | os.PathLike, function: s
         "DATA": page_json({"steps": steps, "student": None, "report": verdicts}),
     })
     return ShownPage(write_atomic(pathlib.Path(path), page))
+
+
+def report_page(report: LayersReport, path: str | os.PathLike, *, function: str | None = None,
+                **options: Any) -> pathlib.Path:
+    """The check report page of any function of the assignment (`viz.check_report_page`):
+    a normalization's with your traced variables (`report.check_report_page`, `options` as
+    it takes them), any other's through its staged graph; shown inline in Jupyter."""
+    from .report import check_report_page
+    name = page_function(report, function)
+    if name in TABLE:
+        return layer_report_page(report, path, name)
+    return ShownPage(check_report_page(report, path, function=name, **options))

@@ -90,3 +90,15 @@ def test_a_saved_case_holding_text_where_numbers_belong_is_refused(tmp_path):
     np.savez(path, layer=np.array("sigmoid_backward"))
     with pytest.raises(ValueError, match="names no function of the assignment"):
         load_layer_case(path)
+
+
+def test_viz_check_report_page_takes_every_function_and_shows_itself(tmp_path):
+    import viz
+    report = tb.check_layers(ASSIGNMENT / "slips_max_pool.py",
+                             only=["max_pool_backward_naive", "batchnorm_forward"])
+    page = viz.check_report_page(report, tmp_path / "page.html")
+    data = json.loads(re.search(r"const DATA = (\{.*?\});\n", page.read_text(), re.S).group(1))
+    assert data["report"]["shown"] == "max_pool_backward_naive"
+    assert page._repr_html_().startswith("<iframe")
+    norm = viz.check_report_page(report, tmp_path / "norm.html", function="batchnorm_forward")
+    assert norm._repr_html_().startswith("<iframe")
