@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.node import Node
 from ..norm import NormSpec, norm_spec, staged_nodes
+from .agree import TOLERANCE as AGREEMENT
 from .sandbox import mark_running
 from .trace import LineTracer
 
@@ -56,7 +57,9 @@ EPS = 1e-5
 MOMENTUM = 0.8  # not 0.5, so that a momentum used the wrong way round shows
 
 
-TOLERANCE = 1e-8  # normwise; the inputs are well conditioned (N >= 4 values per statistic)
+# normwise; the inputs are well conditioned (N >= 4 values per statistic); one notion of
+# agreement for verdicts and traced lines alike
+TOLERANCE = AGREEMENT
 
 
 FLOAT32_TOLERANCE = 1e-4

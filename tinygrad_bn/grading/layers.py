@@ -77,6 +77,7 @@ class FunctionResult:
     variable: str | None = None
     function: str | None = None
     variant: str | None = None
+    slip: str = ""
     parts: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     output: str = ""
@@ -96,7 +97,8 @@ class FunctionResult:
         """The result as JSON-friendly data (arrays as nested lists; the case left out)."""
         return {"name": self.name, "status": self.status, "diagnosis": self.diagnosis,
                 "stage": self.stage, "line": self.line, "variable": self.variable,
-                "function": self.function, "variant": self.variant, "parts": dict(self.parts),
+                "function": self.function, "variant": self.variant, "slip": self.slip,
+                "parts": dict(self.parts),
                 "warnings": list(self.warnings), "output": self.output,
                 "stages": [s.to_dict() for s in self.stages]}
 

@@ -184,7 +184,7 @@ def test_mode_departure(forward: Callable, name: str, kind: str, spec: NormSpec,
     if departure is None:
         return ""
     result.update(line=departure.line, variable=departure.variable, function=departure.function,
-                  variant=departure.variant, stage=departure.stage)
+                  variant=departure.variant, stage=departure.stage, slip=departure.slip)
     return f". In test mode, {departure.sentence}"
 
 
@@ -211,6 +211,11 @@ def forward_departure(forward: Callable, name: str, kind: str, seed: int, result
         if index is not None:
             outputs["out"] = index
     else:
+        stale = _stale_running_write(filename, snapshots, param, start, output)
+        if stale is not None:
+            result.update(line=stale[0], variable=stale[1], function=stale[2],
+                          variant=stale[3], stage=output, slip="running-stats-overwritten")
+            return f". {stale[4]}"
         index = next((s.index for s in reversed(snapshots) if output in s.variable), None)
         if index is not None:
             outputs[output] = index
@@ -220,8 +225,52 @@ def forward_departure(forward: Callable, name: str, kind: str, seed: int, result
     if departure is None:
         return ""
     result.update(line=departure.line, variable=departure.variable, function=departure.function,
-                  variant=departure.variant, stage=departure.stage)
+                  variant=departure.variant, stage=departure.stage, slip=departure.slip)
     return f". {departure.sentence[0].upper()}{departure.sentence[1:]}"
+
+
+def _stale_running_write(filename: str, snapshots: list, param: dict, start: dict, key: str
+                         ) -> tuple[int, str, str, str, str] | None:
+    """When bn_param[key] still holds its value from before the step although a line of the
+    forward computed the update: the last line writing a plain local into bn_param[key]
+    (the stale one), as (line, variable, function, reason, sentence); else None."""
+    import ast
+    got, before = param.get(key), start.get(key)
+    if before is None or not isinstance(got, np.ndarray) or got.size != before.size or \
+            not np.array_equal(got.reshape(-1), before.reshape(-1)):
+        return None
+    try:
+        with open(filename, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    ran = {s.function for s in snapshots}
+    writes: list[tuple[str, int, ast.expr]] = []
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef) or function.name not in ran:
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant)
+                    and t.slice.value == key for t in node.targets):
+                writes.append((function.name, node.lineno, node.value))
+    stale = [w for w in writes if isinstance(w[2], ast.Name)]
+    if not stale:
+        return None
+    function, line, value = max(stale, key=lambda w: w[1])
+    variable = value.id  # type: ignore[attr-defined]
+    updates = [w[1] for w in writes if w[0] == function and w[1] < line and w is not None
+               and not isinstance(w[2], ast.Name)]
+    read = next((s.line for s in snapshots if s.function == function and s.variable == variable
+                 and not s.parameter), None)
+    reason = (f"{key} is written back stale: the value from before the step overwrites the "
+              f"update")
+    sentence = (f"Line {line} writes `{variable}` into bn_param[{key!r}]; {variable} still "
+                f"holds the value bn_param had before the step"
+                + (f" (read at line {read})" if read is not None else "")
+                + (f", so it overwrites the update of line {updates[-1]}" if updates else
+                   ": the update is never stored"))
+    return line, variable, function, reason, sentence
 
 
 def _returned_index(tracer: LineTracer, function: Callable, value: np.ndarray,
@@ -273,7 +322,85 @@ def trace_student_backward(backward: Callable, forward: Callable, name: str, kin
                            dict(zip(GRAD_NAMES, raw)))
     if departure is None:
         return ""
+    if departure.count is not None:
+        counted = _count_line(filename_of(backward), departure, tracer)
+        if counted is not None:
+            line, variable, text = counted
+            departure.sentence = (f"line {line}, `{variable}` = {text} = {departure.count}, and "
+                                  f"line {departure.line} divides by it: `{departure.variable}` "
+                                  f"matches {departure.variant}")
+            departure.line, departure.variable = line, variable
     result.update(line=departure.line, variable=departure.variable, function=departure.function,
-                  variant=departure.variant, stage=departure.stage)
+                  variant=departure.variant, stage=departure.stage, slip=departure.slip)
     return ". " + departure.sentence[0].upper() + departure.sentence[1:]
+
+
+def filename_of(function: Callable) -> str:
+    return student_file(function) or ""
+
+
+def _count_line(filename: str, departure: Any, tracer: LineTracer) -> tuple[int, str, str] | None:
+    """The line assigning the count a departure's line divides by (`D = dout.shape[0]`),
+    found by reading the function: (line, variable, the expression) when a name the line
+    reads was last assigned, before it, a size equal to the wrong count."""
+    import ast
+    try:
+        with open(filename, encoding="utf-8") as handle:
+            source = handle.read()
+        tree = ast.parse(source)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    function = next((n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
+                     and n.name == departure.function), None)
+    if function is None:
+        return None
+    shapes = {}
+    for snapshot in tracer.snapshots:
+        if snapshot.function == departure.function and snapshot.line <= departure.line:
+            shapes[snapshot.variable] = snapshot.value.shape
+    reads = tracer.reads(departure.line)
+    last: dict[str, tuple[int, int | None, str]] = {}
+    for node in sorted((n for n in ast.walk(function) if isinstance(n, ast.Assign)),
+                       key=lambda n: n.lineno):
+        if node.lineno >= departure.line:
+            continue
+        for target in node.targets:
+            names = [target] if isinstance(target, ast.Name) else list(
+                target.elts) if isinstance(target, (ast.Tuple, ast.List)) else []
+            for position, name in enumerate(names):
+                if not isinstance(name, ast.Name) or name.id not in reads:
+                    continue
+                value = _static_size(node.value, position if len(names) > 1 else None, shapes)
+                last[name.id] = (node.lineno, value, ast.get_source_segment(source, node.value)
+                                 or "")
+    hits = [(line, name, text) for name, (line, value, text) in last.items()
+            if value == departure.count]
+    return max(hits) if len(hits) == 1 else None
+
+
+def _static_size(node: Any, position: int | None, shapes: dict[str, tuple[int, ...]]
+                 ) -> int | None:
+    """The integer an expression gives, when it is a size read off a known array's shape
+    (`dout.shape[0]`, `x.shape` unpacked, `len(x)`) or a constant."""
+    import ast
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and position is None:
+        return node.value
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "len" \
+            and len(node.args) == 1 and isinstance(node.args[0], ast.Name) and position is None:
+        shape = shapes.get(node.args[0].id)
+        return shape[0] if shape else None
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and \
+            node.value.attr == "shape" and isinstance(node.value.value, ast.Name) and \
+            isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, int) and \
+            position is None:
+        shape = shapes.get(node.value.value.id)
+        try:
+            return None if shape is None else shape[node.slice.value]
+        except IndexError:
+            return None
+    if isinstance(node, ast.Attribute) and node.attr == "shape" and \
+            isinstance(node.value, ast.Name) and position is not None:
+        shape = shapes.get(node.value.id)
+        return None if shape is None or position >= len(shape) else shape[position]
+    return None
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .agree import difference
 from .catalogue import Catalogue, Match, Quantity
 from .trace import Snapshot
 
@@ -69,6 +70,8 @@ class LineDeparture:
     sentence: str
     from_cache: bool = False   # the backward took the value from the forward's cache
     part: bool = False         # the line holds only some of the quantity's values (a slice)
+    slip: str = ""             # the known slip's name, when one matches
+    count: int | None = None   # a count slip: the number divided by where the count belongs
 
 
 SYNONYMS = {
@@ -255,6 +258,9 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
     def root(i: int) -> bool:  # wrong, from inputs that are all right
         return status[i] == "wrong" and all(fine(d) for d in by_index[i].deps if d in cone)
 
+    swapped = _mislabeled(cone, by_index, matches, catalogue, top)
+    if swapped:
+        return _swapped_departure(swapped, by_index, matches, catalogue), matches
     choice = next((i for i in poisoned if root(i)), None)
     if choice is None:  # a wrong value a sum happens to hide (the variance branch in dmu)
         choice = next((i for i in sorted(cone) if root(i) and by_index[i].function
@@ -348,6 +354,8 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
                               got=snapshot.value, variant=variant, sentence="",
                               from_cache=from_cache)
     departure.part = any(m.part for m in found)
+    if wrong_match is not None:
+        departure.slip, departure.count = wrong_match.quantity.slip, wrong_match.quantity.count
     departure.sentence = _sentence(departure, expected_q, snapshot, catalogue)
     if dropped is not None:
         output = by_index[starts[0]]
@@ -358,6 +366,65 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
             f"never used from here on; {output.variable} (line {output.line}) matches "
             f"{wrong_match.quantity.meaning}")
     return departure, matches
+
+
+# Arguments a name may hold as they came in (not stages of their own).
+_GIVEN_NAMES = {"gamma": "gamma", "beta": "beta", "dout": "dout"}
+
+
+def _holds_other(snapshot: Snapshot, found: list[Match], catalogue: Catalogue
+                 ) -> tuple[str, str] | None:
+    """(what the name says, what the value is) when a variable named after one correct
+    quantity holds exactly another one (`gamma` holding xmu), else None."""
+    said = _GIVEN_NAMES.get(snapshot.variable) or quantity_for_name(snapshot.variable)
+    if said is None or catalogue.named(said) is None:
+        return None
+    if any(m.quantity.name == said and m.correct for m in found):
+        return None
+    held = next((m.quantity.name for m in found if m.correct and m.factor == 1.0
+                 and not m.arrangement and not m.part and m.quantity.name != said), None)
+    return None if held is None else (said, held)
+
+
+def _mislabeled(cone: set[int], by_index: dict[int, Snapshot], matches: dict[int, list[Match]],
+                catalogue: Catalogue, top: str) -> list[tuple[Snapshot, str, str]]:
+    """Values taken straight out of a container argument (a cache unpacked: the line reads
+    no array) into names that say another quantity than they hold, on the way to a wrong
+    output."""
+    found = []
+    for index in sorted(cone):
+        snapshot = by_index[index]
+        if snapshot.parameter or snapshot.function != top or snapshot.deps:
+            continue  # not taken straight out of a container argument (a cache)
+        other = _holds_other(snapshot, matches[index], catalogue)
+        if other is not None:
+            found.append((snapshot, *other))
+    return found
+
+
+def _swapped_departure(swapped: list[tuple[Snapshot, str, str]], by_index: dict[int, Snapshot],
+                       matches: dict[int, list[Match]], catalogue: Catalogue) -> LineDeparture:
+    """The departure where the cache's values landed in the wrong names."""
+    first = swapped[0][0]
+    holds = "; ".join(f"`{s.variable}` holds what {held} should ({_formula(catalogue, held)})"
+                      for s, _, held in swapped)
+    meaning = ("the cache unpacked in another order than the forward packed it"
+               if len(swapped) > 1 and len({s.line for s, _, _ in swapped}) == 1 else
+               "a value taken under another quantity's name")
+    said = swapped[0][1]
+    expected = catalogue.named(said)
+    sentence = (f"line {first.line}: {holds}: looks like "
+                + meaning.replace("the cache unpacked", "the cache is unpacked")
+                + (" (compare the order of the forward's cache)" if "cache" in meaning else ""))
+    return LineDeparture(line=first.line, variable=first.variable, function=first.function,
+                         stage=said, expected=None if expected is None else expected.value,
+                         got=first.value, variant=meaning, sentence=sentence,
+                         slip="cache-order" if "cache" in meaning else "name-holds-other")
+
+
+def _formula(catalogue: Catalogue, name: str) -> str:
+    quantity = catalogue.named(name)
+    return "an input" if quantity is None else quantity.formula
 
 
 def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
@@ -398,10 +465,16 @@ def _sentence(d: LineDeparture, expected: Quantity | None, snapshot: Snapshot,
                f"yours has {filled} of {value.size} values filled so far")
         got += f", {_short(value[value != 0])}"
     else:
-        got = f"yours is {_short(_in_layout(value, expected, catalogue))}"
+        shown_value = _in_layout(value, expected, catalogue)
+        got = f"yours is {_short(shown_value)}"
         if value.shape != getattr(expected, "value", value).shape and expected is not None \
                 and expected.full and value.size == expected.value.size:
             got += f" (in x's layout; your array has shape {value.shape})"
+        if expected is not None and np.shape(shown_value) == expected.value.shape and \
+                _short(shown_value) == _short(expected.value):
+            # the same digits shown as right and wrong would mislead: say how far apart
+            got += (f", off by {difference(shown_value, expected.value):.2g} relative "
+                    f"(too small to show in 5 digits)")
     if d.variant:
         return head + got + f": {'they are part of' if d.part else 'it matches'} {d.variant}"
     return head + got + ", which matches none of the known slips"
