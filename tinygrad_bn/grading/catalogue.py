@@ -531,6 +531,9 @@ DVAR_SLIPS = (
     Slip("dvar-std-for-var", "the standard deviation where the variance belongs: dvar = 0.5 * "
          "dsqrtvar / sqrt(var + eps), and this line takes the square root of sqrtvar + eps",
          lambda var, eps, n: np.sqrt(np.sqrt(var + eps) + eps)),
+    Slip("dvar-std-for-var", "the standard deviation where the variance belongs: dvar = -0.5 * "
+         "divar * (var + eps)**-1.5, and this line raises sqrtvar + eps to the power -1.5",
+         lambda var, eps, n: (np.sqrt(var + eps) + eps) ** 1.5 / (var + eps)),
     Slip("dvar-eps-outside-sqrt", "eps outside the square root in dvar: 0.5 / (sqrt(var) + eps) "
          "where 0.5 / sqrt(var + eps) belongs", lambda var, eps, n: np.sqrt(var) + eps),
     Slip("dvar-no-eps", "eps left out of dvar: 0.5 / sqrt(var) where 0.5 / sqrt(var + eps) "

@@ -6,6 +6,7 @@ then traced to its line (`lines.py`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -75,11 +76,73 @@ def judge_function(loader: Callable, name: str, seed: int) -> dict[str, Any]:
         result.update(status="error", diagnosis=f"cannot be judged: {error}")
     except NotImplementedError as stub:
         result.update(status="not implemented", diagnosis=f"raises NotImplementedError{student_frame(stub)}")
+    except ForwardError as error:
+        result.update(status="error", diagnosis=str(error), **_crash_place(str(error)))
     except Exception as error:  # noqa: BLE001 - the student's code raised
-        result.update(status="error", diagnosis=exception_text(error))
+        text = exception_text(error)
+        if _assert_false_stub(text):
+            result.update(status="not implemented",
+                          diagnosis=f"not implemented yet: it stops at `assert False`"
+                                    f"{student_frame(error)}", **_crash_place(text))
+        else:
+            result.update(status="error", diagnosis=text, **_crash_place(text))
     if "stages" in result:
         result["stages"] = [s.__dict__ for s in result["stages"]]
     return result
+
+
+class ForwardError(Exception):
+    """A backward's forward raised on valid inputs: the backward cannot be run."""
+
+
+_FRAME = re.compile(r"\(line (\d+)(?: of [^ ]+)? in ([A-Za-z_][A-Za-z0-9_]*): ")
+
+
+def _crash_place(text: str) -> dict[str, Any]:
+    """line and function of the student's innermost frame named in an error's text."""
+    found = _FRAME.findall(text)
+    if not found:
+        return {}
+    line, function = found[-1]
+    return {"line": int(line), "function": function}
+
+
+def _assert_false_stub(text: str) -> bool:
+    """An `assert False` (with or without a message) is a stub, not a crash."""
+    return text.startswith("raised AssertionError") and re.search(
+        r": assert\s*\(?\s*False\b", text) is not None
+
+
+def is_template_stub(function: Callable) -> bool:
+    """Whether a function's body does nothing: a docstring, `pass`, names set to None or
+    zeros-free constants, a `raise NotImplementedError` or `assert False`, and a return."""
+    import ast
+    import inspect
+    import textwrap
+    source = getattr(function, "recorded_source", None)
+    try:
+        source = source if source is not None else inspect.getsource(function)
+        tree = ast.parse(textwrap.dedent(source))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    body = tree.body[0].body if tree.body and isinstance(
+        tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+    if not body:
+        return False
+    for node in body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        if isinstance(node, (ast.Pass, ast.Return, ast.Raise)):
+            continue
+        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Constant) and \
+                not node.test.value:
+            continue
+        if isinstance(node, ast.Assign) and all(
+                isinstance(v, ast.Constant) and v.value is None for v in ast.walk(node.value)
+                if not isinstance(v, (ast.Tuple, ast.List, ast.Load))):
+            continue
+        return False
+    return True
 
 
 def _judge_forward(forward: Callable, name: str, kind: str, seed: int,
@@ -244,6 +307,18 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
         except (StubError, NotImplementedError):
             raise StubError(f"not implemented: {forward_name}, whose cache it takes, is not "
                              f"implemented yet") from None
+        except (CheckFailedError, StudentExitError, ReplayError):
+            raise
+        except Exception as error:  # noqa: BLE001 - the forward raised: not the backward's
+            if is_template_stub(backward):
+                raise StubError("not implemented yet (the assignment's stub; its forward "
+                                f"{forward_name} raises too)") from None
+            text = exception_text(error)
+            if _assert_false_stub(text):
+                raise StubError(f"not implemented: {forward_name}, whose cache it takes, "
+                                f"stops at `assert False`") from None
+            raise ForwardError(f"cannot run: its forward {forward_name}, whose cache it takes, "
+                               f"{text}; fix the forward first") from None
         held = [(place, array, array.copy()) for place, array in arrays_in(cache)]
         dout_copy = dout.copy()
         raw = call_backward(backward, name, dout, cache)

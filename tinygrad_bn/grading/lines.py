@@ -219,6 +219,9 @@ def forward_departure(forward: Callable, name: str, kind: str, seed: int, result
         index = next((s.index for s in reversed(snapshots) if output in s.variable), None)
         if index is not None:
             outputs[output] = index
+    if not outputs and output == "out" and tracer.returned.get(forward.__name__):
+        # out computed on the return line itself: what that line read leads to it
+        outputs["returned"] = max(tracer.returned[forward.__name__])
     departure, matches = locate_departure(snapshots, outputs, list(outputs), catalogue)
     result["stages"] = stage_records(snapshots, matches, catalogue, departure)
     result["case"] = saved_case(kind, spec, x, gamma, beta, dout, catalogue, {"out": out})
@@ -257,7 +260,16 @@ def _stale_running_write(filename: str, snapshots: list, param: dict, start: dic
     stale = [w for w in writes if isinstance(w[2], ast.Name)]
     if not stale:
         return None
-    function, line, value = max(stale, key=lambda w: w[1])
+    blocks = {}  # each statement's block: a stale write after the update in the same block wins
+    for node in ast.walk(tree):
+        for name in ("body", "orelse", "finalbody"):
+            for statement in getattr(node, name, []) or []:
+                if isinstance(statement, ast.stmt):
+                    blocks[statement.lineno] = (id(node), name)
+    updates_at = [w for w in writes if not isinstance(w[2], ast.Name)]
+    after_update = [w for w in stale if any(u[0] == w[0] and u[1] < w[1] and blocks.get(u[1])
+                                            == blocks.get(w[1]) for u in updates_at)]
+    function, line, value = max(after_update or stale, key=lambda w: w[1])
     variable = value.id  # type: ignore[attr-defined]
     updates = [w[1] for w in writes if w[0] == function and w[1] < line and w is not None
                and not isinstance(w[2], ast.Name)]
@@ -360,6 +372,7 @@ def _count_line(filename: str, departure: Any, tracer: LineTracer) -> tuple[int,
             shapes[snapshot.variable] = snapshot.value.shape
     reads = tracer.reads(departure.line)
     last: dict[str, tuple[int, int | None, str]] = {}
+    known: dict[str, int] = {}
     for node in sorted((n for n in ast.walk(function) if isinstance(n, ast.Assign)),
                        key=lambda n: n.lineno):
         if node.lineno >= departure.line:
@@ -368,13 +381,17 @@ def _count_line(filename: str, departure: Any, tracer: LineTracer) -> tuple[int,
             names = [target] if isinstance(target, ast.Name) else list(
                 target.elts) if isinstance(target, (ast.Tuple, ast.List)) else []
             for position, name in enumerate(names):
-                if not isinstance(name, ast.Name) or name.id not in reads:
+                if not isinstance(name, ast.Name):
                     continue
                 value = _static_size(node.value, position if len(names) > 1 else None, shapes)
+                if value is None and isinstance(node.value, ast.Name) and len(names) == 1:
+                    value = known.get(node.value.id)  # `count = N`
+                if value is not None:
+                    known[name.id] = value
                 last[name.id] = (node.lineno, value, ast.get_source_segment(source, node.value)
                                  or "")
     hits = [(line, name, text) for name, (line, value, text) in last.items()
-            if value == departure.count]
+            if value == departure.count and name in reads]
     return max(hits) if len(hits) == 1 else None
 
 

@@ -310,6 +310,31 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
                           f"belongs with it; {made.variable} (line {made.line}) then matches "
                           f"{wrong_match.quantity.meaning}"))
             return departure, matches
+    if wrong_match is not None and wrong_match.arrangement and wrong_match.quantity.name == "x":
+        # x's values rearranged: what is computed from them says which statistics they make
+        later = next((m for i in sorted(cone) if i > choice for m in matches[i]
+                      if not m.correct and m.quantity.meaning), None)
+        if later is not None:
+            sentence = (f"line {snapshot.line}, `{snapshot.variable}`: x's values rearranged "
+                        f"into shape {snapshot.value.shape}; what is computed from them then "
+                        f"matches {later.quantity.meaning}")
+            return LineDeparture(line=snapshot.line, variable=snapshot.variable,
+                                 function=snapshot.function, stage="x", expected=None,
+                                 got=snapshot.value, variant=later.quantity.meaning,
+                                 sentence=sentence, slip=later.quantity.slip), matches
+    rows = _rows_for_helper(choice, by_index, matches, top) if wrong_match is not None and \
+        not wrong_match.quantity.correct and wrong_match.quantity.meaning.startswith(
+            "statistics over") and len(catalogue.spec.x_shape) == 4 else None
+    if rows is not None:  # x's values laid out as rows for a 2-D helper: the rows decide
+        made = snapshot
+        sentence = (f"line {rows.line}, `{rows.variable}`: x's values as rows of "
+                    f"{rows.value.shape[-1]} for the helper, which normalizes each row; "
+                    f"`{made.variable}` (line {made.line}) then matches "
+                    f"{wrong_match.quantity.meaning}")
+        return LineDeparture(line=rows.line, variable=rows.variable, function=rows.function,
+                             stage="x", expected=None, got=rows.value,
+                             variant=wrong_match.quantity.meaning, sentence=sentence,
+                             slip=wrong_match.quantity.slip), matches
     stage = wrong_match.quantity.stage if wrong_match is not None else named(choice)
     if wrong_match is None and output_name is None and stage in _NEEDS and "forward" in top:
         stage = _stage_it_could_be(stage, _arguments_reached(choice, by_index, top), catalogue)
@@ -425,6 +450,31 @@ def _swapped_departure(swapped: list[tuple[Snapshot, str, str]], by_index: dict[
 def _formula(catalogue: Catalogue, name: str) -> str:
     quantity = catalogue.named(name)
     return "an input" if quantity is None else quantity.formula
+
+
+def _rows_for_helper(choice: int, by_index: dict[int, Snapshot], matches: dict[int, list[Match]],
+                     top: str) -> Snapshot | None:
+    """When `choice` stores what a helper of the student's returned: the 2-D array of x's
+    values (some or all of them, rearranged) the judged function handed it, if any."""
+    made = by_index[choice]
+    if made.function != top or not any(by_index[d].function != top for d in made.deps
+                                         if d in by_index):
+        return None
+    found = None
+    for index in sorted(by_index):
+        snapshot = by_index[index]
+        if index >= choice or snapshot.function != top or snapshot.parameter or \
+                snapshot.value.ndim != 2 or snapshot.variable not in _reads_of(made, by_index):
+            continue
+        if any(m.quantity.name == "x" and (m.part or m.arrangement) for m in matches[index]):
+            found = snapshot
+    return found
+
+
+def _reads_of(made: Snapshot, by_index: dict[int, Snapshot]) -> set[str]:
+    """The variables of the same function whose latest versions `made` depends on."""
+    return {by_index[d].variable for d in made.deps
+            if d in by_index and by_index[d].function == made.function}
 
 
 def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
