@@ -252,12 +252,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _print_isolation()
     if args.path is None:
         return _usage_error(args, "path: expected your layers.py (or --isolation), got nothing")
+    from .grading.student import resolve_source
     try:
-        readable = args.path.is_file()
-    except OSError as error:  # a name too long, a loop of links
+        args.path = resolve_source(args.path)
+    except OSError as error:  # no such file, a name too long, a loop of links
+        if isinstance(error, FileNotFoundError) and not error.filename:
+            return _usage_error(args, f"no such file: {args.path}")
         return _usage_error(args, f"path: cannot read {args.path}: {describe_os_error(error)}")
-    if not readable:
-        return _usage_error(args, f"no such file: {args.path}")
+    except ValueError as error:
+        return _usage_error(args, str(error))
     if (args.save_case is not None and args.html is not None
             and os.path.realpath(args.save_case) == os.path.realpath(args.html)):
         return _usage_error(args, f"--html: the same file as --save-case ({args.html}); give "

@@ -37,6 +37,7 @@ from .assignment import (
     running_start,
     seeded_bn_param,
     staged_out,
+    student_file,
     student_frame,
 )
 from .lines import (
@@ -55,7 +56,8 @@ __all__ = ["judge_function"]
 def judge_function(loader: Callable, name: str, seed: int) -> dict[str, Any]:
     functions = loader()[0]
     kind, direction = FUNCTIONS[name]
-    result: dict[str, Any] = {"name": name, "status": "pass", "diagnosis": ""}
+    result: dict[str, Any] = {"name": name, "status": "pass", "diagnosis": "",
+                              "file": student_file(functions[name]) or ""}
     try:
         if direction == "forward":
             _judge_forward(functions[name], name, kind, seed, result)

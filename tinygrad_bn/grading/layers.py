@@ -47,7 +47,7 @@ from .judge import judge_function
 from .locate import StageMatch
 from .replay import judge_in_box
 from .sandbox import run_isolated
-from .student import from_namespace, loaded_names, student_loader
+from .student import from_namespace, loaded_names, resolve_source, student_loader
 from .text import clean, shown
 
 __all__ = ["FUNCTIONS", "FunctionResult", "LayersReport", "check_layers", "DEFAULT_MEMORY"]
@@ -78,6 +78,7 @@ class FunctionResult:
     function: str | None = None
     variant: str | None = None
     slip: str = ""
+    file: str = ""
     parts: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     output: str = ""
@@ -98,6 +99,7 @@ class FunctionResult:
         return {"name": self.name, "status": self.status, "diagnosis": self.diagnosis,
                 "stage": self.stage, "line": self.line, "variable": self.variable,
                 "function": self.function, "variant": self.variant, "slip": self.slip,
+                "file": self.file,
                 "parts": dict(self.parts),
                 "warnings": list(self.warnings), "output": self.output,
                 "stages": [s.to_dict() for s in self.stages]}
@@ -193,9 +195,7 @@ def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 
         if key not in FUNCTIONS:
             raise ValueError(f"functions: expected keys among {', '.join(FUNCTIONS)}, got {key!r}")
     if isinstance(source, (str, os.PathLike)):
-        path = pathlib.Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"source: no such file {str(path)!r}")
+        path = resolve_source(pathlib.Path(source))
         label = str(path)
         loader = student_loader(path.resolve(), mapping)
     elif isinstance(source, types.ModuleType):
@@ -244,10 +244,22 @@ def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 
         else:
             result = _result_from(verdict)
         result.output = outcome.output
+        if isinstance(source, (str, os.PathLike)):
+            result.diagnosis = _lines_of_other_file(result.diagnosis, result.file, path)
         result.diagnosis = clean(result.diagnosis)  # texts of the student's are written out
         result.warnings = [clean(w) for w in result.warnings]
         report.results[name] = result
     return report
+
+
+def _lines_of_other_file(text: str, file: str, checked: pathlib.Path) -> str:
+    """"line 50" -> "line 50 of layers.py" when the function lives in another file than the
+    one checked (a fc_net.py importing layers.py)."""
+    import re
+    if not file or os.path.realpath(file) == os.path.realpath(checked):
+        return text
+    name = os.path.basename(file)
+    return re.sub(r"\b([Ll]ines? \d+)(?! of )", lambda m: f"{m.group(1)} of {name}", text)
 
 
 def _names_from(info: Any) -> dict[str, Any] | None:
