@@ -202,9 +202,19 @@ def progress_printer(what: str, after: float = 1.0) -> Callable[[int, int], None
     return show
 
 
+# The sample data's options and their defaults: with --load the case brings its own data.
+_DATA_DEFAULTS = {"norm": "batch", "groups": None, "shape": None, "dtype": "float64", "seed": 0,
+                  "eps": 1e-5}
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     if getattr(args, "load", None) is not None:
         from .check.explain import explain
+        given = [name for name, default in _DATA_DEFAULTS.items()
+                 if getattr(args, name, default) != default]
+        if given:
+            return _usage_error(args, f"--{given[0]}: not used with --load (the saved case "
+                                      f"brings its own data); leave it out")
         try:
             explanation = explain(load=args.load)
         except OSError as error:
@@ -295,6 +305,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         mapping[name] = other
     report = check_layers(args.path, only=only, seed=args.seed, timeout=args.timeout,
                           memory=int(args.memory * 2**30), functions=mapping)
+    report.advice = args.save_case is None  # the advice is to do what was just done
     print(report)
     if report.error is not None:
         return 2

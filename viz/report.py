@@ -11,8 +11,9 @@ file held in green, the first departure highlighted with its line. Above it, the
 of every function checked. One self-contained file, written to a temporary name and
 renamed; every name and line of the student's file reaches the page as text only.
 
-Which function the page steps through: `function=`, else the first failing backward the
-checker traced, else the first failing function it traced, else the first backward (all
+Which function the page steps through: `function=`, else `LayersReport.focus()` (the one
+`save_case` saves too): the first failing backward the checker traced, else the first failing
+function it traced, else the first function that does not pass, else the first backward (all
 green when it passes), else the first function checked.
 """
 
@@ -87,18 +88,7 @@ def chosen_function(report: LayersReport, function: str | None = None) -> str:
             raise ValueError(f"function: expected one of the checked functions "
                              f"{', '.join(report.results)}, got {function!r}")
         return function
-    results = list(report.results.values())
-
-    def backward(name: str) -> bool:
-        return FUNCTIONS[name][1] == "backward"
-
-    for wanted in (lambda r: r.status == "fail" and r.stages and backward(r.name),
-                   lambda r: r.status == "fail" and r.stages,
-                   lambda r: backward(r.name)):
-        found = next((r.name for r in results if wanted(r)), None)
-        if found is not None:
-            return found
-    return results[0].name
+    return report.focus() or next(iter(report.results))
 
 
 def _case_from_result(kind: str, case: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -116,6 +116,26 @@ class LayersReport:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
+    advice: bool = True  # whether str() ends with how to save and explain a failing case
+
+    def focus(self) -> str | None:
+        """The function a reader looks at first (the one `save_case` saves and the page
+        steps through): a failing backward with a traced case, then any failing function
+        with one, then any function that does not pass, then a backward; None when empty."""
+        results = list(self.results.values())
+
+        def backward(name: str) -> bool:
+            return FUNCTIONS[name][1] == "backward"
+
+        for wanted in (lambda r: r.status == "fail" and r.stages and backward(r.name),
+                       lambda r: r.status == "fail" and r.stages,
+                       lambda r: r.status == "fail" and r.case,
+                       lambda r: not r.ok,
+                       lambda r: backward(r.name)):
+            found = next((r.name for r in results if wanted(r)), None)
+            if found is not None:
+                return found
+        return results[0].name if results else None
 
     @property
     def ok(self) -> bool:
@@ -124,10 +144,12 @@ class LayersReport:
             r.ok for r in self.results.values())
 
     def save_case(self, path: str | os.PathLike) -> str | None:
-        """Write the first failing function's case to an .npz file at exactly `path`, whole
-        or not at all (inputs, the student's outputs, every correct stage value and
-        gradient); its name, or None if none fails."""
-        for name, result in self.results.items():
+        """Write the failing case of `focus()` (else of the first failing function) to an
+        .npz file at exactly `path`, whole or not at all (inputs, the student's outputs,
+        every correct stage value and gradient); its name, or None if none fails."""
+        focus = self.focus()
+        ordered = sorted(self.results.items(), key=lambda item: item[0] != focus)
+        for name, result in ordered:
             if result.status == "fail" and result.case:
                 arrays = {k: np.asarray(v) for k, v in result.case.items()}
                 arrays["function"] = np.array(name)
@@ -172,8 +194,9 @@ class LayersReport:
                     "\n", "\n" + " " * (width + 4) + "| ")
                 lines.append(f"{'':<{width}}  it printed:\n{' ' * (width + 4)}| {text}")
         passed = sum(r.ok for r in self.results.values())
+        savable = any(r.status == "fail" and r.case for r in self.results.values())
         lines.append(f"{passed} of {len(self.results)} functions pass"
-                     + ("" if self.ok or not self.results else
+                     + ("" if not (self.advice and savable) else
                         "; `tinygrad-bn check --save-case case.npz` then `tinygrad-bn explain "
                         "--values --load case.npz` shows every stage on the same data"))
         return "\n".join(lines)
