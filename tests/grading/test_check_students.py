@@ -41,8 +41,8 @@ def reference_layernorm_dx(x, gamma, dout, eps=1e-5):
 def test_habits_pass_with_a_warning_and_a_note(tmp_path):
     report = tb.check_layers(write(tmp_path, HABITS), timeout=10, functions=MAP)
     assert report.ok, str(report)
-    assert report.notes == ["cs231n.im2col not found: loaded with it stubbed (normalization "
-                            "does not need it)"]
+    assert report.notes == ["cs231n.im2col not found (a course module; the file was given "
+                            "without it): loaded with it stubbed (normalization does not need it)"]
     assert "float64 output" in report.results["batchnorm_forward"].warnings[0]
     assert report.results["layernorm_forward"].warnings == []
 

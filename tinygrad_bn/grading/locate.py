@@ -454,11 +454,10 @@ def _formula(catalogue: Catalogue, name: str) -> str:
 
 def _rows_for_helper(choice: int, by_index: dict[int, Snapshot], matches: dict[int, list[Match]],
                      top: str) -> Snapshot | None:
-    """When `choice` stores what a helper of the student's returned: the 2-D array of x's
-    values (some or all of them, rearranged) the judged function handed it, if any."""
+    """When `choice` is made from a 2-D array of x's values (some or all of them, rearranged:
+    the rows a helper normalizes), that array, if any."""
     made = by_index[choice]
-    if made.function != top or not any(by_index[d].function != top for d in made.deps
-                                         if d in by_index):
+    if made.function != top:
         return None
     found = None
     for index in sorted(by_index):
