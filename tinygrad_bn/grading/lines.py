@@ -213,6 +213,9 @@ def forward_departure(forward: Callable, name: str, kind: str, seed: int, result
     else:
         stale = _stale_running_write(filename, snapshots, param, start, output)
         if stale is not None:
+            result["case"] = saved_case(kind, spec, x, gamma, beta, dout, catalogue, {
+                "out": out, **{k: param[k] for k in ("running_mean", "running_var")
+                               if k in param}})
             result.update(line=stale[0], variable=stale[1], function=stale[2],
                           variant=stale[3], stage=output, slip="running-stats-overwritten")
             return f". {stale[4]}"
@@ -224,7 +227,9 @@ def forward_departure(forward: Callable, name: str, kind: str, seed: int, result
         outputs["returned"] = max(tracer.returned[forward.__name__])
     departure, matches = locate_departure(snapshots, outputs, list(outputs), catalogue)
     result["stages"] = stage_records(snapshots, matches, catalogue, departure)
-    result["case"] = saved_case(kind, spec, x, gamma, beta, dout, catalogue, {"out": out})
+    running = {key: param[key] for key in ("running_mean", "running_var") if key in param}
+    result["case"] = saved_case(kind, spec, x, gamma, beta, dout, catalogue,
+                                {"out": out, **running})
     if departure is None:
         return ""
     result.update(line=departure.line, variable=departure.variable, function=departure.function,
