@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -540,8 +541,15 @@ def _namespace(**overrides: object) -> argparse.Namespace:
     return argparse.Namespace(**{**defaults, **overrides})
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (the usage block is for --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tinygrad-bn",
         description="Batch norm (and layer, spatial and group norm) as a graph of primitives "
                     "and as one fused op, checked against each other and finite differences.",
@@ -574,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calls each normalization function the file defines with the "
                     "assignment's signatures and judges it against the staged graph; a wrong "
                     "backward is traced to the step of the backward pass it departs at. "
-                    "Exits 0 when every defined function passes, 1 otherwise.")
+                    "Exits 0 when every defined function passes, 1 otherwise, 2 when the file "
+                    "cannot be loaded or for a usage error.")
     check.add_argument("path", type=pathlib.Path, nargs="?", default=None,
                        help="your layers.py")
     check.add_argument("--isolation", action="store_true",
