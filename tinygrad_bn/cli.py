@@ -187,15 +187,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def progress_printer(what: str, after: float = 1.0) -> Callable[[int, int], None]:
+def _kernels_ready() -> int:
+    """How many compiled signatures the fast kernels hold now (0 without numba): a rise
+    while a command runs means it waited for kernels to compile."""
+    total = 0
+    for name in ("numba_kernels", "numba_small"):
+        module = sys.modules.get(f"{__package__}.fast.{name}")
+        for value in vars(module).values() if module is not None else ():
+            signatures = getattr(value, "signatures", None)
+            if isinstance(signatures, list) and hasattr(value, "py_func"):
+                total += len(signatures)
+    return total
+
+
+def progress_printer(what: str, after: float = 1.0,
+                     kernels: Callable[[], int] = _kernels_ready) -> Callable[[int, int], None]:
     """A progress callback that says how far `what` is, on stderr, about once a second
-    once it has taken longer than `after` seconds."""
+    once it has taken longer than `after` seconds; time spent compiling the fast kernels
+    (an empty compile cache: the first run only) is said to be that."""
     start = time.perf_counter()
     last = start
+    ready = kernels()
+    told = False
 
     def show(done: int, total: int) -> None:
-        nonlocal last
+        nonlocal last, told
         now = time.perf_counter()
+        if not told and kernels() > ready and now - start > after:
+            told = True
+            print(f"{what}: compiling the fast kernels (first run only; {now - start:.1f} s so "
+                  f"far)", file=sys.stderr)
         if now - start > after and (now - last > 1.0 or done == total):
             last = now
             print(f"{what}: {done} of {total} coordinates ({now - start:.1f} s)", file=sys.stderr)
