@@ -109,3 +109,21 @@ def test_template_stub_recognized_by_its_body():
         dx = dout * 2
         return dx
     assert is_template_stub(stub) and not is_template_stub(done)
+
+
+def test_a_departure_no_slip_explains_is_still_said_in_words(tmp_path):
+    from patterns import UNNAMED
+    for name, (function, old, new, words) in UNNAMED.items():
+        text = COMPLETE.replace(old, new)
+        path = tmp_path / "layers.py"
+        path.write_text(text)
+        result = tb.check_layers(path, only=[function], timeout=20).results[function]
+        marked = next(i + 1 for i, line in enumerate(text.splitlines()) if "# SLIP" in line)
+        assert (result.status, result.line) == ("fail", marked), (name, result.diagnosis)
+        assert words in result.diagnosis, (name, result.diagnosis)
+
+
+def test_a_factor_between_two_counts_is_named():
+    from tinygrad_bn.grading.locate import factor_text
+    assert factor_text(20.0, 60, {3: "N"}) == (
+        "times 60/3: looks like a division by N = 3 where the count 60 belongs")

@@ -347,9 +347,41 @@ def trace_student_backward(backward: Callable, forward: Callable, name: str, kin
                                   f"line {departure.line} divides by it: `{departure.variable}` "
                                   f"matches {departure.variant}")
             departure.line, departure.variable = line, variable
+    if departure.variant is None:
+        departure.sentence += _reduction_hint(filename_of(backward), departure.line)
     result.update(line=departure.line, variable=departure.variable, function=departure.function,
                   variant=departure.variant, stage=departure.stage, slip=departure.slip)
     return ". " + departure.sentence[0].upper() + departure.sentence[1:]
+
+
+def _reduction_hint(filename: str, line: int) -> str:
+    """For a departure no known slip explains: a sum or mean on its line without an axis
+    (one number where one per statistic belongs), said as what it looks like."""
+    import ast
+    try:
+        with open(filename, encoding="utf-8") as handle:
+            source = handle.read()
+        tree = ast.parse(source)
+    except (OSError, SyntaxError, ValueError):
+        return ""
+    statement = next((n for n in ast.walk(tree) if isinstance(n, ast.stmt)
+                      and not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                                             ast.For, ast.While, ast.If, ast.With, ast.Try))
+                      and n.lineno <= line <= (n.end_lineno or n.lineno)), None)
+    if statement is None:
+        return ""
+    for node in ast.walk(statement):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute) or \
+                node.func.attr not in ("sum", "mean"):
+            continue
+        module_call = isinstance(node.func.value, ast.Name) and node.func.value.id in ("np", "numpy")
+        positional = len(node.args) > (1 if module_call else 0)
+        if positional or any(k.arg in ("axis", "dim") for k in node.keywords):
+            continue
+        text = ast.get_source_segment(source, node) or node.func.attr
+        return (f"; looks like `{text}` on this line has no axis: it adds every entry into one "
+                f"number, where one per statistic belongs")
+    return ""
 
 
 def filename_of(function: Callable) -> str:

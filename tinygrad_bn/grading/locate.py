@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .agree import difference
-from .catalogue import Catalogue, Match, Quantity
+from .catalogue import Catalogue, Match, Quantity, _other_counts
 from .trace import Snapshot
 
 __all__ = ["StageMatch", "LineDeparture", "locate_departure", "stage_records", "quantity_for_name"]
@@ -140,17 +140,18 @@ def _short(array: np.ndarray | None) -> str:
     return f"[{text}{', ...' if flat.size > 3 else ''}]"
 
 
-def _variant_text(match: Match, n: int) -> str:
+def _variant_text(match: Match, n: int, catalogue: Catalogue | None = None) -> str:
     q = match.quantity
     if not q.correct:
         return q.meaning
     if match.arrangement:
         return (f"the right values of {q.name} in another order: a reshape without the transpose "
                 f"that belongs with it?")
-    return f"{q.name} {factor_text(match.factor, n)}"
+    counts = {} if catalogue is None else {m: label for m, label in _other_counts(catalogue.spec)}
+    return f"{q.name} {factor_text(match.factor, n, counts)}"
 
 
-def factor_text(k: float, n: int) -> str:
+def factor_text(k: float, n: int, counts: dict[int, str] | None = None) -> str:
     """What a scalar factor k on a correct quantity means; never called with k near 1."""
     known = ((-1.0, "with its sign flipped"), (2.0, "twice too large (a factor 2 too many)"),
              (0.5, "half as large: a missing factor 2"), (-0.5, "times -1/2"),
@@ -162,6 +163,11 @@ def factor_text(k: float, n: int) -> str:
         return f"times N/(N-1) = {n}/{n - 1}: 1/(N-1) where 1/N belongs"
     if n > 1 and abs(k - (n - 1) / n) <= 1e-6:
         return f"times (N-1)/N = {n - 1}/{n}: 1/N where 1/(N-1) was used"
+    for m, label in (counts or {}).items():  # a count where another belongs
+        if abs(k - n / m) <= 1e-6 * k:
+            return f"times {n}/{m}: looks like a division by {label} = {m} where the count {n} belongs"
+        if abs(k - m / n) <= 1e-6 * k:
+            return f"times {m}/{n}: looks like {label} = {m} where the count {n} belongs"
     return f"times {k:.6g}"
 
 
@@ -341,7 +347,7 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
     if output_name is not None:
         stage = output_name
     expected_q: Quantity | None = catalogue.named(stage) if stage else None
-    variant = None if wrong_match is None else _variant_text(wrong_match, n)
+    variant = None if wrong_match is None else _variant_text(wrong_match, n, catalogue)
     if wrong_match is not None and wrong_match.correct and output_name is not None:
         variant = (f"{wrong_match.quantity.name} = {wrong_match.quantity.formula} alone, only "
                    f"a part of {stage}")
