@@ -88,6 +88,20 @@ PATTERNS = {
         "    out = gamma * xhat + beta\n"
         "    return out, (xhat, gamma, ivar, G)\n",
         "fail", "statistics over the group's channels only"),
+    "group norm per pixel through a helper, gathered by concatenate": (
+        "spatial_groupnorm_forward",
+        "    groups = x.reshape(N, G, -1)\n",
+        "    size = C // G\n"
+        "    outs = []\n"
+        "    for g in range(G):\n"
+        "        rows = x[:, g * size:(g + 1) * size].transpose(0, 2, 3, 1).reshape(-1, size)"
+        "  # SLIP\n"
+        "        part, _ = layernorm_forward(rows, gamma[0, g * size:(g + 1) * size, 0, 0],\n"
+        "                                    beta[0, g * size:(g + 1) * size, 0, 0], gn_param)\n"
+        "        outs.append(part.reshape(N, H, W, size).transpose(0, 3, 1, 2))\n"
+        "    out = np.concatenate(outs, axis=1)\n"
+        "    return out, (None, gamma, None, G)\n",
+        "fail", "x's values as rows of 2 for the helper"),
     "crash inside numpy": (
         "layernorm_forward",
         "    xmu = x - mu\n    var = np.mean(xmu ** 2, axis=1, keepdims=True)\n",

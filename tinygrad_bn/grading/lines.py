@@ -222,9 +222,10 @@ def forward_departure(forward: Callable, name: str, kind: str, seed: int, result
         index = next((s.index for s in reversed(snapshots) if output in s.variable), None)
         if index is not None:
             outputs[output] = index
-    if not outputs and output == "out" and tracer.returned.get(forward.__name__):
+    made = [i for i in tracer.returned.get(forward.__name__, []) if not snapshots[i].parameter]
+    if not outputs and output == "out" and made:
         # out computed on the return line itself: what that line read leads to it
-        outputs["returned"] = max(tracer.returned[forward.__name__])
+        outputs["returned"] = max(made)
     departure, matches = locate_departure(snapshots, outputs, list(outputs), catalogue)
     result["stages"] = stage_records(snapshots, matches, catalogue, departure)
     running = {key: param[key] for key in ("running_mean", "running_var") if key in param}

@@ -396,6 +396,17 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
             f"{dropped.line}, {wrong_match.quantity.missing} = {part.formula}) is computed but "
             f"never used from here on; {output.variable} (line {output.line}) matches "
             f"{wrong_match.quantity.meaning}")
+    if origin is not None and origin_out is not None and departure.variant:
+        # the backward is the right derivative of its forward's slip (the same slip in
+        # both): the forward's line is where the math departs
+        inner, _ = locate_departure(origin, {"out": origin_out}, ["out"], catalogue)
+        if inner is not None and inner.variant == departure.variant:
+            inner.from_cache = True
+            head = f"line {inner.line}"
+            if inner.sentence.startswith(head):
+                inner.sentence = (f"{head} ({inner.function}, whose slip this backward "
+                                  f"repeats)" + inner.sentence[len(head):])
+            return inner, matches
     return departure, matches
 
 
@@ -461,19 +472,22 @@ def _formula(catalogue: Catalogue, name: str) -> str:
 def _rows_for_helper(choice: int, by_index: dict[int, Snapshot], matches: dict[int, list[Match]],
                      top: str) -> Snapshot | None:
     """When `choice` is made from a 2-D array of x's values (some or all of them, rearranged:
-    the rows a helper normalizes), that array, if any."""
+    the rows a helper normalizes), that array, if any."""  # noqa: D401
     made = by_index[choice]
     if made.function != top:
         return None
-    found = None
+    read = _reads_of(made, by_index)
+    found: dict[bool, Snapshot] = {}
     for index in sorted(by_index):
         snapshot = by_index[index]
         if index >= choice or snapshot.function != top or snapshot.parameter or \
-                snapshot.value.ndim != 2 or snapshot.variable not in _reads_of(made, by_index):
+                snapshot.value.ndim != 2:
             continue
         if any(m.quantity.name == "x" and (m.part or m.arrangement) for m in matches[index]):
-            found = snapshot
-    return found
+            found[snapshot.variable in read] = snapshot
+    # the rows the line read; else (results gathered in a list, `np.concatenate(outs)`, which
+    # the trace cannot follow) the last rows the function made before it
+    return found.get(True) or found.get(False)
 
 
 def _reads_of(made: Snapshot, by_index: dict[int, Snapshot]) -> set[str]:
