@@ -11,6 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 LAYER_OF_PREFIX = {
     "tinygrad_bn.core": "core",      # Node, backward, the textbook primitives
     "tinygrad_bn.norm": "norm",      # staged and fused normalization
+    "tinygrad_bn.layers": "layers",  # the assignment's other layers staged
     "tinygrad_bn.fast": "fast",      # registers faster variants on the two layers below
     "tinygrad_bn.files": "files",    # output files written whole or not at all
     "tinygrad_bn.check": "check",    # gradcheck, compare, explain
@@ -23,8 +24,8 @@ LAYER_OF_PREFIX = {
     "tinygrad_bn": "top",            # the package's own __init__: the public API
 }
 # Lowest first. Equal numbers are peers: they may not import each other.
-RANK = {"core": 0, "norm": 1, "fast": 2, "files": 3, "check": 4, "train": 4, "cs231n": 5,
-        "grading": 5, "viz": 6, "top": 7}
+RANK = {"core": 0, "norm": 1, "layers": 1, "fast": 2, "files": 3, "check": 4, "train": 4,
+        "cs231n": 5, "grading": 5, "viz": 6, "top": 7}
 
 
 def layer_of(module: str) -> str:

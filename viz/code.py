@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tinygrad_bn.check.parts import BackwardStep, Part
+from tinygrad_bn.check.parts import BackwardStep, Part, summed_axes
 from tinygrad_bn.core.node import Constant, Node
+
+from .index_text import concat_slices, index_text, pad_slices, slices_text
 
 __all__ = ["send_line", "sum_line"]
 
@@ -93,6 +95,9 @@ def _term(part: Part, up: str, names: list[str], out: str) -> str:
         return f"{up}.transpose({back})"
     if op == "cast":
         return f"{up}.astype({a}.dtype)"
+    moved = _moving_term(part, up, names, out)
+    if moved is not None:
+        return moved
     if "spec" in params:  # a fused normalization: its closed form
         spec = params["spec"]
         axes = _axis(spec.reduce_axes)
@@ -104,6 +109,46 @@ def _term(part: Part, up: str, names: list[str], out: str) -> str:
         return f"np.sum({up} * xhat, axis={sums})" if i == 1 else f"np.sum({up}, axis={sums})"
     formula = node.op_def.describe(names, params, [p.shape for p in node.parents])[i]
     return f"{up} * ({formula.split('=', 1)[-1].strip()})"
+
+
+def _moving_term(part: Part, up: str, names: list[str], out: str) -> str | None:
+    """The lines of indexing, extremes, padding, joining and windows (None for other ops)."""
+    node, i = part.via, part.index
+    op, params = node.op, node.params
+    a = names[0]
+    if op == "index":
+        index = params["index"]
+        where = index_text(index)[1:-1] if len(index) == 1 else f"({index_text(index)[1:-1]})"
+        return f"np.zeros_like({a}); np.add.at({part.name}, {where}, {up})"
+    if op == "scatter_add":
+        return f"{up}{index_text(params['index'])}"
+    if op in ("max", "min"):
+        axes = params["axis"]
+        kept = out if params["keepdims"] else f"np.expand_dims({out}, axis={_axis(axes)})"
+        spread = up if params["keepdims"] else f"np.expand_dims({up}, axis={_axis(axes)})"
+        hit = f"({a} == {kept})"
+        return f"{hit} * {spread} / {hit}.sum(axis={_axis(axes)}, keepdims=True)   # ties share"
+    if op in ("maximum", "minimum"):
+        this, other = names[i], names[1 - i]
+        wins = ">" if op == "maximum" else "<"
+        term = f"{up} * (({this} {wins} {other}) + 0.5 * ({this} == {other}))"
+        if part.summed == ((), ()) and node.parents[i].shape != node.shape:
+            # a broadcast input: summed back to its shape here when the parts do not say so
+            return _wrap_sum(term, Part(part.to, node, i, part.value,
+                                        summed=summed_axes(node.shape, node.parents[i].shape)))
+        return term
+    if op == "pad":
+        return f"{up}{slices_text(pad_slices(params['pad_width'], node.parents[0].shape))}"
+    if op == "concatenate":
+        shapes = [parent.shape for parent in node.parents]
+        return f"{up}{slices_text(concat_slices(params['axis'], shapes, i))}"
+    if op == "sliding_window":
+        return (f"np.zeros_like({a}); every window of {up} added back where it came from "
+                f"(overlapping windows add)")
+    if op == "window_sum":
+        return (f"np.lib.stride_tricks.sliding_window_view({up}, {params['window_shape']}, "
+                f"axis={params['axis']})")
+    return None
 
 
 def send_line(part: Part, upstream: str, label: Callable[[Node], str]) -> str:

@@ -9,6 +9,8 @@ import numpy as np
 
 from tinygrad_bn.core.node import Node
 
+from .index_text import index_text
+
 MAX_NAME = 32  # characters of a name shown before it is cut with an ellipsis
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -83,6 +85,18 @@ def op_text(node: Node) -> str:
         return f"{node.op} axis={axes[0] if len(axes) == 1 else axes}"
     if node.op == "reshape" and "shape" in params:
         return f"reshape to {shape_text(tuple(params['shape']))}"
+    if node.op in ("max", "min") and "axis" in params:
+        axes = params["axis"]
+        return f"{node.op} axis={axes[0] if len(axes) == 1 else axes}"
+    if node.op == "index":
+        return f"index {index_text(params['index'])}"
+    if node.op == "pad":
+        return f"pad {params['pad_width']}"
+    if node.op == "sliding_window":
+        sizes = "x".join(str(size) for size in params["window_shape"])
+        return f"windows {sizes} axis={params['axis']}"
+    if node.op == "concatenate":
+        return f"concatenate axis={params['axis']}"
     return node.op or ""
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F  # noqa: N812 - PyTorch's own convention
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, mutually_broadcastable_shapes
+from index_shape_cases import CASES as INDEX_SHAPE_CASES
 
 import tinygrad_bn as tb
 import viz
@@ -131,6 +132,7 @@ CASES = {
     "Reshape": shape_op("reshape"),
     "Transpose": shape_op("transpose"),
     "BroadcastTo": shape_op("broadcast_to"),
+    **INDEX_SHAPE_CASES,
 }
 
 

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, mutually_broadcastable_shapes
+from index_shape_cases import CASES as INDEX_SHAPE_CASES
 
 import tinygrad_bn as tb
 from tinygrad_bn.core.ops import OPS
@@ -139,6 +140,8 @@ CASES = {
     "BroadcastTo": broadcast_to_case(),
     "Cast": unary_case(lambda a: a.astype(np.float64)),
     "Identity": unary_case(tb.identity),
+    # indexing, extremes, padding, joining, windows: (ours, PyTorch's, inputs) drawn together
+    **{name: case.map(lambda drawn: (drawn[0], drawn[2])) for name, case in INDEX_SHAPE_CASES.items()},
 }
 
 

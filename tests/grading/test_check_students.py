@@ -193,9 +193,10 @@ def test_hostile_code_is_reported_as_the_students(name, tmp_path):
     body = "".join("    " + line + "\n" for line in code.splitlines())
     text = COMPLETE.replace("def layernorm_forward(x, gamma, beta, ln_param):\n",
                             "def layernorm_forward(x, gamma, beta, ln_param):\n" + body)
-    # each judged call forks two workers: on a machine shared with other work that takes
-    # seconds, so the pool gets a wider limit (what is asserted is the same: it passes)
-    timeout = {"a sleep": 1, "a pool": 90}.get(name, 20)
+    # each judged call forks two workers, and 10 MB of prints take seconds to drain: on a
+    # machine shared with other work the pool and the flood get a wider limit (what is
+    # asserted is the same: they pass)
+    timeout = {"a sleep": 1, "a pool": 90, "a flood of prints": 60}.get(name, 20)
     report = tb.check_layers(write(tmp_path, text), timeout=timeout, memory=2**30,
                              only=["layernorm_forward", "layernorm_backward"])
     result = report.results["layernorm_forward"]

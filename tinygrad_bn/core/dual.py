@@ -41,6 +41,12 @@ class GraphValue:
         """a where `condition` (a boolean array) holds, else b, recorded as the where op."""
         raise NotImplementedError
 
+    def apply_op(self, op: type, **params: Any) -> GraphValue:
+        """`op` (a one-input op class) run on this value and recorded: how an op file's own
+        helper (indexing's scatter-add, the windows' sum) records its op on a Node without
+        importing node.py."""
+        raise NotImplementedError
+
 
 def value(x: Any) -> Any:
     """The numpy value of a Node; anything else as it is."""

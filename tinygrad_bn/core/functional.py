@@ -198,3 +198,148 @@ def where(condition: Any, a: Any, b: Any) -> Node:
     """a where `condition` holds, else b, as a Node (`tb.where` gives arrays for arrays)."""
     condition = np.asarray(value(condition), dtype=bool)
     return apply(Where, operand_pair(a, b), condition=condition)
+
+
+# --- indexing, extremes, padding, joining and sliding windows --------------------------
+# (their ops live in ops_index.py, ops_reduce.py and ops_shape.py)
+from .ops_index import Index, normalize_index  # noqa: E402
+from .ops_reduce import Max, Maximum, Min, Minimum  # noqa: E402
+from .ops_shape import Concatenate, Pad, SlidingWindow  # noqa: E402
+
+__all__ += ["index", "max", "min", "maximum", "minimum", "pad", "concatenate", "stack",
+            "sliding_window_view"]
+
+
+def index(a: Any, index: Any) -> Node:
+    """a[index] with numpy's rules: ints, slices (with steps), None, ..., integer arrays (a
+    repeated index gets the sum of its gradients) and boolean masks. Raises IndexError
+    naming `index` when it does not fit a's shape."""
+    a = as_operand(a)
+    return apply(Index, (a,), index=normalize_index(index, a.shape))
+
+
+def _extreme(op: Any, a: Any, axis: Axis, keepdims: bool) -> Node:
+    a = as_operand(a)
+    axes = normalize_axis(axis, a.ndim)
+    empty = [i for i in axes if a.shape[i] == 0]
+    if empty:
+        raise ValueError(f"axis: cannot take the {op.name} over axis {empty[0]}, which has size 0 "
+                         f"(input of shape {a.shape})")
+    return apply(op, (a,), axis=axes, keepdims=bool(keepdims))
+
+
+def max(a: Any, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
+    """The largest value over `axis` (None: all); (N, D) -> (N,) for axis=1. Elements tied
+    for the max share the gradient evenly (PyTorch's amax rule)."""
+    return _extreme(Max, a, axis, keepdims)
+
+
+def min(a: Any, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
+    """The smallest value over `axis` (None: all). Ties share the gradient evenly (amin's rule)."""
+    return _extreme(Min, a, axis, keepdims)
+
+
+def maximum(a: Any, b: Any) -> Node:
+    """The larger of a and b elementwise, broadcasting; where a == b each gets half the
+    gradient (as PyTorch's maximum)."""
+    return apply(Maximum, operand_pair(a, b))
+
+
+def minimum(a: Any, b: Any) -> Node:
+    """The smaller of a and b elementwise, broadcasting; ties split the gradient (as PyTorch's)."""
+    return apply(Minimum, operand_pair(a, b))
+
+
+def _pad_pairs(pad_width: Any, ndim: int) -> tuple[tuple[int, int], ...]:
+    # numpy's forms: n, (n,), (before, after), ((before, after),), one pair per axis.
+    problem = (f"pad_width: expected non-negative ints as n, (before, after) or one pair per "
+               f"axis for an input with {ndim} dimensions, got {pad_width!r}")
+    try:
+        widths = np.asarray(pad_width)
+        if widths.dtype.kind not in "iu" or widths.ndim > 2:
+            raise ValueError
+        pairs = np.broadcast_to(widths, (ndim, 2))
+    except ValueError:
+        raise ValueError(problem) from None
+    if (pairs < 0).any():
+        raise ValueError(problem)
+    return tuple((builtins.int(before), builtins.int(after)) for before, after in pairs)
+
+
+def pad(x: Any, pad_width: Any, constant_values: float = 0) -> Node:
+    """x padded with `constant_values` (numpy's constant mode and pad_width forms):
+    (N, C, H, W) with ((0, 0), (0, 0), (p, p), (p, p)) -> (N, C, H + 2p, W + 2p)."""
+    x = as_operand(x)
+    if not isinstance(constant_values, numbers.Real) or isinstance(constant_values, bool):
+        raise TypeError(f"constant_values: expected a number, got {constant_values!r}")
+    return apply(Pad, (x,), pad_width=_pad_pairs(pad_width, x.ndim),
+                 constant_values=float(constant_values))
+
+
+def _joined(nodes: Any, argname: str = "nodes") -> list[Node]:
+    if isinstance(nodes, Node) or not hasattr(nodes, "__iter__"):
+        raise TypeError(f"{argname}: expected a sequence of Nodes or arrays, got {type(nodes).__name__}")
+    joined = [as_operand(node) for node in nodes]
+    if not joined:
+        raise ValueError(f"{argname}: expected at least one array, got none")
+    dtypes = {node.dtype for node in joined}
+    if len(dtypes) > 1:
+        raise TypeError(f"{argname}: expected one dtype, got {sorted(str(d) for d in dtypes)} "
+                        f"(cast with .astype first)")
+    return joined
+
+
+def concatenate(nodes: Any, axis: int = 0) -> Node:
+    """The nodes joined along `axis`: shapes equal except there; (2, 3) and (4, 3) -> (6, 3)."""
+    joined = _joined(nodes)
+    first = joined[0]
+    if first.ndim == 0:
+        raise ValueError("nodes: zero-dimensional arrays cannot be concatenated (use stack)")
+    (axis_,) = normalize_axis(axis, first.ndim)
+    for i, node in enumerate(joined):
+        if node.ndim != first.ndim or any(a != b for k, (a, b) in enumerate(zip(node.shape, first.shape))
+                                          if k != axis_):
+            raise ValueError(f"nodes[{i}]: expected shape {first.shape} except along axis {axis_}, "
+                             f"got {node.shape}")
+    return apply(Concatenate, tuple(joined), axis=axis_)
+
+
+def stack(nodes: Any, axis: int = 0) -> Node:
+    """The nodes (all of one shape) joined along a new `axis`: three (2, 3) -> (3, 2, 3) for axis=0.
+    Each gets the new axis by a reshape, then they are concatenated."""
+    joined = _joined(nodes)
+    shape = joined[0].shape
+    for i, node in enumerate(joined):
+        if node.shape != shape:
+            raise ValueError(f"nodes[{i}]: expected shape {shape} (the first one's), got {node.shape}")
+    (axis_,) = normalize_axis(axis, len(shape) + 1)
+    expanded = (*shape[:axis_], 1, *shape[axis_:])
+    return concatenate([reshape(node, expanded) for node in joined], axis=axis_)
+
+
+def sliding_window_view(x: Any, window_shape: Any, axis: Any = None) -> Node:
+    """numpy's sliding_window_view: the windows as new trailing axes, a read-only view.
+    (N, C, H, W) with window_shape (HH, WW), axis (2, 3) -> (N, C, H-HH+1, W-WW+1, HH, WW);
+    strides by indexing the result (v[:, :, ::s, ::s]). The VJP adds overlapping windows."""
+    x = as_operand(x)
+    sizes = (window_shape,) if isinstance(window_shape, numbers.Integral) else window_shape
+    try:
+        sizes = tuple(sizes)
+    except TypeError:
+        raise TypeError(f"window_shape: expected an int or a tuple of ints, got {window_shape!r}") from None
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in sizes):
+        raise ValueError(f"window_shape: expected non-negative ints, got {window_shape!r}")
+    if axis is None:
+        axes = tuple(range(x.ndim))
+    else:  # repeated axes are allowed, as in numpy (windows of windows)
+        axes = tuple(normalize_axis(a, x.ndim)[0] for a in
+                     ((axis,) if isinstance(axis, numbers.Integral) else tuple(axis)))
+    if len(sizes) != len(axes):
+        raise ValueError(f"window_shape: expected one size per axis ({len(axes)}), got {window_shape!r}")
+    left = list(x.shape)
+    for size, ax in zip(sizes, axes):
+        if size > left[ax]:
+            raise ValueError(f"window_shape: a window of {size} does not fit axis {ax} of size "
+                             f"{left[ax]} (input of shape {x.shape})")
+        left[ax] -= size - 1
+    return apply(SlidingWindow, (x,), window_shape=tuple(builtins.int(s) for s in sizes), axis=axes)

@@ -410,6 +410,22 @@ class Node(GraphValue):
         """a where `condition` holds, else b (all broadcast together), recorded as the where op."""
         return _functional.where(condition, a, b)
 
+    def apply_op(self, op: type[Op], **params: Any) -> Node:
+        """`op` run on this node and recorded (what dual.GraphValue declares)."""
+        return apply(op, (self,), **params)
+
+    # Indexing and extremes (ops_index.py, ops_reduce.py).
+    def __getitem__(self, index: Any) -> Node:
+        return _functional.index(self, index)
+
+    def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Node:
+        """The largest value over `axis`; ties share the gradient evenly (PyTorch's amax rule)."""
+        return _functional.max(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Node:
+        """The smallest value over `axis`; ties share the gradient evenly (PyTorch's amin rule)."""
+        return _functional.min(self, axis=axis, keepdims=keepdims)
+
 
 def apply(op: type[Op], parents: tuple[Node, ...], **params: Any) -> Node:
     """Run `op` on the parents' values and record the result as a node of the graph."""

@@ -483,6 +483,7 @@ SPLIT_MEAN_RATIO = float(1 << 20)
 FLOAT32_DX_BOUND = 4.0
 _EPS32 = float(np.finfo(np.float32).eps)
 _EPS64 = float(np.finfo(np.float64).eps)
+_TINY64 = float(np.finfo(np.float64).tiny)
 
 
 def float32_dx_is_exact(sum_dy: np.ndarray, sum_dy_d: np.ndarray, sum_dy2: np.ndarray,
@@ -603,7 +604,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     xv, dyv = x.reshape(layout.view), upstream.reshape(layout.view)
     axes, pview, count = layout.axes, layout.param_view, layout.count
     ivar = 1.0 / np.sqrt(var + eps)
-    mean_b = mean.reshape(pview)
+    mean_b, ivar_b = mean.reshape(pview), ivar.reshape(pview)
     spans = _spans(layout)
     single = x.dtype == np.float32
     expanded = about_zero(x.dtype, mean, ivar, sums=True)
@@ -620,6 +621,8 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
         for start, stop in run:
             dy = _as_float64(dyv[start:stop], dy64[: stop - start])
             d = centred(xv[start:stop], work[: stop - start], expanded)
+            if not single:  # xhat first, as the textbook: dy * (x - mean) leaves float64's
+                np.multiply(d, ivar_b, out=d)  # range (over- or underflows) where dy * xhat does not
             found = [dy.sum(axis=axes), _feature_products(dy, d, layout, x.dtype)]
             if single:  # for the float32 dx's error bound: float32 sums, bounded error
                 block = dyv[start:stop]
@@ -631,11 +634,14 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     with np.errstate(invalid="ignore", over="ignore"):
         total = _in_order(_run_parallel(sums, _parts(spans)))
         dbeta = total[0]
-        # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy) when taken about 0.
-        sum_dy_d = total[1] - mean * dbeta if expanded else total[1]
-        # sum(dy * xhat) = ivar * sum(dy * (x - mean)): exact, unless the products
-        # overflowed (|x| near the dtype's range), where the textbook's ivar is 0.
-        dgamma = np.where(ivar == 0, 0.0, sum_dy_d * ivar)
+        if single:
+            # sum(dy * (x - mean)) = sum(dy * x) - mean * sum(dy) when taken about 0.
+            sum_dy_d = total[1] - mean * dbeta if expanded else total[1]
+            # sum(dy * xhat) = ivar * sum(dy * (x - mean)): float32 data's products stay far
+            # inside float64's range.
+            dgamma = np.where(ivar == 0, 0.0, sum_dy_d * ivar)
+        else:
+            dgamma, sum_dy_d = total[1], None  # float64's sums were of dy * xhat
     mean_dy = dbeta / count
     slope = ivar * dgamma / count  # xhat * mean(dy * xhat) = (x - mean) * slope
     folded = single and bool(np.all(np.abs(mean) * ivar <= 1.0))
@@ -982,6 +988,9 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
             for start, stop in run:
                 count = stop - start
                 d = block_x(start, stop, work[: count * rows.G], not expanded)
+                if not single:  # xhat first, as the textbook (see `backward`)
+                    np.multiply(d, ivar[start * rows.G:stop * rows.G].reshape(count, rows.G, 1, 1),
+                                out=d)
                 dy = _as_float64(dyv[start:stop].reshape(_row_block(rows, count)),
                                  grad[: count * rows.G]).reshape(d.shape)
                 np.add.reduce(dy, axis=3, out=sum_dy[start:stop])
@@ -998,17 +1007,30 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
     with np.errstate(invalid="ignore", over="ignore"):
         if expanded:
             sum_dy_d -= mean_r[:, :, None] * sum_dy
-        # Sums over the samples in one call each: the same for any thread count.
-        dgamma = np.einsum("ngc,ng->gc", sum_dy_d, ivar_r).reshape(-1)
+        # Sums over the samples in one call each: the same for any thread count. float64's
+        # sums are of dy * xhat already, float32's of dy * (x - mean).
+        if single:
+            dgamma = np.einsum("ngc,ng->gc", sum_dy_d, ivar_r).reshape(-1)
+            c = np.einsum("ngc,gc->ng", sum_dy_d, gamma) * ivar_r / width  # mean(g * xhat)
+        else:
+            dgamma = np.add.reduce(sum_dy_d, axis=0).reshape(-1)
+            c = np.einsum("ngc,gc->ng", sum_dy_d, gamma) / width
         dbeta = np.add.reduce(sum_dy, axis=0).reshape(-1)
         m = np.einsum("ngc,gc->ng", sum_dy, gamma) / width  # mean(g)
-        c = np.einsum("ngc,gc->ng", sum_dy_d, gamma) * ivar_r / width  # mean(g * xhat)
         scale = ivar_r[:, :, None] * gamma  # a, per channel
-        slope = ivar_r * ivar_r * c  # k, per row
+        slope_of_xhat = ivar_r * c
+        slope = ivar_r * slope_of_xhat  # k, per row
         offset = ivar_r * m
+        # ivar^2 * c past float64's range (a tiny eps over a tiny variance: over; x ~ 1e111
+        # with dy ~ 1e-152: under) where ivar * c is not: dx takes xhat first, then ivar * c.
+        lost = ((~np.isfinite(slope) & np.isfinite(slope_of_xhat))
+                | ((np.abs(slope) < _TINY64) & (slope_of_xhat != 0)))
+        xhat_first = bool(np.any(lost))
+        if xhat_first:
+            slope = slope_of_xhat
     dx = np.empty(x.shape, x.dtype)
     dxv = dx.reshape(channels)
-    if single:
+    if single and not xhat_first:
         folded = bool(np.all(np.abs(mean_r) * ivar_r <= 1.0))
         with np.errstate(all="ignore"):
             mean_square = np.einsum("ngc,gc->ng", sum_dy2, gamma * gamma) / width
@@ -1021,6 +1043,7 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
                            offset, mean_r, folded, dxv, spans)
             return dx, dgamma, dbeta
     slope_b, scale_b, offset_b = slope[:, :, None, None], scale[..., None], offset[:, :, None, None]
+    ivar_b = ivar_r[:, :, None, None]
 
     def combine(run: list[tuple[int, int]]) -> None:
         shape = _row_block(rows, run[0][1] - run[0][0])
@@ -1029,6 +1052,8 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
             for start, stop in run:
                 count = stop - start
                 d = block_x(start, stop, work[: count * rows.G], True)
+                if xhat_first:
+                    np.multiply(d, ivar_b[start:stop], out=d)
                 np.multiply(d, slope_b[start:stop], out=d)
                 # Into the scratch block: float64 dy is the caller's array itself.
                 g = grad[: count * rows.G].reshape(d.shape)

@@ -29,18 +29,22 @@ def _sum_subscripts(ndim: int, axes: tuple[int, ...]) -> str:
     return f"{letters},{letters}->{''.join(c for i, c in enumerate(letters) if i not in axes)}"
 
 
-EINSUM_MAX_TERMS = 4096  # einsum adds its terms one by one: for longer sums, numpy's pairwise
+# einsum adds its terms one by one: for longer sums, numpy's pairwise. float32 data's float64
+# sums afford long running sums (their error stays far below eps32); float64 data's do not:
+# 490 terms of dy * xhat that cancel were 25 eps off by einsum where the textbook's were 3.
+EINSUM_MAX_TERMS = 4096
+FLOAT64_EINSUM_MAX_TERMS = 32
 
 
-def _sum_product(a: np.ndarray, b: np.ndarray, axes: tuple[int, ...], shape: tuple[int, ...]
-                 ) -> np.ndarray:
-    """sum(a * b) over `axes`, reshaped to `shape`, as float64: by einsum (no full-size
-    product) where a sum has few terms, else as the textbook sums (a long running sum would
-    lose digits the textbook's pairwise sum keeps)."""
+def _sum_product(a: np.ndarray, b: np.ndarray, axes: tuple[int, ...], shape: tuple[int, ...],
+                 dtype: np.dtype) -> np.ndarray:
+    """sum(a * b) over `axes` of float64 arrays (of data of `dtype`), reshaped to `shape`:
+    by einsum (no full-size product) where a sum has few terms, else as the textbook sums (a
+    long running sum would lose digits the textbook's pairwise sum keeps)."""
     terms = 1
     for axis in axes:
         terms *= a.shape[axis]
-    if terms <= EINSUM_MAX_TERMS:
+    if terms <= (EINSUM_MAX_TERMS if dtype == np.float32 else FLOAT64_EINSUM_MAX_TERMS):
         total = np.einsum(_sum_subscripts(a.ndim, axes), a, b)
     else:
         total = np.add.reduce(np.multiply(a, b), axis=axes)
@@ -60,7 +64,7 @@ def statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray]:
     mean = np.add.reduce(xs, axis=axes, keepdims=True, dtype=np.float64) / spec.count
     xmu = np.subtract(xs, mean, dtype=np.float64)  # float64 whatever x's dtype: no digit lost
     with np.errstate(over="ignore"):  # squares past float64's range: the textbook's inf too
-        var = _sum_product(xmu, xmu, axes, mean.shape) / spec.count
+        var = _sum_product(xmu, xmu, axes, mean.shape, x.dtype) / spec.count
     return mean, var
 
 
@@ -81,7 +85,7 @@ def forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, 
     mean /= spec.count
     xmu = xs - mean
     with np.errstate(over="ignore"):  # squares past float64's range: the textbook's inf too
-        var = _sum_product(xmu, xmu, axes, mean.shape)
+        var = _sum_product(xmu, xmu, axes, mean.shape, x.dtype)
     var /= spec.count
     return _scale_shift(xmu, 1.0 / np.sqrt(var + spec.eps), gamma, beta, x.dtype, spec), mean, var
 
@@ -129,7 +133,8 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     upstream = _float64(upstream)
     param_axes = spec.param_sum_axes
     dbeta = np.add.reduce(upstream, axis=param_axes)
-    dgamma = _sum_product(upstream, xhat.reshape(spec.x_shape), param_axes, dbeta.shape)
+    dgamma = _sum_product(upstream, xhat.reshape(spec.x_shape), param_axes, dbeta.shape,
+                          x.dtype)
     gamma_b = gamma.reshape(spec.param_bshape)
     if param_axes == axes and spec.grouped_shape is None:
         # gamma is constant along the reduced axes (batch norm): sum(g) = gamma * dbeta and
@@ -142,7 +147,7 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     g = spec.grouped(np.multiply(upstream, gamma_b))
     mean_g = np.add.reduce(g, axis=axes, keepdims=True)
     mean_g /= count
-    mean_gx = _sum_product(g, xhat, axes, mean_g.shape)
+    mean_gx = _sum_product(g, xhat, axes, mean_g.shape, x.dtype)
     mean_gx /= count
     # dx = ivar * (g - mean(g) - xhat * mean(g * xhat)), built in xhat's buffer
     dx = xhat

@@ -35,15 +35,12 @@ count.
 Safety: numba's parallel loops run on one threading layer per process. Not every layer can
 be entered from two Python threads at once (workqueue aborts), so calls are serialized;
 GNU OpenMP cannot run in a child forked after it ran in the parent, which `fork_safe` tells.
-Compiled code is cached on disk (numba's cache): where the package's own folder is not
-writable, a per-user folder in the temporary directory is used, and without any, the passes
-are compiled in memory.
+Compiled code is cached on disk in a private folder (`compile_cache.py`), and without one,
+the passes are compiled in memory; any failure of the cache is a miss, never an error.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +49,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from .compile_cache import cached_njit
 from .kernels import FAR_SHIFT, Layout, RowLayout, combine_moments, lead_shift
 
 __all__ = ["fork_safe", "column_statistics", "column_normalize", "column_backward",
@@ -76,28 +74,9 @@ def fork_safe() -> bool:
         return True
 
 
-def _writable_cache_dir() -> str:
-    folder = os.path.join(tempfile.gettempdir(), f"tinygrad_bn-numba-{os.getuid()}"
-                          if hasattr(os, "getuid") else "tinygrad_bn-numba")
-    os.makedirs(folder, exist_ok=True)
-    return folder
-
-
 def _compile(**options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """njit(parallel=True) with the disk cache where a writable cache folder exists."""
-
-    def decorate(fn: Callable[..., Any]) -> Any:
-        try:
-            return numba.njit(parallel=True, cache=True, **options)(fn)
-        except RuntimeError:  # no cache locator: the package folder is read-only
-            pass
-        try:
-            numba.config.CACHE_DIR = _writable_cache_dir()
-            return numba.njit(parallel=True, cache=True, **options)(fn)
-        except (RuntimeError, OSError):
-            return numba.njit(parallel=True, **options)(fn)
-
-    return decorate
+    """njit(parallel=True) with the private disk cache (`compile_cache`), else in memory."""
+    return cached_njit(parallel=True, **options)
 
 
 # --- columns: x as (A, K) or (A, K, B), statistics per feature k ---------------------
@@ -352,7 +331,7 @@ ROWS_PER_PARTIAL = 64
 PARTIAL_VALUES = 1 << 18
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True)
+@cached_njit(fastmath=_FASTMATH)
 def _row_shift(x, i, g):  # pragma: no cover - compiled
     """The mean of a few of row (i, g)'s values, close to the row's mean on real data: its
     first SHIFT_SAMPLES values for layer norm; for group norm the first values of up to
@@ -384,7 +363,7 @@ SUM_BLOCK = 256  # a channel longer than this sums its dy and dy * xhat in block
 # Compiled eagerly, with their signatures, on their own options: a function numba compiles
 # lazily takes the options of its first caller, so, called first from a fast-math pass, these
 # were reassociated (the carry folded away to zero, the sums left uncompensated).
-@numba.njit("UniTuple(float64, 2)(float64, float64, float64)", cache=True)
+@cached_njit("UniTuple(float64, 2)(float64, float64, float64)")
 def _carry_add(total, carry, value):  # pragma: no cover - compiled
     """total + value, its rounding error added to carry (Neumaier's two-sum): a long sum
     of blocks loses no more than one block does. Compiled without fast-math on purpose:
@@ -397,13 +376,13 @@ def _carry_add(total, carry, value):  # pragma: no cover - compiled
     return new, carry
 
 
-@numba.njit("float64(float64, float64)", cache=True)
+@cached_njit("float64(float64, float64)")
 def _carried(total, carry):  # pragma: no cover - compiled
     # A sum that overflowed keeps its inf (its carry is inf - inf, NaN, not an error term).
     return total + carry if carry - carry == 0.0 else total
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True)
+@cached_njit(fastmath=_FASTMATH)
 def _shifted_sums(flat, r, shift):  # pragma: no cover - compiled
     """The sums of d = x - shift and d^2 over row r, in blocks, carried (`_carry_add`)."""
     count = flat.shape[1]
@@ -420,7 +399,7 @@ def _shifted_sums(flat, r, shift):  # pragma: no cover - compiled
     return _carried(s1, k1), _carried(s2, k2)
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True)
+@cached_njit(fastmath=_FASTMATH)
 def _moments_from(flat, r, shift, s1, s2, far):  # pragma: no cover - compiled
     """Row r's float64 mean and biased variance from the sums of d = x - shift and d^2.
     When the shift is not close to the mean (mean(d)^2 > far * var: the digits the shifted
@@ -436,7 +415,7 @@ def _moments_from(flat, r, shift, s1, s2, far):  # pragma: no cover - compiled
     return shift + m1, (max(s2 / count - m1 * m1, 0.0) if s2 < np.inf else s2)
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True)
+@cached_njit(fastmath=_FASTMATH)
 def _row_moments(flat, x, r, far):  # pragma: no cover - compiled
     """Row r's mean and variance in one pass about `_row_shift` (flat and x: the same
     memory as (N * G, C * S) and (N, G, C, S))."""
@@ -446,7 +425,7 @@ def _row_moments(flat, x, r, far):  # pragma: no cover - compiled
     return _moments_from(flat, r, shift, s1, s2, far)
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True, inline="always")  # in the caller's loop
+@cached_njit(fastmath=_FASTMATH, inline="always")  # in the caller's loop
 def _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, lo, hi
                        ):  # pragma: no cover - compiled
     """out over values lo..hi of channel c of row (i, g), and in the same loop the sums of
@@ -461,7 +440,7 @@ def _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, lo, hi
     return s1, s2
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True)
+@cached_njit(fastmath=_FASTMATH)
 def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: no cover
     """out[i, g] = (x[i, g] - m) * (q * gamma[g]) + beta[g], gamma per value (layer norm,
     S = 1) or per channel (group norm); with i2 >= 0, also the sums of d = x[i2, g2] -
@@ -518,7 +497,7 @@ def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: n
     return _carried(s1, k1), _carried(s2, k2)
 
 
-@numba.njit(cache=True)
+@cached_njit()
 def _runs(rows, size):  # pragma: no cover - compiled
     """How many runs of consecutive rows a pass takes: fixed by the shape alone, so that
     the partial sums (and the rows that start a pipeline) do not depend on the threads."""
@@ -571,7 +550,7 @@ def row_forward(flat, x, gamma, beta, eps, far, out):  # pragma: no cover - comp
 
 # Eagerly, on its own options, as `_carry_add` (a lazy compile would take the first
 # caller's fast-math flags).
-@numba.njit("float64(float64, float64, float64, float64, float64)", cache=True)
+@cached_njit("float64(float64, float64, float64, float64, float64)")
 def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
     """ivar * (g - mean(g) - xhat * mean(g * xhat)) for one value. Compiled without
     fast-math on purpose: allowed reassociation, the compiler folds the row's two divisions
@@ -582,7 +561,7 @@ def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
     return q * (gd - mean_g - xhat * mean_gx)
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True, inline="always")  # in the caller's loop
+@cached_njit(fastmath=_FASTMATH, inline="always")  # in the caller's loop
 def _channel_sums(dy, x, i, g, c, m, q, lo, hi):  # pragma: no cover - compiled
     """sum(dy) and sum(dy * xhat) over values lo..hi of channel c of row (i, g)."""
     t_dy = 0.0
@@ -594,7 +573,7 @@ def _channel_sums(dy, x, i, g, c, m, q, lo, hi):  # pragma: no cover - compiled
     return t_dy, t_dyx
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True, inline="always")  # in the caller's loop
+@cached_njit(fastmath=_FASTMATH, inline="always")  # in the caller's loop
 def _dx_channel(dy, x, i, g, c, m, q, gam, mean_g, mean_gx, dx, i2, g2, m2, q2, lo, hi
                 ):  # pragma: no cover - compiled
     """dx over values lo..hi of channel c of row (i, g), and in the same loop what
@@ -610,7 +589,7 @@ def _dx_channel(dy, x, i, g, c, m, q, gam, mean_g, mean_gx, dx, i2, g2, m2, q2, 
     return t_dy, t_dyx
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True)
+@cached_njit(fastmath=_FASTMATH)
 def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - compiled
     """sum(g) and sum(g * xhat) of row (i, g), g = gamma * dy; for group norm (S > 1) also
     each channel's sums of dy and dy * xhat added to dbeta, dgamma (G, C): layer norm's
@@ -649,7 +628,7 @@ def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - c
     return sum_g, sum_gx
 
 
-@numba.njit(fastmath=_FASTMATH, cache=True)
+@cached_njit(fastmath=_FASTMATH)
 def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2, m2, q2, add
             ):  # pragma: no cover - compiled
     """dx of row (i, g) from its means of g and g * xhat. With i2 >= 0, in the same loop,

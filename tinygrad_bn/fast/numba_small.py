@@ -29,10 +29,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import numba
 import numpy as np
 
-from .numba_kernels import _carried, _carry_add, _writable_cache_dir
+from .compile_cache import cached_njit
+from .numba_kernels import _carried, _carry_add, _dx_value
 
 __all__ = ["forward", "statistics", "normalize", "backward"]
 
@@ -40,16 +40,8 @@ _FASTMATH = {"reassoc", "nsz"}  # SIMD sums; no fused multiply-adds (a - a stays
 
 
 def _compile(fn: Callable[..., Any]) -> Any:
-    """njit (serial) with the disk cache where a writable cache folder exists."""
-    try:
-        return numba.njit(cache=True, fastmath=_FASTMATH)(fn)
-    except RuntimeError:  # no cache locator: the package folder is read-only
-        pass
-    try:
-        numba.config.CACHE_DIR = _writable_cache_dir()
-        return numba.njit(cache=True, fastmath=_FASTMATH)(fn)
-    except (RuntimeError, OSError):
-        return numba.njit(fastmath=_FASTMATH)(fn)
+    """njit (serial) with the private disk cache (`compile_cache`), else in memory."""
+    return cached_njit(fastmath=_FASTMATH)(fn)
 
 
 # --- blocked sums: per-statistic blocks of 64 rows (or a row's or channel's 256 values),
@@ -237,6 +229,10 @@ def _col_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
             _fold(part_dyx, dgamma, carry_dyx)
     _finish(part_dy, dbeta, carry_dy)
     _finish(part_dyx, dgamma, carry_dyx)
+    overflowed = False
+    for k in range(features):
+        if not (abs(dbeta[k]) < np.inf and abs(dgamma[k]) < np.inf):
+            overflowed = True
     scale = np.empty(features)
     mean_dy = np.empty(features)
     mean_dy_xhat = np.empty(features)
@@ -257,7 +253,7 @@ def _col_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
             for b in range(inner):
                 xhat = (np.float64(x[a, k, b]) - m) * q
                 dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
-    return dgamma, dbeta
+    return dgamma, dbeta, overflowed
 
 
 # --- rows: x as (N * G, C, S), statistics per row; gamma and beta as (G, C) ------------------
@@ -309,6 +305,7 @@ def _row_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
     size = groups * channels
     part_dy, carry_dy, dbeta = np.zeros(size), np.zeros(size), np.zeros(size)
     part_dyx, carry_dyx, dgamma = np.zeros(size), np.zeros(size), np.zeros(size)
+    overflowed = False
     for r in range(rows):
         g = r % groups
         m, q = mean[r], 1.0 / np.sqrt(var[r] + eps)
@@ -330,13 +327,15 @@ def _row_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
                 sum_g, k_g = _carry_add(sum_g, k_g, t_g)
                 sum_gx, k_gx = _carry_add(sum_gx, k_gx, t_gx)
             sum_g, sum_gx = _carried(sum_g, k_g), _carried(sum_gx, k_gx)
+            if not (abs(sum_g) < np.inf and abs(sum_gx) < np.inf):
+                overflowed = True
             mean_g, mean_gx = sum_g / count, sum_gx / count
             for c in range(channels):
                 d = np.float64(dy[r, c, 0])
                 xhat = (np.float64(x[r, c, 0]) - m) * q
                 pdy[c] += d
                 pdyx[c] += d * xhat
-                dx[r, c, 0] = q * (np.float64(gamma[g, c]) * d - mean_g - xhat * mean_gx)
+                dx[r, c, 0] = _dx_value(q, np.float64(gamma[g, c]) * d, xhat, mean_g, mean_gx)
         else:  # a channel of S values: its own chunks; channels and rows carried
             k_g = k_gx = 0.0
             for c in range(channels):
@@ -350,18 +349,20 @@ def _row_backward(dy, x, gamma, mean, var, eps, dx):  # pragma: no cover - compi
             own = slice(g * channels, (g + 1) * channels)  # this group's totals only
             _fold(pdy, dbeta[own], carry_dy[own])
             _fold(pdyx, dgamma[own], carry_dyx[own])
+            if not (abs(sum_g) < np.inf and abs(sum_gx) < np.inf):
+                overflowed = True
             mean_g, mean_gx = sum_g / count, sum_gx / count
             for c in range(channels):
                 gam = np.float64(gamma[g, c])
                 for s in range(inner):
                     xhat = (np.float64(x[r, c, s]) - m) * q
-                    dx[r, c, s] = q * (gam * np.float64(dy[r, c, s]) - mean_g - xhat * mean_gx)
+                    dx[r, c, s] = _dx_value(q, gam * np.float64(dy[r, c, s]), xhat, mean_g, mean_gx)
         if r % BLOCK == BLOCK - 1:
             _fold(part_dy, dbeta, carry_dy)
             _fold(part_dyx, dgamma, carry_dyx)
     _finish(part_dy, dbeta, carry_dy)
     _finish(part_dyx, dgamma, carry_dyx)
-    return dgamma.reshape((groups, channels)), dbeta.reshape((groups, channels))
+    return dgamma.reshape((groups, channels)), dbeta.reshape((groups, channels)), overflowed
 
 
 # --- the calls fast/norm.py makes: x C-contiguous, views given as shapes --------------------
@@ -404,7 +405,31 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     """dx (x's shape and dtype), dgamma and dbeta float64 ((G, C) or (K,)); upstream
     C-contiguous."""
     dx = np.empty(x.shape, x.dtype)
+    passes = _row_backward if rows else _col_backward
     with _lock:
-        dgamma, dbeta = (_row_backward if rows else _col_backward)(
-            upstream.reshape(view), x.reshape(view), gamma, mean, var, eps, dx.reshape(view))
+        dgamma, dbeta, overflowed = passes(upstream.reshape(view), x.reshape(view), gamma, mean,
+                                           var, eps, dx.reshape(view))
+    if overflowed and x.dtype == np.float64:
+        return _rescaled_backward(passes, upstream, x, gamma, mean, var, eps, view)
+    return dx, dgamma, dbeta
+
+
+RESCALE = 2.0**64  # a power of two: scaling by it rounds nothing (away from the subnormals)
+
+
+def _rescaled_backward(passes: Callable[..., Any], upstream: np.ndarray, x: np.ndarray,
+                       gamma: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float,
+                       view: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # A sum of the backward left float64's range (|dy| near 1e307: the textbook's pairwise
+    # sums may not, added in another order) where the means it is divided into need not: the
+    # backward is linear in dy, so it is taken of dy / 2^64 and its results scaled back (an
+    # inf then is a result past the range itself).
+    scaled = np.divide(upstream, RESCALE, dtype=np.float64)
+    dx = np.empty(x.shape, np.float64)
+    with _lock:
+        dgamma, dbeta, _ = passes(scaled.reshape(view), x.reshape(view), gamma, mean, var, eps,
+                                  dx.reshape(view))
+    with np.errstate(over="ignore"):
+        for result in (dx, dgamma, dbeta):
+            result *= RESCALE
     return dx, dgamma, dbeta
