@@ -250,7 +250,16 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
     # The departure is a line of the function being judged: where it hands a helper of
     # the student's wrong arguments, or stores what the helper returned, not inside it.
     top = by_index[starts[0]].function
-    if any(by_index[i].function == top for i in poisoned):
+    # A slip inside a helper of the student's own (eps misplaced in the batch norm that
+    # spatial batch norm calls) is the helper's line; a helper handed the wrong slice of x
+    # (statistics over too few values) is the judged function's.
+    own = next((i for i in poisoned if by_index[i].function != top and status[i] == "wrong"
+                and _own_slip(matches[i]) and all(
+                    status[d] in ("right", "blank") for d in by_index[i].deps if d in cone)),
+               None)
+    if own is not None:
+        poisoned = [own]
+    elif any(by_index[i].function == top for i in poisoned):
         poisoned = [i for i in poisoned if by_index[i].function == top]
 
     def fine(d: int) -> bool:  # an input of a line that is not to blame for it
@@ -365,7 +374,7 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
                 inner.from_cache = True
                 head = f"line {inner.line}"
                 inner.sentence = (f"{head} ({inner.function}, which makes the cache)"
-                                  + inner.sentence[len(head):])
+                                  + _after_head(inner.sentence, head))
                 return inner, matches
     if origin is not None and not snapshot.deps:  # unpacked from the cache: find its maker
         maker = next((s for s in origin if s.value.shape == snapshot.value.shape
@@ -388,6 +397,9 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
     if wrong_match is not None:
         departure.slip, departure.count = wrong_match.quantity.slip, wrong_match.quantity.count
     departure.sentence = _sentence(departure, expected_q, snapshot, catalogue)
+    if function != top and not from_cache:  # a line of a helper: say whose
+        head = f"line {departure.line}"
+        departure.sentence = f"{head} (in {function})" + departure.sentence[len(head):]
     if dropped is not None:
         output = by_index[starts[0]]
         departure.stage = wrong_match.quantity.missing
@@ -405,9 +417,23 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
             head = f"line {inner.line}"
             if inner.sentence.startswith(head):
                 inner.sentence = (f"{head} ({inner.function}, whose slip this backward "
-                                  f"repeats)" + inner.sentence[len(head):])
+                                  f"repeats)" + _after_head(inner.sentence, head))
             return inner, matches
     return departure, matches
+
+
+def _after_head(sentence: str, head: str) -> str:
+    """The sentence after its "line N" and the "(in helper)" that may follow it."""
+    rest = sentence[len(head):]
+    return re.sub(r"^ \(in [A-Za-z_][A-Za-z0-9_]*\)", "", rest)
+
+
+def _own_slip(found: list[Match]) -> bool:
+    """A known slip that is wrong whatever slice of x a helper is handed (not statistics
+    over some axes, not a layout)."""
+    return any(not m.correct and m.quantity.meaning and not m.arrangement and not m.part
+               and m.quantity.source is None and not m.quantity.meaning.startswith("statistics")
+               and "axis" not in m.quantity.meaning for m in found)
 
 
 # Arguments a name may hold as they came in (not stages of their own).
