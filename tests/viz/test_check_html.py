@@ -325,3 +325,12 @@ def test_the_departure_is_in_view_after_show_that_step(browser, planted_page):
         "const box = card.getBoundingClientRect();"
         "return box.top >= 0 && box.top < window.innerHeight;")
     assert in_view
+
+
+def test_html_into_a_missing_folder_is_refused_and_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "no such folder"
+    assert main(["check", str(WRONG_DVAR), "--only", "batchnorm_backward", "--html",
+                 str(missing / "report.html")]) == 1
+    err = capsys.readouterr().err
+    assert "--html: cannot write" in err and "create it first" in err
+    assert not missing.exists()
