@@ -125,3 +125,16 @@ def test_a_factor_between_two_counts_is_named():
     from tinygrad_bn.grading.locate import factor_text
     assert factor_text(20.0, 60, {3: "N"}) == (
         "times 60/3: looks like a division by N = 3 where the count 60 belongs")
+
+
+def test_a_cache_holding_numpy_scalars_is_judged_not_misfit(tmp_path):
+    # np.float64 is a float: the box's record of it and the checker's must be the same
+    text = COMPLETE.replace("    cache = (xhat, gamma, ivar)\n    return out, cache\n",
+                            "    cache = (xhat, gamma, ivar, np.float64(eps))\n"
+                            "    return out, cache\n").replace(
+        "    xhat, gamma, ivar = cache\n    D = dout.shape[1]\n",
+        "    xhat, gamma, ivar, _ = cache\n    D = dout.shape[1]\n")
+    path = tmp_path / "layers.py"
+    path.write_text(text)
+    report = tb.check_layers(path, only=["layernorm_forward", "layernorm_backward"], timeout=20)
+    assert report.ok, str(report)
