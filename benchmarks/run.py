@@ -29,8 +29,10 @@ IMPL_TITLES = {"engine_fused": "engine fused (numpy)", "engine_fused_numba": "en
                "engine_staged": "engine staged", "numpy_formulas": "numpy formulas",
                "numpy_staged": "numpy staged", "torch": "torch"}
 TORCH_FUNCTIONS = {"batch": "F.batch_norm", "spatial": "F.batch_norm", "layer": "F.layer_norm",
-                   "group": "F.group_norm"}
+                   "group": "F.group_norm", "hvp": "torch.autograd.grad twice"}
 BATCH_KINDS = ("batch", "spatial")  # the plain-numpy baselines are the assignment's batch norm
+# "hvp": a Hessian-vector product of batch norm through the staged graph (`tb.grad` twice)
+HIGHER_ORDER_KINDS = ("hvp",)
 UNSTABLE_SPREAD = 2.0  # median / min of a peer's repetitions above which it is not compared
 IMPLAUSIBLE_SLOWDOWN = 20.0  # a peer this many times slower than the slowest numpy peer (and > 1 ms)
 
@@ -61,19 +63,30 @@ class Case:
         return 8 if self.dtype == "float64" else 4
 
 
+# Each large case has a cache-resident variant (x of 0.5-2 MB, in L2 or L3 on most CPUs): there
+# what a pass computes per element decides, not memory bandwidth, on any machine.
 FULL_CASES = [Case("batch", (64, 256), "float64"), Case("batch", (64, 256), "float32"),
+              Case("batch", (256, 1024), "float64"), Case("batch", (256, 1024), "float32"),
               Case("batch", (1024, 1024), "float32"),
               Case("batch", (4096, 1024), "float64"), Case("batch", (4096, 1024), "float32"),
               Case("batch", (8192, 512), "float64"), Case("batch", (8192, 512), "float32"),
+              Case("spatial", (8, 64, 16, 16), "float64"),
+              Case("spatial", (8, 64, 16, 16), "float32"),
               Case("spatial", (32, 64, 32, 32), "float64"),
               Case("spatial", (32, 64, 32, 32), "float32"),
               Case("layer", (64, 256), "float32"),
+              Case("layer", (256, 1024), "float64"), Case("layer", (256, 1024), "float32"),
               Case("layer", (4096, 1024), "float64"), Case("layer", (4096, 1024), "float32"),
+              Case("group", (8, 64, 16, 16), "float64", 8),
+              Case("group", (8, 64, 16, 16), "float32", 8),
               Case("group", (32, 64, 32, 32), "float64", 8),
-              Case("group", (32, 64, 32, 32), "float32", 8)]
-QUICK_CASES = [Case("batch", (64, 256), "float64"), Case("batch", (4096, 1024), "float64"),
-               Case("batch", (4096, 1024), "float32"), Case("spatial", (32, 64, 32, 32), "float32"),
-               Case("layer", (4096, 1024), "float32"), Case("group", (32, 64, 32, 32), "float32", 8)]
+              Case("group", (32, 64, 32, 32), "float32", 8),
+              Case("hvp", (256, 512), "float64")]
+QUICK_CASES = [Case("batch", (64, 256), "float64"), Case("batch", (256, 1024), "float32"),
+               Case("batch", (4096, 1024), "float64"), Case("batch", (4096, 1024), "float32"),
+               Case("spatial", (32, 64, 32, 32), "float32"), Case("layer", (256, 1024), "float32"),
+               Case("layer", (4096, 1024), "float32"), Case("group", (8, 64, 16, 16), "float32", 8),
+               Case("group", (32, 64, 32, 32), "float32", 8), Case("hvp", (256, 512), "float64")]
 SMOKE_CASES = [Case("batch", (16, 8), "float64"), Case("batch", (64, 32), "float32"),
                Case("spatial", (4, 3, 4, 4), "float32"), Case("layer", (8, 16), "float32"),
                Case("group", (2, 4, 4, 4), "float64", 2)]
@@ -142,15 +155,19 @@ def importable(module: str) -> bool:
 @dataclass
 class Results:
     times: dict = field(default_factory=dict)         # (case, impl) -> [seconds]
+    rounds: dict = field(default_factory=dict)        # (case, impl) -> [median of each round]
     scalar: dict = field(default_factory=dict)        # (kind, impl) -> [us per op]
     memory: dict = field(default_factory=dict)        # variant -> arrays of x's size
     bandwidth: dict = field(default_factory=dict)     # "one"/"two" -> GB/s
     torch: bool = False
     numba: bool = False
     seconds: float = 0.0
+    load: tuple = ()                                  # load averages at the start and the end
 
 
 def _impls(case: Case, use_numba: bool) -> list[str]:
+    if case.kind in HIGHER_ORDER_KINDS:
+        return ["engine_staged"]
     impls = ["engine_fused"] + (["engine_fused_numba"] if use_numba else []) + ["engine_staged"]
     return impls + (["numpy_formulas", "numpy_staged"] if case.kind in BATCH_KINDS else [])
 
@@ -158,6 +175,7 @@ def _impls(case: Case, use_numba: bool) -> list[str]:
 def measure(settings: Settings, use_torch: bool, use_numba: bool, progress=print) -> Results:
     start = time.perf_counter()
     results = Results(torch=use_torch, numba=use_numba)
+    load_at_start = _load_average()
     numpy_side = Worker(torch=False)
     torch_side = Worker(torch=True) if use_torch else None
     try:
@@ -183,6 +201,8 @@ def measure(settings: Settings, use_torch: bool, use_numba: bool, progress=print
                         raise RuntimeError("torch was imported into the numpy process")
                     results.times.setdefault(case, {}).setdefault(impl, []).extend(
                         answer["times"])
+                    results.rounds.setdefault(case, {}).setdefault(impl, []).append(
+                        _median(answer["times"]))
             for kind in ("chain", "wide"):
                 scalar_sides = [("engine", numpy_side), ("closure", numpy_side)]
                 if torch_side is not None:
@@ -208,7 +228,23 @@ def measure(settings: Settings, use_torch: bool, use_numba: bool, progress=print
         record = json.loads(output.stdout)
         results.memory[variant] = record["peak_bytes"] / record["x_bytes"]
     results.seconds = time.perf_counter() - start
+    results.load = (load_at_start, _load_average())
     return results
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def round_ratio(rounds: dict, impl: str, peer: str) -> float | None:
+    """The median over the rounds of impl's time / peer's time in that round (each a median of
+    its repetitions): how the goals are judged, robust to a busy round of either."""
+    if impl not in rounds or peer not in rounds:
+        return None
+    return _median([a / b for a, b in zip(rounds[impl], rounds[peer], strict=False) if b > 0])
 
 
 def _reps(settings: Settings, case: Case) -> int:
@@ -260,7 +296,9 @@ INTRODUCTION = (
     "(the default where numba is installed), its staged graph (primitive ops); for batch norm "
     "the same two computations written directly in numpy (the CS231n formulas, and the "
     "ten-stage chain); and PyTorch's `F.batch_norm`, `F.layer_norm`, `F.group_norm` on the "
-    "CPU in a fresh process of its own. Rounds alternate between the processes. Then: the "
+    "CPU in a fresh process of its own. The hvp case is a Hessian-vector product of batch norm "
+    "(the staged graph's gradient of sum(out * w), then the gradient of sum(dx * v), `tb.grad` "
+    "twice; torch's `autograd.grad` twice). Rounds alternate between the processes. Then: the "
     "cost per op of small graphs of scalars, and the peak memory of one step."
 )
 
@@ -328,6 +366,21 @@ def report(results: Results, settings: Settings, mode: str) -> Report:
                      f"| {_versus(case, by_impl, 'engine_staged', 'numpy_staged', flags)} |")
     lines += ["", "Ratios are speed-ups: the peer's time divided by the engine's (above 1: the "
               "engine is faster).", ""]
+    if results.torch:
+        lines += [
+            "Engine time / torch time: the median over the rounds of the ratio of the two "
+            "medians in that round (below 1: the engine is faster; steadier than minima on a "
+            "busy machine)",
+            "",
+            "| case | fused (numba) / torch | fused (numpy) / torch | staged / torch |",
+            "|---|---:|---:|---:|",
+        ]
+        for case, by_impl in results.rounds.items():
+            cells = [round_ratio(by_impl, impl, "torch")
+                     for impl in ("engine_fused_numba", "engine_fused", "engine_staged")]
+            lines.append(f"| {case.name} | "
+                         + " | ".join("n/a" if c is None else f"{c:.2f}" for c in cells) + " |")
+        lines.append("")
 
     lines += [
         f"Scalar graphs, build + backward, Python's garbage collector on: min / median / max "
@@ -349,7 +402,9 @@ def report(results: Results, settings: Settings, mode: str) -> Report:
     for variant in ("fused", "staged", "staged_free"):
         title = {"staged_free": "staged, backward(free_graph=True)"}.get(variant, variant)
         lines.append(f"| {title} | {results.memory[variant]:.2f} |")
-    lines += ["", f"Mode {mode}; measured in {results.seconds:.0f} s."]
+    load = ", ".join("n/a" if value is None else f"{value:.2f}" for value in results.load)
+    lines += ["", f"Mode {mode}; measured in {results.seconds:.0f} s; load average (1 min) at "
+              f"the start and the end: {load}."]
     return Report("\n".join(lines))
 
 
@@ -373,15 +428,36 @@ def _us(values: list[float]) -> str:
     return f"{min(values):.2f} / {_median(values):.2f} / {max(values):.2f}"
 
 
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_description() -> str:
+    """The CPU's model, its caches and SIMD width, and the cores this process may use."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    caches = []
+    for index in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip()
+                                 for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            caches.append(f"L{level}{'d' if kind == 'Data' else ''} {size}")
+    simd = ("AVX-512 (512-bit)" if "avx512f" in flags else "AVX2 (256-bit)" if "avx2" in flags
+            else "SSE/NEON (128-bit)" if flags else "unknown SIMD")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    parts = [cpu, simd] + ([", ".join(caches)] if caches else [])
+    return (f"{'; '.join(parts)}; {os.cpu_count()} logical cores, {usable} available to this "
+            f"process")
+
+
+def machine_description() -> str:
+    cpu = cpu_description()
     import numpy
 
     versions = f"Python {platform.python_version()}, numpy {numpy.__version__}"
@@ -389,7 +465,7 @@ def machine_description() -> str:
                            capture_output=True, text=True)
     if probe.returncode == 0:
         versions += f", torch {probe.stdout.strip()} (2 threads)"
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; {versions}"
+    return f"{cpu}; {platform.system()} {platform.release()}; {versions}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,8 @@ from benchmarks import baselines
 
 
 def _inputs(kind, shape, dtype, cache={}):  # noqa: B006 - a deliberate per-process cache
+    """x, gamma, beta, dout (for "hvp": the weight w of the loss sum(out * w)), and a direction
+    v of x's shape (used by "hvp")."""
     key = (kind, tuple(shape), dtype)
     if key not in cache:
         cache.clear()  # keep one case's arrays alive at a time
@@ -25,8 +27,21 @@ def _inputs(kind, shape, dtype, cache={}):  # noqa: B006 - a deliberate per-proc
         cache[key] = (rng.standard_normal(shape).astype(dtype),
                       (1 + 0.1 * rng.standard_normal(features)).astype(dtype),
                       (0.1 * rng.standard_normal(features)).astype(dtype),
+                      rng.standard_normal(shape).astype(dtype),
                       rng.standard_normal(shape).astype(dtype))
     return cache[key]
+
+
+def _timed(step, reset, reps):
+    times = []
+    result = None
+    for _ in range(reps):
+        reset()
+        start = time.perf_counter()
+        result = step()  # the previous step's result is dropped only after this one
+        times.append(time.perf_counter() - start)
+    del result
+    return {"times": times}
 
 
 def time_scalar_graph(make, kind, ops, reps):
@@ -60,7 +75,9 @@ class NumpySide:
         self.nodes = {}
 
     def bn(self, impl, kind, shape, dtype, groups, reps):
-        x, gamma, beta, dout = _inputs(kind, shape, dtype)
+        x, gamma, beta, dout, direction = _inputs(kind, shape, dtype)
+        if kind == "hvp":
+            return self.hvp(x, gamma, beta, dout, direction, reps)
         if impl.startswith("engine"):
             tb = self.tb
             staged = impl == "engine_staged"
@@ -87,15 +104,25 @@ class NumpySide:
             def reset():
                 pass
 
-        times = []
-        result = None
-        for _ in range(reps):
-            reset()
-            start = time.perf_counter()
-            result = step()  # the previous step's result is dropped only after this one
-            times.append(time.perf_counter() - start)
-        del result
-        return {"times": times}
+        return _timed(step, reset, reps)
+
+    def hvp(self, x, gamma, beta, weight, direction, reps):
+        return _timed(self.hvp_step(x, gamma, beta, weight, direction), lambda: None, reps)
+
+    def hvp_step(self, x, gamma, beta, weight, direction):
+        """A function giving H v of sum(norm_staged("batch", x) * weight) with respect to x:
+        `tb.grad` twice (x (N, D), gamma and beta (D,), weight and direction x's shape)."""
+        tb = self.tb
+        nodes = (tb.Node(x, name="x"), tb.Node(gamma, name="gamma"), tb.Node(beta, name="beta"))
+        w = tb.Node(weight, requires_grad=False)
+        v = tb.Node(direction, requires_grad=False)
+
+        def step():
+            loss = (tb.norm_staged("batch", *nodes) * w).sum()
+            (dx,) = tb.grad(loss, [nodes[0]], create_graph=True)
+            return tb.grad((dx * v).sum(), [nodes[0]])[0]
+
+        return step
 
     def scalar(self, impl, kind, ops, reps):
         make = self.tb.Node if impl == "engine" else baselines.ClosureValue
@@ -140,11 +167,14 @@ class TorchSide:
         torch = self.torch
         import torch.nn.functional as F  # noqa: N812
 
-        x, gamma, beta, dout = (torch.from_numpy(a.copy()) for a in _inputs(kind, shape, dtype))
+        x, gamma, beta, dout, direction = (torch.from_numpy(a.copy())
+                                           for a in _inputs(kind, shape, dtype))
         x.requires_grad_(True)
         gamma.requires_grad_(True)
         beta.requires_grad_(True)
         eps = baselines.EPS
+        if kind == "hvp":
+            return self.hvp(x, gamma, beta, dout, direction, reps)
 
         def forward():
             if kind == "layer":
@@ -161,6 +191,22 @@ class TorchSide:
             out.backward(dout)
             times.append(time.perf_counter() - start)
         return {"times": times}
+
+    def hvp(self, x, gamma, beta, weight, direction, reps):
+        return _timed(self.hvp_step(x, gamma, beta, weight, direction), lambda: None, reps)
+
+    def hvp_step(self, x, gamma, beta, weight, direction):
+        """A function giving H v of sum(F.batch_norm(x) * weight) with respect to x (tensors,
+        x requiring its gradient): `autograd.grad` twice."""
+        torch = self.torch
+        import torch.nn.functional as F  # noqa: N812
+
+        def step():
+            out = F.batch_norm(x, None, None, gamma, beta, training=True, eps=baselines.EPS)
+            (dx,) = torch.autograd.grad((out * weight).sum(), [x], create_graph=True)
+            return torch.autograd.grad((dx * direction).sum(), [x])[0]
+
+        return step
 
     def scalar(self, impl, kind, ops, reps):
         torch = self.torch

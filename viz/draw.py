@@ -13,9 +13,10 @@ import graphviz
 import numpy as np
 
 from tinygrad_bn.check.compare import COLUMNS, compare_normalization
+from tinygrad_bn.core.functional import as_operand
 from tinygrad_bn.core.node import Constant, Node, graph_nodes, vjp
 from tinygrad_bn.files import write_atomic
-from tinygrad_bn.norm import STAGE_NAMES, as_node, norm_fused, norm_staged
+from tinygrad_bn.norm import STAGE_NAMES, norm_fused, norm_staged
 
 from .backend import FORMATS, render_source
 from .labels import escape, join_lines, node_label, role, shape_text
@@ -479,8 +480,8 @@ def draw_comparison(x: Any, gamma: Any, beta: Any, dout: Any = None, *, kind: st
                             f"kind={kind!r} and norm={norm!r}")
         warnings.warn("draw_comparison: norm= is now kind=", DeprecationWarning, stacklevel=2)
         kind = norm
-    x_data = as_node(x, "x").data
-    gamma_data, beta_data = as_node(gamma, "gamma").data, as_node(beta, "beta").data
+    x_data = as_operand(x, "x").data
+    gamma_data, beta_data = as_operand(gamma, "gamma").data, as_operand(beta, "beta").data
     if dout is None:
         dout = np.random.default_rng(seed).standard_normal(x_data.shape)
     dout = np.asarray(dout, dtype=x_data.dtype)

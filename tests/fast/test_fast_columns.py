@@ -73,7 +73,7 @@ def test_every_row_is_written_once_by_the_second_passes(shape, dtype, compiled):
     assert np.allclose(out, expected, rtol=1e-5, atol=1e-5), np.abs(out - expected).max()
     md, mdx = dy.mean(axis=0, dtype=np.float64), np.mean(dy * ((x - mean) * ivar), axis=0)
     dx = np.full(shape, np.nan, dtype)
-    nk.run(nk.col_dx2, 2, dy, x, mean, ivar, gamma * ivar, md, mdx, dx, *runs)
+    nk.run(nk.col_dx2, 2, dy, x, mean, ivar, gamma, gamma * md, gamma * mdx, dx, *runs)
     expected = gamma * ivar * (dy - md - (x - mean) * ivar * mdx)
     tolerance = 1e-4 if dtype == np.float32 else 1e-10
     assert np.allclose(dx, expected, rtol=tolerance, atol=tolerance), np.abs(dx - expected).max()

@@ -16,7 +16,6 @@ from benchmarks.exactness import FAMILIES, Case, cases, errors_in_eps, mul_case,
 from tinygrad_bn import fast
 from tinygrad_bn.core.ops import Mul
 from tinygrad_bn.fast import kernels
-from tinygrad_bn.fast.norm import SMALL_MAX_ELEMENTS
 from tinygrad_bn.norm import norm_spec
 
 A_FEW_EPS = 8.0
@@ -27,15 +26,6 @@ A_FEW_EPS = 8.0
 # taken before the scaling by ivar (x ~ 1e100 with dout ~ 1e209 overflows, x ~ 1e-160 with
 # dout ~ 1e-155 underflows), and a single feature's chunks summed one term at a time.
 # Their other cases are held to the bound like every family's.
-COMPILED_PASS_DEFECTS = ("x ~ 1e100, dout ~ 1e209 float64", "x ~ 1e-160, dout ~ 1e-155 float64",
-                         "long single-feature columns float64")
-
-
-def _through_compiled_passes(family: str, case: Case, backend: str) -> bool:
-    return (backend == "numba" and family in COMPILED_PASS_DEFECTS
-            and case.x.size > SMALL_MAX_ELEMENTS)
-
-
 def _within_bound(case: Case, together: bool) -> tuple[bool, tuple]:
     fast_error, textbook_error = errors_in_eps(case, together)
     shape = (case.kind, case.x.shape, case.x.strides, case.x.dtype.name)
@@ -49,18 +39,8 @@ def test_every_family_is_as_exact_as_the_textbook(family, together, backend):
     # apart: the statistics, then the forward (as with given statistics); one call: the
     # training-mode forward, output and statistics together (`forward_with_statistics`).
     for case in cases(family):
-        if not _through_compiled_passes(family, case, backend):
-            within, found = _within_bound(case, together)
-            assert within, found
-
-
-@pytest.mark.xfail(strict=False, reason="compiled column/row passes: fixed separately")
-@pytest.mark.parametrize("family", COMPILED_PASS_DEFECTS)
-def test_compiled_passes_on_the_families_they_miss(family, compiled):
-    for case in cases(family):
-        if _through_compiled_passes(family, case, "numba"):
-            within, found = _within_bound(case, True)
-            assert within, found
+        within, found = _within_bound(case, together)
+        assert within, found
 
 
 def test_float64_product_sums_are_the_textbooks():

@@ -70,9 +70,17 @@ def number_constant(number: Any, dtype: np.dtype) -> Node:
     return as_operand(number)
 
 
-def as_operand(a: Any) -> Node:
-    """A Node as it is; anything else as a constant leaf (requires_grad=False)."""
-    return a if isinstance(a, Node) else Node(a, requires_grad=False)
+def as_operand(a: Any, argname: str | None = None) -> Node:
+    """A Node as it is; anything array-like as a constant leaf (requires_grad=False). With
+    `argname`, an error about the value names that argument instead of `data`."""
+    if isinstance(a, Node):
+        return a
+    try:
+        return Node(a, requires_grad=False)
+    except TypeError as error:
+        if argname is None:
+            raise
+        raise TypeError(str(error).replace("data:", f"{argname}:", 1)) from None
 
 
 def operand_pair(a: Any, b: Any) -> tuple[Node, Node]:

@@ -39,6 +39,11 @@ __all__ = ["use_numba", "numba_enabled", "COMPILED_MIN_ELEMENTS"]
 COMPILED_MIN_ELEMENTS = 1 << 12  # below this a compiled pass's launch costs more than it saves
 SMALL_MAX_ELEMENTS = 1 << 16  # up to this, one serial compiled call per seam (numba_small.py)
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this waking a second thread costs more than it saves
+# The column passes (batch norm, spatial batch norm not by channel) take four parallel calls
+# per step, the rows and the channel passes two: on a busy machine each call's wait for the
+# second thread measured more than it saved below this size (batch 256x1024: 1.2-2x slower
+# with two threads than with one).
+PARALLEL_MIN_COLUMN_ELEMENTS = 1 << 20
 
 
 class _Backend:
@@ -205,7 +210,7 @@ def fast_statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarr
     if path == "small":
         mean, var = compiled.statistics(x, layout.view, layout.rows)
         return mean.reshape(layout.kept), var.reshape(layout.kept)
-    threads = _threads_for(x)
+    threads = _threads_for(x, path, layout)
     if path == "columns":
         mean, var = compiled.column_statistics(x, layout, threads)
     elif path == "rows":
@@ -233,11 +238,11 @@ def fast_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, spec: No
                                      spec.eps, layout)
     if path == "rows":
         return compiled.row_normalize_of(x, _per(gamma, layout), _per(beta, layout), mean, var,
-                                         spec.eps, layout, _threads_for(x))
+                                         spec.eps, layout, _threads_for(x, path, layout))
     gamma, beta = _flat64(gamma), _flat64(beta)
     if path == "columns":
         return compiled.column_normalize(x, gamma, beta, mean, var, spec.eps, layout,
-                                         _threads_for(x))
+                                         _threads_for(x, path, layout))
     return kernels.normalize(x, gamma, beta, mean, var, spec.eps, layout)
 
 
@@ -258,10 +263,10 @@ def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
     # normalizes it while it is in cache: x is read once, not twice.
     if path == "columns":
         out, mean, var = compiled.column_forward_with_statistics(
-            x, _flat64(gamma), _flat64(beta), spec.eps, layout, _threads_for(x))
+            x, _flat64(gamma), _flat64(beta), spec.eps, layout, _threads_for(x, path, layout))
     elif path == "rows":
         out, mean, var = compiled.row_forward_of(x, _per(gamma, layout), _per(beta, layout),
-                                                 spec.eps, layout, _threads_for(x))
+                                                 spec.eps, layout, _threads_for(x, path, layout))
     elif path == "blocked rows":
         out, mean, var = kernels.row_forward_with_statistics(
             x, _per(gamma, layout), _per(beta, layout), spec.eps, layout)
@@ -301,14 +306,14 @@ def fast_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: 
     elif path == "rows":
         dx, dgamma, dbeta = compiled.row_backward_of(upstream, x, _per(gamma, layout),
                                                      _flat64(mean), _flat64(var), spec.eps,
-                                                     layout, _threads_for(x))
+                                                     layout, _threads_for(x, path, layout))
     elif path == "blocked rows":
         dx, dgamma, dbeta = kernels.row_backward(upstream, x, _per(gamma, layout), _flat64(mean),
                                                  _flat64(var), spec.eps, layout)
     elif path == "columns":
         dx, dgamma, dbeta = compiled.column_backward(upstream, x, _flat64(gamma), _flat64(mean),
                                                      _flat64(var), spec.eps, layout,
-                                                     _threads_for(x))
+                                                     _threads_for(x, path, layout))
     else:
         dx, dgamma, dbeta = kernels.backward(upstream, x, _flat64(gamma), _flat64(mean),
                                              _flat64(var), spec.eps, layout)
@@ -316,8 +321,13 @@ def fast_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: 
     return dx, dgamma.astype(dtype).reshape(gamma.shape), dbeta.astype(dtype).reshape(beta.shape)
 
 
-def _threads_for(x: np.ndarray) -> int:
-    return kernels.num_threads() if x.size >= PARALLEL_MIN_ELEMENTS else 1
+def _threads_for(x: np.ndarray, path: str, layout: Any = None) -> int:
+    # Spatial batch norm by channel takes two parallel calls per step, as the rows do.
+    columns = path == "columns" and not (layout is not None and layout.B > 1
+                                         and _passes.compiled is not None
+                                         and _passes.compiled.by_channel(layout, x.dtype))
+    least = PARALLEL_MIN_COLUMN_ELEMENTS if columns else PARALLEL_MIN_ELEMENTS
+    return kernels.num_threads() if x.size >= least else 1
 
 
 def _flat64(values: np.ndarray) -> np.ndarray:

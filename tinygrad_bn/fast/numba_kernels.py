@@ -12,12 +12,16 @@ Imported by `fast/norm.py` on the first normalization that can use it, never by
   its output while the channel is in cache, the backward its two sums and its dx, so memory
   is read once each way. (Batch norm's few columns of every row would be one cache line
   per row: measured several times slower than streaming whole rows, so it keeps the passes.)
-- **rows** (layer and group norm): x viewed as (N, G, C, S), one statistic per row (n, g)
+- **rows** (layer and group norm): x viewed as (N * G, C * S), one statistic per row (n, g)
   over its C * S values, gamma and beta per (g, c). A row is in cache once read, so each
   pass reads memory once: the statistics (one pass over the row about a shift sampled from
   it), the training-mode forward (the row's statistics, then its output) and the backward
-  (the row's sums, then its dx). The forward and backward are pipelined: the loop that
-  works row r from cache takes the sums of row r + 1 as it streams in.
+  (the row's sums, then its dx).
+
+Compute: every inner loop runs over a contiguous slice from index 0, so that it compiles to
+packed SIMD instructions; nothing a loop uses per row or per feature is divided or square-
+rooted inside it (see `_ratio`); sums go in short blocks whose SIMD lanes make them pairwise
+in effect, the blocks carried, rather than a two-sum per element.
 
 Exactness, on every input the textbook core handles: every value is worked in float64
 (float32 data is converted as it is read, results are rounded once when stored), and no
@@ -28,9 +32,10 @@ mean far from zero costs no digits; when the shift turns out far from the mean
 (adversarial data), a second pass about the mean itself follows. The
 backward multiplies by xhat = (x - mean) * ivar, never by ivar^2 * sum(dy * (x -
 mean)), so a variance that overflows (|x| ~ 1e200 in float64) gives the textbook's
-finite answer, not inf * 0. Sums are partial sums over a fixed number of chunks, added in
-order, or a channel's own sums taken by one thread: the result does not depend on the thread
-count.
+finite answer, not inf * 0; xhat is formed as written (`_xhat`), never reordered by
+fast-math into dy * (x - mean) or dy * ivar, which overflow where dy * xhat does not.
+Sums are partial sums over chunks fixed by the shape, added in a fixed order, or a row's or
+a channel's own sums taken by one thread: the result does not depend on the thread count.
 
 Safety: numba's parallel loops run on one threading layer per process. Not every layer can
 be entered from two Python threads at once (workqueue aborts), so calls are serialized;
@@ -41,6 +46,7 @@ the passes are compiled in memory; any failure of the cache is a miss, never an 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -84,20 +90,30 @@ def _compile(**options: Any) -> Callable[[Callable[..., Any]], Any]:
 # and stored once per four values, not once per value (which made the float32 sums
 # compute-bound, slower than reading x). The four rows are a page apart (`_row_step`):
 # four rows of one page read side by side are streams the hardware prefetcher loses, and
-# measured slower than one row at a time. A chunk's sums are added in an order fixed by
-# the shape: the same bits on any thread count. The second pass of each direction
-# (normalize, dx) takes each thread's rows in blocks of `REVERSED_BLOCK_BYTES`, last block
-# first, rows in order inside a block: it starts on the rows the first pass left in the
-# shared cache and still streams forward (rows taken one by one last first measured
-# slower than in order).
+# measured slower than one row at a time. Each chunk of rows sums into a partial of its
+# own, no chunk longer than about `CHUNK_ROWS` rows (a few features over a million rows
+# take thousands of chunks, not one running sum each), and the partials are added
+# pairwise in an order fixed by the shape (`_pairwise`): the same bits on any thread
+# count. The second pass of each direction (normalize, dx) takes each thread's rows in
+# blocks of `REVERSED_BLOCK_BYTES`, last block first, rows in order inside a block: it
+# starts on the rows the first pass left in the shared cache and still streams forward
+# (rows taken one by one last first measured slower than in order).
+#
+# A product of three factors is never left to fast-math to reorder: dy * xhat with xhat =
+# (x - mean) * ivar reordered as (dy * ivar) * (x - mean) overflows where dy is near the
+# float64 limit and ivar > 1 (or dy * (x - mean) where |x| ~ 1e100), inf - inf = NaN where
+# the textbook is finite. xhat and dx are taken by helpers compiled without fast-math
+# (`_xhat`, `_dx_value`), inlined into the SIMD loops as they are.
 PAGE_BYTES = 4096
 REVERSED_BLOCK_BYTES = 1 << 18
+CHUNK_ROWS = 256
+CHUNK_PARTIALS = 1 << 16  # budget of partial values per sum (chunks * features)
 
 
 @_compile(fastmath=_FASTMATH)
 def col_sums2(x, shift, step):  # pragma: no cover - compiled
     rows, features = x.shape
-    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
+    chunks = _chunks(rows, features, x.size)
     s1 = np.zeros((chunks, features))
     s2 = np.zeros((chunks, features))
     for c in prange(chunks):
@@ -123,22 +139,31 @@ def col_sums2(x, shift, step):  # pragma: no cover - compiled
     return s1, s2
 
 
+# (after the first `_compile`, which picks the cache folder these plain ones use too)
+@cached_njit("float64(float64, float64, float64)")
+def _xhat(x, mean, ivar):  # pragma: no cover - compiled
+    """(x - mean) * ivar, rounded as written: without fast-math, so that a product with it is
+    never reordered into one that overflows."""
+    return (x - mean) * ivar
+
+
+@cached_njit()
+def _chunks(rows, features, size):  # pragma: no cover - compiled
+    """How many chunks of rows the sums passes take: fixed by the shape alone."""
+    few = max(1, min(rows, CHUNKS, size // CHUNK_ELEMENTS))
+    return max(few, min(rows, -(-rows // CHUNK_ROWS), CHUNK_PARTIALS // max(1, features)))
+
+
 @_compile(fastmath=_FASTMATH)
 def col_sums3(x, shift):  # pragma: no cover - compiled
     rows, features, inner = x.shape
-    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
+    chunks = _chunks(rows, features, x.size)
     s1 = np.zeros((chunks, features))
     s2 = np.zeros((chunks, features))
     for c in prange(chunks):
         for a in range(c * rows // chunks, (c + 1) * rows // chunks):
             for k in range(features):
-                m = shift[k]
-                t1 = 0.0
-                t2 = 0.0
-                for b in range(inner):
-                    d = np.float64(x[a, k, b]) - m
-                    t1 += d
-                    t2 += d * d
+                t1, t2 = _row_sums(x[a, k], shift[k])
                 s1[c, k] += t1
                 s2[c, k] += t2
     return s1, s2
@@ -164,14 +189,15 @@ def col_normalize3(x, mean, scale, beta, out, parts, block):  # pragma: no cover
             for a in range(max(lo, top - block), top):
                 for k in range(features):
                     m, s, o = mean[k], scale[k], beta[k]
+                    values, target = x[a, k], out[a, k]
                     for b in range(inner):
-                        out[a, k, b] = (np.float64(x[a, k, b]) - m) * s + o
+                        target[b] = (np.float64(values[b]) - m) * s + o
 
 
 @_compile(fastmath=_FASTMATH)
 def col_grad_sums2(dy, x, mean, ivar, step):  # pragma: no cover - compiled
     rows, features = x.shape
-    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
+    chunks = _chunks(rows, features, x.size)
     s_dy = np.zeros((chunks, features))
     s_dy_xhat = np.zeros((chunks, features))
     for c in prange(chunks):
@@ -187,56 +213,75 @@ def col_grad_sums2(dy, x, mean, ivar, step):  # pragma: no cover - compiled
                     g2 = np.float64(dy[i + 2 * step, k])
                     g3 = np.float64(dy[i + 3 * step, k])
                     t1[k] += (g0 + g1) + (g2 + g3)
-                    t2[k] += ((g0 * ((np.float64(x[i, k]) - m) * r)
-                               + g1 * ((np.float64(x[i + step, k]) - m) * r))
-                              + (g2 * ((np.float64(x[i + 2 * step, k]) - m) * r)
-                                 + g3 * ((np.float64(x[i + 3 * step, k]) - m) * r)))
+                    t2[k] += ((g0 * _xhat(np.float64(x[i, k]), m, r)
+                               + g1 * _xhat(np.float64(x[i + step, k]), m, r))
+                              + (g2 * _xhat(np.float64(x[i + 2 * step, k]), m, r)
+                                 + g3 * _xhat(np.float64(x[i + 3 * step, k]), m, r)))
             a += 4 * step
         for i in range(a, hi):
             for k in range(features):
                 g = np.float64(dy[i, k])
                 t1[k] += g
-                t2[k] += g * ((np.float64(x[i, k]) - mean[k]) * ivar[k])
+                t2[k] += g * _xhat(np.float64(x[i, k]), mean[k], ivar[k])
     return s_dy, s_dy_xhat
+
+
+@cached_njit(fastmath=_FASTMATH, inline="always")
+def _grad_block_sums(dy, x, m, q):  # pragma: no cover - compiled
+    """sum(dy) and sum(dy * xhat) over a short contiguous slice, in SIMD lanes."""
+    t_dy = 0.0
+    t_dyx = 0.0
+    for s in range(x.size):
+        d = np.float64(dy[s])
+        t_dy += d
+        t_dyx += d * _xhat(np.float64(x[s]), m, q)
+    return t_dy, t_dyx
+
+
+@cached_njit(fastmath=_FASTMATH)
+def _grad_sums(dy, x, m, q):  # pragma: no cover - compiled
+    """sum(dy) and sum(dy * xhat) over a contiguous slice, in blocks, carried."""
+    t_dy = k_dy = t_dyx = k_dyx = 0.0
+    for block in range(-(-x.size // SUM_BLOCK)):
+        lo = block * SUM_BLOCK
+        b_dy, b_dyx = _grad_block_sums(dy[lo:lo + SUM_BLOCK], x[lo:lo + SUM_BLOCK], m, q)
+        t_dy, k_dy = _carry_add(t_dy, k_dy, b_dy)
+        t_dyx, k_dyx = _carry_add(t_dyx, k_dyx, b_dyx)
+    return _carried(t_dy, k_dy), _carried(t_dyx, k_dyx)
 
 
 @_compile(fastmath=_FASTMATH)
 def col_grad_sums3(dy, x, mean, ivar):  # pragma: no cover - compiled
     rows, features, inner = x.shape
-    chunks = max(1, min(rows, CHUNKS, x.size // CHUNK_ELEMENTS))
+    chunks = _chunks(rows, features, x.size)
     s_dy = np.zeros((chunks, features))
     s_dy_xhat = np.zeros((chunks, features))
     for c in prange(chunks):
         for a in range(c * rows // chunks, (c + 1) * rows // chunks):
             for k in range(features):
-                m, r = mean[k], ivar[k]
-                t1 = 0.0
-                t2 = 0.0
-                for b in range(inner):
-                    g = np.float64(dy[a, k, b])
-                    t1 += g
-                    t2 += g * ((np.float64(x[a, k, b]) - m) * r)
+                t1, t2 = _grad_sums(dy[a, k], x[a, k], mean[k], ivar[k])
                 s_dy[c, k] += t1
                 s_dy_xhat[c, k] += t2
     return s_dy, s_dy_xhat
 
 
 @_compile(fastmath=_FASTMATH)
-def col_dx2(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx, parts, block
+def col_dx2(dy, x, mean, ivar, gamma, mean_g, mean_gx, dx, parts, block
             ):  # pragma: no cover - compiled
+    # mean_g, mean_gx: the means of g = gamma * dy and of g * xhat per feature
     rows, features = x.shape
     for p in prange(parts):
         lo, hi = p * rows // parts, (p + 1) * rows // parts
         for top in range(hi, lo, -block):  # last block first, see above
             for a in range(max(lo, top - block), top):
                 for k in range(features):
-                    xhat = (np.float64(x[a, k]) - mean[k]) * ivar[k]
-                    dx[a, k] = scale[k] * (np.float64(dy[a, k]) - mean_dy[k]
-                                           - xhat * mean_dy_xhat[k])
+                    dx[a, k] = _dx_value(ivar[k], gamma[k] * np.float64(dy[a, k]),
+                                         _xhat(np.float64(x[a, k]), mean[k], ivar[k]),
+                                         mean_g[k], mean_gx[k])
 
 
 @_compile(fastmath=_FASTMATH)
-def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx, parts, block
+def col_dx3(dy, x, mean, ivar, gamma, mean_g, mean_gx, dx, parts, block
             ):  # pragma: no cover - compiled
     rows, features, inner = x.shape
     for p in prange(parts):
@@ -244,10 +289,11 @@ def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx, parts, block
         for top in range(hi, lo, -block):
             for a in range(max(lo, top - block), top):
                 for k in range(features):
-                    m, r, s, md, mdx = mean[k], ivar[k], scale[k], mean_dy[k], mean_dy_xhat[k]
+                    m, r, gam, mg, mgx = mean[k], ivar[k], gamma[k], mean_g[k], mean_gx[k]
+                    values, grads, target = x[a, k], dy[a, k], dx[a, k]
                     for b in range(inner):
-                        xhat = (np.float64(x[a, k, b]) - m) * r
-                        dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
+                        target[b] = _dx_value(r, gam * np.float64(grads[b]),
+                                              _xhat(np.float64(values[b]), m, r), mg, mgx)
 
 
 # Spatial batch norm channel by channel: a channel k is A segments of B contiguous values,
@@ -255,40 +301,34 @@ def col_dx3(dy, x, mean, ivar, scale, mean_dy, mean_dy_xhat, dx, parts, block
 # read once forward (x) and once backward (dy and x), however many passes the math takes.
 # Batch norm's (A, K) columns get no such pass: a few columns of every row are one cache
 # line per row, and reading memory that way measured several times slower than a stream.
+# A channel's sums add its segments' sums carried (a channel of thousands of short
+# segments keeps its digits).
 @_compile(fastmath=_FASTMATH)
 def channel_forward(x, gamma, beta, eps, out, mean, var):  # pragma: no cover - compiled
     rows, channels, inner = x.shape
     count = rows * inner
     for k in prange(channels):
-        total = 0.0
+        total = carry = 0.0
         for a in range(rows):  # the mean (from memory) ...
-            t = 0.0
-            for b in range(inner):
-                t += np.float64(x[a, k, b])
-            total += t
-        shift = total / count
-        s1 = 0.0
-        s2 = 0.0
+            total, carry = _carry_add(total, carry, _row_sums(x[a, k], 0.0)[0])
+        shift = _ratio(_carried(total, carry), count)
+        s1 = k1 = s2 = k2 = 0.0
         for a in range(rows):  # ... then the centred sums, from cache: no cancellation
-            t1 = 0.0
-            t2 = 0.0
-            for b in range(inner):
-                d = np.float64(x[a, k, b]) - shift
-                t1 += d
-                t2 += d * d
-            s1 += t1
-            s2 += t2
-        m1 = s1 / count
-        e2 = s2 / count
+            t1, t2 = _row_sums(x[a, k], shift)
+            s1, k1 = _carry_add(s1, k1, t1)
+            s2, k2 = _carry_add(s2, k2, t2)
+        m1 = _ratio(_carried(s1, k1), count)
+        e2 = _ratio(_carried(s2, k2), count)
         v = max(e2 - m1 * m1, 0.0) if e2 < np.inf else e2  # overflowed: the textbook's inf
         m = shift + m1
         mean[k] = m
         var[k] = v
-        scale = gamma[k] / np.sqrt(v + eps)
+        scale = gamma[k] * _inv_sqrt(v, eps)
         offset = beta[k]
         for a in range(rows):  # normalized from cache
+            values, target = x[a, k], out[a, k]
             for b in range(inner):
-                out[a, k, b] = (np.float64(x[a, k, b]) - m) * scale + offset
+                target[b] = (np.float64(values[b]) - m) * scale + offset
 
 
 @_compile(fastmath=_FASTMATH)
@@ -297,67 +337,43 @@ def channel_backward(dy, x, gamma, mean, ivar, dx, dgamma, dbeta):  # pragma: no
     count = rows * inner
     for k in prange(channels):
         m, r = mean[k], ivar[k]
-        s_dy = 0.0
-        s_dy_xhat = 0.0
+        s_dy = k_dy = s_dyx = k_dyx = 0.0
         for a in range(rows):  # both sums (from memory) ...
-            t1 = 0.0
-            t2 = 0.0
-            for b in range(inner):
-                g = np.float64(dy[a, k, b])
-                t1 += g
-                t2 += g * ((np.float64(x[a, k, b]) - m) * r)
-            s_dy += t1
-            s_dy_xhat += t2
+            t1, t2 = _grad_sums(dy[a, k], x[a, k], m, r)
+            s_dy, k_dy = _carry_add(s_dy, k_dy, t1)
+            s_dyx, k_dyx = _carry_add(s_dyx, k_dyx, t2)
+        s_dy, s_dyx = _carried(s_dy, k_dy), _carried(s_dyx, k_dyx)
         dbeta[k] = s_dy
-        dgamma[k] = s_dy_xhat
-        md, mdx, s = s_dy / count, s_dy_xhat / count, gamma[k] * r
+        dgamma[k] = s_dyx
+        gam = gamma[k]
+        mg, mgx = gam * _ratio(s_dy, count), gam * _ratio(s_dyx, count)
         for a in range(rows):  # ... then dx, from cache
+            values, grads, target = x[a, k], dy[a, k], dx[a, k]
             for b in range(inner):
-                xhat = (np.float64(x[a, k, b]) - m) * r
-                dx[a, k, b] = s * (np.float64(dy[a, k, b]) - md - xhat * mdx)
+                target[b] = _dx_value(r, gam * np.float64(grads[b]),
+                                      _xhat(np.float64(values[b]), m, r), mg, mgx)
 
-# --- rows: x as (N, G, C, S), statistics per row (n, g) ------------------------------
-# A pass over rows goes through them in a fixed number of runs of consecutive rows (one
-# thread each) and, inside a run, is pipelined: the loop that works row r in cache (its
-# output, its dx) also takes the sums of row r + 1, so the next row streams in from memory
-# while this one is computed instead of after it.
+# --- rows: x as (N * G, C * S), statistics per row (n, g) ---------------------------
+# A row (C channels of S values, gamma and beta per (g, c)) is worked whole by one thread:
+# its sums, then its output (or its dx) from cache. Every inner loop runs over a contiguous
+# slice (a row, a block, a channel) from index 0, so that it compiles to packed SIMD
+# instructions (an index numba cannot prove >= 0 is checked for wraparound, which keeps a
+# loop out of SIMD lanes), and every division or square root a loop uses is taken once per
+# row by a helper compiled without fast-math (allowed reassociation, the compiler moves
+# x * (1 / s) into the loop as x / s: one vector division per element, several times
+# slower than the rest of the loop together).
 SHIFT_SAMPLES = 32  # about this many values of a row give its shift
-ROW_RUNS = 16  # runs of rows per pass: enough for the threads; a run's first row is not pipelined
+ROW_RUNS = 16  # runs of rows of the backward: its dgamma and dbeta partials are per run
 ROW_RUN_ELEMENTS = 1 << 15  # at least this many elements per run: small inputs take few
 # dgamma and dbeta sum over rows: a partial sum per (about) this many rows of a run, added by
 # the caller, so that no running sum is long (a run may hold thousands of rows), within a
 # budget of partial values.
 ROWS_PER_PARTIAL = 64
 PARTIAL_VALUES = 1 << 18
-
-
-@cached_njit(fastmath=_FASTMATH)
-def _row_shift(x, i, g):  # pragma: no cover - compiled
-    """The mean of a few of row (i, g)'s values, close to the row's mean on real data: its
-    first SHIFT_SAMPLES values for layer norm; for group norm the first values of up to
-    SHIFT_SAMPLES of its channels, so that channels of different means all count. Taken
-    where a pass over the row starts reading anyway (a row's first cache lines, a
-    channel's first): values spread evenly over a row would each be a wait on memory."""
-    channels, inner = x.shape[2], x.shape[3]
-    total = 0.0
-    if inner == 1:
-        samples = min(channels, SHIFT_SAMPLES)
-        for c in range(samples):
-            total += np.float64(x[i, g, c, 0])
-        return total / samples
-    step = max(1, channels // SHIFT_SAMPLES)
-    per = min(inner, max(1, SHIFT_SAMPLES // channels))
-    for c in range(0, step * min(channels, SHIFT_SAMPLES), step):
-        for s in range(per):
-            total += np.float64(x[i, g, c, s])
-    return total / (min(channels, SHIFT_SAMPLES) * per)
-
-
-SUM_BLOCK = 256  # a channel longer than this sums its dy and dy * xhat in blocks
-# Layer norm's blocks go by number (lo = block * SUM_BLOCK) and a block's loop indexes
-# lo + j for j in range(count): with `for lo in range(0, n, SUM_BLOCK)` or `for c in
-# range(lo, hi)` numba cannot tell an index is >= 0 and checks each one for wraparound, which
-# keeps the loop out of SIMD lanes (measured: 4-5x slower).
+# Sums go in blocks of this many values, each a SIMD sum (several lanes and accumulators:
+# pairwise in effect), the blocks added carried (`_carry_add`): a row of thousands of values
+# keeps its digits, and one two-sum per block costs nothing next to the block.
+SUM_BLOCK = 256
 
 
 # Compiled eagerly, with their signatures, on their own options: a function numba compiles
@@ -382,169 +398,132 @@ def _carried(total, carry):  # pragma: no cover - compiled
     return total + carry if carry - carry == 0.0 else total
 
 
-@cached_njit(fastmath=_FASTMATH)
-def _shifted_sums(flat, r, shift):  # pragma: no cover - compiled
-    """The sums of d = x - shift and d^2 over row r, in blocks, carried (`_carry_add`)."""
-    count = flat.shape[1]
-    s1 = k1 = s2 = k2 = 0.0
-    for lo in range(0, count, SUM_BLOCK):
-        b1 = 0.0
-        b2 = 0.0
-        for j in range(lo, min(lo + SUM_BLOCK, count)):
-            d = np.float64(flat[r, j]) - shift
-            b1 += d
-            b2 += d * d
-        s1, k1 = _carry_add(s1, k1, b1)
-        s2, k2 = _carry_add(s2, k2, b2)
-    return _carried(s1, k1), _carried(s2, k2)
+@cached_njit("float64(float64, float64)")
+def _ratio(a, b):  # pragma: no cover - compiled
+    """a / b, compiled without fast-math: a per-row quotient stays out of the vector loops."""
+    return a / b
 
 
-@cached_njit(fastmath=_FASTMATH)
-def _moments_from(flat, r, shift, s1, s2, far):  # pragma: no cover - compiled
-    """Row r's float64 mean and biased variance from the sums of d = x - shift and d^2.
-    When the shift is not close to the mean (mean(d)^2 > far * var: the digits the shifted
-    formula would lose matter, see kernels.FAR_SHIFT) or a sum overflowed (|x| near the
-    float64 limit: a far shift times the count may overflow where the mean does not), the
-    sums are taken again, from cache, about the row's mean: its sum over the count."""
-    count = flat.shape[1]
-    m1 = s1 / count
-    if not (s2 < np.inf and m1 * m1 <= far * max(s2 / count - m1 * m1, 0.0)):
-        shift = _shifted_sums(flat, r, 0.0)[0] / count
-        s1, s2 = _shifted_sums(flat, r, shift)
-        m1 = s1 / count
-    return shift + m1, (max(s2 / count - m1 * m1, 0.0) if s2 < np.inf else s2)
+@cached_njit("float64(float64, float64)")
+def _inv_sqrt(var, eps):  # pragma: no cover - compiled
+    """1 / sqrt(var + eps), without fast-math (see `_ratio`)."""
+    return 1.0 / np.sqrt(var + eps)
 
 
-@cached_njit(fastmath=_FASTMATH)
-def _row_moments(flat, x, r, far):  # pragma: no cover - compiled
-    """Row r's mean and variance in one pass about `_row_shift` (flat and x: the same
-    memory as (N * G, C * S) and (N, G, C, S))."""
-    groups = x.shape[1]
-    shift = _row_shift(x, r // groups, r % groups)
-    s1, s2 = _shifted_sums(flat, r, shift)
-    return _moments_from(flat, r, shift, s1, s2, far)
-
-
-@cached_njit(fastmath=_FASTMATH, inline="always")  # in the caller's loop
-def _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, lo, hi
-                       ):  # pragma: no cover - compiled
-    """out over values lo..hi of channel c of row (i, g), and in the same loop the sums of
-    d = x[i2, g2, c] - shift and d^2 there (the next row's statistics)."""
+@cached_njit(fastmath=_FASTMATH, inline="always")
+def _block_sums(a, shift):  # pragma: no cover - compiled
+    """The sums of d = a - shift and d^2 over a short contiguous slice, in SIMD lanes."""
     s1 = 0.0
     s2 = 0.0
-    for s in range(lo, hi):
-        out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
-        d = np.float64(x[i2, g2, c, s]) - shift
+    for j in range(a.size):
+        d = np.float64(a[j]) - shift
         s1 += d
         s2 += d * d
     return s1, s2
 
 
 @cached_njit(fastmath=_FASTMATH)
-def _normalize_row(x, i, g, m, q, gamma, beta, out, i2, g2, shift):  # pragma: no cover
-    """out[i, g] = (x[i, g] - m) * (q * gamma[g]) + beta[g], gamma per value (layer norm,
-    S = 1) or per channel (group norm); with i2 >= 0, also the sums of d = x[i2, g2] -
-    shift and d^2 (the next row's statistics), returned."""
-    channels, inner = x.shape[2], x.shape[3]
-    s1 = 0.0
-    s2 = 0.0
-    k1 = 0.0
-    k2 = 0.0
-    if inner == 1:
-        if i2 < 0:
-            for c in range(channels):
-                out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
-            return s1, s2
-        for block in range(-(-channels // SUM_BLOCK)):  # the next row's sums in blocks, carried
-            lo = block * SUM_BLOCK  # by number: see SUM_BLOCK
-            b1 = 0.0
-            b2 = 0.0
-            for j in range(min(SUM_BLOCK, channels - lo)):
-                c = lo + j
-                out[i, g, c, 0] = (np.float64(x[i, g, c, 0]) - m) * (q * gamma[g, c]) + beta[g, c]
-                d = np.float64(x[i2, g2, c, 0]) - shift
-                b1 += d
-                b2 += d * d
-            s1, k1 = _carry_add(s1, k1, b1)
-            s2, k2 = _carry_add(s2, k2, b2)
-        return _carried(s1, k1), _carried(s2, k2)
-    # The next row's sums in blocks (parts of a long channel, or short channels together,
-    # up to 2 * SUM_BLOCK values), each carried into the row's (`_shifted_sums`).
-    b1 = 0.0
-    b2 = 0.0
-    pending = 0
-    for c in range(channels):
-        s_c, o_c = q * gamma[g, c], beta[g, c]
-        if i2 < 0:
-            for s in range(inner):
-                out[i, g, c, s] = (np.float64(x[i, g, c, s]) - m) * s_c + o_c
-            continue
-        if inner <= SUM_BLOCK:  # a short channel: one block with its neighbours
-            t1, t2 = _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, 0, inner)
-            b1, b2, pending = b1 + t1, b2 + t2, pending + inner
-        else:
-            for lo in range(0, inner, SUM_BLOCK):
-                t1, t2 = _normalize_channel(x, i, g, c, m, s_c, o_c, out, i2, g2, shift, lo,
-                                            min(lo + SUM_BLOCK, inner))
-                s1, k1 = _carry_add(s1, k1, t1)
-                s2, k2 = _carry_add(s2, k2, t2)
-        if pending >= SUM_BLOCK:
-            s1, k1 = _carry_add(s1, k1, b1)
-            s2, k2 = _carry_add(s2, k2, b2)
-            b1, b2, pending = 0.0, 0.0, 0
-    s1, k1 = _carry_add(s1, k1, b1)
-    s2, k2 = _carry_add(s2, k2, b2)
+def _row_sums(row, shift):  # pragma: no cover - compiled
+    """The sums of d = row - shift and d^2 over a contiguous row, in blocks, carried."""
+    s1 = k1 = s2 = k2 = 0.0
+    for block in range(-(-row.size // SUM_BLOCK)):
+        b1, b2 = _block_sums(row[block * SUM_BLOCK:(block + 1) * SUM_BLOCK], shift)
+        s1, k1 = _carry_add(s1, k1, b1)
+        s2, k2 = _carry_add(s2, k2, b2)
     return _carried(s1, k1), _carried(s2, k2)
 
 
-@cached_njit()
-def _runs(rows, size):  # pragma: no cover - compiled
-    """How many runs of consecutive rows a pass takes: fixed by the shape alone, so that
-    the partial sums (and the rows that start a pipeline) do not depend on the threads."""
-    return max(1, min(rows, ROW_RUNS, size // ROW_RUN_ELEMENTS))
+@cached_njit(fastmath=_FASTMATH)
+def _shifted_sums(flat, r, shift):  # pragma: no cover - compiled
+    """The sums of d = x - shift and d^2 over row r of flat (rows, values)."""
+    return _row_sums(flat[r], shift)
+
+
+@cached_njit(fastmath=_FASTMATH)
+def _row_shift(row, channels, inner):  # pragma: no cover - compiled
+    """The mean of a few of a row's values, close to the row's mean on real data: its
+    first SHIFT_SAMPLES values for layer norm; for group norm the first values of up to
+    SHIFT_SAMPLES of its channels, so that channels of different means all count."""
+    total = 0.0
+    if inner == 1:
+        samples = min(channels, SHIFT_SAMPLES)
+        for c in range(samples):
+            total += np.float64(row[c])
+        return _ratio(total, samples)
+    step = max(1, channels // SHIFT_SAMPLES)
+    per = min(inner, max(1, SHIFT_SAMPLES // channels))
+    for k in range(min(channels, SHIFT_SAMPLES)):
+        for s in range(per):
+            total += np.float64(row[k * step * inner + s])
+    return _ratio(total, min(channels, SHIFT_SAMPLES) * per)
+
+
+@cached_njit(fastmath=_FASTMATH)
+def _row_moments(row, shift, far):  # pragma: no cover - compiled
+    """A row's float64 mean and biased variance from its sums about `shift`. When the shift
+    is not close to the mean (mean(d)^2 > far * var: the digits the shifted formula would
+    lose matter, see kernels.FAR_SHIFT) or a sum overflowed (|x| near the float64 limit: a
+    far shift times the count may overflow where the mean does not), the sums are taken
+    again, from cache, about the row's mean: its sum over the count."""
+    count = row.size
+    s1, s2 = _row_sums(row, shift)
+    m1 = _ratio(s1, count)
+    if not (s2 < np.inf and m1 * m1 <= far * max(_ratio(s2, count) - m1 * m1, 0.0)):
+        shift = _ratio(_row_sums(row, 0.0)[0], count)
+        s1, s2 = _row_sums(row, shift)
+        m1 = _ratio(s1, count)
+    return shift + m1, (max(_ratio(s2, count) - m1 * m1, 0.0) if s2 < np.inf else s2)
+
+
+@cached_njit(fastmath=_FASTMATH)
+def _normalize_row(row, out, m, q, gamma, beta, g, channels, inner):  # pragma: no cover
+    """out = (row - m) * (q * gamma[g]) + beta[g], gamma per value (layer norm, S = 1) or
+    per channel (group norm)."""
+    if inner == 1:
+        gam, bet = gamma[g], beta[g]
+        for c in range(channels):
+            out[c] = (np.float64(row[c]) - m) * (q * gam[c]) + bet[c]
+        return
+    for c in range(channels):
+        scale, offset = q * gamma[g, c], beta[g, c]
+        values = row[c * inner:(c + 1) * inner]
+        target = out[c * inner:(c + 1) * inner]
+        for s in range(inner):
+            target[s] = (np.float64(values[s]) - m) * scale + offset
 
 
 @_compile(fastmath=_FASTMATH)
-def row_statistics(flat, x, far):  # pragma: no cover - compiled
-    rows = flat.shape[0]  # flat and x: the same memory as (N * G, C * S) and (N, G, C, S)
+def row_statistics(flat, groups, channels, inner, far):  # pragma: no cover - compiled
+    rows = flat.shape[0]
     mean = np.empty(rows)
     var = np.empty(rows)
     for r in prange(rows):
-        mean[r], var[r] = _row_moments(flat, x, r, far)
+        row = flat[r]
+        mean[r], var[r] = _row_moments(row, _row_shift(row, channels, inner), far)
     return mean, var
 
 
 @_compile(fastmath=_FASTMATH)
-def row_normalize(x, mean, ivar, gamma, beta, out):  # pragma: no cover - compiled
-    n, groups = x.shape[0], x.shape[1]
-    for r in prange(n * groups):
-        _normalize_row(x, r // groups, r % groups, mean[r], ivar[r], gamma, beta, out, -1, 0,
-                       0.0)
+def row_normalize(flat, groups, channels, inner, mean, var, eps, gamma, beta, out
+                  ):  # pragma: no cover - compiled
+    for r in prange(flat.shape[0]):
+        _normalize_row(flat[r], out[r], mean[r], _inv_sqrt(var[r], eps), gamma, beta,
+                       r % groups, channels, inner)
 
 
 @_compile(fastmath=_FASTMATH)
-def row_forward(flat, x, gamma, beta, eps, far, out):  # pragma: no cover - compiled
-    # Each row's statistics, then its output while it is in cache, the next row's sums taken
-    # in the same loop: one read of x from memory in all.
-    groups = x.shape[1]
+def row_forward(flat, groups, channels, inner, gamma, beta, eps, far, out
+                ):  # pragma: no cover - compiled
+    # Each row's statistics, then its output from cache: one read of x from memory in all.
     rows = flat.shape[0]
-    runs = _runs(rows, x.size)
     mean = np.empty(rows)
     var = np.empty(rows)
-    for run in prange(runs):
-        start, stop = run * rows // runs, (run + 1) * rows // runs
-        m, v = _row_moments(flat, x, start, far)
-        for r in range(start, stop):
-            mean[r], var[r] = m, v
-            q = 1.0 / np.sqrt(v + eps)
-            if r + 1 < stop:
-                i2, g2 = (r + 1) // groups, (r + 1) % groups
-                shift = _row_shift(x, i2, g2)
-                s1, s2 = _normalize_row(x, r // groups, r % groups, m, q, gamma, beta, out, i2,
-                                        g2, shift)
-                m, v = _moments_from(flat, r + 1, shift, s1, s2, far)
-            else:
-                _normalize_row(x, r // groups, r % groups, m, q, gamma, beta, out, -1, 0, 0.0)
+    for r in prange(rows):
+        row = flat[r]
+        m, v = _row_moments(row, _row_shift(row, channels, inner), far)
+        mean[r], var[r] = m, v
+        _normalize_row(row, out[r], m, _inv_sqrt(v, eps), gamma, beta, r % groups, channels,
+                       inner)
     return mean, var
 
 
@@ -554,205 +533,146 @@ def row_forward(flat, x, gamma, beta, eps, far, out):  # pragma: no cover - comp
 def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
     """ivar * (g - mean(g) - xhat * mean(g * xhat)) for one value. Compiled without
     fast-math on purpose: allowed reassociation, the compiler folds the row's two divisions
-    by the count into the dx loop, one vector division per element, (sum_g + xhat * sum_gx)
-    / count, and the backward becomes compute-bound; allowed contraction, g = gamma * dy is
-    fused into g - mean(g), so that a row of one value (mean(g) = g rounded) gets the
-    product's rounding error as its dx instead of the textbook's exact zero."""
+    by the count into the dx loop, one vector division per element; allowed contraction,
+    g = gamma * dy is fused into g - mean(g), so that a row of one value (mean(g) = g
+    rounded) gets the product's rounding error as its dx instead of the textbook's exact
+    zero."""
     return q * (gd - mean_g - xhat * mean_gx)
 
 
-@cached_njit(fastmath=_FASTMATH, inline="always")  # in the caller's loop
-def _channel_sums(dy, x, i, g, c, m, q, lo, hi):  # pragma: no cover - compiled
-    """sum(dy) and sum(dy * xhat) over values lo..hi of channel c of row (i, g)."""
-    t_dy = 0.0
-    t_dyx = 0.0
-    for s in range(lo, hi):
-        d = np.float64(dy[i, g, c, s])
-        t_dy += d
-        t_dyx += d * ((np.float64(x[i, g, c, s]) - m) * q)
-    return t_dy, t_dyx
-
-
-@cached_njit(fastmath=_FASTMATH, inline="always")  # in the caller's loop
-def _dx_channel(dy, x, i, g, c, m, q, gam, mean_g, mean_gx, dx, i2, g2, m2, q2, lo, hi
-                ):  # pragma: no cover - compiled
-    """dx over values lo..hi of channel c of row (i, g), and in the same loop what
-    `_channel_sums` gives for row (i2, g2)."""
-    t_dy = 0.0
-    t_dyx = 0.0
-    for s in range(lo, hi):
-        xhat = (np.float64(x[i, g, c, s]) - m) * q
-        dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat, mean_g, mean_gx)
-        d = np.float64(dy[i2, g2, c, s])
-        t_dy += d
-        t_dyx += d * ((np.float64(x[i2, g2, c, s]) - m2) * q2)
-    return t_dy, t_dyx
-
-
 @cached_njit(fastmath=_FASTMATH)
-def _grad_sums(dy, x, i, g, m, q, gamma, dgamma, dbeta):  # pragma: no cover - compiled
-    """sum(g) and sum(g * xhat) of row (i, g), g = gamma * dy; for group norm (S > 1) also
-    each channel's sums of dy and dy * xhat added to dbeta, dgamma (G, C): layer norm's
-    are per value, added by `_dx_row`."""
-    channels, inner = x.shape[2], x.shape[3]
-    sum_g = 0.0
-    sum_gx = 0.0
-    if inner == 1:  # in blocks, carried: a row of thousands of values keeps its digits
-        k_g = k_gx = 0.0
+def _row_grad_sums(dy, x, m, q, gamma, g, channels, inner, dgamma, dbeta
+                   ):  # pragma: no cover - compiled
+    """sum(g) and sum(g * xhat) over a row, g = gamma * dy, in blocks, carried; and the row's
+    dy and dy * xhat added to dbeta, dgamma (G, C): per value (layer norm), or each
+    channel's sums (group norm)."""
+    sum_g = k_g = sum_gx = k_gx = 0.0
+    if inner == 1:
+        gam, dg, db = gamma[g], dgamma[g], dbeta[g]
         for block in range(-(-channels // SUM_BLOCK)):
-            lo = block * SUM_BLOCK  # by number: see SUM_BLOCK
+            lo = block * SUM_BLOCK
+            hi = min(lo + SUM_BLOCK, channels)
+            xs, ds, gs = x[lo:hi], dy[lo:hi], gam[lo:hi]
+            dgs, dbs = dg[lo:hi], db[lo:hi]
             b_g = 0.0
             b_gx = 0.0
-            for j in range(min(SUM_BLOCK, channels - lo)):
-                c = lo + j
-                gd = gamma[g, c] * np.float64(dy[i, g, c, 0])
+            for j in range(hi - lo):
+                d = np.float64(ds[j])
+                xhat = _xhat(np.float64(xs[j]), m, q)
+                dbs[j] += d
+                dgs[j] += d * xhat
+                gd = gs[j] * d
                 b_g += gd
-                b_gx += gd * ((np.float64(x[i, g, c, 0]) - m) * q)
+                b_gx += gd * xhat
             sum_g, k_g = _carry_add(sum_g, k_g, b_g)
             sum_gx, k_gx = _carry_add(sum_gx, k_gx, b_gx)
         return _carried(sum_g, k_g), _carried(sum_gx, k_gx)
     for c in range(channels):
-        if inner <= SUM_BLOCK:
-            t_dy, t_dyx = _channel_sums(dy, x, i, g, c, m, q, 0, inner)
-        else:  # in blocks, carried: a sum over thousands of values keeps its digits
-            t_dy = k_dy = t_dyx = k_dyx = 0.0
-            for lo in range(0, inner, SUM_BLOCK):
-                b_dy, b_dyx = _channel_sums(dy, x, i, g, c, m, q, lo, min(lo + SUM_BLOCK, inner))
-                t_dy, k_dy = _carry_add(t_dy, k_dy, b_dy)
-                t_dyx, k_dyx = _carry_add(t_dyx, k_dyx, b_dyx)
-            t_dy, t_dyx = _carried(t_dy, k_dy), _carried(t_dyx, k_dyx)
+        lo, hi = c * inner, (c + 1) * inner
+        t_dy, t_dyx = _grad_sums(dy[lo:hi], x[lo:hi], m, q)
         dbeta[g, c] += t_dy
         dgamma[g, c] += t_dyx
-        sum_g += gamma[g, c] * t_dy
-        sum_gx += gamma[g, c] * t_dyx
-    return sum_g, sum_gx
+        sum_g, k_g = _carry_add(sum_g, k_g, gamma[g, c] * t_dy)
+        sum_gx, k_gx = _carry_add(sum_gx, k_gx, gamma[g, c] * t_dyx)
+    return _carried(sum_g, k_g), _carried(sum_gx, k_gx)
 
 
 @cached_njit(fastmath=_FASTMATH)
-def _dx_row(dy, x, i, g, m, q, mean_g, mean_gx, gamma, dgamma, dbeta, dx, i2, g2, m2, q2, add
+def _layer_grad_sums_pair(dy0, x0, m0, q0, dy1, x1, m1, q1, gamma, dgamma, dbeta
+                          ):  # pragma: no cover - compiled
+    """What `_row_grad_sums` gives for two rows of layer norm (S = 1, one group), their dy and
+    dy * xhat added to dbeta, dgamma in one update per value instead of two."""
+    channels = x0.size
+    s0 = k0 = sx0 = kx0 = s1 = k1 = sx1 = kx1 = 0.0
+    gam, dg, db = gamma[0], dgamma[0], dbeta[0]
+    for block in range(-(-channels // SUM_BLOCK)):
+        lo = block * SUM_BLOCK
+        hi = min(lo + SUM_BLOCK, channels)
+        xs0, ds0, xs1, ds1, gs = x0[lo:hi], dy0[lo:hi], x1[lo:hi], dy1[lo:hi], gam[lo:hi]
+        dgs, dbs = dg[lo:hi], db[lo:hi]
+        b0 = bx0 = b1 = bx1 = 0.0
+        for j in range(hi - lo):
+            d0 = np.float64(ds0[j])
+            d1 = np.float64(ds1[j])
+            xhat0 = _xhat(np.float64(xs0[j]), m0, q0)
+            xhat1 = _xhat(np.float64(xs1[j]), m1, q1)
+            dbs[j] += d0 + d1
+            dgs[j] += d0 * xhat0 + d1 * xhat1
+            g0 = gs[j] * d0
+            g1 = gs[j] * d1
+            b0 += g0
+            bx0 += g0 * xhat0
+            b1 += g1
+            bx1 += g1 * xhat1
+        s0, k0 = _carry_add(s0, k0, b0)
+        sx0, kx0 = _carry_add(sx0, kx0, bx0)
+        s1, k1 = _carry_add(s1, k1, b1)
+        sx1, kx1 = _carry_add(sx1, kx1, bx1)
+    return _carried(s0, k0), _carried(sx0, kx0), _carried(s1, k1), _carried(sx1, kx1)
+
+
+@cached_njit(fastmath=_FASTMATH)
+def _row_dx(dy, x, m, q, gamma, g, channels, inner, mean_g, mean_gx, dx
             ):  # pragma: no cover - compiled
-    """dx of row (i, g) from its means of g and g * xhat. With i2 >= 0, in the same loop,
-    what `_grad_sums` gives for row (i2, g2), returned. Layer norm (S = 1) adds dy and
-    dy * xhat to dbeta, dgamma per value here: `add` = 1 this row's, 2 this row's and row
-    (i2, g2)'s together (one update of dbeta and dgamma for two rows of one group), 0 none
-    (added with the row before)."""
-    channels, inner = x.shape[2], x.shape[3]
-    sum_g = 0.0
-    sum_gx = 0.0
+    """dx of a row from its means of g and g * xhat."""
     if inner == 1:
-        if i2 < 0:
-            for c in range(channels):
-                d = np.float64(dy[i, g, c, 0])
-                xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                if add:
-                    dbeta[g, c] += d
-                    dgamma[g, c] += d * xhat
-                dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
-            return sum_g, sum_gx
-        # The next row's sums in blocks, carried (as in `_grad_sums`).
-        k_g = k_gx = 0.0
-        for block in range(-(-channels // SUM_BLOCK)):
-            lo = block * SUM_BLOCK  # by number: see SUM_BLOCK
-            b_g = 0.0
-            b_gx = 0.0
-            if add == 1:
-                for j in range(min(SUM_BLOCK, channels - lo)):
-                    c = lo + j
-                    d = np.float64(dy[i, g, c, 0])
-                    xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                    dbeta[g, c] += d
-                    dgamma[g, c] += d * xhat
-                    dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
-                    gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
-                    b_g += gd2
-                    b_gx += gd2 * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
-            elif add == 2:  # rows (i, g) and (i2, g2) of the same group: one update for both
-                for j in range(min(SUM_BLOCK, channels - lo)):
-                    c = lo + j
-                    d = np.float64(dy[i, g, c, 0])
-                    xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                    dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
-                    d2 = np.float64(dy[i2, g2, c, 0])
-                    xhat2 = (np.float64(x[i2, g2, c, 0]) - m2) * q2
-                    gd2 = gamma[g2, c] * d2
-                    b_g += gd2
-                    b_gx += gd2 * xhat2
-                    dbeta[g, c] += d + d2
-                    dgamma[g, c] += d * xhat + d2 * xhat2
-            else:
-                for j in range(min(SUM_BLOCK, channels - lo)):
-                    c = lo + j
-                    d = np.float64(dy[i, g, c, 0])
-                    xhat = (np.float64(x[i, g, c, 0]) - m) * q
-                    dx[i, g, c, 0] = _dx_value(q, gamma[g, c] * d, xhat, mean_g, mean_gx)
-                    gd2 = gamma[g2, c] * np.float64(dy[i2, g2, c, 0])
-                    b_g += gd2
-                    b_gx += gd2 * ((np.float64(x[i2, g2, c, 0]) - m2) * q2)
-            sum_g, k_g = _carry_add(sum_g, k_g, b_g)
-            sum_gx, k_gx = _carry_add(sum_gx, k_gx, b_gx)
-        return _carried(sum_g, k_g), _carried(sum_gx, k_gx)
-    if i2 < 0:
+        gam = gamma[g]
         for c in range(channels):
-            gam = gamma[g, c]
-            for s in range(inner):
-                xhat = (np.float64(x[i, g, c, s]) - m) * q
-                dx[i, g, c, s] = _dx_value(q, gam * np.float64(dy[i, g, c, s]), xhat, mean_g,
-                                           mean_gx)
-        return sum_g, sum_gx
+            dx[c] = _dx_value(q, gam[c] * np.float64(dy[c]), _xhat(np.float64(x[c]), m, q),
+                              mean_g, mean_gx)
+        return
     for c in range(channels):
-        gam = gamma[g, c]
-        if inner <= SUM_BLOCK:
-            t_dy, t_dyx = _dx_channel(dy, x, i, g, c, m, q, gam, mean_g, mean_gx, dx, i2, g2,
-                                      m2, q2, 0, inner)
-        else:  # in blocks, carried, as in `_grad_sums`
-            t_dy = k_dy = t_dyx = k_dyx = 0.0
-            for lo in range(0, inner, SUM_BLOCK):
-                b_dy, b_dyx = _dx_channel(dy, x, i, g, c, m, q, gam, mean_g, mean_gx, dx, i2,
-                                          g2, m2, q2, lo, min(lo + SUM_BLOCK, inner))
-                t_dy, k_dy = _carry_add(t_dy, k_dy, b_dy)
-                t_dyx, k_dyx = _carry_add(t_dyx, k_dyx, b_dyx)
-            t_dy, t_dyx = _carried(t_dy, k_dy), _carried(t_dyx, k_dyx)
-        dbeta[g2, c] += t_dy
-        dgamma[g2, c] += t_dyx
-        sum_g += gamma[g2, c] * t_dy
-        sum_gx += gamma[g2, c] * t_dyx
-    return sum_g, sum_gx
+        scale = gamma[g, c]
+        xs, ds = x[c * inner:(c + 1) * inner], dy[c * inner:(c + 1) * inner]
+        target = dx[c * inner:(c + 1) * inner]
+        for s in range(inner):
+            target[s] = _dx_value(q, scale * np.float64(ds[s]), _xhat(np.float64(xs[s]), m, q),
+                                  mean_g, mean_gx)
+
+
+@cached_njit()
+def _runs(rows, size):  # pragma: no cover - compiled
+    """How many runs of consecutive rows the backward takes: fixed by the shape alone, so
+    that its partial sums do not depend on the threads."""
+    return max(1, min(rows, ROW_RUNS, size // ROW_RUN_ELEMENTS))
 
 
 @_compile(fastmath=_FASTMATH)
-def row_backward(dy, x, mean, ivar, gamma, dx):  # pragma: no cover - compiled
-    # Per row its sums, then its dx while it is in cache, the next row's sums taken in the
-    # same loop; dgamma and dbeta as partial sums per part of a run of rows (added in order
-    # by the caller), layer norm's updated once per pair of rows.
-    n, groups, channels, inner = x.shape
-    rows = n * groups
-    count = channels * inner
+def row_backward(dy, x, groups, channels, inner, mean, var, eps, gamma, dx
+                 ):  # pragma: no cover - compiled
+    # Per row its sums, then its dx from cache; dgamma and dbeta as partial sums per part of
+    # a run of rows (added in order by the caller).
+    rows = x.shape[0]
+    count = x.shape[1]
     runs = _runs(rows, x.size)
     # partials per run: fixed by the shape, so the sums do not depend on the thread count
     per_run = max(1, min(-(-rows // (runs * ROWS_PER_PARTIAL)),
                          PARTIAL_VALUES // (runs * groups * channels)))
     dgamma = np.zeros((runs * per_run, groups, channels))
     dbeta = np.zeros((runs * per_run, groups, channels))
+    paired = inner == 1 and groups == 1  # layer norm: two rows per dgamma, dbeta update
     for run in prange(runs):
         start, stop = run * rows // runs, (run + 1) * rows // runs
-        dgm, db = dgamma[run * per_run], dbeta[run * per_run]
-        sum_g, sum_gx = _grad_sums(dy, x, start // groups, start % groups, mean[start],
-                                   ivar[start], gamma, dgm, db)
-        added = False  # whether row r's dbeta and dgamma went in with the row before
-        for r in range(start, stop):
+        r = start
+        while r < stop:
             partial = run * per_run + (r - start) * per_run // (stop - start)
-            dgm, db = dgamma[partial], dbeta[partial]
-            mean_g, mean_gx = sum_g / count, sum_gx / count
-            i, g = r // groups, r % groups
-            if r + 1 < stop:
-                add = 0 if added else (2 if groups == 1 else 1)  # pairs in one group
-                sum_g, sum_gx = _dx_row(dy, x, i, g, mean[r], ivar[r], mean_g, mean_gx, gamma,
-                                        dgm, db, dx, (r + 1) // groups, (r + 1) % groups,
-                                        mean[r + 1], ivar[r + 1], add)
-                added = add == 2
+            q = _inv_sqrt(var[r], eps)
+            if paired and r + 1 < stop and (
+                    run * per_run + (r + 1 - start) * per_run // (stop - start) == partial):
+                q1 = _inv_sqrt(var[r + 1], eps)
+                sum_g, sum_gx, sum_g1, sum_gx1 = _layer_grad_sums_pair(
+                    dy[r], x[r], mean[r], q, dy[r + 1], x[r + 1], mean[r + 1], q1, gamma,
+                    dgamma[partial], dbeta[partial])
+                _row_dx(dy[r + 1], x[r + 1], mean[r + 1], q1, gamma, 0, channels, inner,
+                        _ratio(sum_g1, count), _ratio(sum_gx1, count), dx[r + 1])
+                step = 2
             else:
-                _dx_row(dy, x, i, g, mean[r], ivar[r], mean_g, mean_gx, gamma, dgm, db, dx,
-                        -1, 0, 0.0, 1.0, 0 if added else 1)
+                sum_g, sum_gx = _row_grad_sums(dy[r], x[r], mean[r], q, gamma, r % groups,
+                                               channels, inner, dgamma[partial], dbeta[partial])
+                step = 1
+            _row_dx(dy[r], x[r], mean[r], q, gamma, r % groups, channels, inner,
+                    _ratio(sum_g, count), _ratio(sum_gx, count), dx[r])
+            r += step
     return dgamma, dbeta
 
 
@@ -763,8 +683,18 @@ class _ThreadCount(threading.local):
 _thread_count = _ThreadCount()
 
 
+def _available_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's CPU set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity masks on this system
+        return os.cpu_count() or 1
+
+
 def _usable(threads: int) -> int:
-    return max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
+    # Never more threads than cores: a parallel pass waits for its slowest thread, and a
+    # thread that shares a core waits for a time slice.
+    return max(1, min(threads, numba.config.NUMBA_NUM_THREADS, _available_cores()))
 
 
 def run(kernel: Any, threads: int, *args: Any) -> Any:
@@ -796,6 +726,20 @@ def _row_step(layout: Layout, dtype: np.dtype) -> int:
     return max(1, min(16, PAGE_BYTES // (layout.K * dtype.itemsize)))
 
 
+def _pairwise(parts: np.ndarray) -> np.ndarray:
+    """The sum over axis 0 of (chunks, K) partial sums, pairwise (a tree fixed by the shape):
+    thousands of partials add without the error of a running sum. Up to CHUNKS partials (every
+    shape with more than a few features) numpy's sum over axis 0 is short enough and costs
+    one call, not one per level."""
+    if parts.shape[0] <= CHUNKS:
+        return parts.sum(axis=0)
+    while parts.shape[0] > 1:
+        half = parts.shape[0] // 2
+        paired = parts[:half] + parts[half:2 * half]
+        parts = np.concatenate([paired, parts[2 * half:]]) if parts.shape[0] % 2 else paired
+    return parts[0]
+
+
 def _column_sums(kernel2: Any, kernel3: Any, layout: Layout, dtype: np.dtype, threads: int,
                  *args: Any) -> Any:
     if layout.B == 1:
@@ -810,7 +754,7 @@ def column_statistics(x: np.ndarray, layout: Layout, threads: int
     shift = lead_shift(xv, layout)
     while True:
         s1, s2 = _column_sums(col_sums2, col_sums3, layout, x.dtype, threads, xv, shift)
-        mean, var, again = combine_moments(s1.sum(axis=0), s2.sum(axis=0), shift, layout.count,
+        mean, var, again = combine_moments(_pairwise(s1), _pairwise(s2), shift, layout.count,
                                            x.dtype)
         if not again:
             return mean, var
@@ -864,29 +808,32 @@ def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
         return dx, dgamma, dbeta
     s_dy, s_dy_xhat = _column_sums(col_grad_sums2, col_grad_sums3, layout, x.dtype, threads,
                                    dyv, xv, mean, ivar)
-    dbeta, dgamma = s_dy.sum(axis=0), s_dy_xhat.sum(axis=0)
+    dbeta, dgamma = _pairwise(s_dy), _pairwise(s_dy_xhat)
     dx = np.empty(x.shape, x.dtype)
-    run(_col(col_dx2, col_dx3, layout), threads, dyv, xv, mean, ivar, gamma * ivar,
-        dbeta / layout.count, dgamma / layout.count, dx.reshape(layout.view),
+    run(_col(col_dx2, col_dx3, layout), threads, dyv, xv, mean, ivar, gamma,
+        gamma * (dbeta / layout.count), gamma * (dgamma / layout.count), dx.reshape(layout.view),
         *_elementwise_runs(layout, x.dtype, threads))
     return dx, dgamma, dbeta
+
+
+def _row_shape(rows: RowLayout) -> tuple[int, int, int]:
+    return rows.G, rows.C, rows.S
 
 
 def row_statistics_of(x: np.ndarray, rows: RowLayout, threads: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row float64 mean and biased variance (N * G,)."""
-    return run(row_statistics, threads, x.reshape(rows.flat), x.reshape(rows.view),
+    return run(row_statistics, threads, x.reshape(rows.flat), *_row_shape(rows),
                FAR_SHIFT[x.dtype])
 
 
 def row_forward_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
                    rows: RowLayout, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """out (x's shape and dtype) and the per-row float64 mean and variance (N * G,) in one
-    pass over memory: what `row_statistics_of`, then `row_normalize_of` give, within
-    rounding (a pipelined row's sums are added in another order)."""
+    pass over memory: what `row_statistics_of`, then `row_normalize_of` give."""
     out = np.empty(x.shape, x.dtype)
-    mean, var = run(row_forward, threads, x.reshape(rows.flat), x.reshape(rows.view), gamma,
-                    beta, eps, FAR_SHIFT[x.dtype], out.reshape(rows.view))
+    mean, var = run(row_forward, threads, x.reshape(rows.flat), *_row_shape(rows), gamma, beta,
+                    eps, FAR_SHIFT[x.dtype], out.reshape(rows.flat))
     return out, mean, var
 
 
@@ -894,9 +841,8 @@ def row_normalize_of(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: n
                      var: np.ndarray, eps: float, rows: RowLayout, threads: int) -> np.ndarray:
     """out = (x - mean) * ivar * gamma + beta per row, gamma/beta per (g, c)."""
     out = np.empty(x.shape, x.dtype)
-    ivar = 1.0 / np.sqrt(var + eps)
-    run(row_normalize, threads, x.reshape(rows.view), mean, ivar, gamma, beta,
-        out.reshape(rows.view))
+    run(row_normalize, threads, x.reshape(rows.flat), *_row_shape(rows), mean, var, eps, gamma,
+        beta, out.reshape(rows.flat))
     return out
 
 
@@ -904,9 +850,8 @@ def row_backward_of(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
                     var: np.ndarray, eps: float, rows: RowLayout, threads: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dx per row by the closed form; dgamma, dbeta (G, C) float64. One pass over memory."""
-    dyv = np.ascontiguousarray(upstream.reshape(rows.view))
-    ivar = 1.0 / np.sqrt(var + eps)
+    dyv = np.ascontiguousarray(upstream.reshape(rows.flat))
     dx = np.empty(x.shape, x.dtype)
-    dgamma, dbeta = run(row_backward, threads, dyv, x.reshape(rows.view), mean, ivar, gamma,
-                        dx.reshape(rows.view))
+    dgamma, dbeta = run(row_backward, threads, dyv, x.reshape(rows.flat), *_row_shape(rows),
+                        mean, var, eps, gamma, dx.reshape(rows.flat))
     return dx, dgamma.sum(axis=0), dbeta.sum(axis=0)

@@ -15,7 +15,7 @@ ordinary one. The closed forms where the assignment has one sit beside them.
 from .affine import AFFINE_STAGES, affine_closed_form_backward, affine_staged
 from .conv import CONV_STAGES, conv_output_size, conv_staged
 from .dropout import DROPOUT_STAGES, dropout_closed_form_backward, dropout_mask, dropout_staged
-from .inputs import as_input, check_labels
+from .inputs import check_labels
 from .pool import POOL_STAGES, max_pool_staged
 from .relu import RELU_STAGES, relu_closed_form_backward, relu_staged
 from .softmax import SOFTMAX_STAGES, softmax_closed_form, softmax_staged
@@ -27,4 +27,4 @@ __all__ = ["AFFINE_STAGES", "affine_staged", "affine_closed_form_backward",
            "CONV_STAGES", "conv_staged", "conv_output_size", "POOL_STAGES", "max_pool_staged",
            "SVM_STAGES", "svm_staged", "svm_closed_form",
            "SOFTMAX_STAGES", "softmax_staged", "softmax_closed_form",
-           "as_input", "check_labels"]
+           "check_labels"]

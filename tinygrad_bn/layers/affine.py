@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.functional import as_operand
 from ..core.node import Node
-from .inputs import as_input
 
 __all__ = ["AFFINE_STAGES", "affine_staged", "affine_closed_form_backward"]
 
@@ -19,7 +19,7 @@ AFFINE_STAGES = ("rows", "scores", "out")
 def affine_staged(x: Any, w: Any, b: Any) -> dict[str, Node]:
     """x: (N, d_1, ..., d_k), w: (D, M) with D = d_1 * ... * d_k, b: (M,) -> the stage nodes
     by name; out: (N, M)."""
-    x, w, b = as_input(x, "x"), as_input(w, "w"), as_input(b, "b")
+    x, w, b = as_operand(x, "x"), as_operand(w, "w"), as_operand(b, "b")
     if x.ndim < 1:
         raise ValueError(f"x: expected shape (N, d_1, ..., d_k), got {x.shape}")
     n, d = x.shape[0], math.prod(x.shape[1:])

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.functional import pad, sliding_window_view
+from ..core.functional import as_operand, pad, sliding_window_view
 from ..core.node import Node
-from .inputs import as_input, check_ndim, check_positive_int
+from .inputs import check_ndim, check_positive_int
 
 __all__ = ["CONV_STAGES", "conv_staged", "conv_output_size"]
 
@@ -36,7 +36,7 @@ def conv_output_size(size: int, window: int, stride: int, padding: int, argname:
 def conv_staged(x: Any, w: Any, b: Any, stride: int = 1, padding: int = 0) -> dict[str, Node]:
     """x: (N, C, H, W), w: (F, C, HH, WW), b: (F,) -> the stage nodes by name;
     out: (N, F, H', W') with H' = 1 + (H + 2 * pad - HH) / stride (likewise W')."""
-    x, w, b = as_input(x, "x"), as_input(w, "w"), as_input(b, "b")
+    x, w, b = as_operand(x, "x"), as_operand(w, "w"), as_operand(b, "b")
     check_ndim(x, 4, "(N, C, H, W)", "x")
     check_ndim(w, 4, "(F, C, HH, WW)", "w")
     stride = check_positive_int(stride, "stride")

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.functional import as_operand
 from ..core.node import Node
-from .inputs import as_input
 
 __all__ = ["DROPOUT_STAGES", "dropout_staged", "dropout_mask", "dropout_closed_form_backward"]
 
@@ -22,8 +22,8 @@ def dropout_mask(shape: tuple[int, ...], keep: float, uniform: np.ndarray, dtype
 
 def dropout_staged(x: Any, mask: Any) -> dict[str, Node]:
     """x: any shape; mask: x's shape (constant, no gradient) -> {"mask", "out": x * mask}."""
-    x = as_input(x, "x")
-    mask = Node(np.asarray(as_input(mask, "mask").data, dtype=x.dtype), name="mask",
+    x = as_operand(x, "x")
+    mask = Node(np.asarray(as_operand(mask, "mask").data, dtype=x.dtype), name="mask",
                 requires_grad=False)
     if mask.shape != x.shape:
         raise ValueError(f"mask: expected x's shape {x.shape}, got {mask.shape}")

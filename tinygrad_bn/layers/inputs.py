@@ -12,17 +12,7 @@ import numpy as np
 
 from ..core.node import Node
 
-__all__ = ["as_input", "check_labels", "check_positive_int", "check_ndim"]
-
-
-def as_input(value: Any, argname: str) -> Node:
-    """A Node as it is; anything array-like as a constant leaf, named `argname` in errors."""
-    if isinstance(value, Node):
-        return value
-    try:
-        return Node(value, requires_grad=False)
-    except TypeError as error:
-        raise TypeError(str(error).replace("data:", f"{argname}:", 1)) from None
+__all__ = ["check_labels", "check_positive_int", "check_ndim"]
 
 
 def check_ndim(node: Node, ndim: int, layout: str, argname: str) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.functional import sliding_window_view
+from ..core.functional import as_operand, sliding_window_view
 from ..core.node import Node
 from .conv import conv_output_size
-from .inputs import as_input, check_ndim, check_positive_int
+from .inputs import check_ndim, check_positive_int
 
 __all__ = ["POOL_STAGES", "max_pool_staged"]
 
@@ -18,7 +18,7 @@ POOL_STAGES = ("windows", "out")
 def max_pool_staged(x: Any, pool_height: int, pool_width: int, stride: int) -> dict[str, Node]:
     """x: (N, C, H, W) -> {"windows": (N, C, H', W', ph, pw), "out": (N, C, H', W')} with
     H' = 1 + (H - pool_height) / stride (likewise W')."""
-    x = as_input(x, "x")
+    x = as_operand(x, "x")
     check_ndim(x, 4, "(N, C, H, W)", "x")
     pool_height = check_positive_int(pool_height, "pool_height")
     pool_width = check_positive_int(pool_width, "pool_width")

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.functional import as_operand
 from ..core.node import Node
-from .inputs import as_input
 
 __all__ = ["RELU_STAGES", "relu_staged", "relu_closed_form_backward"]
 
@@ -16,7 +16,7 @@ RELU_STAGES = ("out",)
 
 def relu_staged(x: Any) -> dict[str, Node]:
     """x: any shape -> {"out": relu(x)} (the derivative at 0 taken as 0, as the assignment's)."""
-    x = as_input(x, "x")
+    x = as_operand(x, "x")
     return {"out": x.relu().named("out")}
 
 

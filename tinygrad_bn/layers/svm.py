@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.functional import as_operand
 from ..core.node import Node
-from .inputs import as_input, check_labels, check_ndim
+from .inputs import check_labels, check_ndim
 
 __all__ = ["SVM_STAGES", "svm_staged", "svm_closed_form"]
 
@@ -17,7 +18,7 @@ SVM_STAGES = ("correct", "diffs", "margins", "losses", "loss")
 
 def svm_staged(x: Any, y: Any) -> dict[str, Node]:
     """x: (N, C) scores, y: (N,) labels in [0, C) -> the stage nodes by name; loss: a scalar."""
-    x = as_input(x, "x")
+    x = as_operand(x, "x")
     check_ndim(x, 2, "(N, C)", "x")
     labels = check_labels(y, x)
     n = x.shape[0]

@@ -35,7 +35,6 @@ from .spec import (
     KINDS,
     TITLES,
     NormSpec,
-    as_node,
     batchnorm_spec,
     check_eps,
     groupnorm_spec,
@@ -46,7 +45,7 @@ from .spec import (
 from .staged import STAGE_NAMES, staged_nodes
 
 __all__ = [
-    "STAGE_NAMES", "staged_nodes", "NormSpec", "KINDS", "TITLES", "NORMS", "as_node", "check_eps",
+    "STAGE_NAMES", "staged_nodes", "NormSpec", "KINDS", "TITLES", "NORMS", "check_eps",
     "batchnorm_spec", "layernorm_spec", "spatial_batchnorm_spec", "groupnorm_spec", "norm_spec",
     "FusedNorm", "FusedBatchNorm", "FusedLayerNorm", "FusedGroupNorm", "fused_node", "fused_training_node",
     "statistics", "normalize", "closed_form_backward", "broadcastable",

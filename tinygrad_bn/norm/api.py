@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.functional import as_operand
 from ..core.node import Node
 from .fused import NORMS, FusedBatchNorm, fused_node
-from .spec import as_node, batchnorm_spec, norm_spec
+from .spec import batchnorm_spec, norm_spec
 from .staged import staged_nodes
 
 __all__ = ["batchnorm_staged", "batchnorm_fused", "norm_staged", "norm_fused",
@@ -15,7 +16,7 @@ __all__ = ["batchnorm_staged", "batchnorm_fused", "norm_staged", "norm_fused",
 
 
 def _nodes(x: Any, gamma: Any, beta: Any) -> tuple[Node, Node, Node]:
-    return as_node(x, "x"), as_node(gamma, "gamma"), as_node(beta, "beta")
+    return as_operand(x, "x"), as_operand(gamma, "gamma"), as_operand(beta, "beta")
 
 
 def batchnorm_staged(x: Any, gamma: Any, beta: Any, *, axis: Any = None,

@@ -17,7 +17,7 @@ from typing import Any
 from ..core.axes import normalize_axis
 from ..core.node import Node
 
-__all__ = ["NormSpec", "KINDS", "TITLES", "check_eps", "as_node", "batchnorm_spec", "layernorm_spec",
+__all__ = ["NormSpec", "KINDS", "TITLES", "check_eps", "batchnorm_spec", "layernorm_spec",
            "spatial_batchnorm_spec", "groupnorm_spec", "norm_spec"]
 
 KINDS = ("batch", "spatial", "layer", "group")
@@ -90,16 +90,6 @@ class NormSpec:
                 f"x: the reduced axes {self.reduce_axes} of shape {shape} hold no values "
                 f"(an empty batch); normalization needs at least one"
             )
-
-
-def as_node(value: Any, argname: str) -> Node:
-    """Accept a Node or anything array-like (wrapped as a constant)."""
-    if isinstance(value, Node):
-        return value
-    try:
-        return Node(value, requires_grad=False)
-    except TypeError as error:
-        raise TypeError(str(error).replace("data:", f"{argname}:", 1)) from None
 
 
 def batchnorm_spec(x_shape: tuple[int, ...], axis: Any = None, eps: Any = 1e-5) -> NormSpec:

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from ..core.functional import as_operand
 from ..core.node import Node
 from ..norm import (
     NORMS,
     FusedBatchNorm,
     NormSpec,
-    as_node,
     batchnorm_spec,
     broadcastable,
     check_eps,
@@ -308,7 +308,7 @@ class BatchNorm(Module):
 
     def forward(self, x: Any) -> Node:
         """x: (N, C) or (N, C, H, W) -> same shape."""
-        x = as_node(x, "x")
+        x = as_operand(x, "x")
         spec = self._spec(x)
         _follow_dtype(self, x)
         if not self.training:
@@ -358,7 +358,7 @@ class _StatelessNorm(Module):
         raise NotImplementedError
 
     def forward(self, x: Any) -> Node:
-        x = as_node(x, "x")
+        x = as_operand(x, "x")
         spec = self._spec(x)
         _follow_dtype(self, x)
         if self.fused:
@@ -448,7 +448,7 @@ class Linear(Module):
         self.b = Node(np.zeros(out_features, dtype), name="b")
 
     def forward(self, x: Any) -> Node:
-        x = as_node(x, "x")
+        x = as_operand(x, "x")
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x: expected shape (N, {self.in_features}), got {x.shape}")
         _follow_dtype(self, x)
@@ -462,7 +462,7 @@ class ReLU(Module):
     """max(x, 0), elementwise."""
 
     def forward(self, x: Any) -> Node:
-        return as_node(x, "x").relu()
+        return as_operand(x, "x").relu()
 
 
 class Sequential(Module):
