@@ -498,7 +498,7 @@ def _formula(catalogue: Catalogue, name: str) -> str:
 def _rows_for_helper(choice: int, by_index: dict[int, Snapshot], matches: dict[int, list[Match]],
                      top: str) -> Snapshot | None:
     """When `choice` is made from a 2-D array of x's values (some or all of them, rearranged:
-    the rows a helper normalizes), that array, if any."""  # noqa: D401
+    the rows a helper normalizes), that array, if any."""
     made = by_index[choice]
     if made.function != top:
         return None
