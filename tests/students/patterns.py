@@ -67,6 +67,16 @@ PATTERNS = {
         "    xhat = (x - mu) / np.sqrt(var + eps)\n"
         "    return gamma * xhat + beta, (xhat, gamma, 1.0 / np.sqrt(var + eps), G)\n",
         "fail", "statistics over H and W only"),
+    "instance statistics in spatial batch norm through the 2-D helper": (
+        "spatial_batchnorm_forward",
+        "    x_rows = x.transpose(0, 2, 3, 1).reshape(-1, C)\n"
+        "    out_rows, cache = batchnorm_forward(x_rows, gamma, beta, bn_param)\n"
+        "    out = out_rows.reshape(N, H, W, C).transpose(0, 3, 1, 2)\n",
+        "    x_rows = x.reshape(N * C, H * W).T  # SLIP\n"
+        "    out_rows, cache = batchnorm_forward(x_rows, np.tile(gamma, N), np.tile(beta, N),\n"
+        "                                        bn_param)\n"
+        "    out = out_rows.T.reshape(N, C, H, W)\n",
+        "fail", "statistics over H and W only"),
     "beta added before scaling": (
         "layernorm_forward",
         "    out = gamma * xhat + beta\n    cache = (xhat, gamma, ivar)\n",
@@ -101,7 +111,7 @@ PATTERNS = {
         "        outs.append(part.reshape(N, H, W, size).transpose(0, 3, 1, 2))\n"
         "    out = np.concatenate(outs, axis=1)\n"
         "    return out, (None, gamma, None, G)\n",
-        "fail", "x's values as rows of 2 for the helper"),
+        "fail", "x's values laid out in shape (24, 2) for the helper"),
     "crash inside numpy": (
         "layernorm_forward",
         "    xmu = x - mu\n    var = np.mean(xmu ** 2, axis=1, keepdims=True)\n",

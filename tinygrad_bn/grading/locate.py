@@ -342,9 +342,9 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
             "statistics over") and len(catalogue.spec.x_shape) == 4 else None
     if rows is not None:  # x's values laid out as rows for a 2-D helper: the rows decide
         made = snapshot
-        sentence = (f"line {rows.line}, `{rows.variable}`: x's values as rows of "
-                    f"{rows.value.shape[-1]} for the helper, which normalizes each row; "
-                    f"`{made.variable}` (line {made.line}) then matches "
+        sentence = (f"line {rows.line}, `{rows.variable}`: x's values laid out in shape "
+                    f"{rows.value.shape} for the helper, which normalizes along one axis of "
+                    f"it; `{made.variable}` (line {made.line}) then matches "
                     f"{wrong_match.quantity.meaning}")
         return LineDeparture(line=rows.line, variable=rows.variable, function=rows.function,
                              stage="x", expected=None, got=rows.value,
@@ -509,7 +509,7 @@ def _rows_for_helper(choice: int, by_index: dict[int, Snapshot], matches: dict[i
         if index >= choice or snapshot.function != top or snapshot.parameter or \
                 snapshot.value.ndim != 2:
             continue
-        if any(m.quantity.name == "x" and (m.part or m.arrangement) for m in matches[index]):
+        if any(m.quantity.name == "x" for m in matches[index]):  # x's values, laid out anew
             found[snapshot.variable in read] = snapshot
     # the rows the line read; else (results gathered in a list, `np.concatenate(outs)`, which
     # the trace cannot follow) the last rows the function made before it
