@@ -408,13 +408,16 @@ def _carried_sums(partials):  # pragma: no cover - compiled
     shape): thousands of partials add as if each were exact. Returns the sums and what their
     rounding left out (0 where a sum left float64's range)."""
     chunks, features = partials.shape
-    totals = np.zeros(features)
-    carries = np.zeros(features)
-    for c in range(chunks):
-        for k in range(features):
-            totals[k], carries[k] = _carry_add(totals[k], carries[k], partials[c, k])
-    for k in range(features):
-        total, carry = totals[k], carries[k]
+    totals = np.empty(features)
+    carries = np.empty(features)
+    for k in range(features):  # one feature at a time, in registers (few features come here)
+        total = carry = 0.0
+        for c in range(chunks):  # Knuth's two-sum: no branch (this is compiled as written)
+            value = partials[c, k]
+            new = total + value
+            back = new - total
+            carry += (total - (new - back)) + (value - back)
+            total = new
         totals[k] = _carried(total, carry)
         carries[k] = carry - (totals[k] - total) if carry - carry == 0.0 else 0.0
     return totals, carries
