@@ -67,3 +67,9 @@ def test_an_implausible_peer_is_never_divided_into_a_speed_up():
     flags = {(case, "torch"): "unstable: median 3.0x its minimum"}
     assert _versus(case, by_impl, "engine_fused", "torch", flags) == "133.33x (!)"
     assert _versus(case, by_impl, "engine_fused", "torch", {}) == "133.33x"
+
+
+def test_the_scalar_ratio_is_a_speed_up_like_the_others():
+    from benchmarks.run import scalar_row
+    row = scalar_row("chain", {"engine": [2.0, 3.0], "closure": [8.0, 9.0]})
+    assert row.endswith("| 4.00x |")  # closure 4x slower: the engine is 4x faster

@@ -52,3 +52,19 @@ def test_entry_points_have_help(command, tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("verdict   ok") == 2 and "sqrtvar" in result.stdout
+
+
+def test_progress_says_when_the_time_went_to_compiling(capsys, monkeypatch):
+    import time as _time
+
+    from tinygrad_bn import cli
+    compiled = [0]
+    show = cli.progress_printer("numeric check", after=0.0, kernels=lambda: compiled[0])
+    compiled[0] = 3  # kernels compiled while the first coordinates ran
+    _time.sleep(0.01)
+    show(20, 200)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("numeric check: compiling the fast kernels (first run only;")
+    show(200, 200)  # said once
+    err = capsys.readouterr().err
+    assert "compiling" not in err and err.startswith("numeric check: 200 of 200 coordinates")

@@ -166,3 +166,22 @@ def test_explain_load_checks_each_array_before_loading_it(tmp_path):
                         ("plain.npy", "plain.npy is not a saved case (not an .npz archive)")):
         _one_line(run("explain", "--values", "--load", name, cwd=tmp_path), 2,
                   f"explain: error: --load: {words}")
+
+
+def test_an_option_of_the_wrong_type_is_one_line(capsys):
+    from tinygrad_bn.cli import main as _main
+    with pytest.raises(SystemExit) as stopped:
+        _main(["check", "layers.py", "--timeout", "abc"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["tinygrad-bn check: error: argument --timeout: invalid float "
+                                "value: 'abc' (see tinygrad-bn check --help)"]
+
+
+def test_check_help_names_every_exit_code(capsys):
+    from tinygrad_bn.cli import main as _main
+    with pytest.raises(SystemExit):
+        _main(["check", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Exits 0 when every defined function passes, 1 otherwise, 2 when the file cannot be " \
+           "loaded or for a usage error." in out

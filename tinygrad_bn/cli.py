@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import numpy as np
 
@@ -186,20 +187,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def progress_printer(what: str, after: float = 1.0) -> Callable[[int, int], None]:
+def _kernels_ready() -> int:
+    """How many compiled signatures the fast kernels hold now (0 without numba): a rise
+    while a command runs means it waited for kernels to compile."""
+    total = 0
+    for name in ("numba_kernels", "numba_small"):
+        module = sys.modules.get(f"{__package__}.fast.{name}")
+        for value in vars(module).values() if module is not None else ():
+            signatures = getattr(value, "signatures", None)
+            if isinstance(signatures, list) and hasattr(value, "py_func"):
+                total += len(signatures)
+    return total
+
+
+def progress_printer(what: str, after: float = 1.0,
+                     kernels: Callable[[], int] = _kernels_ready) -> Callable[[int, int], None]:
     """A progress callback that says how far `what` is, on stderr, about once a second
-    once it has taken longer than `after` seconds."""
+    once it has taken longer than `after` seconds; time spent compiling the fast kernels
+    (an empty compile cache: the first run only) is said to be that."""
     start = time.perf_counter()
     last = start
+    ready = kernels()
+    told = False
 
     def show(done: int, total: int) -> None:
-        nonlocal last
+        nonlocal last, told
         now = time.perf_counter()
+        if not told and kernels() > ready and now - start > after:
+            told = True
+            print(f"{what}: compiling the fast kernels (first run only; {now - start:.1f} s so "
+                  f"far)", file=sys.stderr)
         if now - start > after and (now - last > 1.0 or done == total):
             last = now
             print(f"{what}: {done} of {total} coordinates ({now - start:.1f} s)", file=sys.stderr)
 
     return show
+
+
+# The sample data's options and their defaults: with --load the case brings its own data.
+_DATA_DEFAULTS = {"norm": "batch", "groups": None, "shape": None, "dtype": "float64", "seed": 0,
+                  "eps": 1e-5}
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -215,6 +242,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             except ValueError as error:
                 return _usage_error(args, "--" + str(error))
             return 0
+        given = [name for name, default in _DATA_DEFAULTS.items()
+                 if getattr(args, name, default) != default]
+        if given:
+            return _usage_error(args, f"--{given[0]}: not used with --load (the saved case "
+                                      f"brings its own data); leave it out")
         try:
             explanation = explain(load=args.load)
         except OSError as error:
@@ -262,8 +294,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _print_isolation()
     if not args.path:
         return _usage_error(args, "path: expected your layers.py (or --isolation), got nothing")
-    try:
-        folder = args.path[0].is_dir()
+    from .grading.student import resolve_source
+    try:  # a folder of submissions, not one student's folder (its layers.py checked)
+        first = args.path[0]
+        folder = first.is_dir() and not (first / "layers.py").is_file() \
+            and not (first / "cs231n" / "layers.py").is_file()
     except OSError:  # a name too long, a loop of links: said below, as for a file
         folder = False
     batch = len(args.path) > 1 or folder or args.json is not None or args.gradescope is not None
@@ -271,11 +306,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _check_batch(args)
     args.path = args.path[0]
     try:
-        readable = args.path.is_file()
-    except OSError as error:  # a name too long, a loop of links
+        if args.path.suffix != ".ipynb" or not args.path.is_file():  # a notebook is read as is
+            args.path = resolve_source(args.path)
+    except OSError as error:  # no such file, a name too long, a loop of links
+        if isinstance(error, FileNotFoundError) and not error.filename:
+            return _usage_error(args, f"no such file: {args.path}")
         return _usage_error(args, f"path: cannot read {args.path}: {describe_os_error(error)}")
-    if not readable:
-        return _usage_error(args, f"no such file: {args.path}")
+    except ValueError as error:
+        return _usage_error(args, str(error))
     if (args.save_case is not None and args.html is not None
             and os.path.realpath(args.save_case) == os.path.realpath(args.html)):
         return _usage_error(args, f"--html: the same file as --save-case ({args.html}); give "
@@ -310,6 +348,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         mapping[name] = other
     report = check_layers(args.path, only=only, seed=args.seed, timeout=args.timeout,
                           memory=int(args.memory * 2**30), functions=mapping)
+    report.advice = args.save_case is None  # the advice is to do what was just done
     print(report)
     if report.error is not None:
         return 2
@@ -622,8 +661,15 @@ def _namespace(**overrides: object) -> argparse.Namespace:
     return argparse.Namespace(**{**defaults, **overrides})
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (the usage block is for --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tinygrad-bn",
         description="Batch norm (and layer, spatial and group norm) as a graph of primitives "
                     "and as one fused op, checked against each other and finite differences.",
@@ -656,7 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Calls each function of the assignment the file defines with the "
                     "assignment's signatures and judges it against the staged graphs; a wrong "
                     "function is traced to the line it departs at, with the known slip it "
-                    "matches. Exits 0 when every defined function passes, 1 otherwise.")
+                    "matches. Exits 0 when every defined function passes, 1 otherwise, 2 when "
+                    "the file cannot be loaded or for a usage error.")
     check.add_argument("path", type=pathlib.Path, nargs="*", default=[],
                        help="your layers.py; several files or folders of submissions: each "
                             "file judged in its own boxes, a class summary printed")

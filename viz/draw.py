@@ -30,6 +30,8 @@ STYLE = {
     "constant": {"shape": "box", "style": "dashed,filled", "fillcolor": "gray92",
                  "fontcolor": "gray30"},
     "input": {"shape": "box", "style": "filled", "fillcolor": "lightyellow"},  # forward values
+    # the upstream gradient a drawn backward pass starts from (dout): an input of that pass
+    "upstream": {"shape": "box", "style": "filled", "fillcolor": "lightblue"},
 }
 # Nodes that belong to one staged normalization besides the ten stages themselves.
 STAGE_HELPERS = {"xg", "xhat_c", "gamma_b", "beta_b", "eps", "1"}
@@ -157,8 +159,8 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
           max_nodes: int = 300, stop: Callable[[Node], bool] | None = None,
           ids: dict[int, str] | None = None, copies: dict[int, list[str]] | None = None,
           parents_of: Callable[[Node], tuple[Node, ...]] = _parents,
-          aliases: dict[int, list[str]] | None = None, leaf_data: bool = True
-          ) -> tuple[int, int, int]:
+          aliases: dict[int, list[str]] | None = None, leaf_data: bool = True,
+          upstream: set[int] | None = None) -> tuple[int, int, int]:
     """Add the graph of `roots` to `digraph` (ids `prefix`0, 1, ...); returns (nodes, edges,
     total). A node `stop` accepts is drawn as an input: its own graph is not walked. ids:
     filled with each drawn node's DOT id, by id() of the Node; copies: filled with the DOT ids
@@ -189,7 +191,8 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
     for node in kept:
         if id(node) in per_use:
             continue  # drawn once per use, beside the node that uses it (below)
-        role_of = "input" if stop(node) else role(node, id(node) in outputs)
+        role_of = "input" if stop(node) else "upstream" if id(node) in (upstream or ()) \
+            else role(node, id(node) in outputs)
         full = leaf_data or not node.is_leaf
         attrs = {**STYLE[role_of], "class": "titled",
                  "label": node_label(node, role_of, show_data and full, show_grad and full,
@@ -221,7 +224,8 @@ def build(digraph: graphviz.Digraph, roots: list[Node], *, prefix: str = "n",
                 source = f"{ident[id(node)]}_c{index}"
                 if copies is not None:
                     copies.setdefault(id(parent), []).append(source)
-                parent_role = "input" if stop(parent) else role(parent, False)
+                parent_role = "input" if stop(parent) else "upstream" if id(parent) in (
+                    upstream or ()) else role(parent, False)
                 digraph.node(source, **STYLE[parent_role], **{"class": "titled"},
                              label=node_label(parent, parent_role, show_data, show_grad))
             # The shape is said where it changes along the edge (broadcast, reduction): an
@@ -328,7 +332,8 @@ def add_legend(digraph: graphviz.Digraph, *, backward: bool = False, forward_inp
     key = graphviz.Digraph(name="cluster_legend")
     key.attr(label="key", fontsize="9", style="rounded", color="gray70", margin="4")
     # A drawn backward pass has no leaf that requires grad: its inputs are forward values.
-    entries = ([("forward value read", "input"), *LEGEND[1:]] if forward_inputs else list(LEGEND))
+    entries = ([("forward value read", "input"), ("upstream gradient", "upstream"), *LEGEND[1:]]
+               if forward_inputs else list(LEGEND))
     names = []
     for index, (text, entry_role) in enumerate(entries):
         names.append(f"legend{index}")
@@ -377,6 +382,9 @@ def draw_backward(gradients: Sequence[Node], output: Node, *, show_data: bool = 
     for index, node in enumerate(roots):
         _check_from(node, index, stop, forward, output)
     through, aliases = _fillers(roots, stop)
+    _name_branches(roots, stop, through, aliases)
+    upstream = {id(n) for n in _walk(roots, stop) if not stop(n) and n.is_leaf
+                and not n.requires_grad and not isinstance(n, Constant)}
 
     def parents_of(node: Node) -> tuple[Node, ...]:
         return tuple(through.get(id(p), p) for p in node.parents)
@@ -385,7 +393,7 @@ def draw_backward(gradients: Sequence[Node], output: Node, *, show_data: bool = 
     ids: dict[int, str] = {}
     nodes, edges, total = build(digraph, roots, show_data=show_data, show_grad=False,
                                 max_nodes=max_nodes, stop=stop, parents_of=parents_of,
-                                aliases=aliases, ids=ids)
+                                aliases=aliases, ids=ids, upstream=upstream)
     if legend:  # under the gradient made last (the deepest one), not in the top row
         last = max(roots, key=lambda n: n.creation_number) if roots else None
         add_legend(digraph, forward_inputs=True, below=ids.get(id(last)) if last else None)
@@ -413,6 +421,26 @@ def _check_from(gradient: Node, index: int, stop: Callable[[Node], bool], forwar
         label = repr(strangers[0].name) if strangers[0].name else f"a {strangers[0].shape} node"
         raise ValueError(f"{where}, got one that reads {label}, which is not in the output's "
                          f"graph")
+
+
+# Gradients that are the sum of two branch parts, and the parts' names (in the order the
+# backward pass adds them: into xmu through xhat, then through the variance; into x through
+# xmu, then through mu), as the write-up names them.
+BRANCHES = {"dxmu": ("dxmu1", "dxmu2"), "dx": ("dx1", "dx2")}
+
+
+def _name_branches(roots: list[Node], stop: Callable[[Node], bool], through: dict[int, Node],
+                   aliases: dict[int, list[str]]) -> None:
+    """Name the two unnamed parts a branch gradient adds (dxmu = dxmu1 + dxmu2)."""
+    for node in _walk(roots, stop):
+        names = [node.name or "", *aliases.get(id(node), [])]
+        base = next((n for n in names if n in BRANCHES), None)
+        if base is None or stop(node) or node.op != "add" or len(node.parents) != 2:
+            continue
+        parts = [through.get(id(p), p) for p in node.parents]
+        for part, name in zip(parts, BRANCHES[base]):
+            if not stop(part) and name != part.name and name not in aliases.get(id(part), []):
+                aliases.setdefault(id(part), []).append(name)  # dxmu is also dx1
 
 
 def _fillers(roots: list[Node], stop: Callable[[Node], bool]

@@ -110,6 +110,8 @@ def node_label(node: Node, role: str, show_data: bool, show_grad: bool,
     """
     if role == "input":
         what = f"forward {op_text(node)}" if node.op else "forward value"
+    elif role == "upstream":
+        what = "upstream gradient"
     else:
         what = op_text(node) if node.op else ("input" if role == "parameter" else "constant")
     names = [node.name] if node.name else []

@@ -11,8 +11,9 @@ file held in green, the first departure highlighted with its line. Above it, the
 of every function checked. One self-contained file, written to a temporary name and
 renamed; every name and line of the student's file reaches the page as text only.
 
-Which function the page steps through: `function=`, else the first failing backward the
-checker traced, else the first failing function it traced, else the first backward (all
+Which function the page steps through: `function=`, else `LayersReport.focus()` (the one
+`save_case` saves too): the first failing backward the checker traced, else the first failing
+function it traced, else the first function that does not pass, else the first backward (all
 green when it passes), else the first function checked.
 """
 
@@ -87,18 +88,7 @@ def chosen_function(report: LayersReport, function: str | None = None) -> str:
             raise ValueError(f"function: expected one of the checked functions "
                              f"{', '.join(report.results)}, got {function!r}")
         return function
-    results = list(report.results.values())
-
-    def backward(name: str) -> bool:
-        return FUNCTIONS[name][1] == "backward"
-
-    for wanted in (lambda r: r.status == "fail" and r.stages and backward(r.name),
-                   lambda r: r.status == "fail" and r.stages,
-                   lambda r: backward(r.name)):
-        found = next((r.name for r in results if wanted(r)), None)
-        if found is not None:
-            return found
-    return results[0].name
+    return report.focus() or next(iter(report.results))
 
 
 def _case_from_result(kind: str, case: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -175,7 +165,8 @@ def student_record(stages: list[StageMatch], file: str, source: list[str],
                                      line=line, variable=variable, value=None))
         if s.matches or s.departure:
             rows.append(StudentStage(name=s.name, expected=s.expected, matches=bool(s.matches),
-                                     line=s.line, variable=s.variable, value=s.value))
+                                     line=s.line, variable=s.variable, value=s.value,
+                                     function=s.function))
     departure = next((s.name for s in stages if s.departure), None)
     return StudentRecord(stages=rows, departure=departure, file=file, source=source)
 
@@ -187,13 +178,28 @@ def _verdicts(report: LayersReport, shown: str, case: ReportCase) -> dict[str, A
     summary = (f"Every function passes ({passed} of {len(results)})" if everything else
                f"{passed} of {len(results)} functions pass")
     absent = [s.name for s in case.stages if not s.matches and not s.departure]
+    traced = (f"your variables from {case.traced}" if case.stages else
+              f"no variables of yours to show ({case.traced})")
+    result = report.results[shown]
+    running = None
+    if (result.stage or "").startswith("running_") and result.case:
+        running = [{"name": key,
+                    "yours": _text(result.case.get(f"student_{key}")),
+                    "correct": _text(result.case.get(f"correct_{key}"))}
+                   for key in ("running_mean", "running_var")]
     return {
         "summary": summary, "ok": everything, "shown": shown, "source": report.source,
-        "traced": case.traced,
+        "traced": traced, "running": running,
         "absent": absent,
         "rows": [{"name": r.name, "status": r.status, "line": r.line,
                   "diagnosis": r.diagnosis, "shown": r.name == shown} for r in results],
     }
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "not stored"
+    return np.array2string(np.asarray(value), precision=6, separator=", ")
 
 
 def check_report_page(report: LayersReport, path: str | os.PathLike, *,
@@ -254,6 +260,12 @@ _VERDICT_HTML = """<section id="verdict">
     <thead><tr><th>function</th><th>verdict</th><th>line</th><th>diagnosis</th></tr></thead>
     <tbody></tbody></table>
   <div id="verdict-absent" class="note" hidden></div>
+  <div id="verdict-running" hidden></div>
+  <div id="verdict-key" class="hint">key to the graph's fills: light green, a quantity a line of
+    yours holds (the inputs too, when your code holds them); pink, where your code first departs;
+    red outline, the step shown; green outline, steps done; red edges, the gradient's way back.
+    The small key under the graph tells the kinds of node (blue inputs and parameters) before
+    your code colours them.</div>
 </section>
 <div id="departure" hidden></div>"""
 _VERDICT_SCRIPT = """
@@ -263,7 +275,17 @@ _VERDICT_SCRIPT = """
   box.classList.toggle("all-pass", REPORT.ok);
   document.getElementById("verdict-summary").textContent = REPORT.summary + " in " + REPORT.source;
   document.getElementById("verdict-shown").textContent =
-    "stepping through " + REPORT.shown + "; your variables from " + REPORT.traced;
+    "stepping through " + REPORT.shown + "; " + REPORT.traced;
+  if (REPORT.running) {
+    const running = document.getElementById("verdict-running");
+    running.hidden = false;
+    running.append(element("div", REPORT.shown + " departs in its running statistics (its " +
+                                  "train-mode output is right): after one train step", "note"));
+    REPORT.running.forEach(function (row) {
+      running.append(element("div", row.name + ", yours"), element("pre", row.yours),
+                     element("div", row.name + ", correct"), element("pre", row.correct));
+    });
+  }
   const body = document.querySelector("#verdict-table tbody");
   REPORT.rows.forEach(function (row) {
     const tr = element("tr", null, row.status.replace(/ /g, "-") + (row.shown ? " shown" : ""));

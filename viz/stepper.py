@@ -24,6 +24,7 @@ import html
 import json
 import pathlib
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,7 @@ class StudentStage:
     line: int | None = None
     variable: str | None = None
     value: Any = None
+    function: str | None = None  # the student's function holding the line (a helper's name)
 
 
 @dataclass
@@ -110,6 +112,7 @@ def _student_data(record: Any) -> dict[str, Any]:
         raise TypeError(f"student: expected a record with a list of stages, got "
                         f"{type(record).__name__}")
     source = [str(line) for line in (_get(record, "source") or [])]
+    spans = _statement_spans(source)
     rows = []
     for index, entry in enumerate(stages):
         name = _get(entry, "name")
@@ -122,17 +125,54 @@ def _student_data(record: Any) -> dict[str, Any]:
                             f"{type(line).__name__}")
         value, expected = _get(entry, "value"), _get(entry, "expected")
         variable = _get(entry, "variable")
-        text = source[line - 1] if line is not None and 1 <= line <= len(source) else ""
+        last = spans.get(line, line) if line is not None else None
+        text = ("\n".join(source[line - 1:last]) if line is not None and 1 <= line <= len(source)
+                else "")  # the whole statement, also when it runs over several lines
+        matches = bool(_get(entry, "matches", False))
+        function = _get(entry, "function")
         rows.append({
-            "name": name, "line": line, "code": text.strip(),
+            "name": name, "line": line, "code": textwrap.dedent(text).strip(),
             "variable": None if variable is None else str(variable),
+            "function": None if function is None else str(function),
             "value": None if value is None else _array_text(value),
             "expected": None if expected is None else _array_text(expected),
-            "matches": bool(_get(entry, "matches", False)),
+            "matches": matches,
+            "agreement": _agreement(matches, value, expected),
         })
     departure = _get(record, "departure")
     return {"file": str(_get(record, "file") or "your file"), "stages": rows,
             "departure": None if departure is None else str(departure)}
+
+
+def _statement_spans(source: list[str]) -> dict[int, int]:
+    """first line -> last line of each statement of the source (empty when it does not parse)."""
+    import ast
+    try:
+        tree = ast.parse("\n".join(source))
+    except (SyntaxError, ValueError):
+        return {}
+    return {node.lineno: node.end_lineno or node.lineno for node in ast.walk(tree)
+            if isinstance(node, ast.stmt) and not isinstance(node, (
+                ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While, ast.If,
+                ast.With, ast.Try))}
+
+
+def _agreement(matches: bool, value: Any, expected: Any) -> str:
+    """"agrees", "differs", or "agrees up to a factor k" when the checker accepted a value
+    that is the right one scaled by a count (k = N or 1/N; the code scales it later)."""
+    if not matches:
+        return "differs"
+    try:
+        mine, right = np.asarray(value, np.float64).ravel(), np.asarray(expected, np.float64).ravel()
+    except (TypeError, ValueError):
+        return "agrees"
+    if mine.size != right.size or not mine.size or not np.any(right):
+        return "agrees"
+    factor = float(np.vdot(mine, right) / np.vdot(right, right))
+    if abs(factor - 1) <= 1e-6:
+        return "agrees"
+    shown = f"{factor:.6g}" if abs(factor) >= 1 else f"1/{1 / factor:.6g}"
+    return f"agrees up to a factor {shown} (a count your code divides by later)"
 
 
 def steps_of(root: Node, upstream: Any = None, ids: dict[int, str] | None = None,
@@ -412,9 +452,12 @@ function rowsOf(step) {
   });
   return found;
 }
+// the function the page steps through (a report page): a line of another one names it
+const SHOWN = DATA.report ? DATA.report.shown : null;
 function where(row) {
   return row.line === null ? "not found in " + STUDENT.file
-                           : STUDENT.file + " line " + row.line;
+                           : STUDENT.file + " line " + row.line +
+                             (row.function && row.function !== SHOWN ? ", in " + row.function : "");
 }
 if (STUDENT) {
   document.getElementById("student").hidden = false;
@@ -433,7 +476,8 @@ if (STUDENT) {
     const tr = element("tr", null, row.matches ? "ok" : "bad");
     tr.append(element("td", row.name), element("td", row.line === null ? "-" : String(row.line)),
               element("td", row.variable === null ? "-" : row.variable),
-              element("td", row.matches ? "yes" : "no"));
+              element("td", row.matches ? (row.agreement && row.agreement !== "agrees" ?
+                                           "yes, up to a factor" : "yes") : "no"));
     const target = STEPS.findIndex(function (step) {
       return step.quantities.indexOf(row.name) >= 0;
     });
@@ -458,7 +502,11 @@ if (STUDENT) {
       go.type = "button";
       go.id = "show-departure";
       go.style.marginLeft = "8px";
-      go.addEventListener("click", function () { show(departureStep); });
+      go.addEventListener("click", function () {
+        show(departureStep);
+        const card = document.querySelector("#student-rows .row.departure");
+        if (card && card.scrollIntoView) { card.scrollIntoView({block: "center"}); }
+      });
       banner.append(go);
     }
   }
@@ -528,7 +576,7 @@ function show(index) {
       const isDeparture = row.name === STUDENT.departure;
       const card = element("div", null,
                            "row " + (row.matches ? "ok" : "bad") + (isDeparture ? " departure" : ""));
-      card.append(element("div", row.name + ": " + (row.matches ? "agrees" : "differs") +
+      card.append(element("div", row.name + ": " + (row.agreement || (row.matches ? "agrees" : "differs")) +
                                  (isDeparture ? " (first departure)" : "")));
       card.append(element("div", where(row) + (row.variable === null ? "" : ", variable " + row.variable)));
       if (row.code) { card.append(element("pre", row.code, "code")); }

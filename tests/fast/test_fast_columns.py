@@ -94,6 +94,22 @@ def test_column_passes_are_as_exact_as_the_textbook(shape, dtype, center, compil
         assert fast_error <= max(A_FEW_EPS, 1.5 * textbook_error), (fast_error, textbook_error)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_long_single_feature_column_is_as_exact_as_the_textbook(seed, compiled):
+    # One feature over 2^18 rows: thousands of partial sums per statistic, which the textbook
+    # sums pairwise. With dout about 1, dgamma = sum(dout * xhat) moves by sum(dout) ~ 2^18
+    # times any error of the mean, so a mean rounded at the scale of its shift (or biased by
+    # the shift's low bits) shows, and so do the partials added in a running sum.
+    rng = np.random.default_rng(seed)
+    shape = (1 << 18, 1)
+    assert _layout(shape, np.float64).A == shape[0]
+    case = Case("long column", "batch", rng.standard_normal(shape), np.ones(1), np.zeros(1),
+                1 + rng.standard_normal(shape))
+    for together in (False, True):
+        fast_error, textbook_error = errors_in_eps(case, together)
+        assert fast_error <= max(A_FEW_EPS, 1.5 * textbook_error), (fast_error, textbook_error)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_column_passes_give_the_same_bits_on_any_thread_count(dtype, compiled, on_thread_counts):
     rng = np.random.default_rng(3)

@@ -6,11 +6,10 @@ magnitude for x and one for dout (from the underflow range to the overflow range
 offset of x's mean from zero, eps (the default, the smallest float64, or 1) and a memory
 layout (contiguous, reversed, sliced, transposed), and compares the fast path and the
 textbook with the reference of `benchmarks/exactness.py` (60 digits for small inputs, long
-double above): the fast error must be within max(8 eps, 1.5x the textbook's). Two kinds of
-miss are known and reported as expected failures: the compiled column passes' (see
-`test_fast_exact.py`, COMPILED_PASS_DEFECTS), and dgamma or dbeta whose sums cancel to a
-hundredth of their terms, where the fast sums are as exact as the textbook's but not 1.5x
-more so by chance (`_cancelling_sums`).
+double above): the fast error must be within max(8 eps, 1.5x the textbook's). One kind of
+miss is known and reported as an expected failure: dgamma or dbeta whose sums cancel to a
+hundredth of their terms, where the fast sums are as exact as the textbook's but not within
+1.5x of it by chance (`_cancelling_sums`).
 
 CI runs a brief search (a fixed seed, a dozen draws per backend). A longer one runs on demand:
 
@@ -30,7 +29,6 @@ import pytest
 
 from benchmarks.exactness import Case, error_in_eps, errors_in_eps, reference, run_case
 from tinygrad_bn import fast
-from tinygrad_bn.fast.norm import SMALL_MAX_ELEMENTS
 from tinygrad_bn.norm import norm_spec
 
 A_FEW_EPS = 8.0
@@ -118,38 +116,23 @@ def _cancelling_sums(case: Case, failing: set[str]) -> bool:
     return bool(max(np.nanmax(f) for f in factors) > CANCELLING)
 
 
-def _known_compiled_defect(case: Case, backend: str) -> bool:
-    # The compiled column and row passes' families of `test_fast_exact.py`
-    # (COMPILED_PASS_DEFECTS): far magnitudes of x and dout, and a single feature's columns.
-    if backend != "numba" or case.x.size <= SMALL_MAX_ELEMENTS or case.x.dtype != np.float64:
-        return False
-    with np.errstate(all="ignore"):
-        x_size = float(np.max(np.abs(case.x)))
-        dout_size = float(np.max(np.abs(case.dout)))
-    far = not 1e-100 < x_size * dout_size < 1e250
-    single_feature = case.kind in ("batch", "spatial") and case.x.shape[1] == 1
-    return far or single_feature
-
-
 @pytest.mark.parametrize("together", [False, True], ids=["apart", "one call"])
 def test_random_inputs_are_as_exact_as_the_textbook(together, backend):
-    failures, known, chance = [], [], []
+    failures, chance = [], []
     for index in range(DRAWS):
         case = draw(SEED + (1 if together else 0), index)
         fast_error, textbook_error = errors_in_eps(case, together)
         if fast_error > max(A_FEW_EPS, 1.5 * textbook_error):
             found = (case.family, case.kind, case.x.shape, case.x.dtype.name, case.eps,
                      fast_error, textbook_error)
-            if _known_compiled_defect(case, backend):
-                known.append(found)
-            elif _cancelling_sums(case, _failing_outputs(case, together)):
+            if _cancelling_sums(case, _failing_outputs(case, together)):
                 chance.append(found)
             else:
                 failures.append(found)
     assert not failures, failures[:5]
-    if known or chance:
-        pytest.xfail(f"compiled column/row passes: fixed separately ({known[:3]}); sums that "
-                     f"cancel to a hundredth, no more exact than the textbook's ({chance[:3]})")
+    if chance:
+        pytest.xfail(f"sums that cancel to a hundredth, no more exact than the textbook's "
+                     f"({chance[:3]})")
 
 
 def _failing_outputs(case: Case, together: bool) -> set[str]:

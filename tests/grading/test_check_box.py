@@ -299,9 +299,9 @@ def test_the_students_text_is_printed_as_data(tmp_path):
     out = result.stdout.decode("utf-8")
     assert result.returncode == 1 and b"Traceback" not in result.stderr, result
     assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
+    # (errors only: no case to save, so no advice to save one)
     assert [line for line in out.splitlines() if re.match(r"\d+ of \d+ functions", line)] == [
-        "0 of 2 functions pass (2 error); `tinygrad-bn check --save-case case.npz` then `tinygrad-bn "
-        "explain --values --load case.npz` shows every stage on the same data"]
+        "0 of 2 functions pass (2 error)"]
     assert "\\x1b[2K" in out and "\\ud800" in out and "\\u202e" in out
     assert [line.split()[:2] for line in out.splitlines() if line.startswith("layernorm_")] == [
         ["layernorm_forward", "ERROR"], ["layernorm_backward", "ERROR"]]

@@ -25,6 +25,10 @@ def test_experiment_plots(tmp_path, capsys):
         assert "<!-- curves -->" in words
         axes = [g for g in svg.iter() if (g.get("id") or "").startswith("axes_")]
         assert len(axes) == (6 if stem == "init_statistics" else 3)
+        # The whole figure, legend included, fits a 900 px window.
+        png = (tmp_path / f"{stem}.png").read_bytes()
+        assert int.from_bytes(png[16:20], "big") <= 900
+        assert float(svg.get("width").removesuffix("pt")) * 4 / 3 <= 900
     # The quick experiment's unnormalized run at init scale 1 diverges: marked, with where.
     assert "<!-- diverged at step " in (tmp_path / "training_loss.svg").read_text()
 

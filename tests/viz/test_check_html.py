@@ -270,3 +270,67 @@ def test_a_dropped_branch_departs_where_the_checker_says(tmp_path):
     rows = [r for r in page_data(page)["student"]["stages"] if r["name"] == "dxmu2"]
     assert [(r["line"], r["matches"]) for r in rows] == [(added, False), (dropped, True)]
     assert rows[0]["code"] == "dx_k1 = dx_1"
+
+
+SLIPS = STUDENTS / "assignment" / "slips_norm.py"
+
+
+def test_a_running_statistics_failure_shows_the_running_statistics(browser, tmp_path):
+    page = tmp_path / "running.html"
+    assert main(["check", str(SLIPS), "--only", "batchnorm_forward", "--html", str(page)]) == 1
+    open_page(browser, page)
+    shown = text(browser, "verdict-running")
+    assert "departs in its running statistics" in shown
+    assert "running_var, yours" in shown and "running_var, correct" in shown
+    no_errors_and_nothing_loaded(browser, page)
+
+
+def test_the_key_names_every_fill_and_the_header_reads_right(browser, tmp_path):
+    page = tmp_path / "error.html"
+    broken = tmp_path / "layers.py"
+    broken.write_text((STUDENTS / "assignment" / "complete.py").read_text().replace(
+        "    var = np.mean(xmu ** 2, axis=1, keepdims=True)\n",
+        "    var = np.mean(xmu ** 2, axis=2, keepdims=True)\n"))
+    assert main(["check", str(broken), "--only", "layernorm_forward,layernorm_backward",
+                 "--html", str(page)]) == 1
+    open_page(browser, page)
+    key = text(browser, "verdict-key")
+    assert "light green" in key and "pink" in key
+    header = text(browser, "verdict-shown")
+    assert header.startswith("stepping through layernorm_forward; no variables of yours to show "
+                             "(it is error)"), header  # the function that errs, said in words
+    no_errors_and_nothing_loaded(browser, page)
+
+
+def test_whole_statements_helper_names_and_factors_reach_the_page():
+    import numpy as np
+
+    from viz.stepper import StudentRecord, StudentStage, _student_data
+    source = ["def helper(a):", "    dx_T = (a", "            * 2)", "    return dx_T"]
+    record = StudentRecord(stages=[
+        StudentStage("dx", np.ones(3), True, line=2, variable="dx_T", value=4 * np.ones(3),
+                     function="helper")], file="layers.py", source=source)
+    (row,) = _student_data(record)["stages"]
+    assert row["code"] == "dx_T = (a\n        * 2)"
+    assert row["function"] == "helper"
+    assert row["agreement"].startswith("agrees up to a factor 4")
+
+
+def test_the_departure_is_in_view_after_show_that_step(browser, planted_page):
+    page, _ = planted_page
+    open_page(browser, page, width=900)
+    browser.find_element(By.ID, "show-departure").click()
+    in_view = browser.execute_script(
+        "const card = document.querySelector('#student-rows .row.departure');"
+        "const box = card.getBoundingClientRect();"
+        "return box.top >= 0 && box.top < window.innerHeight;")
+    assert in_view
+
+
+def test_html_into_a_missing_folder_is_refused_and_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "no such folder"
+    assert main(["check", str(WRONG_DVAR), "--only", "batchnorm_backward", "--html",
+                 str(missing / "report.html")]) == 1
+    err = capsys.readouterr().err
+    assert "--html: cannot write" in err and "create it first" in err
+    assert not missing.exists()

@@ -327,7 +327,7 @@ def test_the_backward_picture_has_no_filler_and_is_legible(no_system_dot):
     lines = texts(svg)
     titles = [t for t in lines if ": " in t]
     assert not any("identity" in t or "^1" in t for t in lines), titles
-    assert "dvar_eps = dvar: div" in lines and "dout = dgammax: constant" in lines
+    assert "dvar_eps = dvar: div" in lines and "dout = dgammax: upstream gradient" in lines
     assert "gamma: forward value" in lines and "input or parameter" not in lines
     assert text_px_at(svg, 1000) >= 10
 
@@ -386,3 +386,19 @@ def test_draw_comparison_still_takes_the_old_keyword_with_a_warning():
     assert labels[0] == labels[1] and any("layer" in label for label in labels[0])
     with pytest.raises(TypeError, match="give kind= alone"):
         viz.draw_comparison(x, gamma, beta, dout, kind="group", norm="layer")
+
+
+def test_the_drawn_backward_pass_names_its_branch_parts_and_its_upstream_gradient():
+    from tinygrad_bn.core.node import grad as _grad
+    rng = np.random.default_rng(3)
+    x = tb.Node(rng.standard_normal((4, 5)), name="x")
+    gamma, beta = tb.Node(1 + rng.standard_normal(5), name="gamma"), tb.Node(np.zeros(5), name="beta")
+    out = tb.batchnorm_staged(x, gamma, beta)
+    dout = rng.standard_normal((4, 5))
+    source = viz.draw_backward(_grad(out, [x, gamma, beta], dout, create_graph=True), out).source
+    titles = re.findall(r'label="([^\\]*?)\\n', source)
+    for title in ("dxmu1: mul", "dxmu2: mul", "dxmu = dx1: add", "dx2: broadcast_to",
+                  "dout = dgammax: upstream gradient"):
+        assert title in titles, titles
+    upstream = next(line for line in source.splitlines() if "upstream gradient" in line)
+    assert "lightblue" in upstream and "dashed" not in upstream

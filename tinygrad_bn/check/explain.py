@@ -41,6 +41,9 @@ class Explanation:
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
     # Gradients that are sums of branch parts, and parts summed over broadcast axes (parts.py).
     assembly: list[str] = field(default_factory=list)
+    # The saved case it was loaded from (`check --save-case`), when it was: its function, the
+    # student's outputs and the checker's correct values (branch parts, running statistics).
+    case: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return format_explanation(self)
@@ -214,9 +217,22 @@ def explain(x: Any = None, gamma: Any = None, beta: Any = None, dout: Any = None
         x, gamma, beta, dout = (case[k] for k in ("x", "gamma", "beta", "dout"))
         if kind == "group":
             gamma, beta = np.ravel(gamma), np.ravel(beta)
+        explanation = explain_normalization(kind, x, gamma, beta, dout, eps=eps, groups=groups)
+        explanation.case = case
+        return explanation
     if x is None or gamma is None or beta is None or dout is None:
         raise TypeError("explain: give x, gamma, beta and dout, or load=a saved case")
     return explain_normalization(kind, x, gamma, beta, dout, eps=eps, groups=groups)
+
+
+# The correct values of a saved case printed by --values beyond the stages: the parts each
+# gradient into xmu and into x is the sum of, and the running statistics after a train step.
+_CASE_PARTS = (("dxmu1", "dxhat * ivar, the branch into xmu through xhat"),
+               ("dxmu2", "2 * xmu * dsq, the branch into xmu through the variance"),
+               ("dxmu", "dxmu1 + dxmu2, the branch into x through xmu"),
+               ("dx2", "dmu / N, the branch into x through mu"),
+               ("running_mean", "momentum * running_mean + (1 - momentum) * mu"),
+               ("running_var", "momentum * running_var + (1 - momentum) * var"))
 
 
 MAX_VALUES = 400  # entries per array printed by format_values; larger ones are summarized
@@ -227,6 +243,11 @@ def format_values(explanation: Explanation) -> str:
     order, then the leaves' gradients: the numbers a student compares with the
     intermediates of their own code."""
     blocks = []
+    case = explanation.case
+    if case:
+        function = str(case["function"]) if "function" in case else "a function"
+        blocks.append(f"the case of {function} ({explanation.spec.title}), as the checker "
+                      f"judged it")
     with np.printoptions(precision=6, suppress=False, linewidth=100, threshold=MAX_VALUES):
         for name, value in explanation.inputs.items():
             blocks.append(f"{name} = {_array_text(value)}")
@@ -234,6 +255,17 @@ def format_values(explanation: Explanation) -> str:
             blocks.append(f"{name} = {_array_text(value)}")
             if grad is not None:
                 blocks.append(f"d{name} = {_array_text(grad)}")
+        parts = [(name, words) for name, words in _CASE_PARTS if f"correct_{name}" in case]
+        if parts:
+            blocks.append("branch parts and running statistics (correct):")
+        for name, words in parts:
+            shown = "dx1" if name == "dxmu" else name
+            blocks.append(f"{shown} = {words}: {_array_text(case[f'correct_{name}'])}")
+        yours = [k for k in case if k.startswith("student_")]
+        if yours:
+            blocks.append("yours (what the function returned on this case):")
+        for key in yours:
+            blocks.append(f"{key[len('student_'):]} = {_array_text(case[key])}")
     return "\n".join(blocks)
 
 

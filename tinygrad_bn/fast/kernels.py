@@ -286,10 +286,44 @@ def lead_shift(xv: np.ndarray, layout: Layout) -> np.ndarray:
     return xv[:LEAD_ROWS].mean(axis=layout.axes, dtype=np.float64)
 
 
+_SPLIT = 134217729.0  # 2^27 + 1: splits a float64 into two halves whose products are exact
+
+
+def _halves(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    big = a * _SPLIT
+    high = big - (big - a)
+    return high, a - high
+
+
+def shifted_mean(shift: np.ndarray, s1: np.ndarray, count: int, s1_error: np.ndarray
+                 ) -> np.ndarray:
+    """shift + (s1 + s1_error) / count (K,), rounded about once: the quotient's own rounding
+    is at the scale of s1 / count, far above the mean's when the shift is near the mean
+    (a mean of 1e-3 about a shift of 0.2), and a gradient sum of dy * xhat with sum(dy) ~ N
+    moves by N times it. The quotient's remainder is taken exactly (Dekker's product)."""
+    quotient = s1 / count
+    with np.errstate(all="ignore"):
+        product = quotient * count
+        q_high, q_low = _halves(quotient)
+        n_high, n_low = _halves(np.float64(count))
+        low = ((q_high * n_high - product) + q_high * n_low + q_low * n_high) + q_low * n_low
+        correction = (((s1 - product) - low) + s1_error) / count
+        mean = shift + quotient
+        back = mean - shift
+        error = (shift - (mean - back)) + (quotient - back)
+        refined = mean + (error + correction)
+        plain = shift + quotient
+    # Far magnitudes (a split that overflows, an inf or NaN sum): the plain quotient.
+    return np.where(np.isfinite(refined), refined, plain)
+
+
 def combine_moments(s1: np.ndarray, s2: np.ndarray, shift: np.ndarray, count: int,
-                    dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, bool]:
+                    dtype: np.dtype, s1_error: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, bool]:
     """mean and variance from the sums of d = x - shift and of d^2; and whether the shift was
-    so far from the mean that a pass about the mean itself is needed for every digit."""
+    so far from the mean that a pass about the mean itself is needed for every digit. Given
+    what the rounding of s1 left out (a sum carried over many partials), the mean is rounded
+    about once (`shifted_mean`)."""
     m1 = s1 / count
     e2 = s2 / count
     if np.isfinite(e2).all():
@@ -301,7 +335,8 @@ def combine_moments(s1: np.ndarray, s2: np.ndarray, shift: np.ndarray, count: in
             # A mean of squares that overflowed is the textbook's inf variance (not inf - inf).
             var = np.where(np.isinf(e2), e2, np.maximum(e2 - square, 0.0))
     again = bool((square > FAR_SHIFT[np.dtype(dtype)] * var).any())
-    return shift + m1, var, again
+    mean = shift + m1 if s1_error is None else shifted_mean(shift, s1, count, s1_error)
+    return mean, var, again
 
 
 def _lead_rows(xv: np.ndarray, layout: Layout) -> np.ndarray:

@@ -92,12 +92,16 @@ def _compile(**options: Any) -> Callable[[Callable[..., Any]], Any]:
 # four rows of one page read side by side are streams the hardware prefetcher loses, and
 # measured slower than one row at a time. Each chunk of rows sums into a partial of its
 # own, no chunk longer than about `CHUNK_ROWS` rows (a few features over a million rows
-# take thousands of chunks, not one running sum each), and the partials are added
-# pairwise in an order fixed by the shape (`_pairwise`): the same bits on any thread
-# count. The second pass of each direction (normalize, dx) takes each thread's rows in
-# blocks of `REVERSED_BLOCK_BYTES`, last block first, rows in order inside a block: it
-# starts on the rows the first pass left in the shared cache and still streams forward
-# (rows taken one by one last first measured slower than in order).
+# take thousands of chunks, not one running sum each), and the partials are added in an
+# order fixed by the shape: the same bits on any thread count. Many partials (a few
+# features over many rows, which the textbook sums pairwise) are added with their rounding
+# carried (`_column_total`), so that only each chunk's short running sum (of 16 four-row
+# sums for one feature) rounds: partials of 256 rows added pairwise left dgamma of one
+# feature over a million rows 12 eps off, the textbook's pairwise sum 3. The second pass
+# of each direction (normalize, dx) takes each thread's rows in blocks of
+# `REVERSED_BLOCK_BYTES`, last block first, rows in order inside a block: it starts on the
+# rows the first pass left in the shared cache and still streams forward (rows taken one
+# by one last first measured slower than in order).
 #
 # A product of three factors is never left to fast-math to reorder: dy * xhat with xhat =
 # (x - mean) * ivar reordered as (dy * ivar) * (x - mean) overflows where dy is near the
@@ -106,8 +110,8 @@ def _compile(**options: Any) -> Callable[[Callable[..., Any]], Any]:
 # (`_xhat`, `_dx_value`), inlined into the SIMD loops as they are.
 PAGE_BYTES = 4096
 REVERSED_BLOCK_BYTES = 1 << 18
-CHUNK_ROWS = 256
-CHUNK_PARTIALS = 1 << 16  # budget of partial values per sum (chunks * features)
+CHUNK_ROWS = 64
+CHUNK_PARTIALS = 1 << 15  # budget of partial values per sum (chunks * features)
 
 
 @_compile(fastmath=_FASTMATH)
@@ -396,6 +400,27 @@ def _carry_add(total, carry, value):  # pragma: no cover - compiled
 def _carried(total, carry):  # pragma: no cover - compiled
     # A sum that overflowed keeps its inf (its carry is inf - inf, NaN, not an error term).
     return total + carry if carry - carry == 0.0 else total
+
+
+@cached_njit("UniTuple(float64[:], 2)(float64[:, :])")
+def _carried_sums(partials):  # pragma: no cover - compiled
+    """The sums over axis 0 of (chunks, K) partial sums, carried in order (fixed by the
+    shape): thousands of partials add as if each were exact. Returns the sums and what their
+    rounding left out (0 where a sum left float64's range)."""
+    chunks, features = partials.shape
+    totals = np.empty(features)
+    carries = np.empty(features)
+    for k in range(features):  # one feature at a time, in registers (few features come here)
+        total = carry = 0.0
+        for c in range(chunks):  # Knuth's two-sum: no branch (this is compiled as written)
+            value = partials[c, k]
+            new = total + value
+            back = new - total
+            carry += (total - (new - back)) + (value - back)
+            total = new
+        totals[k] = _carried(total, carry)
+        carries[k] = carry - (totals[k] - total) if carry - carry == 0.0 else 0.0
+    return totals, carries
 
 
 @cached_njit("float64(float64, float64)")
@@ -726,18 +751,29 @@ def _row_step(layout: Layout, dtype: np.dtype) -> int:
     return max(1, min(16, PAGE_BYTES // (layout.K * dtype.itemsize)))
 
 
-def _pairwise(parts: np.ndarray) -> np.ndarray:
-    """The sum over axis 0 of (chunks, K) partial sums, pairwise (a tree fixed by the shape):
-    thousands of partials add without the error of a running sum. Up to CHUNKS partials (every
-    shape with more than a few features) numpy's sum over axis 0 is short enough and costs
-    one call, not one per level."""
+def _column_total(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The sum over axis 0 of (chunks, K) partial sums (K,), and what its rounding left out
+    (None where not taken). Up to CHUNKS partials (every shape with more than a few features,
+    whose sums over the batch axis the textbook takes as running sums over every row) numpy's
+    sum over axis 0 costs one call. More partials (a few features over many rows, which the
+    textbook sums pairwise) are added carried (`_carried_sums`): only each chunk's short
+    running sum rounds."""
     if parts.shape[0] <= CHUNKS:
-        return parts.sum(axis=0)
-    while parts.shape[0] > 1:
-        half = parts.shape[0] // 2
-        paired = parts[:half] + parts[half:2 * half]
-        parts = np.concatenate([paired, parts[2 * half:]]) if parts.shape[0] % 2 else paired
-    return parts[0]
+        return parts.sum(axis=0), None
+    return _carried_sums(parts)
+
+
+SHIFT_BITS = 26
+
+
+def _short(shift: np.ndarray) -> np.ndarray:
+    """shift rounded to `SHIFT_BITS` significant bits. x - shift then drops none of the
+    shift's bits wherever |x| is above it (up to 2^26 times it): a shift of 53 bits loses the
+    same low bits from every such x, a bias that adds up over a long column (a mean of 1e-3
+    over a million values was 25 of its ulps off, and dgamma, with sum(dy) ~ 1e6, moved by
+    a million times that)."""
+    fraction, exponent = np.frexp(shift)
+    return np.ldexp(np.round(fraction * 2.0 ** SHIFT_BITS), exponent - SHIFT_BITS)
 
 
 def _column_sums(kernel2: Any, kernel3: Any, layout: Layout, dtype: np.dtype, threads: int,
@@ -751,14 +787,15 @@ def column_statistics(x: np.ndarray, layout: Layout, threads: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature float64 mean and biased variance (K,): one pass, two when far off."""
     xv = x.reshape(layout.view)
-    shift = lead_shift(xv, layout)
+    shift = _short(lead_shift(xv, layout))
     while True:
         s1, s2 = _column_sums(col_sums2, col_sums3, layout, x.dtype, threads, xv, shift)
-        mean, var, again = combine_moments(_pairwise(s1), _pairwise(s2), shift, layout.count,
-                                           x.dtype)
+        total, left_out = _column_total(s1)
+        mean, var, again = combine_moments(total, _column_total(s2)[0], shift, layout.count,
+                                           x.dtype, left_out)
         if not again:
             return mean, var
-        shift = mean  # the shift was far from the mean: once more about the mean itself
+        shift = _short(mean)  # the shift was far from the mean: once more about the mean
 
 
 def column_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
@@ -808,7 +845,7 @@ def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
         return dx, dgamma, dbeta
     s_dy, s_dy_xhat = _column_sums(col_grad_sums2, col_grad_sums3, layout, x.dtype, threads,
                                    dyv, xv, mean, ivar)
-    dbeta, dgamma = _pairwise(s_dy), _pairwise(s_dy_xhat)
+    dbeta, dgamma = _column_total(s_dy)[0], _column_total(s_dy_xhat)[0]
     dx = np.empty(x.shape, x.dtype)
     run(_col(col_dx2, col_dx3, layout), threads, dyv, xv, mean, ivar, gamma,
         gamma * (dbeta / layout.count), gamma * (dgamma / layout.count), dx.reshape(layout.view),

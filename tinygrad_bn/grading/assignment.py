@@ -8,6 +8,7 @@ the student's code through `call_forward` and `call_backward`, on `case_inputs`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..core.node import Node
 from ..norm import NormSpec, norm_spec, staged_nodes
+from .agree import TOLERANCE as AGREEMENT
 from .sandbox import mark_running
 from .trace import LineTracer
 
@@ -56,7 +58,9 @@ EPS = 1e-5
 MOMENTUM = 0.8  # not 0.5, so that a momentum used the wrong way round shows
 
 
-TOLERANCE = 1e-8  # normwise; the inputs are well conditioned (N >= 4 values per statistic)
+# normwise; the inputs are well conditioned (N >= 4 values per statistic); one notion of
+# agreement for verdicts and traced lines alike
+TOLERANCE = AGREEMENT
 
 
 FLOAT32_TOLERANCE = 1e-4
@@ -104,19 +108,26 @@ def student_frame(error: BaseException) -> str:
         return str(error.replayed_frame)
     frames = [f for f in traceback.extract_tb(error.__traceback__)
               if "tinygrad_bn" not in f.filename.replace("\\", "/").split("/")]
-    if not frames:
-        return ""
-    # the student's line, not numpy's (np.product raising in numpy's own __getattr__)
+    # the innermost frame of the student's own files: not numpy's, not Python's own
     own = [f for f in frames if not _library_file(f.filename)]
-    frame = (own or frames)[-1]
-    return f" (line {frame.lineno}: {frame.line.strip() if frame.line else ''})"
+    if not own:
+        return ""
+    frame = own[-1]
+    where = "" if frame.filename == own[0].filename else f" of {os.path.basename(frame.filename)}"
+    return (f" (line {frame.lineno}{where} in {frame.name}: "
+            f"{frame.line.strip() if frame.line else ''})")
 
 
 def _library_file(filename: str) -> bool:
+    """Whether a traceback's file belongs to Python or an installed package."""
     import sysconfig
-    parts = filename.replace("\\", "/").split("/")
-    return "site-packages" in parts or "dist-packages" in parts or \
-        filename.startswith(sysconfig.get_paths()["stdlib"])
+    if filename.startswith("<"):
+        return True
+    path = os.path.realpath(filename)
+    roots = {os.path.realpath(p) for k, p in sysconfig.get_paths().items()
+             if k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(path.startswith(root + os.sep) for root in roots) or \
+        "site-packages" in path.split(os.sep)
 
 
 def _call(function: Callable, label: str, *args: Any, tracer: LineTracer | None = None) -> Any:

@@ -98,8 +98,9 @@ class BatchReport:
 
     def slips(self) -> list[tuple[str, str, int]]:
         """(function, slip, number of files) for every named slip, most common first."""
-        seen = Counter((name, result.variant) for report in self.reports
-                       for name, result in report.results.items() if result.variant)
+        seen = Counter((name, result.slip or result.variant) for report in self.reports
+                       for name, result in report.results.items()
+                       if result.slip or result.variant)
         return sorted(((f, s, n) for (f, s), n in seen.items()), key=lambda t: (-t[2], t[0], t[1]))
 
     def summary_text(self, top: int = 10) -> str:
@@ -125,7 +126,7 @@ class BatchReport:
                 "path": report.source, "error": report.error, "notes": list(report.notes),
                 "functions": {name: {"status": r.status, "diagnosis": r.diagnosis,
                                      "line": r.line, "variable": r.variable,
-                                     "function": r.function, "slip": r.variant,
+                                     "function": r.function, "slip": r.slip or r.variant,
                                      "where": r.where, "warnings": list(r.warnings)}
                               for name, r in report.results.items()},
                 "not_judged": list(report.others), "missing": dict(report.missing)})

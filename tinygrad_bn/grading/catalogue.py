@@ -19,16 +19,18 @@ batch norm, a statistic broadcast to x's shape, and a scalar factor N or 1/N.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..norm import NormSpec
+from .agree import TOLERANCE, agrees
 
 __all__ = ["Quantity", "Match", "Catalogue", "build_catalogue", "build_test_catalogue",
            "MATCH_TOLERANCE"]
 
-MATCH_TOLERANCE = 1e-7  # relative (normwise); students' float64 arithmetic is ~1e-15 apart
+MATCH_TOLERANCE = TOLERANCE  # the verdict's own notion of agreement (`agree.py`)
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Quantity:
     given: bool = False  # an input (gamma, beta, dout): right to hold, no stage of its own
     source: np.ndarray | None = field(default=None, repr=False)  # the misshapen input it
     # comes from (x.reshape(-1, C)): the line that makes it is where the departure is
+    slip: str = ""  # a known slip's name ("running-var-with-std"), for a variant
+    count: int | None = None  # a count slip: the number the student divides by instead
 
     def __post_init__(self) -> None:
         self.stage = self.stage or self.name
@@ -159,7 +163,7 @@ class _PartIndex:
 
     def __init__(self, quantities: list[Quantity]) -> None:
         self.entries = [(q, np.sort(q.value.ravel()),
-                         MATCH_TOLERANCE * _norm(q.value) / np.sqrt(q.value.size))
+                         2 * MATCH_TOLERANCE * float(np.max(np.abs(q.value))))
                         for q in quantities]
         values = np.concatenate([e[1] for e in self.entries]) if self.entries else np.zeros(0)
         owners = np.concatenate([np.full(e[1].size, i) for i, e in enumerate(self.entries)]) \
@@ -180,8 +184,7 @@ def _norm(a: np.ndarray) -> float:
 
 
 def _close(a: np.ndarray, b: np.ndarray) -> bool:
-    scale = _norm(b)
-    return scale > 0 and _norm(a - b) <= MATCH_TOLERANCE * scale
+    return _norm(b) > 0 and agrees(a, b)
 
 
 def _factor(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -192,7 +195,7 @@ def _factor(a: np.ndarray, b: np.ndarray) -> float | None:
     k = float(np.vdot(a, b)) / bb
     if abs(k - 1) <= 1e-6 or abs(k) <= 1e-6:
         return None
-    return k if _norm(a - k * b) <= MATCH_TOLERANCE * abs(k) * _norm(b) else None
+    return k if agrees(a, k * b) else None
 
 
 def _merges(shape: tuple[int, ...], moved: tuple[int, ...]) -> bool:
@@ -269,6 +272,7 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
 
     xs = spec.grouped(x)
     grouped_gamma = spec.grouped(np.broadcast_to(g, shape))
+    m_ = COUNT_NAMES.get(spec.kind, "N")  # what the count per statistic is called
     # forward stages
     mu = xs.mean(axis=axes, keepdims=True)
     xmu = xs - mu
@@ -314,22 +318,24 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
             ("dxmu1", dxmu1, "dxhat * ivar (the branch through xhat)", True, True),
             ("dsqrtvar", dsqrtvar, "-divar / sqrtvar**2", False, False),
             ("dvar", dvar, "-0.5 * sum(dxhat * xmu) * (var + eps)**-1.5", False, False),
-            ("dsq", dsq, "dvar / N", False, False),
+            ("dsq", dsq, f"dvar / {m_}", False, False),
             ("dxmu2", dxmu2, "2 * xmu * dsq (the branch through the variance)", True, True),
             ("dxmu", dxmu, "dxmu1 + dxmu2", True, False),
             ("dmu", dmu, "-sum(dxmu)", False, False),
-            ("dx2", dx2, "dmu / N (the branch through mu)", False, True),
-            ("dx", dx, "dxmu + dmu / N", True, False),
+            ("dx2", dx2, f"dmu / {m_} (the branch through mu)", False, True),
+            ("dx", dx, f"dxmu + dmu / {m_}", True, False),
             ("sum_dxhat", sum_dxhat, "sum(dxhat)", False, True),
             ("sum_dxhat_xhat", sum_dxhat_xhat, "sum(dxhat * xhat)", False, True),
-            ("bracket", bracket, "N * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)", True, True)):
+            ("bracket", bracket, f"{m_} * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)", True,
+             True)):
         add(name, value, formula, is_full, partial=partial)
     add("dmu1", -sum_dxhat * ivar, "-sum(dxhat) * ivar", False, partial=True)
 
     def variant(name: str, value: np.ndarray, is_full: bool, stage: str, meaning: str,
-                missing: str = "", source: np.ndarray | None = None) -> None:
+                missing: str = "", source: np.ndarray | None = None, slip: str = "",
+                count: int | None = None) -> None:
         add(name, value, meaning, is_full, correct=False, stage=stage, meaning=meaning,
-            missing=missing, source=source)
+            missing=missing, source=source, slip=slip, count=count)
 
     # forward variants: the chain from a wrong statistic on
     def chain(tag: str, mean: np.ndarray, center: np.ndarray, std: np.ndarray, meaning: str,
@@ -395,6 +401,9 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
         variant("out[reshape]", (normalized * g.reshape(-1) + b.reshape(-1)).reshape(shape),
                 True, "out", meaning, source=flat)
     variant("out[swapped]", b * xhat.reshape(shape) + g, True, "out", "gamma and beta swapped")
+    variant("out[beta inside]", g * (xhat.reshape(shape) + b), True, "out",
+            "beta added before the scaling: gamma * (xhat + beta) scales the shift by gamma too; "
+            "the output is gamma * xhat + beta", slip="beta-inside-scaling")
     # running statistics
     if momentum is not None and start:
         batch = {"running_mean": mu, "running_var": var}
@@ -405,7 +414,12 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
             variant(f"{key}[reversed]", (1 - momentum) * before + momentum * stat, False, key,
                     f"the momentum used the wrong way round: the assignment's convention is "
                     f"{key} = momentum * {key} + (1 - momentum) * batch statistic")
+            add(f"{key}_before", before, f"{key} as bn_param held it before the step", False,
+                given=True)
         before = np.asarray(start["running_var"], np.float64).reshape(var.shape)
+        for slip in RUNNING_SLIPS:
+            variant(f"running_var[{slip.name}]", momentum * before + (1 - momentum) * slip.value(
+                var=var, eps=eps, n=n), False, "running_var", slip.reason, slip=slip.name)
         variant("running_var[unbiased]", momentum * before + (1 - momentum) * var * n / max(n - 1, 1),
                 False, "running_var", "the unbiased variance 1/(N-1) in the running variance; "
                 "batch norm keeps the biased one (1/N)")
@@ -476,10 +490,108 @@ def build_catalogue(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dout: np
     variant("dx[x for xmu]", raw, True, "dx", meaning)
     variant("dx[x for xmu, staged]", dx_from(dxhat * ivar - ivar ** 3 * sum_(dxhat * xs) * xs / n),
             True, "dx", meaning)
+    for slip in DVAR_SLIPS:
+        variant(f"dvar[{slip.name}]", 0.5 * dsqrtvar / slip.value(var=var, eps=eps, n=n), False,
+                "dvar", slip.reason, slip=slip.name)
+    _closed_form_slips(variant, spec, dxhat, xhat, ivar, sum_dxhat, sum_dxhat_xhat, dxmu1, xmu,
+                       dvar, sum_)
     variant("dgamma[no xhat]", dbeta, False, "dgamma", "dgamma = sum(dout): the factor xhat is missing")
     variant("dgamma[x]", (dout * x).sum(axis=sum_axes), False, "dgamma",
             "dgamma = sum(dout * x): use the normalized xhat, not x")
     return cat
+
+
+# What the number of values per statistic is called, per normalization.
+COUNT_NAMES = {"batch": "N", "layer": "D", "spatial": "N*H*W", "group": "(C/G)*H*W"}
+
+
+@dataclass(frozen=True)
+class Slip:
+    """A known slip as data: its name, the reason in words, and how the wrong value is made
+    (from the correct statistics var, eps and the count n)."""
+
+    name: str
+    reason: str
+    value: Callable[..., np.ndarray]
+
+
+# In the running variance: the standard deviation averaged where the variance belongs.
+RUNNING_SLIPS = (
+    Slip("running-var-with-std", "the running variance updated with the standard deviation "
+         "sqrt(var + eps); it is an average of variances: use var",
+         lambda var, eps, n: np.sqrt(var + eps)),
+    Slip("running-var-with-std-no-eps", "the running variance updated with the standard "
+         "deviation sqrt(var); it is an average of variances: use var",
+         lambda var, eps, n: np.sqrt(var)),
+)
+
+# In dvar = -0.5 * divar / sqrt(var + eps)**3 = 0.5 * dsqrtvar / sqrt(var + eps): what the
+# student divides dsqrtvar by instead of sqrt(var + eps) (times 2).
+DVAR_SLIPS = (
+    Slip("dvar-std-for-var", "the standard deviation where the variance belongs: dvar = 0.5 * "
+         "dsqrtvar / sqrt(var + eps), and this line takes the square root of sqrtvar + eps",
+         lambda var, eps, n: np.sqrt(np.sqrt(var + eps) + eps)),
+    Slip("dvar-std-for-var", "the standard deviation where the variance belongs: dvar = -0.5 * "
+         "divar * (var + eps)**-1.5, and this line raises sqrtvar + eps to the power -1.5",
+         lambda var, eps, n: (np.sqrt(var + eps) + eps) ** 1.5 / (var + eps)),
+    Slip("dvar-eps-outside-sqrt", "eps outside the square root in dvar: 0.5 / (sqrt(var) + eps) "
+         "where 0.5 / sqrt(var + eps) belongs", lambda var, eps, n: np.sqrt(var) + eps),
+    Slip("dvar-no-eps", "eps left out of dvar: 0.5 / sqrt(var) where 0.5 / sqrt(var + eps) "
+         "belongs", lambda var, eps, n: np.sqrt(var)),
+)
+
+
+def _other_counts(spec: NormSpec) -> list[tuple[int, str]]:
+    """Numbers a student may divide by where the count per statistic belongs, named."""
+    shape = spec.x_shape
+    if len(shape) == 2:
+        return [(shape[0], "N")] if spec.kind == "layer" else [(shape[1], "D")]
+    counts = [(shape[0], "N"), (shape[2] * shape[3], "H*W")]
+    if spec.kind == "group":
+        counts.append((shape[0] * shape[2] * shape[3], "N*H*W"))
+    return [(m, label) for m, label in counts if m != spec.count]
+
+
+def _closed_form_slips(variant: Callable[..., None], spec: NormSpec, dxhat: np.ndarray,
+                       xhat: np.ndarray, ivar: np.ndarray, sum_dxhat: np.ndarray,
+                       sum_dxhat_xhat: np.ndarray, dxmu1: np.ndarray, xmu: np.ndarray,
+                       dvar: np.ndarray, sum_: Callable[[np.ndarray], np.ndarray]) -> None:
+    """dx = (M * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat)) * ivar / M with a slip in
+    the count M or in either sum (no axis: one number; left out: the terms themselves), one
+    or several at once; and the staged form with another count."""
+    n, title = spec.count, spec.title
+    m_ = COUNT_NAMES.get(spec.kind, "N")
+    over = "the batch" if spec.kind in ("batch", "spatial") else "each statistic's values"
+    firsts = (("", sum_dxhat),
+              (f"np.sum(dxhat) without an axis adds all {dxhat.size} entries into one number; "
+               f"the closed form needs one sum per statistic, over {over}", dxhat.sum()),
+              (f"the sum of dxhat over {over} left out (dxhat itself where sum(dxhat) belongs)",
+               dxhat))
+    seconds = (("", sum_dxhat_xhat),
+               (f"np.sum(dxhat * xhat) without an axis adds all {dxhat.size} entries into one "
+                f"number; the closed form needs one sum per statistic, over {over}",
+                (dxhat * xhat).sum()),
+               (f"the sum of dxhat * xhat over {over} left out (xhat * (dxhat * xhat) where "
+                f"xhat * sum(dxhat * xhat) belongs)", dxhat * xhat))
+    counts = [(n, "", "")] + [
+        (m, f"{label} = {m} where {m_} = {n} belongs: {title} averages over {n} values per "
+            f"statistic", label) for m, label in _other_counts(spec)]
+    for (first, term1), (second, term2), (m, count_text, _label) in itertools.product(
+            firsts, seconds, counts):
+        slips = [t for t in (count_text, first, second) if t]
+        if not slips:
+            continue
+        meaning = slips[0] if len(slips) == 1 else "slips at once: " + "; and ".join(slips)
+        name = "count" if count_text else "sum-without-axis" if "without an axis" in meaning \
+            else "missing-batch-sum"
+        variant(f"dx[closed {m} {first[:12]} {second[:12]}]",
+                (m * dxhat - term1 - xhat * term2) * ivar / m, True, "dx", meaning, slip=name,
+                count=m if count_text else None)
+    for m, count_text, _label in counts[1:]:  # the staged form: dsq = dvar / M, dx2 = dmu / M
+        dxmu = dxmu1 + 2 * xmu * dvar / m
+        variant(f"dxmu[count {m}]", dxmu, True, "dxmu", count_text, slip="count", count=m)
+        variant(f"dx[count {m}]", dxmu - sum_(dxmu) / m, True, "dx", count_text, slip="count",
+                count=m)
 
 
 def _axis_names(spec: NormSpec) -> dict[int, str]:

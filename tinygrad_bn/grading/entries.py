@@ -223,7 +223,7 @@ def _fail(e: AssignmentFunction, functions: dict[str, Callable], case: Case, pro
     if slip is None and e.direction == "backward":
         forward = _forward_slip(e, functions, case)
         if forward is not None:
-            result.update(status=status, variant="from-the-forward",
+            result.update(status=status, variant="from-the-forward", slip="from-the-forward",
                           diagnosis=f"{problem}{where}. {FROM_THE_FORWARD} "
                                     f"(Line {forward['line']} of {e.forward}: {forward['reason']})"
                           if forward["line"] else f"{problem}{where}. {FROM_THE_FORWARD} "
@@ -235,7 +235,8 @@ def _fail(e: AssignmentFunction, functions: dict[str, Callable], case: Case, pro
     if slip is not None:
         line, variable = locate(slip.locate, seen, student, e.name, slip.output, e.part)
         at = f"Line {line}" + (f", `{variable}`" if variable else "") + ": " if line else ""
-        result.update(status=status, variant=slip.name, line=line, variable=variable,
+        result.update(status=status, variant=slip.name, slip=slip.name, line=line,
+                      variable=variable,
                       function=e.name,
                       diagnosis=f"{problem}{where}. {at}{slip.reason} [{slip.name}]")
         return

@@ -6,6 +6,7 @@ noted. A wrong value is then traced to its line (`lines.py`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,6 +37,7 @@ from .assignment import (
     running_start,
     seeded_bn_param,
     staged_out,
+    student_file,
     student_frame,
 )
 from .lines import (
@@ -54,7 +56,8 @@ __all__ = ["judge_function"]
 def judge_function(loader: Callable, name: str, seed: int) -> dict[str, Any]:
     functions = loader()[0]
     kind, direction = FUNCTIONS[name]
-    result: dict[str, Any] = {"name": name, "status": "pass", "diagnosis": ""}
+    result: dict[str, Any] = {"name": name, "status": "pass", "diagnosis": "",
+                              "file": student_file(functions[name]) or ""}
     try:
         if direction == "forward":
             _judge_forward(functions[name], name, kind, seed, result)
@@ -75,12 +78,74 @@ def judge_function(loader: Callable, name: str, seed: int) -> dict[str, Any]:
         result.update(status="error", diagnosis=f"cannot be judged: {error}")
     except NotImplementedError as stub:
         result.update(status="not implemented", diagnosis=f"raises NotImplementedError{student_frame(stub)}")
+    except ForwardError as error:
+        result.update(status="error", diagnosis=str(error), **_crash_place(str(error)))
     except Exception as error:  # noqa: BLE001 - the student's code raised
-        result.update(status="error", diagnosis=exception_text(error))
-        _environment(functions.get(name), name, result)
+        text = exception_text(error)
+        if _assert_false_stub(text):
+            result.update(status="not implemented",
+                          diagnosis=f"not implemented yet: it stops at `assert False`"
+                                    f"{student_frame(error)}", **_crash_place(text))
+        else:
+            result.update(status="error", diagnosis=text, **_crash_place(text))
+            _environment(functions.get(name), name, result)
     if "stages" in result:
         result["stages"] = [s.__dict__ for s in result["stages"]]
     return result
+
+
+class ForwardError(Exception):
+    """A backward's forward raised on valid inputs: the backward cannot be run."""
+
+
+_FRAME = re.compile(r"\(line (\d+)(?: of [^ ]+)? in ([A-Za-z_][A-Za-z0-9_]*): ")
+
+
+def _crash_place(text: str) -> dict[str, Any]:
+    """line and function of the student's innermost frame named in an error's text."""
+    found = _FRAME.findall(text)
+    if not found:
+        return {}
+    line, function = found[-1]
+    return {"line": int(line), "function": function}
+
+
+def _assert_false_stub(text: str) -> bool:
+    """An `assert False` (with or without a message) is a stub, not a crash."""
+    return text.startswith("raised AssertionError") and re.search(
+        r": assert\s*\(?\s*False\b", text) is not None
+
+
+def is_template_stub(function: Callable) -> bool:
+    """Whether a function's body does nothing: a docstring, `pass`, names set to None or
+    zeros-free constants, a `raise NotImplementedError` or `assert False`, and a return."""
+    import ast
+    import inspect
+    import textwrap
+    source = getattr(function, "recorded_source", None)
+    try:
+        source = source if source is not None else inspect.getsource(function)
+        tree = ast.parse(textwrap.dedent(source))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    body = tree.body[0].body if tree.body and isinstance(
+        tree.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+    if not body:
+        return False
+    for node in body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue
+        if isinstance(node, (ast.Pass, ast.Return, ast.Raise)):
+            continue
+        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Constant) and \
+                not node.test.value:
+            continue
+        if isinstance(node, ast.Assign) and all(
+                isinstance(v, ast.Constant) and v.value is None for v in ast.walk(node.value)
+                if not isinstance(v, (ast.Tuple, ast.List, ast.Load))):
+            continue
+        return False
+    return True
 
 
 def _environment(function: Callable | None, name: str, result: dict[str, Any]) -> None:
@@ -93,7 +158,8 @@ def _environment(function: Callable | None, name: str, result: dict[str, Any]) -
     if slip is None or function is None:
         return
     line, variable = locate(slip.locate, seen, function, name, 0)
-    result.update(variant=slip.name, line=line, variable=variable, function=name,
+    result.update(variant=slip.name, slip=slip.name, line=line or result.get("line"),
+                  variable=variable, function=name,
                   diagnosis=f"{result['diagnosis']}. {slip.reason} [{slip.name}]")
 
 
@@ -264,6 +330,18 @@ def _judge_backward(backward: Callable, forward: Callable, name: str, kind: str,
         except (StubError, NotImplementedError):
             raise StubError(f"not implemented: {forward_name}, whose cache it takes, is not "
                              f"implemented yet") from None
+        except (CheckFailedError, StudentExitError, ReplayError):
+            raise
+        except Exception as error:  # noqa: BLE001 - the forward raised: not the backward's
+            if is_template_stub(backward):
+                raise StubError("not implemented yet (the assignment's stub; its forward "
+                                f"{forward_name} raises too)") from None
+            text = exception_text(error)
+            if _assert_false_stub(text):
+                raise StubError(f"not implemented: {forward_name}, whose cache it takes, "
+                                f"stops at `assert False`") from None
+            raise ForwardError(f"cannot run: its forward {forward_name}, whose cache it takes, "
+                               f"{text}; fix the forward first") from None
         held = [(place, array, array.copy()) for place, array in arrays_in(cache)]
         dout_given = dout.copy()
         raw = call_backward(backward, name, dout_given, cache)

@@ -50,7 +50,7 @@ from .judge import judge_function
 from .locate import StageMatch
 from .replay import judge_in_box
 from .sandbox import run_isolated
-from .student import from_namespace, loaded_names, student_loader
+from .student import from_namespace, loaded_names, resolve_source, student_loader
 from .table import ASSIGNMENT_NAMES as FUNCTIONS
 from .table import NORMALIZATION_NAMES
 from .text import clean, shown
@@ -82,6 +82,8 @@ class FunctionResult:
     variable: str | None = None
     function: str | None = None
     variant: str | None = None
+    slip: str = ""
+    file: str = ""
     parts: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     output: str = ""
@@ -102,7 +104,8 @@ class FunctionResult:
         """The result as JSON-friendly data (arrays as nested lists; the case left out)."""
         return {"name": self.name, "status": self.status, "diagnosis": self.diagnosis,
                 "stage": self.stage, "line": self.line, "variable": self.variable,
-                "function": self.function, "variant": self.variant, "where": self.where,
+                "function": self.function, "variant": self.variant, "slip": self.slip,
+                "file": self.file, "where": self.where,
                 "parts": dict(self.parts),
                 "warnings": list(self.warnings), "output": self.output,
                 "stages": [s.to_dict() for s in self.stages]}
@@ -119,6 +122,7 @@ class LayersReport:
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
+    advice: bool = True  # whether str() ends with how to save and explain a failing case
     others: list[str] = field(default_factory=list)
     absent: list[str] = field(default_factory=list)
 
@@ -133,6 +137,25 @@ class LayersReport:
         counts["absent"] = len(self.absent)
         return counts
 
+    def focus(self) -> str | None:
+        """The function a reader looks at first (the one `save_case` saves and the page
+        steps through): a failing backward with a traced case, then any failing function
+        with one, then any function that does not pass, then a backward; None when empty."""
+        results = list(self.results.values())
+
+        def backward(name: str) -> bool:
+            return "backward" in name or name.endswith("_loss")
+
+        for wanted in (lambda r: r.status == "fail" and r.stages and backward(r.name),
+                       lambda r: r.status == "fail" and r.stages,
+                       lambda r: r.status == "fail" and r.case,
+                       lambda r: not r.ok,
+                       lambda r: backward(r.name)):
+            found = next((r.name for r in results if wanted(r)), None)
+            if found is not None:
+                return found
+        return results[0].name if results else None
+
     @property
     def ok(self) -> bool:
         """True when the source loads and every function it defines passes."""
@@ -140,10 +163,12 @@ class LayersReport:
             r.ok for r in self.results.values())
 
     def save_case(self, path: str | os.PathLike) -> str | None:
-        """Write the first failing function's case to an .npz file at exactly `path`, whole
-        or not at all (inputs, the student's outputs, every correct stage value and
-        gradient); its name, or None if none fails."""
-        for name, result in self.results.items():
+        """Write the failing case of `focus()` (else of the first failing function) to an
+        .npz file at exactly `path`, whole or not at all (inputs, the student's outputs,
+        every correct stage value and gradient); its name, or None if none fails."""
+        focus = self.focus()
+        ordered = sorted(self.results.items(), key=lambda item: item[0] != focus)
+        for name, result in ordered:
             if result.status == "fail" and result.case:
                 arrays = {k: np.asarray(v) for k, v in result.case.items()}
                 arrays["function"] = np.array(name)
@@ -196,13 +221,13 @@ class LayersReport:
             lines.append(f"{shown(name):<{width}}  NOT JUDGED      not a function of the "
                          f"assignment (a helper of yours?)")
         counts = self.counts()
-        passed = counts["pass"]
         rest = ", ".join(f"{v} {k}" for k, v in counts.items() if k not in ("pass", "absent") and v)
-        lines.append(f"{passed} of {len(self.results)} functions pass"
+        savable = any(r.status == "fail" and r.case for r in self.results.values())
+        lines.append(f"{counts['pass']} of {len(self.results)} functions pass"
                      + (f" ({rest})" if rest else "")
                      + (f"; {counts['absent']} of the assignment's not defined"
                         if counts["absent"] else "")
-                     + ("" if self.ok or not self.results else
+                     + ("" if not (self.advice and savable) else
                         "; `tinygrad-bn check --save-case case.npz` then `tinygrad-bn explain "
                         "--values --load case.npz` shows every stage on the same data"))
         return "\n".join(lines)
@@ -229,9 +254,7 @@ def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 
         return check_notebook(pathlib.Path(source), only=only, seed=seed, timeout=timeout,
                               memory=memory, functions=functions)
     if isinstance(source, (str, os.PathLike)):
-        path = pathlib.Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"source: no such file {str(path)!r}")
+        path = resolve_source(pathlib.Path(source))
         label = str(path)
         loader = student_loader(path.resolve(), mapping)
     elif isinstance(source, types.ModuleType):
@@ -286,10 +309,22 @@ def check_layers(source: Any, *, only: Iterable[str] | None = None, seed: int = 
         else:
             result = _result_from(verdict)
         result.output = outcome.output
+        if isinstance(source, (str, os.PathLike)):
+            result.diagnosis = _lines_of_other_file(result.diagnosis, result.file, path)
         result.diagnosis = clean(result.diagnosis)  # texts of the student's are written out
         result.warnings = [clean(w) for w in result.warnings]
         report.results[name] = result
     return report
+
+
+def _lines_of_other_file(text: str, file: str, checked: pathlib.Path) -> str:
+    """"line 50" -> "line 50 of layers.py" when the function lives in another file than the
+    one checked (a fc_net.py importing layers.py)."""
+    import re
+    if not file or os.path.realpath(file) == os.path.realpath(checked):
+        return text
+    name = os.path.basename(file)
+    return re.sub(r"\b([Ll]ines? \d+)(?! of )", lambda m: f"{m.group(1)} of {name}", text)
 
 
 def _names_from(info: Any) -> dict[str, Any] | None:

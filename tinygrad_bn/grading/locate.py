@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .catalogue import Catalogue, Match, Quantity
+from .agree import difference
+from .catalogue import Catalogue, Match, Quantity, _other_counts
 from .trace import Snapshot
 
 __all__ = ["StageMatch", "LineDeparture", "locate_departure", "stage_records", "quantity_for_name"]
@@ -69,6 +70,8 @@ class LineDeparture:
     sentence: str
     from_cache: bool = False   # the backward took the value from the forward's cache
     part: bool = False         # the line holds only some of the quantity's values (a slice)
+    slip: str = ""             # the known slip's name, when one matches
+    count: int | None = None   # a count slip: the number divided by where the count belongs
 
 
 SYNONYMS = {
@@ -137,17 +140,18 @@ def _short(array: np.ndarray | None) -> str:
     return f"[{text}{', ...' if flat.size > 3 else ''}]"
 
 
-def _variant_text(match: Match, n: int) -> str:
+def _variant_text(match: Match, n: int, catalogue: Catalogue | None = None) -> str:
     q = match.quantity
     if not q.correct:
         return q.meaning
     if match.arrangement:
         return (f"the right values of {q.name} in another order: a reshape without the transpose "
                 f"that belongs with it?")
-    return f"{q.name} {factor_text(match.factor, n)}"
+    counts = {} if catalogue is None else {m: label for m, label in _other_counts(catalogue.spec)}
+    return f"{q.name} {factor_text(match.factor, n, counts)}"
 
 
-def factor_text(k: float, n: int) -> str:
+def factor_text(k: float, n: int, counts: dict[int, str] | None = None) -> str:
     """What a scalar factor k on a correct quantity means; never called with k near 1."""
     known = ((-1.0, "with its sign flipped"), (2.0, "twice too large (a factor 2 too many)"),
              (0.5, "half as large: a missing factor 2"), (-0.5, "times -1/2"),
@@ -159,6 +163,11 @@ def factor_text(k: float, n: int) -> str:
         return f"times N/(N-1) = {n}/{n - 1}: 1/(N-1) where 1/N belongs"
     if n > 1 and abs(k - (n - 1) / n) <= 1e-6:
         return f"times (N-1)/N = {n - 1}/{n}: 1/N where 1/(N-1) was used"
+    for m, label in (counts or {}).items():  # a count where another belongs
+        if abs(k - n / m) <= 1e-6 * k:
+            return f"times {n}/{m}: looks like a division by {label} = {m} where the count {n} belongs"
+        if abs(k - m / n) <= 1e-6 * k:
+            return f"times {m}/{n}: looks like {label} = {m} where the count {n} belongs"
     return f"times {k:.6g}"
 
 
@@ -241,7 +250,16 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
     # The departure is a line of the function being judged: where it hands a helper of
     # the student's wrong arguments, or stores what the helper returned, not inside it.
     top = by_index[starts[0]].function
-    if any(by_index[i].function == top for i in poisoned):
+    # A slip inside a helper of the student's own (eps misplaced in the batch norm that
+    # spatial batch norm calls) is the helper's line; a helper handed the wrong slice of x
+    # (statistics over too few values) is the judged function's.
+    own = next((i for i in poisoned if by_index[i].function != top and status[i] == "wrong"
+                and _own_slip(matches[i]) and all(
+                    status[d] in ("right", "blank") for d in by_index[i].deps if d in cone)),
+               None)
+    if own is not None:
+        poisoned = [own]
+    elif any(by_index[i].function == top for i in poisoned):
         poisoned = [i for i in poisoned if by_index[i].function == top]
 
     def fine(d: int) -> bool:  # an input of a line that is not to blame for it
@@ -255,6 +273,9 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
     def root(i: int) -> bool:  # wrong, from inputs that are all right
         return status[i] == "wrong" and all(fine(d) for d in by_index[i].deps if d in cone)
 
+    swapped = _mislabeled(cone, by_index, matches, catalogue, top)
+    if swapped:
+        return _swapped_departure(swapped, by_index, matches, catalogue), matches
     choice = next((i for i in poisoned if root(i)), None)
     if choice is None:  # a wrong value a sum happens to hide (the variance branch in dmu)
         choice = next((i for i in sorted(cone) if root(i) and by_index[i].function
@@ -304,13 +325,38 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
                           f"belongs with it; {made.variable} (line {made.line}) then matches "
                           f"{wrong_match.quantity.meaning}"))
             return departure, matches
+    if wrong_match is not None and wrong_match.arrangement and wrong_match.quantity.name == "x":
+        # x's values rearranged: what is computed from them says which statistics they make
+        later = next((m for i in sorted(cone) if i > choice for m in matches[i]
+                      if not m.correct and m.quantity.meaning), None)
+        if later is not None:
+            sentence = (f"line {snapshot.line}, `{snapshot.variable}`: x's values rearranged "
+                        f"into shape {snapshot.value.shape}; what is computed from them then "
+                        f"matches {later.quantity.meaning}")
+            return LineDeparture(line=snapshot.line, variable=snapshot.variable,
+                                 function=snapshot.function, stage="x", expected=None,
+                                 got=snapshot.value, variant=later.quantity.meaning,
+                                 sentence=sentence, slip=later.quantity.slip), matches
+    rows = _rows_for_helper(choice, by_index, matches, top) if wrong_match is not None and \
+        not wrong_match.quantity.correct and wrong_match.quantity.meaning.startswith(
+            "statistics over") and len(catalogue.spec.x_shape) == 4 else None
+    if rows is not None:  # x's values laid out as rows for a 2-D helper: the rows decide
+        made = snapshot
+        sentence = (f"line {rows.line}, `{rows.variable}`: x's values laid out in shape "
+                    f"{rows.value.shape} for the helper, which normalizes along one axis of "
+                    f"it; `{made.variable}` (line {made.line}) then matches "
+                    f"{wrong_match.quantity.meaning}")
+        return LineDeparture(line=rows.line, variable=rows.variable, function=rows.function,
+                             stage="x", expected=None, got=rows.value,
+                             variant=wrong_match.quantity.meaning, sentence=sentence,
+                             slip=wrong_match.quantity.slip), matches
     stage = wrong_match.quantity.stage if wrong_match is not None else named(choice)
     if wrong_match is None and output_name is None and stage in _NEEDS and "forward" in top:
         stage = _stage_it_could_be(stage, _arguments_reached(choice, by_index, top), catalogue)
     if output_name is not None:
         stage = output_name
     expected_q: Quantity | None = catalogue.named(stage) if stage else None
-    variant = None if wrong_match is None else _variant_text(wrong_match, n)
+    variant = None if wrong_match is None else _variant_text(wrong_match, n, catalogue)
     if wrong_match is not None and wrong_match.correct and output_name is not None:
         variant = (f"{wrong_match.quantity.name} = {wrong_match.quantity.formula} alone, only "
                    f"a part of {stage}")
@@ -328,7 +374,7 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
                 inner.from_cache = True
                 head = f"line {inner.line}"
                 inner.sentence = (f"{head} ({inner.function}, which makes the cache)"
-                                  + inner.sentence[len(head):])
+                                  + _after_head(inner.sentence, head))
                 return inner, matches
     if origin is not None and not snapshot.deps:  # unpacked from the cache: find its maker
         maker = next((s for s in origin if s.value.shape == snapshot.value.shape
@@ -348,7 +394,12 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
                               got=snapshot.value, variant=variant, sentence="",
                               from_cache=from_cache)
     departure.part = any(m.part for m in found)
+    if wrong_match is not None:
+        departure.slip, departure.count = wrong_match.quantity.slip, wrong_match.quantity.count
     departure.sentence = _sentence(departure, expected_q, snapshot, catalogue)
+    if function != top and not from_cache:  # a line of a helper: say whose
+        head = f"line {departure.line}"
+        departure.sentence = f"{head} (in {function})" + departure.sentence[len(head):]
     if dropped is not None:
         output = by_index[starts[0]]
         departure.stage = wrong_match.quantity.missing
@@ -357,7 +408,118 @@ def locate_departure(snapshots: list[Snapshot], outputs: dict[str, int], wrong: 
             f"{dropped.line}, {wrong_match.quantity.missing} = {part.formula}) is computed but "
             f"never used from here on; {output.variable} (line {output.line}) matches "
             f"{wrong_match.quantity.meaning}")
+    if origin is not None and origin_out is not None and departure.variant:
+        # the backward is the right derivative of its forward's slip (the same slip in
+        # both): the forward's line is where the math departs
+        inner, _ = locate_departure(origin, {"out": origin_out}, ["out"], catalogue)
+        if inner is not None and inner.variant == departure.variant:
+            inner.from_cache = True
+            head = f"line {inner.line}"
+            if inner.sentence.startswith(head):
+                inner.sentence = (f"{head} ({inner.function}, whose slip this backward "
+                                  f"repeats)" + _after_head(inner.sentence, head))
+            return inner, matches
     return departure, matches
+
+
+def _after_head(sentence: str, head: str) -> str:
+    """The sentence after its "line N" and the "(in helper)" that may follow it."""
+    rest = sentence[len(head):]
+    return re.sub(r"^ \(in [A-Za-z_][A-Za-z0-9_]*\)", "", rest)
+
+
+def _own_slip(found: list[Match]) -> bool:
+    """A known slip that is wrong whatever slice of x a helper is handed (not statistics
+    over some axes, not a layout)."""
+    return any(not m.correct and m.quantity.meaning and not m.arrangement and not m.part
+               and m.quantity.source is None and not m.quantity.meaning.startswith("statistics")
+               and "axis" not in m.quantity.meaning for m in found)
+
+
+# Arguments a name may hold as they came in (not stages of their own).
+_GIVEN_NAMES = {"gamma": "gamma", "beta": "beta", "dout": "dout"}
+
+
+def _holds_other(snapshot: Snapshot, found: list[Match], catalogue: Catalogue
+                 ) -> tuple[str, str] | None:
+    """(what the name says, what the value is) when a variable named after one correct
+    quantity holds exactly another one (`gamma` holding xmu), else None."""
+    said = _GIVEN_NAMES.get(snapshot.variable) or quantity_for_name(snapshot.variable)
+    if said is None or catalogue.named(said) is None:
+        return None
+    if any(m.quantity.name == said and m.correct for m in found):
+        return None
+    held = next((m.quantity.name for m in found if m.correct and m.factor == 1.0
+                 and not m.arrangement and not m.part and m.quantity.name != said), None)
+    return None if held is None else (said, held)
+
+
+def _mislabeled(cone: set[int], by_index: dict[int, Snapshot], matches: dict[int, list[Match]],
+                catalogue: Catalogue, top: str) -> list[tuple[Snapshot, str, str]]:
+    """Values taken straight out of a container argument (a cache unpacked: the line reads
+    no array) into names that say another quantity than they hold, on the way to a wrong
+    output."""
+    found = []
+    for index in sorted(cone):
+        snapshot = by_index[index]
+        if snapshot.parameter or snapshot.function != top or snapshot.deps:
+            continue  # not taken straight out of a container argument (a cache)
+        other = _holds_other(snapshot, matches[index], catalogue)
+        if other is not None:
+            found.append((snapshot, *other))
+    return found
+
+
+def _swapped_departure(swapped: list[tuple[Snapshot, str, str]], by_index: dict[int, Snapshot],
+                       matches: dict[int, list[Match]], catalogue: Catalogue) -> LineDeparture:
+    """The departure where the cache's values landed in the wrong names."""
+    first = swapped[0][0]
+    holds = "; ".join(f"`{s.variable}` holds what {held} should ({_formula(catalogue, held)})"
+                      for s, _, held in swapped)
+    meaning = ("the cache unpacked in another order than the forward packed it"
+               if len(swapped) > 1 and len({s.line for s, _, _ in swapped}) == 1 else
+               "a value taken under another quantity's name")
+    said = swapped[0][1]
+    expected = catalogue.named(said)
+    sentence = (f"line {first.line}: {holds}: looks like "
+                + meaning.replace("the cache unpacked", "the cache is unpacked")
+                + (" (compare the order of the forward's cache)" if "cache" in meaning else ""))
+    return LineDeparture(line=first.line, variable=first.variable, function=first.function,
+                         stage=said, expected=None if expected is None else expected.value,
+                         got=first.value, variant=meaning, sentence=sentence,
+                         slip="cache-order" if "cache" in meaning else "name-holds-other")
+
+
+def _formula(catalogue: Catalogue, name: str) -> str:
+    quantity = catalogue.named(name)
+    return "an input" if quantity is None else quantity.formula
+
+
+def _rows_for_helper(choice: int, by_index: dict[int, Snapshot], matches: dict[int, list[Match]],
+                     top: str) -> Snapshot | None:
+    """When `choice` is made from a 2-D array of x's values (some or all of them, rearranged:
+    the rows a helper normalizes), that array, if any."""
+    made = by_index[choice]
+    if made.function != top:
+        return None
+    read = _reads_of(made, by_index)
+    found: dict[bool, Snapshot] = {}
+    for index in sorted(by_index):
+        snapshot = by_index[index]
+        if index >= choice or snapshot.function != top or snapshot.parameter or \
+                snapshot.value.ndim != 2:
+            continue
+        if any(m.quantity.name == "x" for m in matches[index]):  # x's values, laid out anew
+            found[snapshot.variable in read] = snapshot
+    # the rows the line read; else (results gathered in a list, `np.concatenate(outs)`, which
+    # the trace cannot follow) the last rows the function made before it
+    return found.get(True) or found.get(False)
+
+
+def _reads_of(made: Snapshot, by_index: dict[int, Snapshot]) -> set[str]:
+    """The variables of the same function whose latest versions `made` depends on."""
+    return {by_index[d].variable for d in made.deps
+            if d in by_index and by_index[d].function == made.function}
 
 
 def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
@@ -398,10 +560,16 @@ def _sentence(d: LineDeparture, expected: Quantity | None, snapshot: Snapshot,
                f"yours has {filled} of {value.size} values filled so far")
         got += f", {_short(value[value != 0])}"
     else:
-        got = f"yours is {_short(_in_layout(value, expected, catalogue))}"
+        shown_value = _in_layout(value, expected, catalogue)
+        got = f"yours is {_short(shown_value)}"
         if value.shape != getattr(expected, "value", value).shape and expected is not None \
                 and expected.full and value.size == expected.value.size:
             got += f" (in x's layout; your array has shape {value.shape})"
+        if expected is not None and np.shape(shown_value) == expected.value.shape and \
+                _short(shown_value) == _short(expected.value):
+            # the same digits shown as right and wrong would mislead: say how far apart
+            got += (f", off by {difference(shown_value, expected.value):.2g} relative "
+                    f"(too small to show in 5 digits)")
     if d.variant:
         return head + got + f": {'they are part of' if d.part else 'it matches'} {d.variant}"
     return head + got + ", which matches none of the known slips"

@@ -57,8 +57,8 @@ def encode(value: Any, arrays: list[np.ndarray], depth: int = 0) -> Any:
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
             return {"o": "int"}
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"f": repr(float(value))}  # np.float64 too
+    if isinstance(value, float):  # np.float64 too: as the plain float JSON will carry
+        return float(value) if math.isfinite(value) else {"f": repr(float(value))}
     if isinstance(value, (np.ndarray, np.generic)) or (
             hasattr(value, "__array__") and not isinstance(value, (list, tuple, dict))):
         try:

@@ -1,5 +1,7 @@
-"""Loading a student's `layers.py`: the folder above `cs231n/` on the path, course modules
-normalization does not need stubbed, the judged functions picked by name ("did you mean").
+"""Loading a student's `layers.py`: the folder above `cs231n/` on the path, modules the file
+imports but the checker lacks stubbed (course modules handed in without the file, packages not
+installed in the checker's Python: each with a note), the judged functions picked by name
+("did you mean").
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 from .assignment import exception_text
 from .table import ASSIGNMENT_NAMES as FUNCTIONS
 
-__all__ = ["COURSE_MODULES", "student_loader", "from_namespace", "loaded_names"]
+__all__ = ["COURSE_MODULES", "student_loader", "from_namespace", "loaded_names",
+           "resolve_source"]
 
 
 # Course modules normalization never needs; a file importing them loads with a stub.
@@ -61,6 +64,7 @@ def student_loader(path: pathlib.Path, mapping: dict[str, str]
             if folder not in sys.path:
                 sys.path.insert(0, folder)
         notes: list[str] = []
+        stubbed: list[str] = []
         for _ in range(20):  # one stub per missing course module
             spec = importlib.util.spec_from_file_location("student_layers", path)
             module = importlib.util.module_from_spec(spec)
@@ -70,14 +74,47 @@ def student_loader(path: pathlib.Path, mapping: dict[str, str]
                 break
             except ModuleNotFoundError as error:
                 missing = error.name or ""
-                if missing.split(".")[-1] not in COURSE_MODULES:
+                if not missing or missing in sys.modules:
                     raise
                 _install_stub(missing)
-                notes.append(f"{missing} not found: loaded with it stubbed (normalization does "
-                             f"not need it)")
+                stubbed.append(missing)
+        # one note per module imported: `cs231n` stubbed on the way to `cs231n.im2col` is part
+        notes.extend(_stub_note(name) for name in stubbed
+                     if not any(other.startswith(name + ".") for other in stubbed))
         found, suggestions = _pick(vars(module), mapping)
+        for name, own in mapping.items():
+            if name not in found:
+                notes.append(f"--function {name}={own}: the file defines no function {own}")
         return found, notes, suggestions
     return load
+
+
+def _stub_note(missing: str) -> str:
+    """Why a module the file imports was stubbed, in words."""
+    top = missing.split(".")[0]
+    if top == "cs231n" or missing.split(".")[-1] in COURSE_MODULES:
+        return (f"{missing} not found (a course module; the file was given without it): "
+                f"loaded with it stubbed (normalization does not need it)")
+    return (f"{missing} is not installed in the checker's Python ({sys.executable}, "
+            f"{sys.version.split()[0]}): loaded with it stubbed; a function that uses it "
+            f"raises ImportError")
+
+
+def resolve_source(path: pathlib.Path) -> pathlib.Path:
+    """The layers.py a path given for checking means: the file itself, or layers.py in a
+    folder (or in its cs231n/); a ValueError that says why for anything else."""
+    if path.is_dir():
+        for candidate in (path / "layers.py", path / "cs231n" / "layers.py"):
+            if candidate.is_file():
+                return candidate
+        raise ValueError(f"path: the folder {str(path)!r} holds no layers.py (nor "
+                         f"cs231n/layers.py); give the file itself")
+    if path.suffix == ".ipynb":
+        raise ValueError(f"path: notebooks (.ipynb) are not supported yet; give the .py file "
+                         f"the notebook imports (usually cs231n/layers.py), got {str(path)!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"source: no such file {str(path)!r}")
+    return path
 
 
 def _install_stub(name: str) -> None:

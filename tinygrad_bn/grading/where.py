@@ -48,7 +48,7 @@ def _tree(source: str | None) -> ast.AST | None:
 
 def raised_line(error: str | None) -> int | None:
     """The line an error's text names ("... (line 12: ...)")."""
-    found = re.findall(r"\(line (\d+):", error or "")
+    found = re.findall(r"\(line (\d+)(?::| in | of )", error or "")
     return int(found[-1]) if found else None
 
 

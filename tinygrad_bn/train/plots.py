@@ -38,7 +38,7 @@ def plot_experiment(result: ExperimentResult, folder: str | pathlib.Path) -> lis
     # in every panel, so that a column reads as "what this normalization does".
     columns = len(NORMALIZATIONS)
 
-    figure = Figure(figsize=(3.6 * columns + 1.6, 6.2), layout="constrained")
+    figure = Figure(figsize=(WIDTH, 6.6), layout="constrained")
     grid = figure.subplots(2, columns, sharex=True, sharey="row", squeeze=False)
     for row, (attribute, what) in enumerate((("activation_std", "activation std"),
                                              ("gradient_std", "std of d(loss)/d(activation)"))):
@@ -61,7 +61,7 @@ def plot_experiment(result: ExperimentResult, folder: str | pathlib.Path) -> lis
     _legend_outside(figure, grid[0][0])
     written = _save(figure, FigureCanvasAgg, folder / "init_statistics")
 
-    figure = Figure(figsize=(3.6 * columns + 1.6, 3.8), layout="constrained")
+    figure = Figure(figsize=(WIDTH, 4.2), layout="constrained")
     grid = figure.subplots(1, columns, sharey=True, squeeze=False)[0]
     finite = [v for run in result.runs.values() for v in run.losses if math.isfinite(v) and v > 0]
     top = 10.0
@@ -92,11 +92,14 @@ def plot_experiment(result: ExperimentResult, folder: str | pathlib.Path) -> lis
 
 
 def _legend_outside(figure: Any, axes: Any) -> None:
-    # One legend for all panels, right of them: it never covers a curve.
+    # One legend for all panels, below them: it never covers a curve, and it stays in a
+    # window as narrow as the figure.
     handles, labels = axes.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside right center", fontsize=8, title="curves")
+    figure.legend(handles, labels, loc="outside lower center", fontsize=8, title="curves",
+                  ncols=max(1, len(labels)))
 
 
+WIDTH = 8.1  # inches: 891 px in the PNG (110 dpi) and 778 px in the SVG, for a 900 px window
 SMOOTHING = 10  # batches per point of a loss curve: single batches are too noisy to read
 
 
