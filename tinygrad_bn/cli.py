@@ -346,8 +346,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             return _usage_error(args, f"--function: expected NAME=YOURNAME with NAME among "
                                       f"{', '.join(FUNCTIONS)}, got {item!r}")
         mapping[name] = other
-    report = check_layers(args.path, only=only, seed=args.seed, timeout=args.timeout,
-                          memory=int(args.memory * 2**30), functions=mapping)
+    try:
+        report = check_layers(args.path, only=only, seed=args.seed, timeout=args.timeout,
+                              memory=int(args.memory * 2**30), functions=mapping)
+    except ValueError as error:  # a notebook that is not one
+        return _usage_error(args, str(error))
     report.advice = args.save_case is None  # the advice is to do what was just done
     print(report)
     if report.error is not None:
@@ -421,8 +424,8 @@ def _check_batch(args: argparse.Namespace) -> int:
         return options
     files = submissions(args.path)
     if not files:
-        return _usage_error(args, "path: no layers.py or notebook found in "
-                                  + ", ".join(map(str, args.path)))
+        return _usage_error(args, "path: " + ", ".join(map(str, args.path))
+                            + " holds no layers.py (nor a notebook) below it")
     for option, output in (("--json", args.json), ("--gradescope", args.gradescope)):
         if output is not None:
             try:

@@ -46,7 +46,7 @@ def test_a_notebook_and_an_empty_folder_get_one_clear_line(tmp_path):
     notebook.write_text("{}")
     empty = tmp_path / "empty"
     empty.mkdir()
-    for path, words in ((notebook, "notebooks (.ipynb) are not supported yet"),
+    for path, words in ((notebook, "expected a notebook with a list of cells"),
                         (empty, "holds no layers.py")):
         run = subprocess.run([str(EXE), "check", str(path)], capture_output=True, text=True,
                              timeout=60)

@@ -57,16 +57,16 @@ def _cells(path: pathlib.Path) -> list[tuple[int, str]]:
     """(cell number, source) of each code cell, counted among all cells from 1."""
     size = path.stat().st_size
     if size > MAX_NOTEBOOK_BYTES:
-        raise ValueError(f"source: a notebook of at most {MAX_NOTEBOOK_BYTES // 2**20} MiB, got "
+        raise ValueError(f"path: a notebook of at most {MAX_NOTEBOOK_BYTES // 2**20} MiB, got "
                          f"{size / 2**20:.1f} MiB")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"source: expected a notebook (JSON), got a file that is not: {error}") \
+        raise ValueError(f"path: expected a notebook (JSON), got a file that is not: {error}") \
             from None
     cells = data.get("cells") if isinstance(data, dict) else None
     if not isinstance(cells, list):
-        raise ValueError("source: expected a notebook with a list of cells, got none")
+        raise ValueError("path: expected a notebook with a list of cells, got none")
     found = []
     for number, cell in enumerate(cells, 1):
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
