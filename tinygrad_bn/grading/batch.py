@@ -115,7 +115,7 @@ class BatchReport:
         slips = self.slips()[:top]
         if slips:
             lines.append("most common slips:")
-            lines += [f"  {n:>3} files  {f}: {shown(s)}" for f, s, n in slips]
+            lines += [f"  {n:>3} {'file ' if n == 1 else 'files'}  {f}: {shown(s)}" for f, s, n in slips]
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
