@@ -384,11 +384,7 @@ def _watch(pid: int, output: int, reply: int, warden: int, deadline: float,
             if not chunk:
                 open_ends.discard(end)
             elif end == output:
-                size += len(chunk)
-                if len(head) < OUTPUT_HEAD * 4:
-                    head.extend(chunk[:OUTPUT_HEAD * 4 - len(head)])
-                tail.extend(chunk)
-                del tail[:-OUTPUT_TAIL * 4]
+                size += _kept_output(chunk, head, tail)
             elif end == reply:
                 if len(replied) + len(chunk) > REPLY_LIMIT:
                     outcome.failure, outcome.error = "reply", "the reply is too large"
@@ -429,12 +425,17 @@ def _drain(output: int, reply: int, open_ends: set[int], replied: bytearray,
             elif end == reply and len(replied) + len(chunk) <= REPLY_LIMIT:
                 replied.extend(chunk)
             elif end == output:
-                size += len(chunk)
-                if len(head) < OUTPUT_HEAD * 4:
-                    head.extend(chunk[:OUTPUT_HEAD * 4 - len(head)])
-                tail.extend(chunk)
-                del tail[:-OUTPUT_TAIL * 4]
+                size += _kept_output(chunk, head, tail)
     return size
+
+
+def _kept_output(chunk: bytes, head: bytearray, tail: bytearray) -> int:
+    """What the box printed, kept as its first and last bytes only; the bytes read."""
+    if len(head) < OUTPUT_HEAD * 4:
+        head.extend(chunk[:OUTPUT_HEAD * 4 - len(head)])
+    tail.extend(chunk)
+    del tail[:-OUTPUT_TAIL * 4]
+    return len(chunk)
 
 
 def _status_told(told: bytearray, outcome: ChildOutcome) -> int | None:
