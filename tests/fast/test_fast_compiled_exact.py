@@ -102,14 +102,15 @@ def test_layer_rows_taken_in_pairs_give_the_same_bits_on_any_thread_count(shape,
     _assert_as_exact(case)
 
 
-def test_small_column_passes_take_one_thread_and_channel_passes_two(compiled):
-    # Batch norm's four column calls per step below 2^20 elements on one thread; spatial batch
-    # norm by channel (two calls per step, as the rows) and the rows on the configured count.
+def test_passes_below_the_parallel_size_take_one_thread(compiled):
+    # Below 2^17 elements one thread (a second one's wake-up costs more than it saves), above
+    # it the configured count, on every path.
     from tinygrad_bn.fast import kernels
 
     kernels.set_num_threads(2)
-    for kind, shape, expected in [("batch", (256, 1024), 1), ("batch", (1024, 1024), 2),
-                                  ("spatial", (8, 64, 16, 16), 2), ("layer", (256, 1024), 2)]:
+    for kind, shape, expected in [("batch", (127, 1024), 1), ("batch", (128, 1024), 2),
+                                  ("batch", (1024, 1024), 2), ("spatial", (8, 64, 16, 16), 2),
+                                  ("layer", (127, 1024), 1), ("layer", (256, 1024), 2)]:
         x = np.zeros(shape)
         path, layout, _ = fast_norm._route(x, norm_spec(kind, shape))
         assert fast_norm._threads_for(x, path, layout) == expected, (kind, shape)

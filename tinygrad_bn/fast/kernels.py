@@ -571,25 +571,44 @@ def float32_dx_bound(m: np.ndarray, c: np.ndarray, mean_square: np.ndarray, mean
     """The float32 dx's normwise error bound in eps32 (inf outside float32's safe range), per
     statistic from m = mean(g), c = mean(g * xhat), mean(g^2), the statistics and the
     factor `weight` that multiplies g - m - c * xhat into dx (all float64 arrays of one
-    shape); see `float32_dx_is_exact`. `scaled_first`: g is formed in float32 first (row
-    passes: dy * gamma * ivar, rounded before the subtractions): that product rounds twice
-    more, by eps32 |g| <= eps32 (|dx| / weight + |m'| + |c| X), which makes the terms
-    (q + 1) |c| X + 2 |m'|.
+    shape); see `float32_dx_is_exact` and, for each statistic's terms, `dx_bound_terms`.
     `square_terms`: the terms of each float32 partial sum behind mean(g^2); `low`, `high`:
     the least and largest x of each statistic, or None (then max |xhat| <= sqrt(count))."""
+    ranged = low is not None and high is not None
+    ratio, in_range = dx_bound_terms(m, c, mean_square, mean, var, ivar, weight,
+                                     low if ranged else mean, high if ranged else mean, ranged,
+                                     count, folded, scaled_first, square_terms)
+    if not bool(np.all(in_range)):
+        return math.inf
+    # Each statistic's worst term against its own dx: a statistic whose dx is small and
+    # cancels is not hidden behind the others' larger dx.
+    return 1.0 + float(np.max(ratio))
+
+
+def dx_bound_terms(m: Any, c: Any, mean_square: Any, mean: Any, var: Any, ivar: Any,
+                   weight: Any, low: Any, high: Any, ranged: bool, count: int, folded: bool,
+                   scaled_first: bool, square_terms: int) -> tuple[Any, Any]:
+    """Per statistic, arrays and float64 scalars alike (the compiled passes take it one
+    statistic at a time): the ratio of its worst rounding to twice its largest |dx|, in eps32
+    over 1, and whether it lies in float32's safe range. `ranged`: low and high are the
+    statistic's least and largest x (else max |xhat| <= sqrt(count) is used).
+
+    `scaled_first`: g is formed in float32 first (row passes: dy * gamma * ivar, rounded
+    before the subtractions): that product rounds twice more, by eps32 |g| <= eps32 (|dx| /
+    weight + |m'| + |c| X), which makes the terms (q + 1) |c| X + 2 |m'|."""
     ms_r = mean_square - m * m - c * c * (2.0 - var * ivar * ivar)
     margin = (8.0 * (count + 1) * _EPS64 + (square_terms + 1) * _EPS32) * mean_square
     rms_r = np.sqrt(np.maximum(ms_r - margin, 0.0))
     weight = np.abs(weight)
     centre_term = np.abs(mean) * ivar
-    if low is None or high is None:  # |x - hi - lo| ivar <= max |xhat| + 1 / 16
-        x_bound = math.sqrt(count) + 1.0 + (centre_term if folded else 0.0)
+    if not ranged:  # |x - hi - lo| ivar <= max |xhat| + 1 / 16
+        x_bound = math.sqrt(count) + 1.0 + (centre_term if folded else 0.0 * centre_term)
     elif folded:  # the x * slope32 term, |x| ivar |c|
         x_bound = np.maximum(np.abs(low), np.abs(high)) * ivar
     else:  # (x - hi - lo) * slope32, |x - mean| ivar |c| (hi + lo within 2^-48 of the mean)
         x_bound = np.maximum(high - mean, mean - low) * ivar + 2.0**-40 * centre_term
     x_bound = x_bound * (1.0 + 2.0**-20) + 2.0**-40  # for the rounding of these factors
-    offset = np.abs(m) + (np.abs(c) * centre_term if folded else 0.0)
+    offset = np.abs(m) + (np.abs(c) * centre_term if folded else 0.0 * centre_term)
     # x - hi, - lo and the product with slope32 round three times (x - hi is exact only for x
     # within a factor 2 of hi), slope32 once: 2 eps32 |c| X; folded, x * slope32, 1 eps32.
     line = np.abs(c) * x_bound
@@ -598,37 +617,28 @@ def float32_dx_bound(m: np.ndarray, c: np.ndarray, mean_square: np.ndarray, mean
     else:
         worst = weight * ((1.0 if folded else 2.0) * line + offset)
     lower = weight * rms_r  # <= max |dx| of the statistic's values
-    # max |dx| <= weight * max |g - m - c xhat| <= weight * (sqrt(count mean(g^2)) + |m| +
-    # |c| X): a margin of 4 below float32's largest value for the roundings on the way.
-    largest = float(np.max(weight * (np.sqrt(count * mean_square) + offset + line)))
-    largest_weight = float(np.max(weight))
     # A statistic whose g is 0 (a unit that got no gradient) has dx = 0 exactly.
     idle = (worst == 0) & (mean_square == 0)
-    in_range = bool(np.all(np.isfinite(mean_square) & np.isfinite(c) & np.isfinite(m)
-                           & (ivar > 0))) \
-        and float(np.max(np.sqrt(count * var) + np.abs(mean))) <= 2.0**120 \
-        and float(np.max(np.sqrt(mean_square) + np.abs(m))) <= 2.0**100 \
-        and largest_weight <= 2.0**100 and largest <= 2.0**126 \
-        and bool(np.all(idle | (lower >= 2.0**-100 * np.maximum(1.0, weight)))) \
-        and float(np.max(centre_term)) <= SPLIT_MEAN_RATIO
-    if not in_range:
-        return math.inf
-    # Each statistic's worst term against its own dx: a statistic whose dx is small and
-    # cancels is not hidden behind the others' larger dx.
-    with np.errstate(all="ignore"):
-        ratio = np.where(idle, 0.0, worst / (2.0 * lower))
-    return 1.0 + float(np.max(ratio))
+    # max |dx| <= weight * max |g - m - c xhat| <= weight * (sqrt(count mean(g^2)) + |m| +
+    # |c| X): a margin of 4 below float32's largest value for the roundings on the way.
+    in_range = (np.isfinite(mean_square) & np.isfinite(c) & np.isfinite(m) & (ivar > 0)
+                & (np.sqrt(count * var) + np.abs(mean) <= 2.0**120)
+                & (np.sqrt(mean_square) + np.abs(m) <= 2.0**100) & (weight <= 2.0**100)
+                & (weight * (np.sqrt(count * mean_square) + offset + line) <= 2.0**126)
+                & (idle | (lower >= 2.0**-100 * np.maximum(1.0, weight)))
+                & (centre_term <= SPLIT_MEAN_RATIO))
+    # idle: worst is 0, and so is the ratio (lower may be 0 there).
+    return worst / (2.0 * np.maximum(lower, 1.0 * idle)), in_range
 
 
 def float32_factors_fit(*factors: np.ndarray) -> bool:
     """Whether the float64 factors of a float32 dx keep their digits when rounded to
     float32: each is 0 or within [2^-100, 2^100] (a factor that became subnormal or 0,
     such as ivar^2 of data near 1e30, would drop a term of dx)."""
-    with np.errstate(all="ignore"):
-        for factor in factors:
-            size = np.abs(factor)
-            if not np.all((size == 0) | ((size >= 2.0**-100) & (size <= 2.0**100))):
-                return False
+    for factor in factors:  # (no floating-point warning on the way: also compiled as it is)
+        size = np.abs(factor)
+        if not np.all((size == 0) | ((size >= 2.0**-100) & (size <= 2.0**100))):
+            return False
     return True
 
 

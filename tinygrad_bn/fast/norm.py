@@ -38,12 +38,10 @@ __all__ = ["use_numba", "numba_enabled", "COMPILED_MIN_ELEMENTS"]
 
 COMPILED_MIN_ELEMENTS = 1 << 12  # below this a compiled pass's launch costs more than it saves
 SMALL_MAX_ELEMENTS = 1 << 16  # up to this, one serial compiled call per seam (numba_small.py)
-PARALLEL_MIN_ELEMENTS = 1 << 17  # below this waking a second thread costs more than it saves
-# The column passes (batch norm, spatial batch norm not by channel) take four parallel calls
-# per step, the rows and the channel passes two: on a busy machine each call's wait for the
-# second thread measured more than it saved below this size (batch 256x1024: 1.2-2x slower
-# with two threads than with one).
-PARALLEL_MIN_COLUMN_ELEMENTS = 1 << 20
+# Below this waking a second thread costs more than it saves. Batch norm 256x1024 (2^18),
+# forward+backward, one thread / two: 368 / 247 us float32, 491 / 312 us float64 on an idle
+# machine; with one other busy process on two cores, two threads were 5-15% slower.
+PARALLEL_MIN_ELEMENTS = 1 << 17
 
 
 class _Backend:
@@ -322,12 +320,7 @@ def fast_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: 
 
 
 def _threads_for(x: np.ndarray, path: str, layout: Any = None) -> int:
-    # Spatial batch norm by channel takes two parallel calls per step, as the rows do.
-    columns = path == "columns" and not (layout is not None and layout.B > 1
-                                         and _passes.compiled is not None
-                                         and _passes.compiled.by_channel(layout, x.dtype))
-    least = PARALLEL_MIN_COLUMN_ELEMENTS if columns else PARALLEL_MIN_ELEMENTS
-    return kernels.num_threads() if x.size >= least else 1
+    return kernels.num_threads() if x.size >= PARALLEL_MIN_ELEMENTS else 1
 
 
 def _flat64(values: np.ndarray) -> np.ndarray:

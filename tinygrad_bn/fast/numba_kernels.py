@@ -46,6 +46,7 @@ the passes are compiled in memory; any failure of the cache is a miss, never an 
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -56,7 +57,8 @@ import numpy as np
 from numba import prange
 
 from .compile_cache import cached_njit
-from .kernels import FAR_SHIFT, Layout, RowLayout, combine_moments, lead_shift
+from . import kernels
+from .kernels import FAR_SHIFT, LEAD_ROWS, Layout, RowLayout, combine_moments, lead_shift
 
 __all__ = ["fork_safe", "column_statistics", "column_normalize", "column_backward",
            "column_forward_with_statistics", "by_channel",
@@ -112,6 +114,31 @@ PAGE_BYTES = 4096
 REVERSED_BLOCK_BYTES = 1 << 18
 CHUNK_ROWS = 64
 CHUNK_PARTIALS = 1 << 15  # budget of partial values per sum (chunks * features)
+SHIFT_BITS = 26  # significant bits of a column shift (`_short`)
+SPLIT = 2.0 ** (53 - SHIFT_BITS) + 1.0  # Veltkamp's constant for that split
+
+
+@cached_njit(fastmath=_FASTMATH, inline="always")
+def _chunk_sums2(x, shift, step, lo, hi, t1, t2):  # pragma: no cover - compiled
+    """The sums of d = x - shift and d^2 over rows lo..hi of (A, K) into t1, t2 (K,)."""
+    features = x.shape[1]
+    a = lo
+    while a + 4 * step <= hi:  # rows a + i + {0, 1, 2, 3} * step, i < step
+        for i in range(a, a + step):
+            for k in range(features):
+                m = shift[k]
+                d0 = np.float64(x[i, k]) - m
+                d1 = np.float64(x[i + step, k]) - m
+                d2 = np.float64(x[i + 2 * step, k]) - m
+                d3 = np.float64(x[i + 3 * step, k]) - m
+                t1[k] += (d0 + d1) + (d2 + d3)
+                t2[k] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        a += 4 * step
+    for i in range(a, hi):
+        for k in range(features):
+            d = np.float64(x[i, k]) - shift[k]
+            t1[k] += d
+            t2[k] += d * d
 
 
 @_compile(fastmath=_FASTMATH)
@@ -121,25 +148,7 @@ def col_sums2(x, shift, step):  # pragma: no cover - compiled
     s1 = np.zeros((chunks, features))
     s2 = np.zeros((chunks, features))
     for c in prange(chunks):
-        lo, hi = c * rows // chunks, (c + 1) * rows // chunks
-        t1, t2 = s1[c], s2[c]
-        a = lo
-        while a + 4 * step <= hi:  # rows a + i + {0, 1, 2, 3} * step, i < step
-            for i in range(a, a + step):
-                for k in range(features):
-                    m = shift[k]
-                    d0 = np.float64(x[i, k]) - m
-                    d1 = np.float64(x[i + step, k]) - m
-                    d2 = np.float64(x[i + 2 * step, k]) - m
-                    d3 = np.float64(x[i + 3 * step, k]) - m
-                    t1[k] += (d0 + d1) + (d2 + d3)
-                    t2[k] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-            a += 4 * step
-        for i in range(a, hi):
-            for k in range(features):
-                d = np.float64(x[i, k]) - shift[k]
-                t1[k] += d
-                t2[k] += d * d
+        _chunk_sums2(x, shift, step, c * rows // chunks, (c + 1) * rows // chunks, s1[c], s2[c])
     return s1, s2
 
 
@@ -156,6 +165,91 @@ def _chunks(rows, features, size):  # pragma: no cover - compiled
     """How many chunks of rows the sums passes take: fixed by the shape alone."""
     few = max(1, min(rows, CHUNKS, size // CHUNK_ELEMENTS))
     return max(few, min(rows, -(-rows // CHUNK_ROWS), CHUNK_PARTIALS // max(1, features)))
+
+
+# The statistics of (A, K) in one call (`col_moments2`): the shift, the sums pass, the
+# partials' totals and the moments, each as the numpy steps of `column_statistics` take them
+# (the same bits: the lead rows and the partials added in order, then divided), without the
+# dozen numpy calls around the pass that cost more than the pass itself on cache-resident
+# inputs (batch norm 256x1024: 35 of 80 us).
+@cached_njit("float64(float64)")
+def _short_value(shift):  # pragma: no cover - compiled
+    """`_short` of one value (see there): rounded to SHIFT_BITS significant bits, ties to
+    even. Compiled without fast-math: the split below is exact only as written."""
+    if 2.0 ** -900 <= abs(shift) < 2.0 ** 900:
+        # Veltkamp's split: the nearest value of 53 - 27 = 26 bits, ties to even (as rint),
+        # in three operations; far from 1 the product would leave the range, so frexp there.
+        big = shift * SPLIT
+        return big - (big - shift)
+    if shift == 0.0 or not np.isfinite(shift):
+        return shift
+    fraction, exponent = math.frexp(shift)
+    return math.ldexp(np.rint(fraction * 2.0 ** SHIFT_BITS), exponent - SHIFT_BITS)
+
+
+@cached_njit()
+def _lead_shift2(x, lead):  # pragma: no cover - compiled
+    """The mean of the first `lead` rows per feature, added in row order and divided, as
+    numpy's mean over axis 0 takes it; each rounded by `_short_value`."""
+    features = x.shape[1]
+    shift = np.zeros(features)
+    for a in range(lead):
+        row = x[a]
+        for k in range(features):
+            shift[k] += np.float64(row[k])
+    for k in range(features):
+        shift[k] /= lead
+    for k in range(features):
+        shift[k] = _short_value(shift[k])
+    return shift
+
+
+@cached_njit()
+def _in_order(parts):  # pragma: no cover - compiled
+    """The sum over axis 0 of (chunks, K) partials, added in order, as numpy's sum over axis 0
+    of a C-contiguous array adds them: a chunk at a time, the loop over features in SIMD."""
+    total = parts[0].copy()
+    for c in range(1, parts.shape[0]):
+        part = parts[c]
+        for k in range(total.size):
+            total[k] += part[k]
+    return total
+
+
+@cached_njit()
+def _moments_of_parts(s1, s2, shift, count, far):  # pragma: no cover - compiled
+    """`combine_moments` of the partial sums (chunks, K) added in order (numpy's sum over axis
+    0), without its rounding carried: mean, variance, and whether the shift was far."""
+    features = s1.shape[1]
+    t1, t2 = _in_order(s1), _in_order(s2)
+    mean = np.empty(features)
+    var = np.empty(features)
+    again = False
+    for k in range(features):
+        m1 = t1[k] / count
+        e2 = t2[k] / count
+        square = m1 * m1
+        var[k] = e2 if e2 == np.inf else max(e2 - square, 0.0)
+        if square > far * var[k]:
+            again = True
+        mean[k] = shift[k] + m1
+    return mean, var, again
+
+
+@_compile(fastmath=_FASTMATH)
+def col_moments2(x, step, far):  # pragma: no cover - compiled
+    # (mean, var, again), or again = True with nothing else (the caller's loop takes over)
+    # where the partials are many (`_column_total` carries them) or the shift was far.
+    rows, features = x.shape
+    chunks = _chunks(rows, features, x.size)
+    shift = _lead_shift2(x, min(rows, LEAD_ROWS))
+    if chunks > CHUNKS:
+        return shift, shift, True
+    s1 = np.zeros((chunks, features))
+    s2 = np.zeros((chunks, features))
+    for c in prange(chunks):
+        _chunk_sums2(x, shift, step, c * rows // chunks, (c + 1) * rows // chunks, s1[c], s2[c])
+    return _moments_of_parts(s1, s2, shift, rows, far)
 
 
 @_compile(fastmath=_FASTMATH)
@@ -198,36 +292,162 @@ def col_normalize3(x, mean, scale, beta, out, parts, block):  # pragma: no cover
                         target[b] = (np.float64(values[b]) - m) * s + o
 
 
+@cached_njit(fastmath=_FASTMATH, inline="always")
+def _chunk_grad_sums2(dy, x, mean, ivar, step, lo, hi, t1, t2, t3):  # pragma: no cover
+    """sum(dy), sum(dy * xhat) and sum(dy^2) over rows lo..hi of (A, K) into t1, t2, t3 (K,)
+    (t3 may be empty: not taken). Four rows a page apart, as in `_chunk_sums2`."""
+    features = x.shape[1]
+    squares = t3.size > 0
+    a = lo
+    while a + 4 * step <= hi:
+        for i in range(a, a + step):
+            for k in range(features):
+                m, r = mean[k], ivar[k]
+                g0 = np.float64(dy[i, k])
+                g1 = np.float64(dy[i + step, k])
+                g2 = np.float64(dy[i + 2 * step, k])
+                g3 = np.float64(dy[i + 3 * step, k])
+                t1[k] += (g0 + g1) + (g2 + g3)
+                t2[k] += ((g0 * _xhat(np.float64(x[i, k]), m, r)
+                           + g1 * _xhat(np.float64(x[i + step, k]), m, r))
+                          + (g2 * _xhat(np.float64(x[i + 2 * step, k]), m, r)
+                             + g3 * _xhat(np.float64(x[i + 3 * step, k]), m, r)))
+                if squares:  # the same for every k: unswitched out of the loop
+                    t3[k] += (g0 * g0 + g1 * g1) + (g2 * g2 + g3 * g3)
+        a += 4 * step
+    for i in range(a, hi):
+        for k in range(features):
+            g = np.float64(dy[i, k])
+            t1[k] += g
+            t2[k] += g * _xhat(np.float64(x[i, k]), mean[k], ivar[k])
+            if squares:
+                t3[k] += g * g
+
+
 @_compile(fastmath=_FASTMATH)
 def col_grad_sums2(dy, x, mean, ivar, step):  # pragma: no cover - compiled
     rows, features = x.shape
     chunks = _chunks(rows, features, x.size)
     s_dy = np.zeros((chunks, features))
     s_dy_xhat = np.zeros((chunks, features))
+    none = np.zeros(0)
+    for c in prange(chunks):
+        _chunk_grad_sums2(dy, x, mean, ivar, step, c * rows // chunks, (c + 1) * rows // chunks,
+                          s_dy[c], s_dy_xhat[c], none)
+    return s_dy, s_dy_xhat
+
+
+@_compile(fastmath=_FASTMATH)
+def col_grad_totals2(dy, x, mean, ivar, step, squares):  # pragma: no cover - compiled
+    # What `col_grad_sums2`, then `_column_total` of each give, for up to CHUNKS partials:
+    # dbeta = sum(dy), dgamma = sum(dy * xhat) (K,), the partials added in order; and, when
+    # `squares`, sum(dy^2) (K,) for the float32 dx's bound (else an empty array).
+    rows, features = x.shape
+    chunks = _chunks(rows, features, x.size)
+    s_dy = np.zeros((chunks, features))
+    s_dy_xhat = np.zeros((chunks, features))
+    s_dy2 = np.zeros((chunks, features if squares else 0))
+    for c in prange(chunks):
+        _chunk_grad_sums2(dy, x, mean, ivar, step, c * rows // chunks, (c + 1) * rows // chunks,
+                          s_dy[c], s_dy_xhat[c], s_dy2[c])
+    return _in_order(s_dy), _in_order(s_dy_xhat), _in_order(s_dy2)
+
+
+@_compile(fastmath=_FASTMATH)
+def col_range2(x):  # pragma: no cover - compiled
+    # The least and the largest value of each feature of (A, K), float64 (K,).
+    rows, features = x.shape
+    chunks = _chunks(rows, features, x.size)
+    low = np.empty((chunks, features))
+    high = np.empty((chunks, features))
     for c in prange(chunks):
         lo, hi = c * rows // chunks, (c + 1) * rows // chunks
-        t1, t2 = s_dy[c], s_dy_xhat[c]
-        a = lo
-        while a + 4 * step <= hi:  # four rows a page apart, as in `col_sums2`
-            for i in range(a, a + step):
-                for k in range(features):
-                    m, r = mean[k], ivar[k]
-                    g0 = np.float64(dy[i, k])
-                    g1 = np.float64(dy[i + step, k])
-                    g2 = np.float64(dy[i + 2 * step, k])
-                    g3 = np.float64(dy[i + 3 * step, k])
-                    t1[k] += (g0 + g1) + (g2 + g3)
-                    t2[k] += ((g0 * _xhat(np.float64(x[i, k]), m, r)
-                               + g1 * _xhat(np.float64(x[i + step, k]), m, r))
-                              + (g2 * _xhat(np.float64(x[i + 2 * step, k]), m, r)
-                                 + g3 * _xhat(np.float64(x[i + 3 * step, k]), m, r)))
-            a += 4 * step
-        for i in range(a, hi):
+        least, most = low[c], high[c]
+        first = x[lo]
+        for k in range(features):
+            least[k] = most[k] = np.float64(first[k])
+        for a in range(lo + 1, hi):
+            row = x[a]
             for k in range(features):
-                g = np.float64(dy[i, k])
-                t1[k] += g
-                t2[k] += g * _xhat(np.float64(x[i, k]), mean[k], ivar[k])
-    return s_dy, s_dy_xhat
+                value = np.float64(row[k])
+                least[k] = min(least[k], value)
+                most[k] = max(most[k], value)
+    for c in range(1, chunks):
+        for k in range(features):
+            low[0, k] = min(low[0, k], low[c, k])
+            high[0, k] = max(high[0, k], high[c, k])
+    return low[0].copy(), high[0].copy()
+
+
+# The float32 dx of the columns, worked in float32 (16 SIMD lanes, no conversions) where
+# `kernels.float32_dx_bound` puts every feature's dx within `kernels.FLOAT32_DX_BOUND` eps32
+# of the exact one (normwise over the feature's values), as the numpy passes' `dx_float32`:
+# dx = scale * (dy - mean(dy) - (x - hi - lo) * slope), hi + lo the float64 mean in two
+# float32s, or about 0 when every |mean| is within a standard deviation of 0 (`folded`). The
+# bound and the factors' range check are the numpy passes' own functions, compiled.
+_dx_bound_terms = cached_njit(error_model="numpy")(kernels.dx_bound_terms)
+_float32_factors_fit = cached_njit(error_model="numpy")(kernels.float32_factors_fit)
+
+
+@cached_njit(error_model="numpy")
+def _float32_dx_bound(m, c, mean_square, mean, var, ivar, weight, low, high, ranged, count,
+                      folded, scaled_first, square_terms):  # pragma: no cover - compiled
+    """`kernels.float32_dx_bound`, a statistic at a time through the same terms (its array
+    expressions compiled cost 30 us for 1024 statistics, this loop a few)."""
+    worst = 0.0
+    for k in range(m.size):
+        ratio, in_range = _dx_bound_terms(m[k], c[k], mean_square[k], mean[k], var[k], ivar[k],
+                                          weight[k], low[k], high[k], ranged, count, folded,
+                                          scaled_first, square_terms)
+        if not in_range:
+            return math.inf
+        worst = max(worst, ratio)
+    return 1.0 + worst
+
+
+@cached_njit(error_model="numpy")
+def _float32_dx_factors(dbeta, dgamma, sum_dy2, gamma, mean, var, ivar, count, low, high,
+                        ranged):  # pragma: no cover - compiled
+    """(whether the float32 dx is exact, folded, and its float32 factors scale, slope,
+    offset, hi, lo (K,)), from the float64 sums and statistics (K,); low, high: each
+    feature's range where `ranged` (else the bound takes max |xhat| <= sqrt(count))."""
+    features = mean.size
+    m = dbeta / count
+    c = dgamma / count
+    folded = bool(np.all(np.abs(mean) * ivar <= 1.0))
+    weight = gamma * ivar
+    slope = ivar * c  # xhat * mean(dy * xhat) = (x - mean) * slope
+    offset = m - mean * slope if folded else m
+    empty = np.zeros(features, np.float32)
+    bound = _float32_dx_bound(m, c, sum_dy2 / count, mean, var, ivar, weight, low, high, ranged,
+                              count, folded, False, 0)
+    if not (bound <= kernels.FLOAT32_DX_BOUND
+            and _float32_factors_fit(weight, slope, m, m - mean * slope)):
+        return False, folded, empty, empty, empty, empty, empty
+    hi = mean.astype(np.float32)
+    lo = (mean - hi.astype(np.float64)).astype(np.float32)
+    return (True, folded, weight.astype(np.float32), slope.astype(np.float32),
+            offset.astype(np.float32), hi, lo)
+
+
+@_compile()
+def col_dx2_float32(dy, x, scale, slope, offset, hi, lo, folded, dx, parts, block
+                    ):  # pragma: no cover - compiled
+    # Without fast-math: each float32 operation rounds as written, as the bound counts them
+    # (reassociated, x - hi - lo would lose the exactness of x - hi).
+    rows, features = x.shape
+    for p in prange(parts):
+        start, stop = p * rows // parts, (p + 1) * rows // parts
+        for top in range(stop, start, -block):  # last block first, as `col_dx2`
+            for a in range(max(start, top - block), top):
+                xs, gs, ds = x[a], dy[a], dx[a]
+                if folded:
+                    for k in range(features):
+                        ds[k] = ((gs[k] - xs[k] * slope[k]) - offset[k]) * scale[k]
+                else:
+                    for k in range(features):
+                        ds[k] = ((gs[k] - ((xs[k] - hi[k]) - lo[k]) * slope[k])
+                                 - offset[k]) * scale[k]
 
 
 @cached_njit(fastmath=_FASTMATH, inline="always")
@@ -763,7 +983,6 @@ def _column_total(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return _carried_sums(parts)
 
 
-SHIFT_BITS = 26
 
 
 def _short(shift: np.ndarray) -> np.ndarray:
@@ -787,6 +1006,11 @@ def column_statistics(x: np.ndarray, layout: Layout, threads: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature float64 mean and biased variance (K,): one pass, two when far off."""
     xv = x.reshape(layout.view)
+    if layout.B == 1:
+        mean, var, again = run(col_moments2, threads, xv, _row_step(layout, x.dtype),
+                               FAR_SHIFT[x.dtype])
+        if not again:
+            return mean, var
     shift = _short(lead_shift(xv, layout))
     while True:
         s1, s2 = _column_sums(col_sums2, col_sums3, layout, x.dtype, threads, xv, shift)
@@ -830,6 +1054,25 @@ def column_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.nd
     return out, mean, var
 
 
+def _column_dx_float32(dyv: np.ndarray, xv: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
+                       var: np.ndarray, ivar: np.ndarray, dbeta: np.ndarray, dgamma: np.ndarray,
+                       sum_dy2: np.ndarray, layout: Layout, threads: int) -> np.ndarray | None:
+    """The float32 dx of (A, K) float32 worked in float32, or None where its bound does not
+    hold: judged with max |xhat| <= sqrt(count) first, then with each feature's range."""
+    plan = _float32_dx_factors(dbeta, dgamma, sum_dy2, gamma, mean, var, ivar, layout.count,
+                               mean, mean, False)
+    if not plan[0]:
+        low, high = run(col_range2, threads, xv)
+        plan = _float32_dx_factors(dbeta, dgamma, sum_dy2, gamma, mean, var, ivar,
+                                   layout.count, low, high, True)
+        if not plan[0]:
+            return None
+    dx = np.empty(xv.shape, np.float32)
+    run(col_dx2_float32, threads, dyv, xv, *plan[2:], plan[1], dx,
+        *_elementwise_runs(layout, xv.dtype, threads))
+    return dx
+
+
 def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.ndarray,
                     var: np.ndarray, eps: float, layout: Layout, threads: int
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -843,9 +1086,19 @@ def column_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
         run(channel_backward, threads, dyv, xv, gamma, mean, ivar, dx.reshape(layout.view),
             dgamma, dbeta)
         return dx, dgamma, dbeta
-    s_dy, s_dy_xhat = _column_sums(col_grad_sums2, col_grad_sums3, layout, x.dtype, threads,
-                                   dyv, xv, mean, ivar)
-    dbeta, dgamma = _column_total(s_dy)[0], _column_total(s_dy_xhat)[0]
+    if layout.B == 1 and _chunks(layout.A, layout.K, x.size) <= CHUNKS:
+        single = x.dtype == np.float32
+        dbeta, dgamma, sum_dy2 = run(col_grad_totals2, threads, dyv, xv, mean, ivar,
+                                     _row_step(layout, x.dtype), single)
+        if single:
+            dx = _column_dx_float32(dyv, xv, gamma, mean, var, ivar, dbeta, dgamma, sum_dy2,
+                                    layout, threads)
+            if dx is not None:
+                return dx.reshape(x.shape), dgamma, dbeta
+    else:
+        s_dy, s_dy_xhat = _column_sums(col_grad_sums2, col_grad_sums3, layout, x.dtype,
+                                       threads, dyv, xv, mean, ivar)
+        dbeta, dgamma = _column_total(s_dy)[0], _column_total(s_dy_xhat)[0]
     dx = np.empty(x.shape, x.dtype)
     run(_col(col_dx2, col_dx3, layout), threads, dyv, xv, mean, ivar, gamma,
         gamma * (dbeta / layout.count), gamma * (dgamma / layout.count), dx.reshape(layout.view),

@@ -1,0 +1,185 @@
+"""The compiled column passes' float32 dx: worked in float32 where the numpy passes' error
+bound (`kernels.float32_dx_bound`, compiled a statistic at a time) holds, never elsewhere.
+
+Each test has inputs on both sides of the bound, and the inputs it refuses are shown to break
+the float32 formula itself, so that a bound that let everything through would fail here.
+"""
+
+import numpy as np
+import pytest
+
+from benchmarks.exactness import Case, errors_in_eps, exact_normalization, run_case
+from tinygrad_bn.fast import kernels
+from tinygrad_bn.norm import norm_spec
+
+A_FEW_EPS = 8.0
+SHAPE = (4096, 64)  # above the small passes' size: the parallel column passes
+
+
+@pytest.fixture
+def nk(compiled):
+    from tinygrad_bn.fast import numba_kernels
+
+    return numba_kernels
+
+
+@pytest.fixture
+def float32_calls(monkeypatch, nk):
+    """How many times the compiled float32 dx ran (a list the spy appends to)."""
+    calls = []
+    original = nk.col_dx2_float32
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(nk, "col_dx2_float32", spy)
+    return calls
+
+
+def _case(x, dout, seed=0):
+    rng = np.random.default_rng(seed)
+    gamma = (1 + 0.5 * rng.standard_normal(x.shape[1])).astype(np.float32)
+    beta = rng.standard_normal(x.shape[1]).astype(np.float32)
+    return Case("compiled float32 dx", "batch", x, gamma, beta, dout.astype(np.float32))
+
+
+def _exact_enough(case):
+    for together in (False, True):
+        fast_error, textbook_error = errors_in_eps(case, together)
+        assert fast_error <= max(A_FEW_EPS, 1.5 * textbook_error), (fast_error, textbook_error)
+
+
+def _correlated(rng, remainder):
+    # dout a line in xhat per feature plus `remainder` of noise: dx is that remainder.
+    x = rng.standard_normal(SHAPE).astype(np.float32)
+    wide = x.astype(np.float64)
+    xhat = (wide - wide.mean(axis=0)) / wide.std(axis=0)
+    return x, 1e3 * (xhat + remainder * rng.standard_normal(SHAPE))
+
+
+@pytest.mark.parametrize("center", [0.0, 3.0, 1e5])
+def test_uncorrelated_gradients_take_the_float32_dx(center, float32_calls):
+    # About 0 (folded) and far from it (x - hi - lo, the mean in two float32s).
+    rng = np.random.default_rng(1)
+    x = (center + rng.standard_normal(SHAPE)).astype(np.float32)
+    case = _case(x, rng.standard_normal(SHAPE))
+    run_case(case)
+    assert float32_calls, "the float32 dx was not taken"
+    _exact_enough(case)
+
+
+def test_gradients_along_xhat_take_it_with_the_range_of_x(nk, float32_calls, monkeypatch):
+    # dout = xhat + noise: mean(dy * xhat) ~ 1, too large for the bound with max |xhat| <=
+    # sqrt(count); each feature's range of x makes it tight enough.
+    ranges = []
+    original = nk.col_range2
+
+    def spy(*args):
+        ranges.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(nk, "col_range2", spy)
+    x, dout = _correlated(np.random.default_rng(2), remainder=1.0)
+    case = _case(x, dout)
+    run_case(case)
+    assert ranges and float32_calls
+    _exact_enough(case)
+
+
+def test_gradients_whose_dx_cancels_take_float64(float32_calls):
+    x, dout = _correlated(np.random.default_rng(3), remainder=1e-6)
+    case = _case(x, dout)
+    run_case(case)
+    assert not float32_calls, "the float32 dx was taken where dx cancels"
+    _exact_enough(case)
+
+
+def test_the_float32_dx_itself_fails_where_the_bound_refuses(nk):
+    # The compiled formula forced on the refused input: far beyond a few eps, which is why it
+    # is refused.
+    x, dout = _correlated(np.random.default_rng(3), remainder=1e-6)
+    dout = dout.astype(np.float32)
+    case = _case(x, dout)
+    wide, d64 = x.astype(np.float64), dout.astype(np.float64)
+    mean, var = wide.mean(axis=0), wide.var(axis=0)
+    ivar = 1 / np.sqrt(var + 1e-5)
+    gamma = case.gamma.astype(np.float64)
+    dbeta, dgamma = d64.sum(axis=0), (d64 * (wide - mean) * ivar).sum(axis=0)
+    count = x.shape[0]
+    ok, *_ = nk._float32_dx_factors(dbeta, dgamma, (d64 * d64).sum(axis=0), gamma, mean, var,
+                                    ivar, count, wide.min(axis=0), wide.max(axis=0), True)
+    assert not ok
+    slope = ivar * dgamma / count
+    forced = np.empty_like(x)
+    hi = mean.astype(np.float32)
+    nk.col_dx2_float32(dout, x, (gamma * ivar).astype(np.float32), slope.astype(np.float32),
+                       (dbeta / count).astype(np.float32), hi,
+                       (mean - hi).astype(np.float32), False, forced, 1, x.shape[0])
+    exact = exact_normalization(x, case.gamma, case.beta, dout, norm_spec("batch", SHAPE))[1]
+    error = np.max(np.abs(forced - exact)) / np.max(np.abs(forced) + np.abs(exact))
+    assert error / np.finfo(np.float32).eps > 100 * A_FEW_EPS
+
+
+@pytest.mark.parametrize("scale", [1e37, 1e-37])
+def test_magnitudes_at_the_float32_range_take_float64(scale, float32_calls):
+    rng = np.random.default_rng(4)
+    x = (scale * rng.standard_normal(SHAPE)).astype(np.float32)
+    case = _case(x, rng.standard_normal(SHAPE))
+    run_case(case)
+    assert not float32_calls
+    _exact_enough(case)
+
+
+def test_the_float32_dx_gives_the_same_bits_on_any_thread_count(float32_calls,
+                                                                 on_thread_counts):
+    rng = np.random.default_rng(5)
+    case = _case((0.5 + rng.standard_normal(SHAPE)).astype(np.float32),
+                 rng.standard_normal(SHAPE))
+    first, *others = on_thread_counts(case, (1, 2, 3))
+    assert float32_calls
+    for other in others:
+        for a, b in zip(first, other, strict=True):
+            assert np.array_equal(a, b)
+
+
+def test_the_sums_of_squares_are_those_of_dy(nk):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(SHAPE).astype(np.float32)
+    dy = (1e3 * rng.standard_normal(SHAPE)).astype(np.float32)
+    mean, ivar = np.zeros(SHAPE[1]), np.ones(SHAPE[1])
+    layout = kernels.layout_for(x, (0,), 0)
+    dbeta, dgamma, squares = nk.col_grad_totals2(dy, x, mean, ivar, nk._row_step(layout, x.dtype),
+                                                 True)
+    wide = dy.astype(np.longdouble)
+    assert np.allclose(squares, (wide * wide).sum(axis=0), rtol=1e-13, atol=0)
+    assert np.allclose(dbeta, wide.sum(axis=0), rtol=1e-12, atol=1e-9)
+    assert nk.col_grad_totals2(dy, x, mean, ivar, 4, False)[2].size == 0
+
+
+def test_the_compiled_bound_is_the_numpy_bound(nk):
+    # One statistic at a time through the same terms: the same value to the bit.
+    rng = np.random.default_rng(7)
+    finite = 0
+    for trial in range(200):
+        size, count = int(rng.integers(1, 40)), int(rng.integers(2, 5000))
+        m = 0.06 * rng.standard_normal(size)
+        c = rng.choice([0.06, 0.5, 1.0]) * rng.standard_normal(size)
+        mean_square = 1 + 0.1 * rng.random(size)
+        mean = rng.standard_normal(size) * 10.0 ** rng.integers(-3, 3)
+        var = (1 + rng.random(size)) * 10.0 ** rng.integers(-3, 3)
+        ivar = 1 / np.sqrt(var + 1e-5)
+        weight = ivar * (1 + rng.random(size))
+        low, high = mean - 3 * np.sqrt(var), mean + 3 * np.sqrt(var)
+        folded, scaled_first = bool(trial % 2), bool(trial % 3 == 0)
+        for ranged in (False, True):
+            with np.errstate(all="ignore"):
+                expected = kernels.float32_dx_bound(
+                    m, c, mean_square, mean, var, ivar, weight, low if ranged else None,
+                    high if ranged else None, count, folded, scaled_first, trial % 7)
+            found = nk._float32_dx_bound(m, c, mean_square, mean, var, ivar, weight,
+                                         low if ranged else mean, high if ranged else mean,
+                                         ranged, count, folded, scaled_first, trial % 7)
+            assert found == expected, (trial, ranged, found, expected)
+            finite += bool(np.isfinite(expected))
+    assert finite > 100  # most inputs within the range: the terms themselves compared
