@@ -56,8 +56,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from .compile_cache import cached_njit
 from . import kernels
+from .compile_cache import cached_njit
 from .kernels import FAR_SHIFT, LEAD_ROWS, Layout, RowLayout, combine_moments, lead_shift
 
 __all__ = ["fork_safe", "column_statistics", "column_normalize", "column_backward",
