@@ -183,3 +183,81 @@ def test_the_compiled_bound_is_the_numpy_bound(nk):
             assert found == expected, (trial, ranged, found, expected)
             finite += bool(np.isfinite(expected))
     assert finite > 100  # most inputs within the range: the terms themselves compared
+
+
+# --- group norm's rows: the float32 dx decided row by row inside the backward pass ---------
+GROUP_SHAPE, GROUPS = (8, 16, 32, 32), 4  # rows of 4 channels of 1024 values
+
+
+def _row_backward(nk, x, dy, gamma, single):
+    """row_backward's dx with the float32 dx allowed (single) or not, same inputs."""
+    spec = norm_spec("group", x.shape, groups=GROUPS)
+    rows = kernels.row_layout_for(x, spec, 0)
+    per = gamma.astype(np.float64).reshape(rows.param_view)
+    _, mean, var = nk.row_forward_of(x, per, np.zeros(rows.param_view), 1e-5, rows, 2)
+    dx = np.empty_like(x)
+    nk.run(nk.row_backward, 2, dy.reshape(rows.flat), x.reshape(rows.flat), rows.G, rows.C,
+           rows.S, mean, var, 1e-5, per, dx.reshape(rows.flat), single)
+    return dx
+
+
+def _group_case(x, dout, seed=0):
+    rng = np.random.default_rng(seed)
+    gamma = (1 + 0.5 * rng.standard_normal(GROUP_SHAPE[1])).astype(np.float32)
+    beta = rng.standard_normal(GROUP_SHAPE[1]).astype(np.float32)
+    return Case("compiled float32 row dx", "group", x, gamma, beta, dout.astype(np.float32),
+                GROUPS)
+
+
+def _group_correlated(rng, remainder):
+    x = rng.standard_normal(GROUP_SHAPE).astype(np.float32)
+    wide = x.astype(np.float64).reshape(GROUP_SHAPE[0], GROUPS, -1)
+    xhat = (wide - wide.mean(axis=2, keepdims=True)) / wide.std(axis=2, keepdims=True)
+    return x, 1e3 * (xhat.reshape(GROUP_SHAPE) + remainder * rng.standard_normal(GROUP_SHAPE))
+
+
+@pytest.mark.parametrize("center", [0.0, 3.0, 1e5])
+def test_group_rows_take_the_float32_dx_and_stay_exact(nk, center):
+    rng = np.random.default_rng(8)
+    x = (center + rng.standard_normal(GROUP_SHAPE)).astype(np.float32)
+    case = _group_case(x, rng.standard_normal(GROUP_SHAPE))
+    taken = _row_backward(nk, x, case.dout, case.gamma, True)
+    assert not np.array_equal(taken, _row_backward(nk, x, case.dout, case.gamma, False))
+    _exact_enough(case)
+
+
+def test_group_rows_along_xhat_take_it_with_their_range(nk):
+    x, dout = _group_correlated(np.random.default_rng(9), remainder=1.0)
+    case = _group_case(x, dout)
+    taken = _row_backward(nk, x, case.dout, case.gamma, True)
+    assert not np.array_equal(taken, _row_backward(nk, x, case.dout, case.gamma, False))
+    _exact_enough(case)
+
+
+def test_group_rows_of_tiny_values_stay_exact(nk):
+    # x ~ 1e-37 (near float32's smallest normal): eps dominates the variance, dx is dy * ivar
+    # * gamma less its means, and the float32 dx may be taken; exact either way.
+    x, dout = _group_correlated(np.random.default_rng(10), 1.0)
+    _exact_enough(_group_case((1e-37 * x.astype(np.float64)).astype(np.float32), dout))
+
+
+@pytest.mark.parametrize("remainder, scale", [(1e-6, 1.0), (1.0, 1e37)])
+def test_group_rows_whose_dx_cancels_or_leaves_the_range_take_float64(nk, remainder, scale):
+    x, dout = _group_correlated(np.random.default_rng(10), remainder)
+    x = (scale * x.astype(np.float64)).astype(np.float32)
+    case = _group_case(x, dout)
+    refused = _row_backward(nk, x, case.dout, case.gamma, True)
+    assert np.array_equal(refused, _row_backward(nk, x, case.dout, case.gamma, False))
+    _exact_enough(case)
+
+
+def test_group_rows_decide_row_by_row(nk):
+    # One sample's dout cancels (its rows refuse), the others' do not: each row its own.
+    rng = np.random.default_rng(11)
+    x, dout = _group_correlated(rng, remainder=1e-6)
+    dout[1:] = rng.standard_normal(dout[1:].shape)
+    case = _group_case(x, dout)
+    mixed = _row_backward(nk, x, case.dout, case.gamma, True)
+    wide = _row_backward(nk, x, case.dout, case.gamma, False)
+    assert np.array_equal(mixed[0], wide[0]) and not np.array_equal(mixed[1:], wide[1:])
+    _exact_enough(case)

@@ -187,7 +187,7 @@ def _short_value(shift):  # pragma: no cover - compiled
     return math.ldexp(np.rint(fraction * 2.0 ** SHIFT_BITS), exponent - SHIFT_BITS)
 
 
-@cached_njit()
+@cached_njit("float64[::1](float32[:, ::1], int64)", "float64[::1](float64[:, ::1], int64)")
 def _lead_shift2(x, lead):  # pragma: no cover - compiled
     """The mean of the first `lead` rows per feature, added in row order and divided, as
     numpy's mean over axis 0 takes it; each rounded by `_short_value`."""
@@ -204,7 +204,7 @@ def _lead_shift2(x, lead):  # pragma: no cover - compiled
     return shift
 
 
-@cached_njit()
+@cached_njit("float64[::1](float64[:, ::1])")
 def _in_order(parts):  # pragma: no cover - compiled
     """The sum over axis 0 of (chunks, K) partials, added in order, as numpy's sum over axis 0
     of a C-contiguous array adds them: a chunk at a time, the loop over features in SIMD."""
@@ -216,7 +216,8 @@ def _in_order(parts):  # pragma: no cover - compiled
     return total
 
 
-@cached_njit()
+@cached_njit("Tuple((float64[::1], float64[::1], boolean))(float64[:, ::1], float64[:, ::1], "
+             "float64[::1], int64, float64)")
 def _moments_of_parts(s1, s2, shift, count, far):  # pragma: no cover - compiled
     """`combine_moments` of the partial sums (chunks, K) added in order (numpy's sum over axis
     0), without its rounding carried: mean, variance, and whether the shift was far."""
@@ -385,7 +386,12 @@ def col_range2(x):  # pragma: no cover - compiled
 # dx = scale * (dy - mean(dy) - (x - hi - lo) * slope), hi + lo the float64 mean in two
 # float32s, or about 0 when every |mean| is within a standard deviation of 0 (`folded`). The
 # bound and the factors' range check are the numpy passes' own functions, compiled.
-_dx_bound_terms = cached_njit(error_model="numpy")(kernels.dx_bound_terms)
+# Compiled eagerly, on their own options (no fast-math), as `_carry_add` below: lazily, a
+# function takes the options of its first caller, and a bound reassociated is no bound.
+_dx_bound_terms = cached_njit(
+    "Tuple((float64, boolean))(float64, float64, float64, float64, float64, float64, float64, "
+    "float64, float64, boolean, int64, boolean, boolean, int64)",
+    error_model="numpy")(kernels.dx_bound_terms)
 _float32_factors_fit = cached_njit(error_model="numpy")(kernels.float32_factors_fit)
 
 
@@ -451,27 +457,35 @@ def col_dx2_float32(dy, x, scale, slope, offset, hi, lo, folded, dx, parts, bloc
 
 
 @cached_njit(fastmath=_FASTMATH, inline="always")
-def _grad_block_sums(dy, x, m, q):  # pragma: no cover - compiled
-    """sum(dy) and sum(dy * xhat) over a short contiguous slice, in SIMD lanes."""
+def _grad_block_sums(dy, x, m, q, squares):  # pragma: no cover - compiled
+    """sum(dy), sum(dy * xhat) and, when `squares`, sum(dy^2) over a short contiguous slice,
+    in SIMD lanes."""
     t_dy = 0.0
     t_dyx = 0.0
+    t_dy2 = 0.0
     for s in range(x.size):
         d = np.float64(dy[s])
         t_dy += d
         t_dyx += d * _xhat(np.float64(x[s]), m, q)
-    return t_dy, t_dyx
+        if squares:  # the same for the whole loop: unswitched out of it
+            t_dy2 += d * d
+    return t_dy, t_dyx, t_dy2
 
 
 @cached_njit(fastmath=_FASTMATH)
-def _grad_sums(dy, x, m, q):  # pragma: no cover - compiled
-    """sum(dy) and sum(dy * xhat) over a contiguous slice, in blocks, carried."""
-    t_dy = k_dy = t_dyx = k_dyx = 0.0
+def _grad_sums(dy, x, m, q, squares=False):  # pragma: no cover - compiled
+    """sum(dy), sum(dy * xhat) and, when `squares`, sum(dy^2) (else 0) over a contiguous
+    slice, in blocks, carried."""
+    t_dy = k_dy = t_dyx = k_dyx = t_dy2 = k_dy2 = 0.0
     for block in range(-(-x.size // SUM_BLOCK)):
         lo = block * SUM_BLOCK
-        b_dy, b_dyx = _grad_block_sums(dy[lo:lo + SUM_BLOCK], x[lo:lo + SUM_BLOCK], m, q)
+        b_dy, b_dyx, b_dy2 = _grad_block_sums(dy[lo:lo + SUM_BLOCK], x[lo:lo + SUM_BLOCK], m, q,
+                                              squares)
         t_dy, k_dy = _carry_add(t_dy, k_dy, b_dy)
         t_dyx, k_dyx = _carry_add(t_dyx, k_dyx, b_dyx)
-    return _carried(t_dy, k_dy), _carried(t_dyx, k_dyx)
+        if squares:
+            t_dy2, k_dy2 = _carry_add(t_dy2, k_dy2, b_dy2)
+    return _carried(t_dy, k_dy), _carried(t_dyx, k_dyx), _carried(t_dy2, k_dy2)
 
 
 @_compile(fastmath=_FASTMATH)
@@ -483,7 +497,7 @@ def col_grad_sums3(dy, x, mean, ivar):  # pragma: no cover - compiled
     for c in prange(chunks):
         for a in range(c * rows // chunks, (c + 1) * rows // chunks):
             for k in range(features):
-                t1, t2 = _grad_sums(dy[a, k], x[a, k], mean[k], ivar[k])
+                t1, t2, _ = _grad_sums(dy[a, k], x[a, k], mean[k], ivar[k])
                 s_dy[c, k] += t1
                 s_dy_xhat[c, k] += t2
     return s_dy, s_dy_xhat
@@ -563,7 +577,7 @@ def channel_backward(dy, x, gamma, mean, ivar, dx, dgamma, dbeta):  # pragma: no
         m, r = mean[k], ivar[k]
         s_dy = k_dy = s_dyx = k_dyx = 0.0
         for a in range(rows):  # both sums (from memory) ...
-            t1, t2 = _grad_sums(dy[a, k], x[a, k], m, r)
+            t1, t2, _ = _grad_sums(dy[a, k], x[a, k], m, r)
             s_dy, k_dy = _carry_add(s_dy, k_dy, t1)
             s_dyx, k_dyx = _carry_add(s_dyx, k_dyx, t2)
         s_dy, s_dyx = _carried(s_dy, k_dy), _carried(s_dyx, k_dyx)
@@ -786,12 +800,12 @@ def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
 
 
 @cached_njit(fastmath=_FASTMATH)
-def _row_grad_sums(dy, x, m, q, gamma, g, channels, inner, dgamma, dbeta
+def _row_grad_sums(dy, x, m, q, gamma, g, channels, inner, dgamma, dbeta, squares
                    ):  # pragma: no cover - compiled
-    """sum(g) and sum(g * xhat) over a row, g = gamma * dy, in blocks, carried; and the row's
-    dy and dy * xhat added to dbeta, dgamma (G, C): per value (layer norm), or each
-    channel's sums (group norm)."""
-    sum_g = k_g = sum_gx = k_gx = 0.0
+    """sum(g), sum(g * xhat) and, when `squares`, sum(g^2) (else 0) over a row, g = gamma *
+    dy, in blocks, carried; and the row's dy and dy * xhat added to dbeta, dgamma (G, C): per
+    value (layer norm), or each channel's sums (group norm)."""
+    sum_g = k_g = sum_gx = k_gx = sum_g2 = k_g2 = 0.0
     if inner == 1:
         gam, dg, db = gamma[g], dgamma[g], dbeta[g]
         for block in range(-(-channels // SUM_BLOCK)):
@@ -801,6 +815,7 @@ def _row_grad_sums(dy, x, m, q, gamma, g, channels, inner, dgamma, dbeta
             dgs, dbs = dg[lo:hi], db[lo:hi]
             b_g = 0.0
             b_gx = 0.0
+            b_g2 = 0.0
             for j in range(hi - lo):
                 d = np.float64(ds[j])
                 xhat = _xhat(np.float64(xs[j]), m, q)
@@ -809,33 +824,38 @@ def _row_grad_sums(dy, x, m, q, gamma, g, channels, inner, dgamma, dbeta
                 gd = gs[j] * d
                 b_g += gd
                 b_gx += gd * xhat
+                if squares:  # unswitched out of the loop
+                    b_g2 += gd * gd
             sum_g, k_g = _carry_add(sum_g, k_g, b_g)
             sum_gx, k_gx = _carry_add(sum_gx, k_gx, b_gx)
-        return _carried(sum_g, k_g), _carried(sum_gx, k_gx)
+            sum_g2, k_g2 = _carry_add(sum_g2, k_g2, b_g2)
+        return _carried(sum_g, k_g), _carried(sum_gx, k_gx), _carried(sum_g2, k_g2)
     for c in range(channels):
         lo, hi = c * inner, (c + 1) * inner
-        t_dy, t_dyx = _grad_sums(dy[lo:hi], x[lo:hi], m, q)
+        t_dy, t_dyx, t_dy2 = _grad_sums(dy[lo:hi], x[lo:hi], m, q, squares)
         dbeta[g, c] += t_dy
         dgamma[g, c] += t_dyx
         sum_g, k_g = _carry_add(sum_g, k_g, gamma[g, c] * t_dy)
         sum_gx, k_gx = _carry_add(sum_gx, k_gx, gamma[g, c] * t_dyx)
-    return _carried(sum_g, k_g), _carried(sum_gx, k_gx)
+        sum_g2, k_g2 = _carry_add(sum_g2, k_g2, gamma[g, c] * gamma[g, c] * t_dy2)
+    return _carried(sum_g, k_g), _carried(sum_gx, k_gx), _carried(sum_g2, k_g2)
 
 
 @cached_njit(fastmath=_FASTMATH)
-def _layer_grad_sums_pair(dy0, x0, m0, q0, dy1, x1, m1, q1, gamma, dgamma, dbeta
+def _layer_grad_sums_pair(dy0, x0, m0, q0, dy1, x1, m1, q1, gamma, dgamma, dbeta, squares
                           ):  # pragma: no cover - compiled
     """What `_row_grad_sums` gives for two rows of layer norm (S = 1, one group), their dy and
     dy * xhat added to dbeta, dgamma in one update per value instead of two."""
     channels = x0.size
     s0 = k0 = sx0 = kx0 = s1 = k1 = sx1 = kx1 = 0.0
+    q20 = k20 = q21 = k21 = 0.0
     gam, dg, db = gamma[0], dgamma[0], dbeta[0]
     for block in range(-(-channels // SUM_BLOCK)):
         lo = block * SUM_BLOCK
         hi = min(lo + SUM_BLOCK, channels)
         xs0, ds0, xs1, ds1, gs = x0[lo:hi], dy0[lo:hi], x1[lo:hi], dy1[lo:hi], gam[lo:hi]
         dgs, dbs = dg[lo:hi], db[lo:hi]
-        b0 = bx0 = b1 = bx1 = 0.0
+        b0 = bx0 = b1 = bx1 = b20 = b21 = 0.0
         for j in range(hi - lo):
             d0 = np.float64(ds0[j])
             d1 = np.float64(ds1[j])
@@ -849,11 +869,17 @@ def _layer_grad_sums_pair(dy0, x0, m0, q0, dy1, x1, m1, q1, gamma, dgamma, dbeta
             bx0 += g0 * xhat0
             b1 += g1
             bx1 += g1 * xhat1
+            if squares:  # unswitched out of the loop
+                b20 += g0 * g0
+                b21 += g1 * g1
         s0, k0 = _carry_add(s0, k0, b0)
         sx0, kx0 = _carry_add(sx0, kx0, bx0)
         s1, k1 = _carry_add(s1, k1, b1)
         sx1, kx1 = _carry_add(sx1, kx1, bx1)
-    return _carried(s0, k0), _carried(sx0, kx0), _carried(s1, k1), _carried(sx1, kx1)
+        q20, k20 = _carry_add(q20, k20, b20)
+        q21, k21 = _carry_add(q21, k21, b21)
+    return (_carried(s0, k0), _carried(sx0, kx0), _carried(q20, k20),
+            _carried(s1, k1), _carried(sx1, kx1), _carried(q21, k21))
 
 
 @cached_njit(fastmath=_FASTMATH)
@@ -876,6 +902,104 @@ def _row_dx(dy, x, m, q, gamma, g, channels, inner, mean_g, mean_gx, dx
 
 
 @cached_njit()
+def _gamma_range(gamma):  # pragma: no cover - compiled
+    """Per group (G, 2): the least nonzero |gamma| (0 when all are 0) and the largest."""
+    groups, channels = gamma.shape
+    found = np.zeros((groups, 2))
+    for g in range(groups):
+        least = np.inf
+        most = 0.0
+        for c in range(channels):
+            size = abs(gamma[g, c])
+            if size != 0.0:
+                least = min(least, size)
+            most = max(most, size)
+        found[g, 0] = least if least < np.inf else 0.0
+        found[g, 1] = most
+    return found
+
+
+# Eagerly, without fast-math (see `_dx_bound_terms`): reassociated, x - hi - lo becomes
+# x - (hi + lo), which loses the digits the split keeps (group norm about 1e5: 56 eps32 off).
+# The float64 signature is never run (the caller's float32 test is made at run time).
+_ROW_DX_FLOAT32 = ("boolean({0}[::1], {0}[::1], float64, float64, float64, float64[:, ::1], "
+                   "float64[:, ::1], int64, int64, int64, float64, float64, float64, int64, "
+                   "{0}[::1], boolean)")
+
+
+@cached_njit(_ROW_DX_FLOAT32.format("float32"), _ROW_DX_FLOAT32.format("float64"),
+             error_model="numpy")
+def _row_dx_float32(dy, x, m, q, v, gamma, gamma_range, g, channels, inner, sum_g, sum_gx,
+                    sum_g2, count, dx, ranged):  # pragma: no cover - compiled
+    """A group norm row's dx worked in float32, as the numpy passes' `row_dx_float32`, where the
+    bound (`kernels.dx_bound_terms`, g formed in float32 first) puts it within
+    `kernels.FLOAT32_DX_BOUND` eps32 of the exact dx: dx = dy * scale - slope * (x - hi - lo)
+    - offset, scale = ivar * gamma per channel, slope = ivar^2 mean(g * xhat), offset = ivar
+    mean(g), hi + lo the row's mean in two float32s (or about 0, `folded`). Returns whether it
+    did (else nothing is written). `ranged`: the bound takes the row's least and largest x
+    (read again, from cache) instead of max |xhat| <= sqrt(count). Compiled without
+    fast-math: each float32 operation rounds as the bound counts it."""
+    mean_g, mean_gx = sum_g / count, sum_gx / count
+    folded = abs(m) * q <= 1.0
+    low = high = m
+    if ranged:
+        low = high = np.float64(x[0])
+        for j in range(x.size):
+            value = np.float64(x[j])
+            low = min(low, value)
+            high = max(high, value)
+    ratio, in_range = _dx_bound_terms(mean_g, mean_gx, sum_g2 / count, m, v, q, q, low, high,
+                                      ranged, count, folded, True, 0)
+    if not (in_range and 1.0 + ratio <= kernels.FLOAT32_DX_BOUND):
+        return False
+    slope_of_xhat = q * mean_gx
+    slope = q * slope_of_xhat
+    offset = q * mean_g
+    folded_offset = offset - slope * m
+    if slope == 0.0 and slope_of_xhat != 0.0:  # ivar^2 * c lost below float64's range
+        return False
+    # Each factor 0 or within [2^-100, 2^100] (`kernels.float32_factors_fit`); the scales
+    # q * gamma through this group's least nonzero and largest |gamma| (`gamma_range`):
+    # rounding keeps their order, so the extremes decide for every channel.
+    for value in (slope, offset, folded_offset, q * gamma_range[g, 0], q * gamma_range[g, 1]):
+        size = abs(value)
+        if not (size == 0.0 or 2.0**-100 <= size <= 2.0**100):
+            return False
+    slope32 = np.float32(slope)
+    hi = np.float32(m)
+    lo = np.float32(m - np.float64(hi))
+    offset32 = np.float32(folded_offset if folded else offset)
+    for c in range(channels):
+        s32 = np.float32(q * gamma[g, c])
+        xs, ds = x[c * inner:(c + 1) * inner], dy[c * inner:(c + 1) * inner]
+        target = dx[c * inner:(c + 1) * inner]
+        if folded:
+            for s in range(inner):
+                target[s] = (ds[s] * s32 - xs[s] * slope32) - offset32
+        else:
+            for s in range(inner):
+                target[s] = (ds[s] * s32 - ((xs[s] - hi) - lo) * slope32) - offset32
+    return True
+
+
+@cached_njit()
+def _any_row_dx(dy, x, m, q, v, gamma, gamma_range, g, channels, inner, sum_g, sum_gx,
+                sum_g2, count, single, dx):  # pragma: no cover - compiled
+    """The row's dx: for float32 group norm in float32 where its bound holds (first with max
+    |xhat| <= sqrt(count), then with the row's range), else worked in float64 (`_row_dx`).
+    (Layer norm's scale per value, formed in float32 row by row, left its float32 dx no faster
+    than this one: measured.)"""
+    if single and inner > 1 and (
+            _row_dx_float32(dy, x, m, q, v, gamma, gamma_range, g, channels, inner, sum_g,
+                            sum_gx, sum_g2, count, dx, False)
+            or _row_dx_float32(dy, x, m, q, v, gamma, gamma_range, g, channels, inner, sum_g,
+                               sum_gx, sum_g2, count, dx, True)):
+        return
+    _row_dx(dy, x, m, q, gamma, g, channels, inner, _ratio(sum_g, count),
+            _ratio(sum_gx, count), dx)
+
+
+@cached_njit()
 def _runs(rows, size):  # pragma: no cover - compiled
     """How many runs of consecutive rows the backward takes: fixed by the shape alone, so
     that its partial sums do not depend on the threads."""
@@ -883,10 +1007,11 @@ def _runs(rows, size):  # pragma: no cover - compiled
 
 
 @_compile(fastmath=_FASTMATH)
-def row_backward(dy, x, groups, channels, inner, mean, var, eps, gamma, dx
+def row_backward(dy, x, groups, channels, inner, mean, var, eps, gamma, dx, single
                  ):  # pragma: no cover - compiled
-    # Per row its sums, then its dx from cache; dgamma and dbeta as partial sums per part of
-    # a run of rows (added in order by the caller).
+    # Per row its sums, then its dx from cache (float32 data: in float32 where its bound
+    # holds, `_any_row_dx`); dgamma and dbeta as partial sums per part of a run of rows (added
+    # in order by the caller).
     rows = x.shape[0]
     count = x.shape[1]
     runs = _runs(rows, x.size)
@@ -896,6 +1021,7 @@ def row_backward(dy, x, groups, channels, inner, mean, var, eps, gamma, dx
     dgamma = np.zeros((runs * per_run, groups, channels))
     dbeta = np.zeros((runs * per_run, groups, channels))
     paired = inner == 1 and groups == 1  # layer norm: two rows per dgamma, dbeta update
+    gamma_range = _gamma_range(gamma)
     for run in prange(runs):
         start, stop = run * rows // runs, (run + 1) * rows // runs
         r = start
@@ -905,18 +1031,21 @@ def row_backward(dy, x, groups, channels, inner, mean, var, eps, gamma, dx
             if paired and r + 1 < stop and (
                     run * per_run + (r + 1 - start) * per_run // (stop - start) == partial):
                 q1 = _inv_sqrt(var[r + 1], eps)
-                sum_g, sum_gx, sum_g1, sum_gx1 = _layer_grad_sums_pair(
+                sum_g, sum_gx, sum_g2, sum_g1, sum_gx1, sum_g21 = _layer_grad_sums_pair(
                     dy[r], x[r], mean[r], q, dy[r + 1], x[r + 1], mean[r + 1], q1, gamma,
-                    dgamma[partial], dbeta[partial])
-                _row_dx(dy[r + 1], x[r + 1], mean[r + 1], q1, gamma, 0, channels, inner,
-                        _ratio(sum_g1, count), _ratio(sum_gx1, count), dx[r + 1])
+                    dgamma[partial], dbeta[partial], False)
+                _any_row_dx(dy[r + 1], x[r + 1], mean[r + 1], q1, var[r + 1], gamma,
+                            gamma_range, 0, channels, inner, sum_g1, sum_gx1, sum_g21, count,
+                            single, dx[r + 1])
                 step = 2
             else:
-                sum_g, sum_gx = _row_grad_sums(dy[r], x[r], mean[r], q, gamma, r % groups,
-                                               channels, inner, dgamma[partial], dbeta[partial])
+                sum_g, sum_gx, sum_g2 = _row_grad_sums(dy[r], x[r], mean[r], q, gamma,
+                                                       r % groups, channels, inner,
+                                                       dgamma[partial], dbeta[partial],
+                                                       single and inner > 1)
                 step = 1
-            _row_dx(dy[r], x[r], mean[r], q, gamma, r % groups, channels, inner,
-                    _ratio(sum_g, count), _ratio(sum_gx, count), dx[r])
+            _any_row_dx(dy[r], x[r], mean[r], q, var[r], gamma, gamma_range, r % groups,
+                        channels, inner, sum_g, sum_gx, sum_g2, count, single, dx[r])
             r += step
     return dgamma, dbeta
 
@@ -1143,5 +1272,5 @@ def row_backward_of(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
     dyv = np.ascontiguousarray(upstream.reshape(rows.flat))
     dx = np.empty(x.shape, x.dtype)
     dgamma, dbeta = run(row_backward, threads, dyv, x.reshape(rows.flat), *_row_shape(rows),
-                        mean, var, eps, gamma, dx.reshape(rows.flat))
+                        mean, var, eps, gamma, dx.reshape(rows.flat), x.dtype == np.float32)
     return dx, dgamma.sum(axis=0), dbeta.sum(axis=0)
