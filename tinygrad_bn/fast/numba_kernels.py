@@ -25,7 +25,11 @@ in effect, the blocks carried, rather than a two-sum per element.
 
 Exactness, on every input the textbook core handles: every value is worked in float64
 (float32 data is converted as it is read, results are rounded once when stored), and no
-formula cancels. The statistics are taken about a shift close to the mean (the mean of a
+formula cancels. One exception, where it is proven as exact: the float32 dx of batch norm's
+(A, K) columns and of group norm's rows is worked in float32 (no conversions, twice the SIMD
+lanes) where the numpy passes' error bound (`kernels.float32_dx_bound`, compiled a statistic
+at a time from the same terms) puts every statistic's dx within a few eps32 of the exact one,
+judged from the float64 sums (and sum(dy^2)) the pass takes anyway; elsewhere in float64. The statistics are taken about a shift close to the mean (the mean of a
 few leading rows for columns, of a few of the row's own values for rows, the channel's
 own first-pass mean for channels) and corrected by the mean of the shifted values, so a
 mean far from zero costs no digits; when the shift turns out far from the mean
@@ -65,7 +69,7 @@ __all__ = ["fork_safe", "column_statistics", "column_normalize", "column_backwar
            "row_statistics_of", "row_normalize_of", "row_forward_of", "row_backward_of", "CHUNKS"]
 
 CHUNKS = 64  # partial sums per statistic: enough to keep every thread busy, fixed for determinism
-CHUNK_ELEMENTS = 1 << 13  # at least this many elements per chunk: small inputs take few chunks
+CHUNK_ELEMENTS = 1 << 15  # at least this many elements per chunk: small inputs take few chunks
 # A spatial channel (A * B values) up to this size is worked whole while in cache: half of
 # L2 here, so the backward's dy and x of one channel per thread stay within L2 and L3.
 CHANNEL_BYTES = 1 << 19
@@ -225,16 +229,17 @@ def _moments_of_parts(s1, s2, shift, count, far):  # pragma: no cover - compiled
     t1, t2 = _in_order(s1), _in_order(s2)
     mean = np.empty(features)
     var = np.empty(features)
-    again = False
-    for k in range(features):
+    far_ones = 0
+    for k in range(features):  # no branch: the loop stays in SIMD lanes
         m1 = t1[k] / count
         e2 = t2[k] / count
         square = m1 * m1
-        var[k] = e2 if e2 == np.inf else max(e2 - square, 0.0)
-        if square > far * var[k]:
-            again = True
+        v = max(e2 - square, 0.0)
+        v = e2 if e2 == np.inf else v
+        var[k] = v
+        far_ones += square > far * v
         mean[k] = shift[k] + m1
-    return mean, var, again
+    return mean, var, far_ones > 0
 
 
 @_compile(fastmath=_FASTMATH)
