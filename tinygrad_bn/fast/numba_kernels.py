@@ -29,7 +29,8 @@ formula cancels. One exception, where it is proven as exact: the float32 dx of b
 (A, K) columns and of group norm's rows is worked in float32 (no conversions, twice the SIMD
 lanes) where the numpy passes' error bound (`kernels.float32_dx_bound`, compiled a statistic
 at a time from the same terms) puts every statistic's dx within a few eps32 of the exact one,
-judged from the float64 sums (and sum(dy^2)) the pass takes anyway; elsewhere in float64. The statistics are taken about a shift close to the mean (the mean of a
+judged from the float64 sums (and sum(dy^2)) the pass takes anyway; elsewhere in float64.
+The statistics are taken about a shift close to the mean (the mean of a
 few leading rows for columns, of a few of the row's own values for rows, the channel's
 own first-pass mean for channels) and corrected by the mean of the shifted values, so a
 mean far from zero costs no digits; when the shift turns out far from the mean
