@@ -112,5 +112,5 @@ def test_passes_below_the_parallel_size_take_one_thread(compiled):
                                   ("batch", (1024, 1024), 2), ("spatial", (8, 64, 16, 16), 2),
                                   ("layer", (127, 1024), 1), ("layer", (256, 1024), 2)]:
         x = np.zeros(shape)
-        path, layout, _ = fast_norm._route(x, norm_spec(kind, shape))
-        assert fast_norm._threads_for(x, path, layout) == expected, (kind, shape)
+        assert fast_norm._route(x, norm_spec(kind, shape))[0] in ("columns", "rows")
+        assert fast_norm._threads_for(x) == expected, (kind, shape)

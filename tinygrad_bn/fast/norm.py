@@ -208,7 +208,7 @@ def fast_statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarr
     if path == "small":
         mean, var = compiled.statistics(x, layout.view, layout.rows)
         return mean.reshape(layout.kept), var.reshape(layout.kept)
-    threads = _threads_for(x, path, layout)
+    threads = _threads_for(x)
     if path == "columns":
         mean, var = compiled.column_statistics(x, layout, threads)
     elif path == "rows":
@@ -236,11 +236,11 @@ def fast_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, *, spec: No
                                      spec.eps, layout)
     if path == "rows":
         return compiled.row_normalize_of(x, _per(gamma, layout), _per(beta, layout), mean, var,
-                                         spec.eps, layout, _threads_for(x, path, layout))
+                                         spec.eps, layout, _threads_for(x))
     gamma, beta = _flat64(gamma), _flat64(beta)
     if path == "columns":
         return compiled.column_normalize(x, gamma, beta, mean, var, spec.eps, layout,
-                                         _threads_for(x, path, layout))
+                                         _threads_for(x))
     return kernels.normalize(x, gamma, beta, mean, var, spec.eps, layout)
 
 
@@ -261,10 +261,10 @@ def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
     # normalizes it while it is in cache: x is read once, not twice.
     if path == "columns":
         out, mean, var = compiled.column_forward_with_statistics(
-            x, _flat64(gamma), _flat64(beta), spec.eps, layout, _threads_for(x, path, layout))
+            x, _flat64(gamma), _flat64(beta), spec.eps, layout, _threads_for(x))
     elif path == "rows":
         out, mean, var = compiled.row_forward_of(x, _per(gamma, layout), _per(beta, layout),
-                                                 spec.eps, layout, _threads_for(x, path, layout))
+                                                 spec.eps, layout, _threads_for(x))
     elif path == "blocked rows":
         out, mean, var = kernels.row_forward_with_statistics(
             x, _per(gamma, layout), _per(beta, layout), spec.eps, layout)
@@ -304,14 +304,14 @@ def fast_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: 
     elif path == "rows":
         dx, dgamma, dbeta = compiled.row_backward_of(upstream, x, _per(gamma, layout),
                                                      _flat64(mean), _flat64(var), spec.eps,
-                                                     layout, _threads_for(x, path, layout))
+                                                     layout, _threads_for(x))
     elif path == "blocked rows":
         dx, dgamma, dbeta = kernels.row_backward(upstream, x, _per(gamma, layout), _flat64(mean),
                                                  _flat64(var), spec.eps, layout)
     elif path == "columns":
         dx, dgamma, dbeta = compiled.column_backward(upstream, x, _flat64(gamma), _flat64(mean),
                                                      _flat64(var), spec.eps, layout,
-                                                     _threads_for(x, path, layout))
+                                                     _threads_for(x))
     else:
         dx, dgamma, dbeta = kernels.backward(upstream, x, _flat64(gamma), _flat64(mean),
                                              _flat64(var), spec.eps, layout)
@@ -319,7 +319,7 @@ def fast_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, beta: 
     return dx, dgamma.astype(dtype).reshape(gamma.shape), dbeta.astype(dtype).reshape(beta.shape)
 
 
-def _threads_for(x: np.ndarray, path: str, layout: Any = None) -> int:
+def _threads_for(x: np.ndarray) -> int:
     return kernels.num_threads() if x.size >= PARALLEL_MIN_ELEMENTS else 1
 
 
