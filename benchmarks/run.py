@@ -431,14 +431,22 @@ def _us(values: list[float]) -> str:
 def cpu_description() -> str:
     """The CPU's model, its caches and SIMD width, and the cores this process may use."""
     cpu, flags = platform.processor() or platform.machine(), set()
+    family = model = ""
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and cpu == (platform.processor() or platform.machine()):
+                cpu = value
+            elif key == "cpu family" and not family:
+                family = value
+            elif key == "model" and not model:
+                model = value
+            elif key == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
         pass
+    if family and model:  # a virtual machine's model name may hide the generation
+        cpu = f"{cpu} (family {family}, model {model})"
     caches = []
     for index in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
