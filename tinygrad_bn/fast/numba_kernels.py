@@ -398,23 +398,6 @@ _dx_bound_terms = cached_njit(
     "Tuple((float64, boolean))(float64, float64, float64, float64, float64, float64, float64, "
     "float64, float64, boolean, int64, boolean, boolean, int64)",
     error_model="numpy")(kernels.dx_bound_terms)
-_float32_factors_fit = cached_njit(error_model="numpy")(kernels.float32_factors_fit)
-
-
-@cached_njit(error_model="numpy")
-def _float32_dx_bound(m, c, mean_square, mean, var, ivar, weight, low, high, ranged, count,
-                      folded, scaled_first, square_terms):  # pragma: no cover - compiled
-    """`kernels.float32_dx_bound`, a statistic at a time through the same terms (its array
-    expressions compiled cost 30 us for 1024 statistics, this loop a few)."""
-    worst = 0.0
-    for k in range(m.size):
-        ratio, in_range = _dx_bound_terms(m[k], c[k], mean_square[k], mean[k], var[k], ivar[k],
-                                          weight[k], low[k], high[k], ranged, count, folded,
-                                          scaled_first, square_terms)
-        if not in_range:
-            return math.inf
-        worst = max(worst, ratio)
-    return 1.0 + worst
 
 
 @cached_njit(error_model="numpy")
@@ -422,24 +405,42 @@ def _float32_dx_factors(dbeta, dgamma, sum_dy2, gamma, mean, var, ivar, count, l
                         ranged):  # pragma: no cover - compiled
     """(whether the float32 dx is exact, folded, and its float32 factors scale, slope,
     offset, hi, lo (K,)), from the float64 sums and statistics (K,); low, high: each
-    feature's range where `ranged` (else the bound takes max |xhat| <= sqrt(count))."""
+    feature's range where `ranged` (else the bound takes max |xhat| <= sqrt(count)). The
+    bound is `kernels.float32_dx_bound` taken a feature at a time through the same terms
+    (`kernels.dx_bound_terms`), and the factors' check `kernels.float32_factors_fit`'s:
+    its array expressions, compiled, cost 30 us for 1024 features, this loop a few."""
     features = mean.size
-    m = dbeta / count
-    c = dgamma / count
-    folded = bool(np.all(np.abs(mean) * ivar <= 1.0))
-    weight = gamma * ivar
-    slope = ivar * c  # xhat * mean(dy * xhat) = (x - mean) * slope
-    offset = m - mean * slope if folded else m
-    empty = np.zeros(features, np.float32)
-    bound = _float32_dx_bound(m, c, sum_dy2 / count, mean, var, ivar, weight, low, high, ranged,
-                              count, folded, False, 0)
-    if not (bound <= kernels.FLOAT32_DX_BOUND
-            and _float32_factors_fit(weight, slope, m, m - mean * slope)):
-        return False, folded, empty, empty, empty, empty, empty
-    hi = mean.astype(np.float32)
-    lo = (mean - hi.astype(np.float64)).astype(np.float32)
-    return (True, folded, weight.astype(np.float32), slope.astype(np.float32),
-            offset.astype(np.float32), hi, lo)
+    folded = True
+    for k in range(features):
+        folded = folded and abs(mean[k]) * ivar[k] <= 1.0
+    scale = np.empty(features, np.float32)
+    slope = np.empty(features, np.float32)
+    offset = np.empty(features, np.float32)
+    hi = np.empty(features, np.float32)
+    lo = np.empty(features, np.float32)
+    worst = 0.0
+    for k in range(features):
+        m = dbeta[k] / count
+        c = dgamma[k] / count
+        weight = gamma[k] * ivar[k]
+        ratio, in_range = _dx_bound_terms(m, c, sum_dy2[k] / count, mean[k], var[k], ivar[k],
+                                          weight, low[k], high[k], ranged, count, folded,
+                                          False, 0)
+        if not in_range:
+            return False, folded, scale, slope, offset, hi, lo
+        worst = max(worst, ratio)
+        k_slope = ivar[k] * c  # xhat * mean(dy * xhat) = (x - mean) * slope
+        folded_offset = m - mean[k] * k_slope
+        for value in (weight, k_slope, m, folded_offset):
+            size = abs(value)
+            if not (size == 0.0 or 2.0**-100 <= size <= 2.0**100):
+                return False, folded, scale, slope, offset, hi, lo
+        scale[k] = np.float32(weight)
+        slope[k] = np.float32(k_slope)
+        offset[k] = np.float32(folded_offset if folded else m)
+        hi[k] = np.float32(mean[k])
+        lo[k] = np.float32(mean[k] - np.float64(hi[k]))
+    return 1.0 + worst <= kernels.FLOAT32_DX_BOUND, folded, scale, slope, offset, hi, lo
 
 
 @_compile()
