@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.exactness import Case, errors_in_eps, exact_normalization, run_case
+from tinygrad_bn import fast
 from tinygrad_bn.fast import kernels
 from tinygrad_bn.norm import norm_spec
 
@@ -264,3 +265,71 @@ def test_group_rows_decide_row_by_row(nk):
     wide = _row_backward(nk, x, case.dout, case.gamma, False)
     assert np.array_equal(mixed[0], wide[0]) and not np.array_equal(mixed[1:], wide[1:])
     _exact_enough(case)
+
+
+# --- found by an adversarial review ---------------------------------------------------------
+def test_a_mean_whose_float32_low_half_is_subnormal_takes_float64(backend):
+    # mean ~ 1e-36, spread 1e-41: lo = mean - hi is a float32 subnormal, whose rounding
+    # (2^-150) is not relative; taken, the float32 dx was 103 eps32 off (textbook 0.2).
+    rng = np.random.default_rng(1)
+    x = (1e-36 + 1e-41 * rng.uniform(-1, 1, SHAPE)).astype(np.float32)
+    wide = x.astype(np.float64)
+    xhat = (wide - wide.mean(axis=0)) / wide.std(axis=0)
+    dout = (1e-12 * (xhat + rng.standard_normal(SHAPE))).astype(np.float32)
+    case = Case("subnormal lo", "batch", x, np.full(SHAPE[1], 1e-20, np.float32),
+                np.zeros(SHAPE[1], np.float32), dout, eps=1e-300)
+    _exact_enough(case)
+    assert not kernels.mean_split_fits(wide.mean(axis=0))
+    assert kernels.mean_split_fits(np.array([1e5 + 0.3, 1e-3, -7.25, 0.0]))
+
+
+HANG = """
+import numpy as np
+from benchmarks.exactness import Case, run_case
+from tinygrad_bn import fast
+fast.use_numba(True)
+rng = np.random.default_rng(0)
+x = rng.standard_normal((4096, 20))
+x[:, 3] = 0.1  # constant, and not a number of 26 bits
+run_case(Case("constant", "batch", x, np.ones(20), np.zeros(20), rng.standard_normal(x.shape)),
+         True)
+print("returned")
+"""
+
+
+def test_a_constant_float64_feature_whose_short_mean_is_off_returns(compiled):
+    # The statistics' retry about the mean's leading 26 bits found that shift far from the
+    # mean again (a spread of 0) and looped forever; a last pass about the mean ends it.
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", HANG], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0 and "returned" in done.stdout, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("planted", ["gamma inf", "x alternating +-max"])
+def test_non_finite_results_are_the_textbooks(backend, dtype, planted):
+    # A gamma of inf: every dx of that feature NaN (inf - inf in mean(g)), as the textbook's,
+    # not some inf. x alternating +-max (float64): the textbook's pairwise mean is 0 and its
+    # variance inf, so out and dx are finite; the passes' reordered sums overflowed to NaN.
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(SHAPE).astype(dtype)
+    gamma, beta = np.ones(SHAPE[1], dtype), np.zeros(SHAPE[1], dtype)
+    if planted == "gamma inf":
+        gamma[4] = np.inf
+    else:
+        x[::2, 3], x[1::2, 3] = np.finfo(dtype).max, -np.finfo(dtype).max
+    case = Case(planted, "batch", x, gamma, beta, rng.standard_normal(SHAPE).astype(dtype))
+    for together in (False, True):
+        with np.errstate(all="ignore"):
+            found = run_case(case, together)
+            with fast.disabled():
+                textbook = run_case(case, together)
+        for a, b in zip(found, textbook, strict=True):
+            assert np.array_equal(np.isnan(a), np.isnan(b))
+            assert np.array_equal(np.isinf(a), np.isinf(b))

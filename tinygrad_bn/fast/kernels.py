@@ -631,6 +631,21 @@ def dx_bound_terms(m: Any, c: Any, mean_square: Any, mean: Any, var: Any, ivar: 
     return worst / (2.0 * np.maximum(lower, 1.0 * idle)), in_range
 
 
+# How close hi + lo, the float64 mean in two float32s, must come to it for the float32 dx's
+# bound (`float32_dx_bound` counts the rounding of lo as 2^-48 |mean| / std of xhat).
+SPLIT_MEAN_ERROR = 2.0**-48
+
+
+def mean_split_fits(mean: np.ndarray) -> bool:
+    """Whether every mean is within `SPLIT_MEAN_ERROR` of hi + lo, its two float32 halves:
+    not where lo is subnormal (a mean near 1e-36: lo's rounding of 2^-150 is then no longer
+    relative, and a spread of 1e-41 put dx 100 eps32 off)."""
+    hi = mean.astype(np.float32)
+    lo = (mean - hi).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.all(np.abs((mean - hi) - lo) <= SPLIT_MEAN_ERROR * np.abs(mean)))
+
+
 def float32_factors_fit(*factors: np.ndarray) -> bool:
     """Whether the float64 factors of a float32 dx keep their digits when rounded to
     float32: each is 0 or within [2^-100, 2^100] (a factor that became subnormal or 0,
@@ -698,7 +713,8 @@ def backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean: np.nd
     # Taken with max |xhat| <= sqrt(count) first (large counts pass so), else with x's range
     # per feature, a read of x that makes the bound as tight as max |xhat| allows.
     if single and (float32_exact(None, None) or float32_exact(*_feature_range(xv, layout, spans))) \
-            and float32_factors_fit(gamma * ivar, slope, mean_dy, mean_dy - mean * slope):
+            and float32_factors_fit(gamma * ivar, slope, mean_dy, mean_dy - mean * slope) \
+            and (folded or mean_split_fits(mean)):
         dx = dx_float32(xv, dyv, gamma * ivar, slope, mean_dy, mean, folded, spans)
         return dx.reshape(x.shape), dgamma, dbeta
     scale = (gamma * ivar).reshape(pview)
@@ -1083,7 +1099,8 @@ def _channel_row_backward(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray
                                      low.astype(np.float64), high.astype(np.float64), width,
                                      folded, scaled_first=True, square_terms=rows.S)
         if bound <= FLOAT32_DX_BOUND and float32_factors_fit(scale, slope, offset,
-                                                            offset - slope * mean_r):
+                                                            offset - slope * mean_r) \
+                and (folded or mean_split_fits(mean_r)):
             row_dx_float32(x.reshape(channels), upstream.reshape(channels), scale, slope,
                            offset, mean_r, folded, dxv, spans)
             return dx, dgamma, dbeta

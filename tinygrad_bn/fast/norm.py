@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..norm import fused
 from ..norm.fused import FusedNorm
 from ..norm.spec import NormSpec
 from . import kernels, lean
@@ -199,9 +200,22 @@ def _kept(values: np.ndarray, spec: NormSpec) -> np.ndarray:
     return values.reshape(tuple(1 if a in spec.reduce_axes else n for a, n in enumerate(shape)))
 
 
+def _finite(mean: np.ndarray, var: np.ndarray) -> bool:
+    return bool(np.isfinite(mean).all() and np.isfinite(var).all())
+
+
+# Statistics that are not finite are taken again by the textbook (`norm.fused.statistics`):
+# a sum the passes reorder for speed may overflow where the textbook's pairwise one does not
+# (a float64 feature alternating +-max: its mean NaN where the textbook's is 0, var inf, and
+# out and dx finite). Where x itself holds NaN or inf, that gives the same answer again.
 @fast_variant(FusedNorm, "statistics", when=_is_array)
 def fast_statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray]:
     """The batch mean and biased variance, kept-axes shaped (`FusedNorm.statistics`)."""
+    mean, var = _statistics(x, spec)
+    return (mean, var) if _finite(mean, var) else fused.statistics(x, spec)
+
+
+def _statistics(x: np.ndarray, spec: NormSpec) -> tuple[np.ndarray, np.ndarray]:
     path, layout, compiled = _route(x, spec)
     if path == "lean":
         return lean.statistics(x, spec)
@@ -249,6 +263,15 @@ def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
                                  spec: NormSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """out, and the batch mean and variance kept-axes shaped
     (`FusedNorm.forward_with_statistics`)."""
+    out, mean, var = _forward_with_statistics(x, gamma, beta, spec)
+    if _finite(mean, var):
+        return out, mean, var
+    mean, var = fused.statistics(x, spec)  # see `fast_statistics`
+    return fast_forward(x, gamma, beta, spec=spec, mean=mean, var=var), mean, var
+
+
+def _forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+                             spec: NormSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     path, layout, compiled = _route(x, spec)
     if path == "small":
         out, mean, var = compiled.forward(x, _small_param(gamma, layout),
@@ -269,7 +292,7 @@ def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
         out, mean, var = kernels.row_forward_with_statistics(
             x, _per(gamma, layout), _per(beta, layout), spec.eps, layout)
     else:  # "blocked": the statistics over all rows first, then the normalize pass
-        mean, var = fast_statistics(x, spec)
+        mean, var = _statistics(x, spec)
         return fast_forward(x, gamma, beta, spec=spec, mean=mean, var=var), mean, var
     return out, _kept(mean, spec), _kept(var, spec)
 
@@ -284,8 +307,12 @@ def fast_forward_with_statistics(x: np.ndarray, gamma: np.ndarray, beta: np.ndar
 TEXTBOOK_MAX_COUNT = 3
 
 
-def _backward_pays(upstream: Any, x: Any, *args: Any, spec: NormSpec, **params: Any) -> bool:
-    return _is_array(x) and spec.count > TEXTBOOK_MAX_COUNT
+def _backward_pays(upstream: Any, x: Any, gamma: Any, *args: Any, spec: NormSpec,
+                   **params: Any) -> bool:
+    # A gamma of inf: g = gamma * dy is inf, and the textbook's mean(g) makes every dx of that
+    # feature NaN (inf - inf), where the passes' gamma * mean(dy) leaves some of them inf.
+    return (_is_array(x) and spec.count > TEXTBOOK_MAX_COUNT and type(gamma) is np.ndarray
+            and bool(np.isfinite(gamma).all()))
 
 
 @fast_variant(FusedNorm, "backward", when=_backward_pays)

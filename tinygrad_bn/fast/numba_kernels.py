@@ -440,6 +440,9 @@ def _float32_dx_factors(dbeta, dgamma, sum_dy2, gamma, mean, var, ivar, count, l
         offset[k] = np.float32(folded_offset if folded else m)
         hi[k] = np.float32(mean[k])
         lo[k] = np.float32(mean[k] - np.float64(hi[k]))
+        if not folded and not (abs((mean[k] - np.float64(hi[k])) - np.float64(lo[k]))
+                               <= kernels.SPLIT_MEAN_ERROR * abs(mean[k])):
+            return False, folded, scale, slope, offset, hi, lo  # `kernels.mean_split_fits`
     return 1.0 + worst <= kernels.FLOAT32_DX_BOUND, folded, scale, slope, offset, hi, lo
 
 
@@ -975,6 +978,9 @@ def _row_dx_float32(dy, x, m, q, v, gamma, gamma_range, g, channels, inner, sum_
     slope32 = np.float32(slope)
     hi = np.float32(m)
     lo = np.float32(m - np.float64(hi))
+    if not folded and not (abs((m - np.float64(hi)) - np.float64(lo))
+                           <= kernels.SPLIT_MEAN_ERROR * abs(m)):
+        return False  # lo subnormal: see `kernels.mean_split_fits`
     offset32 = np.float32(folded_offset if folded else offset)
     for c in range(channels):
         s32 = np.float32(q * gamma[g, c])
@@ -1147,15 +1153,19 @@ def column_statistics(x: np.ndarray, layout: Layout, threads: int
                                FAR_SHIFT[x.dtype])
         if not again:
             return mean, var
-    shift = _short(lead_shift(xv, layout))
-    while True:
+
+    def about(shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         s1, s2 = _column_sums(col_sums2, col_sums3, layout, x.dtype, threads, xv, shift)
         total, left_out = _column_total(s1)
-        mean, var, again = combine_moments(total, _column_total(s2)[0], shift, layout.count,
-                                           x.dtype, left_out)
-        if not again:
-            return mean, var
-        shift = _short(mean)  # the shift was far from the mean: once more about the mean
+        return combine_moments(total, _column_total(s2)[0], shift, layout.count, x.dtype,
+                               left_out)
+
+    mean, var, again = about(_short(lead_shift(xv, layout)))
+    if again:  # the shift was far from the mean: once more about the mean's leading bits
+        mean, var, again = about(_short(mean))
+    if again:  # those bits are themselves far from it (a constant 0.1, whose spread is 0: this
+        mean, var, _ = about(mean)  # looped forever), so a last pass about the mean itself
+    return mean, var
 
 
 def column_normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
