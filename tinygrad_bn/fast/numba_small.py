@@ -119,19 +119,23 @@ def _row_sum(x, r, shift):  # pragma: no cover - compiled
 
 
 @_compile
-def _row_squares(x, r, shift):  # pragma: no cover - compiled
+def _row_centred_sums(x, r, shift):  # pragma: no cover - compiled
+    # The sums of d = x[r] - shift and of d^2 over the row, in one pass (chunks as `_row_sum`).
     rows, channels, inner = x.shape
     n = channels * inner
     flat = x[r].reshape(n) if inner == 1 else x[r].ravel()
-    total = carry = 0.0
+    s1 = k1 = s2 = k2 = 0.0
     for chunk in range(-(-n // CHUNK)):  # see `_segment_sums`
         lo = chunk * CHUNK
-        t = 0.0
+        t1 = 0.0
+        t2 = 0.0
         for j in range(min(CHUNK, n - lo)):
             d = np.float64(flat[lo + j]) - shift
-            t += d * d
-        total, carry = _carry_add(total, carry, t)
-    return _carried(total, carry)
+            t1 += d
+            t2 += d * d
+        s1, k1 = _carry_add(s1, k1, t1)
+        s2, k2 = _carry_add(s2, k2, t2)
+    return _carried(s1, k1), _carried(s2, k2)
 
 
 # --- columns: x as (A, K, B) (B = 1 for (N, D) batch norm), statistics per feature k ---------
@@ -265,8 +269,8 @@ def _row_stats(x):  # pragma: no cover - compiled
     var = np.empty(rows)
     for r in range(rows):
         m = _row_sum(x, r, 0.0) / count
-        s1 = _row_sum(x, r, m) / count
-        s2 = _row_squares(x, r, m) / count
+        s1, s2 = _row_centred_sums(x, r, m)
+        s1, s2 = s1 / count, s2 / count
         mean[r] = m + s1
         var[r] = max(s2 - s1 * s1, 0.0) if s2 < np.inf else s2
     return mean, var
