@@ -7,6 +7,8 @@ Each must be within
 max(a few eps, 1.5x the textbook's error) of the extended-precision reference.
 """
 
+import math
+
 import numpy as np
 import pytest
 
@@ -77,11 +79,20 @@ def test_long_single_feature_columns_sum_as_the_textbook_does(kind, shape, group
 
 
 def test_passes_never_take_more_threads_than_the_cores_available(monkeypatch):
+    # The affinity mask is read again at most once a second (a system call per pass cost
+    # small ones a microsecond each): a change is followed within that.
     nk = pytest.importorskip("tinygrad_bn.fast.numba_kernels")
+    clock = [0.0]
+    monkeypatch.setattr(nk.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(nk._cores, "read_at", -math.inf)
+    monkeypatch.setattr(nk._cores, "count", 0)
     monkeypatch.setattr(nk.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert nk._usable(4) == 1
     monkeypatch.setattr(nk.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7},
                         raising=False)
+    clock[0] += nk.CORES_TTL / 2
+    assert nk._usable(2) == 1  # the reading of half a second ago
+    clock[0] += nk.CORES_TTL
     assert nk._usable(2) == min(2, nk.numba.config.NUMBA_NUM_THREADS)
 
 

@@ -54,6 +54,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -1023,8 +1024,8 @@ def _runs(rows, size):  # pragma: no cover - compiled
 def row_backward(dy, x, groups, channels, inner, mean, var, eps, gamma, dx, single
                  ):  # pragma: no cover - compiled
     # Per row its sums, then its dx from cache (float32 data: in float32 where its bound
-    # holds, `_any_row_dx`); dgamma and dbeta as partial sums per part of a run of rows (added
-    # in order by the caller).
+    # holds, `_any_row_dx`); dgamma and dbeta as partial sums per part of a run of rows, added
+    # in order at the end.
     rows = x.shape[0]
     count = x.shape[1]
     runs = _runs(rows, x.size)
@@ -1060,7 +1061,10 @@ def row_backward(dy, x, groups, channels, inner, mean, var, eps, gamma, dx, sing
             _any_row_dx(dy[r], x[r], mean[r], q, var[r], gamma, gamma_range, r % groups,
                         channels, inner, sum_g, sum_gx, sum_g2, count, single, dx[r])
             r += step
-    return dgamma, dbeta
+    # the partials added in order (as numpy's sum over axis 0 would): (G, C) each
+    parts = dgamma.shape[0]
+    return (_in_order(dgamma.reshape((parts, groups * channels))).reshape((groups, channels)),
+            _in_order(dbeta.reshape((parts, groups * channels))).reshape((groups, channels)))
 
 
 class _ThreadCount(threading.local):
@@ -1070,12 +1074,27 @@ class _ThreadCount(threading.local):
 _thread_count = _ThreadCount()
 
 
+class _Cores(threading.local):
+    count = 0  # the cores last read, and when (time.monotonic)
+    read_at = -math.inf
+
+
+_cores = _Cores()
+CORES_TTL = 1.0  # seconds a reading of the affinity mask is used (a system call per pass)
+
+
 def _available_cores() -> int:
-    """The cores this process may run on (its affinity mask, e.g. a container's CPU set)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity masks on this system
-        return os.cpu_count() or 1
+    """The cores this process may run on (its affinity mask, e.g. a container's CPU set),
+    read again at most every `CORES_TTL` seconds: a mask changed at run time (taskset) is
+    followed within that, and a small pass does not pay a system call each time."""
+    now = time.monotonic()
+    if now - _cores.read_at >= CORES_TTL:
+        try:
+            _cores.count = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # no affinity masks on this system
+            _cores.count = os.cpu_count() or 1
+        _cores.read_at = now
+    return _cores.count
 
 
 def _usable(threads: int) -> int:
@@ -1290,4 +1309,4 @@ def row_backward_of(upstream: np.ndarray, x: np.ndarray, gamma: np.ndarray, mean
     dx = np.empty(x.shape, x.dtype)
     dgamma, dbeta = run(row_backward, threads, dyv, x.reshape(rows.flat), *_row_shape(rows),
                         mean, var, eps, gamma, dx.reshape(rows.flat), x.dtype == np.float32)
-    return dx, dgamma.sum(axis=0), dbeta.sum(axis=0)
+    return dx, dgamma, dbeta
