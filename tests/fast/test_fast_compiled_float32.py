@@ -24,18 +24,23 @@ def nk(compiled):
     return numba_kernels
 
 
-@pytest.fixture
-def float32_calls(monkeypatch, nk):
-    """How many times the compiled float32 dx ran (a list the spy appends to)."""
+def _spy(monkeypatch, module, name):
+    """A list that grows by one each time module.name runs (it still runs)."""
     calls = []
-    original = nk.col_dx2_float32
+    original = getattr(module, name)
 
     def spy(*args):
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(nk, "col_dx2_float32", spy)
+    monkeypatch.setattr(module, name, spy)
     return calls
+
+
+@pytest.fixture
+def float32_calls(monkeypatch, nk):
+    """How many times the compiled float32 dx ran."""
+    return _spy(monkeypatch, nk, "col_dx2_float32")
 
 
 def _case(x, dout, seed=0):
@@ -73,14 +78,7 @@ def test_uncorrelated_gradients_take_the_float32_dx(center, float32_calls):
 def test_gradients_along_xhat_take_it_with_the_range_of_x(nk, float32_calls, monkeypatch):
     # dout = xhat + noise: mean(dy * xhat) ~ 1, too large for the bound with max |xhat| <=
     # sqrt(count); each feature's range of x makes it tight enough.
-    ranges = []
-    original = nk.col_range2
-
-    def spy(*args):
-        ranges.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(nk, "col_range2", spy)
+    ranges = _spy(monkeypatch, nk, "col_range2")
     x, dout = _correlated(np.random.default_rng(2), remainder=1.0)
     case = _case(x, dout)
     run_case(case)
