@@ -813,9 +813,9 @@ def _dx_value(q, gd, xhat, mean_g, mean_gx):  # pragma: no cover - compiled
 @cached_njit(fastmath=_FASTMATH)
 def _row_grad_sums(dy, x, m, q, gamma, g, channels, inner, dgamma, dbeta, squares
                    ):  # pragma: no cover - compiled
-    """sum(g), sum(g * xhat) and, when `squares`, sum(g^2) (else 0) over a row, g = gamma *
-    dy, in blocks, carried; and the row's dy and dy * xhat added to dbeta, dgamma (G, C): per
-    value (layer norm), or each channel's sums (group norm)."""
+    """sum(g), sum(g * xhat) and, for group norm when `squares`, sum(g^2) (else 0) over a
+    row, g = gamma * dy, in blocks, carried; and the row's dy and dy * xhat added to dbeta,
+    dgamma (G, C): per value (layer norm), or each channel's sums (group norm)."""
     sum_g = k_g = sum_gx = k_gx = sum_g2 = k_g2 = 0.0
     if inner == 1:
         gam, dg, db = gamma[g], dgamma[g], dbeta[g]
@@ -826,7 +826,6 @@ def _row_grad_sums(dy, x, m, q, gamma, g, channels, inner, dgamma, dbeta, square
             dgs, dbs = dg[lo:hi], db[lo:hi]
             b_g = 0.0
             b_gx = 0.0
-            b_g2 = 0.0
             for j in range(hi - lo):
                 d = np.float64(ds[j])
                 xhat = _xhat(np.float64(xs[j]), m, q)
@@ -835,12 +834,9 @@ def _row_grad_sums(dy, x, m, q, gamma, g, channels, inner, dgamma, dbeta, square
                 gd = gs[j] * d
                 b_g += gd
                 b_gx += gd * xhat
-                if squares:  # unswitched out of the loop
-                    b_g2 += gd * gd
             sum_g, k_g = _carry_add(sum_g, k_g, b_g)
             sum_gx, k_gx = _carry_add(sum_gx, k_gx, b_gx)
-            sum_g2, k_g2 = _carry_add(sum_g2, k_g2, b_g2)
-        return _carried(sum_g, k_g), _carried(sum_gx, k_gx), _carried(sum_g2, k_g2)
+        return _carried(sum_g, k_g), _carried(sum_gx, k_gx), 0.0
     for c in range(channels):
         lo, hi = c * inner, (c + 1) * inner
         t_dy, t_dyx, t_dy2 = _grad_sums(dy[lo:hi], x[lo:hi], m, q, squares)
@@ -853,20 +849,19 @@ def _row_grad_sums(dy, x, m, q, gamma, g, channels, inner, dgamma, dbeta, square
 
 
 @cached_njit(fastmath=_FASTMATH)
-def _layer_grad_sums_pair(dy0, x0, m0, q0, dy1, x1, m1, q1, gamma, dgamma, dbeta, squares
+def _layer_grad_sums_pair(dy0, x0, m0, q0, dy1, x1, m1, q1, gamma, dgamma, dbeta
                           ):  # pragma: no cover - compiled
     """What `_row_grad_sums` gives for two rows of layer norm (S = 1, one group), their dy and
     dy * xhat added to dbeta, dgamma in one update per value instead of two."""
     channels = x0.size
     s0 = k0 = sx0 = kx0 = s1 = k1 = sx1 = kx1 = 0.0
-    q20 = k20 = q21 = k21 = 0.0
     gam, dg, db = gamma[0], dgamma[0], dbeta[0]
     for block in range(-(-channels // SUM_BLOCK)):
         lo = block * SUM_BLOCK
         hi = min(lo + SUM_BLOCK, channels)
         xs0, ds0, xs1, ds1, gs = x0[lo:hi], dy0[lo:hi], x1[lo:hi], dy1[lo:hi], gam[lo:hi]
         dgs, dbs = dg[lo:hi], db[lo:hi]
-        b0 = bx0 = b1 = bx1 = b20 = b21 = 0.0
+        b0 = bx0 = b1 = bx1 = 0.0
         for j in range(hi - lo):
             d0 = np.float64(ds0[j])
             d1 = np.float64(ds1[j])
@@ -880,17 +875,11 @@ def _layer_grad_sums_pair(dy0, x0, m0, q0, dy1, x1, m1, q1, gamma, dgamma, dbeta
             bx0 += g0 * xhat0
             b1 += g1
             bx1 += g1 * xhat1
-            if squares:  # unswitched out of the loop
-                b20 += g0 * g0
-                b21 += g1 * g1
         s0, k0 = _carry_add(s0, k0, b0)
         sx0, kx0 = _carry_add(sx0, kx0, bx0)
         s1, k1 = _carry_add(s1, k1, b1)
         sx1, kx1 = _carry_add(sx1, kx1, bx1)
-        q20, k20 = _carry_add(q20, k20, b20)
-        q21, k21 = _carry_add(q21, k21, b21)
-    return (_carried(s0, k0), _carried(sx0, kx0), _carried(q20, k20),
-            _carried(s1, k1), _carried(sx1, kx1), _carried(q21, k21))
+    return _carried(s0, k0), _carried(sx0, kx0), _carried(s1, k1), _carried(sx1, kx1)
 
 
 @cached_njit(fastmath=_FASTMATH)
@@ -1045,11 +1034,12 @@ def row_backward(dy, x, groups, channels, inner, mean, var, eps, gamma, dx, sing
             if paired and r + 1 < stop and (
                     run * per_run + (r + 1 - start) * per_run // (stop - start) == partial):
                 q1 = _inv_sqrt(var[r + 1], eps)
-                sum_g, sum_gx, sum_g2, sum_g1, sum_gx1, sum_g21 = _layer_grad_sums_pair(
+                sum_g, sum_gx, sum_g1, sum_gx1 = _layer_grad_sums_pair(
                     dy[r], x[r], mean[r], q, dy[r + 1], x[r + 1], mean[r + 1], q1, gamma,
-                    dgamma[partial], dbeta[partial], False)
+                    dgamma[partial], dbeta[partial])
+                sum_g2 = 0.0  # (layer norm: no float32 dx, see `_any_row_dx`)
                 _any_row_dx(dy[r + 1], x[r + 1], mean[r + 1], q1, var[r + 1], gamma,
-                            gamma_range, 0, channels, inner, sum_g1, sum_gx1, sum_g21, count,
+                            gamma_range, 0, channels, inner, sum_g1, sum_gx1, 0.0, count,
                             single, dx[r + 1])
                 step = 2
             else:
