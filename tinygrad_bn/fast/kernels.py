@@ -641,16 +641,21 @@ def mean_split_fits(mean: np.ndarray) -> bool:
     not where lo is subnormal (a mean near 1e-36: lo's rounding of 2^-150 is then no longer
     relative, and a spread of 1e-41 put dx 100 eps32 off)."""
     hi = mean.astype(np.float32)
-    lo = (mean - hi).astype(np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
-        return bool(np.all(np.abs((mean - hi) - lo) <= SPLIT_MEAN_ERROR * np.abs(mean)))
+        return bool(np.all(split_fits(mean, hi, (mean - hi).astype(np.float32))))
+
+
+def split_fits(mean: Any, hi: Any, lo: Any) -> Any:
+    """Per mean, arrays and scalars alike (the compiled passes take it a mean at a time):
+    whether hi + lo (float32s) is within `SPLIT_MEAN_ERROR` of the float64 mean."""
+    return np.abs((mean - np.float64(hi)) - np.float64(lo)) <= SPLIT_MEAN_ERROR * np.abs(mean)
 
 
 def float32_factors_fit(*factors: np.ndarray) -> bool:
     """Whether the float64 factors of a float32 dx keep their digits when rounded to
     float32: each is 0 or within [2^-100, 2^100] (a factor that became subnormal or 0,
     such as ivar^2 of data near 1e30, would drop a term of dx)."""
-    for factor in factors:  # (no floating-point warning on the way: also compiled as it is)
+    for factor in factors:  # (abs and comparisons warn of nothing)
         size = np.abs(factor)
         if not np.all((size == 0) | ((size >= 2.0**-100) & (size <= 2.0**100))):
             return False

@@ -399,6 +399,7 @@ _dx_bound_terms = cached_njit(
     "Tuple((float64, boolean))(float64, float64, float64, float64, float64, float64, float64, "
     "float64, float64, boolean, int64, boolean, boolean, int64)",
     error_model="numpy")(kernels.dx_bound_terms)
+_split_fits = cached_njit("boolean(float64, float32, float32)")(kernels.split_fits)
 
 
 @cached_njit(error_model="numpy")
@@ -441,9 +442,8 @@ def _float32_dx_factors(dbeta, dgamma, sum_dy2, gamma, mean, var, ivar, count, l
         offset[k] = np.float32(folded_offset if folded else m)
         hi[k] = np.float32(mean[k])
         lo[k] = np.float32(mean[k] - np.float64(hi[k]))
-        if not folded and not (abs((mean[k] - np.float64(hi[k])) - np.float64(lo[k]))
-                               <= kernels.SPLIT_MEAN_ERROR * abs(mean[k])):
-            return False, folded, scale, slope, offset, hi, lo  # `kernels.mean_split_fits`
+        if not folded and not _split_fits(mean[k], hi[k], lo[k]):  # lo subnormal
+            return False, folded, scale, slope, offset, hi, lo
     return 1.0 + worst <= kernels.FLOAT32_DX_BOUND, folded, scale, slope, offset, hi, lo
 
 
@@ -968,9 +968,8 @@ def _row_dx_float32(dy, x, m, q, v, gamma, gamma_range, g, channels, inner, sum_
     slope32 = np.float32(slope)
     hi = np.float32(m)
     lo = np.float32(m - np.float64(hi))
-    if not folded and not (abs((m - np.float64(hi)) - np.float64(lo))
-                           <= kernels.SPLIT_MEAN_ERROR * abs(m)):
-        return False  # lo subnormal: see `kernels.mean_split_fits`
+    if not folded and not _split_fits(m, hi, lo):  # lo subnormal: `kernels.mean_split_fits`
+        return False
     offset32 = np.float32(folded_offset if folded else offset)
     for c in range(channels):
         s32 = np.float32(q * gamma[g, c])
